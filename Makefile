@@ -1,0 +1,48 @@
+# Tenantry — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt when the dependencies change.
+VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: help venv toolchain cluster-up cluster-down lint test test-unit test-integration clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): pyproject.toml
+	@rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV_STAMP) ## create the virtualenv with every dependency
+
+toolchain: ## build (or reuse) etcd, Kubernetes and kwok from Go modules
+	@bash e2e/toolchain/build.sh >/dev/null
+
+cluster-up: venv ## start the local control plane (or reuse it); kubeconfig in .cache/cluster/kubeconfig
+	@$(BIN)/python e2e/cluster.py up
+
+cluster-down: ## stop the local control plane, leaving no process behind
+	@$(PYTHON) e2e/cluster.py down
+
+lint: venv ## ruff, mypy (strict) and import-linter
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint ## every test; starts the local control plane when it is not running
+	@start=$$SECONDS; $(BIN)/pytest; status=$$?; \
+	  echo "make test: pytest took $$((SECONDS - start))s"; exit $$status
+
+test-unit: venv ## only the tests that need no cluster
+	$(BIN)/pytest -m "not cluster"
+
+clean: cluster-down ## remove the venv and the repo-local state (the per-user binary cache stays)
+	rm -rf $(VENV) .cache

@@ -1,0 +1,233 @@
+"""Start, reuse and stop the local Kubernetes control plane that every integration test runs on.
+
+    python e2e/cluster.py up      # build or reuse the binaries, start (or reuse) the cluster
+    python e2e/cluster.py down    # stop it and leave no process behind
+    python e2e/cluster.py status  # exit 0 when the cluster answers
+
+The cluster is real: etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from
+Go modules (e2e/toolchain), run by `kwokctl --runtime binary`, with kwok faking the kubelets of
+a few nodes so pods are scheduled and reported Running. Only the standard library is used, so
+this runs before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".cache"
+KUBECONFIG = STATE / "cluster" / "kubeconfig"
+KWOK_WORKDIR = STATE / "kwok"
+CLUSTER_NAME = "tenantry"
+NODE_COUNT = int(os.environ.get("TENANTRY_NODES", "2"))
+TOOLCHAIN = REPO / "e2e" / "toolchain"
+# The same per-user cache that e2e/toolchain/build.sh fills.
+CACHE_ROOT = Path(
+    os.environ.get("TENANTRY_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tenantry"
+)
+BIN_DIR = CACHE_ROOT / "bin"
+
+
+def log(message: str) -> None:
+    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in (TOOLCHAIN / "versions.env").read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    )
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def build_toolchain() -> None:
+    started = time.monotonic()
+    subprocess.run(["bash", str(TOOLCHAIN / "build.sh")], check=True, stdout=subprocess.DEVNULL)
+    log(f"toolchain step took {time.monotonic() - started:.1f}s")
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # kwokctl runs `kubectl` from PATH: ours must win over any older one on the machine.
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env["KWOK_WORKDIR"] = str(KWOK_WORKDIR)
+    env["KWOK_KUBE_VERSION"] = versions()["K8S_VERSION"]
+    env["KUBECONFIG"] = str(KUBECONFIG)
+    return env
+
+
+def kubectl(
+    env: dict[str, str], *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(KUBECONFIG), *args],
+        env=env,
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def answers(env: dict[str, str]) -> bool:
+    if not KUBECONFIG.exists():
+        return False
+    try:
+        return (
+            kubectl(env, "get", "--raw", "/readyz", "--request-timeout=5s", check=False).returncode
+            == 0
+        )
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"[cluster] timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(1)
+    log(f"{what}: ready after {time.monotonic() - started:.1f}s")
+
+
+def ready_nodes(env: dict[str, str]) -> int:
+    result = kubectl(env, "get", "nodes", "-o", "json", check=False)
+    if result.returncode != 0:
+        return 0
+    count = 0
+    for node in json.loads(result.stdout)["items"]:
+        conditions = node.get("status", {}).get("conditions", [])
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            count += 1
+    return count
+
+
+def controllers_running(env: dict[str, str]) -> bool:
+    # The ServiceAccount controller in kube-controller-manager creates "default" in every
+    # namespace; pods cannot be admitted before it exists.
+    return (
+        kubectl(env, "get", "serviceaccount", "default", "-n", "default", check=False).returncode
+        == 0
+    )
+
+
+def up() -> None:
+    started = time.monotonic()
+    build_toolchain()
+    env = environment()
+    if answers(env):
+        log(f"reusing the running cluster ({KUBECONFIG})")
+    else:
+        # A stale cluster (processes gone, state left) would make kwokctl refuse to create.
+        down(quiet=True, env=env)
+        KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+        step = time.monotonic()
+        subprocess.run(
+            [
+                "kwokctl",
+                "create",
+                "cluster",
+                "--config",
+                str(REPO / "e2e" / "kwok.yaml"),
+                "--name",
+                CLUSTER_NAME,
+                "--runtime",
+                "binary",
+                "--kubeconfig",
+                str(KUBECONFIG),
+                "--etcd-binary",
+                str(BIN_DIR / "etcd"),
+                "--kube-apiserver-binary",
+                str(BIN_DIR / "kube-apiserver"),
+                "--kube-controller-manager-binary",
+                str(BIN_DIR / "kube-controller-manager"),
+                "--kube-scheduler-binary",
+                str(BIN_DIR / "kube-scheduler"),
+                "--kwok-controller-binary",
+                str(BIN_DIR / "kwok"),
+                # Test data is disposable: skipping fsync makes etcd several times faster.
+                "--extra-args",
+                "etcd=unsafe-no-fsync=true",
+                "--wait",
+                "3m",
+            ],
+            env=env,
+            check=True,
+        )
+        log(f"control plane started in {time.monotonic() - step:.1f}s")
+    subprocess.run(
+        [
+            "kwokctl",
+            "scale",
+            "node",
+            "--name",
+            CLUSTER_NAME,
+            "--replicas",
+            str(NODE_COUNT),
+            # Fake kubelets report this version, so `kubectl get nodes` matches the control plane.
+            "--param",
+            f'.nodeInfo.kubeletVersion="{versions()["K8S_VERSION"]}"',
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    wait_for(f"{NODE_COUNT} Ready nodes", lambda: ready_nodes(env) >= NODE_COUNT, 120)
+    wait_for("kube-controller-manager", lambda: controllers_running(env), 120)
+    log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={KUBECONFIG}")
+
+
+def down(quiet: bool = False, env: dict[str, str] | None = None) -> None:
+    if env is None:
+        env = environment()
+    if shutil.which("kwokctl", path=env["PATH"]) is None:
+        if not quiet:
+            log("kwokctl is not built: nothing to stop")
+        return
+    if (KWOK_WORKDIR / "clusters" / CLUSTER_NAME).exists():
+        subprocess.run(
+            [
+                "kwokctl",
+                "delete",
+                "cluster",
+                "--name",
+                CLUSTER_NAME,
+                "--kubeconfig",
+                str(KUBECONFIG),
+            ],
+            env=env,
+            check=False,
+            capture_output=quiet,
+        )
+    shutil.rmtree(KWOK_WORKDIR / "clusters" / CLUSTER_NAME, ignore_errors=True)
+    KUBECONFIG.unlink(missing_ok=True)
+    if not quiet:
+        log("cluster stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    command = parser.parse_args().command
+    if command == "up":
+        up()
+    elif command == "down":
+        down()
+    else:
+        sys.exit(0 if answers(environment()) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Thin Kopf wiring: watch events feed caches and a queue; the reconcile does the work.
+
+Only `on.event` handlers are used, so Kopf keeps no per-object state: no finalizers, no
+bookkeeping annotations, no status writes of its own. Drift is corrected by a jittered timer
+of our own over every known tenant, for the same reason (Kopf's timers add a finalizer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import kopf
+from lightkube import AsyncClient
+
+from tenantry.children import ChildCache
+from tenantry.config import OperatorConfig
+from tenantry.models import GROUP, PLURAL, VERSION
+from tenantry.queue import ReconcileQueue
+from tenantry.reconcile import Reconciler
+from tenantry.render import MANAGED_BY, OPERATOR
+
+logger = logging.getLogger("tenantry.handlers")
+
+# The kinds of children, as (group, version, plural); their watches are filtered server-side.
+CHILD_RESOURCES = (
+    ("", "v1", "namespaces"),
+    ("", "v1", "resourcequotas"),
+    ("", "v1", "limitranges"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "secrets"),
+    ("", "v1", "configmaps"),
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+)
+CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
+
+
+class Controller:
+    """The state one operator process keeps: tenants and children seen, and the work queue."""
+
+    def __init__(
+        self, config: OperatorConfig, client: AsyncClient, operator_namespace: str | None
+    ) -> None:
+        self.config = config
+        self.tenants: dict[str, dict[str, Any]] = {}
+        self.children = ChildCache()
+        self.reconciler = Reconciler(client, config, operator_namespace)
+        self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
+
+    async def reconcile(self, name: str) -> None:
+        body = self.tenants.get(name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # garbage collection removes the children of a deleted tenant
+        await self.reconciler.reconcile(body, self.children.of(name))
+
+    def tenant_seen(self, event: dict[str, Any]) -> None:
+        body = event["object"]
+        name = body["metadata"]["name"]
+        if event.get("type") == "DELETED":
+            self.tenants.pop(name, None)
+            self.reconciler.forget(body["metadata"].get("uid", ""))
+            self.children.forget(name)
+            self.queue.forget(name)
+            logger.info("tenant deleted", extra={"tenant": name})
+            return
+        self.tenants[name] = body
+        self.queue.enqueue(name)
+
+    def child_seen(self, event: dict[str, Any]) -> None:
+        tenant = self.children.observe(event["object"], deleted=event.get("type") == "DELETED")
+        if tenant and tenant in self.tenants:
+            self.queue.enqueue(tenant)
+
+    async def correct_drift(self) -> None:
+        """Reconcile every tenant about once per interval, spread out so they do not all fire at once."""
+        interval = self.config.drift_interval_seconds
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
+            for name in list(self.tenants):
+                self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+def controller(memo: kopf.Memo) -> Controller:
+    result: Controller = memo["controller"]
+    return result
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
+    client = AsyncClient()
+    state = Controller(memo["config"], client, memo.get("operator_namespace"))
+    memo["controller"] = state
+    memo["client"] = client
+    memo["tasks"] = [
+        asyncio.create_task(state.queue.run()),
+        asyncio.create_task(state.correct_drift()),
+    ]
+    logger.info("tenantry started: %s", memo["config"].model_dump_json())
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    for task in memo.get("tasks", []):
+        task.cancel()
+    await asyncio.gather(*memo.get("tasks", []), return_exceptions=True)
+    await memo["client"].close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def tenant_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).tenant_seen(dict(event))
+
+
+def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).child_seen(dict(event))
+
+
+for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{_plural}")(
+        child_event
+    )

@@ -1,0 +1,415 @@
+"""The AgentTenant API: pydantic models of spec and status, the one source of truth.
+
+The CRD's OpenAPI schema is generated from these models (see `crd.py`), so every constraint
+here is enforced twice: by the API server when a manifest is applied (schema and CEL rules),
+and by pydantic when the operator or `tenantry render` reads it. CEL rules are attached with
+`cel(...)`; they are ignored by pydantic, which enforces the same rules with validators.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+GROUP: Final = "tenantry.dev"
+VERSION: Final = "v1alpha1"
+KIND: Final = "AgentTenant"
+PLURAL: Final = "agenttenants"
+API_VERSION: Final = "tenantry.dev/v1alpha1"
+
+# A tenant name becomes part of a namespace name ("<prefix>-<name>", at most 63 characters) and
+# of every TopicId source, so it is a DNS-1123 label short enough to leave room for a prefix.
+TENANT_NAME_MAX = 40
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes resource quantities such as "500m", "2", "8Gi".
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+# Printable text only: no control characters, so nothing can break a line in a log or manifest.
+PRINTABLE = r"^[^\x00-\x1F\x7F]*$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+HTTP_URL = r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$"
+
+DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+DnsSubdomain = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+]
+Quantity = Annotated[str, StringConstraints(max_length=32, pattern=QUANTITY)]
+Image = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE)]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317, pattern=LABEL_KEY)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE)]
+TopicType = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+# Namespaces the operator never uses for a tenant, whatever the manifest says.
+RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL validation rule for `x-kubernetes-validations`."""
+    validation = {"rule": rule, "message": message}
+    if field_path:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+def schema_extra(*rules: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """`json_schema_extra` for a model or field: CEL rules plus other schema keys."""
+    result: dict[str, Any] = dict(extra)
+    if rules:
+        result["x-kubernetes-validations"] = list(rules)
+    return result
+
+
+class Model(BaseModel):
+    """Base of every API model: camelCase names, unknown fields refused, immutable values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ResourceList(Model):
+    """CPU and memory, as Kubernetes quantities."""
+
+    cpu: Quantity | None = Field(None, description='CPU, for example "500m" or "2".')
+    memory: Quantity | None = Field(None, description='Memory, for example "512Mi" or "2Gi".')
+
+
+class Resources(Model):
+    """Compute requests and limits of a container."""
+
+    requests: ResourceList = Field(
+        default_factory=lambda: ResourceList(cpu="100m", memory="256Mi"),
+        description="What the scheduler reserves for the container.",
+    )
+    limits: ResourceList = Field(
+        default_factory=lambda: ResourceList(cpu="1", memory="1Gi"),
+        description="The most the container may use.",
+    )
+
+
+class AgentKind(StrEnum):
+    assistant = "assistant"
+    coder = "coder"
+
+
+class Agent(Model):
+    """A declarative agent of an allowed kind, subscribed to one topic type of this tenant."""
+
+    name: DnsLabel = Field(description="The agent type name, unique in the tenant.")
+    kind: AgentKind = Field(
+        description="The kind of agent: `assistant` (a model) or `coder` (runs code in the sandbox)."
+    )
+    topic_type: TopicType = Field(
+        "default",
+        alias="topicType",
+        description="The topic type the agent subscribes to; the topic source is always the tenant.",
+    )
+    system_message: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
+        None, alias="systemMessage", description="The system message of an assistant."
+    )
+
+
+class ModelEndpoint(Model):
+    """The OpenAI-compatible model endpoint of the tenant's assistants."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE)] = (
+        Field(description='The model name, for example "gpt-4.1-mini".')
+    )
+    base_url: Annotated[str, StringConstraints(max_length=2048, pattern=HTTP_URL)] = Field(
+        alias="baseUrl", description="The base URL of the OpenAI-compatible API."
+    )
+    credentials_secret: DnsSubdomain = Field(
+        alias="credentialsSecret",
+        description="The name of one of `spec.secrets` that holds the API key; only the runtime mounts it.",
+    )
+    credentials_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._A-Za-z0-9]+$")
+    ] = Field(
+        "api-key", alias="credentialsKey", description="The key of the API key in that Secret."
+    )
+
+
+class Runtime(Model):
+    """The tenant's AutoGen runtime."""
+
+    image: Image | None = Field(
+        None, description="The runtime image; the operator's default when empty."
+    )
+    topic_types: Annotated[list[TopicType], Field(max_length=32)] = Field(
+        default_factory=lambda: ["default"],
+        alias="topicTypes",
+        description="The topic types served. The topic source is always the tenant's name.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    agents: Annotated[list[Agent], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Declarative agents, of kinds from an allowlist only.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    model: ModelEndpoint | None = Field(None, description="The model endpoint used by assistants.")
+    resources: Resources = Field(
+        default_factory=Resources, description="Runtime container resources."
+    )
+
+
+class Sandbox(Model):
+    """The sandboxed code executor; it has no network egress and no model credentials."""
+
+    enabled: bool = Field(True, description="Whether the tenant gets a sandbox.")
+    image: Image | None = Field(
+        None, description="The sandbox image; the operator's default when empty."
+    )
+    runtime_class_name: DnsSubdomain | None = Field(
+        None,
+        alias="runtimeClassName",
+        description='A RuntimeClass such as "gvisor" for a stronger boundary.',
+    )
+    timeout_seconds: int = Field(
+        30,
+        ge=1,
+        le=600,
+        alias="timeoutSeconds",
+        description="Wall-clock limit of one code execution.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Sandbox container resources."
+    )
+
+
+class NamespaceSelector(Model):
+    """Namespaces selected by their labels."""
+
+    match_labels: Annotated[dict[LabelKey, LabelValue], Field(min_length=1, max_length=16)] = Field(
+        alias="matchLabels", description="Labels a namespace must carry, all of them."
+    )
+
+
+class IngressPeer(Model):
+    """Callers allowed to reach the runtime's API."""
+
+    namespace_selector: NamespaceSelector = Field(alias="namespaceSelector")
+
+
+class EgressRule(Model):
+    """A destination the runtime may reach, for example a model API."""
+
+    cidr: Annotated[str, StringConstraints(min_length=1, max_length=43)] = Field(
+        description='An IP range in CIDR notation, for example "203.0.113.0/24".',
+        json_schema_extra=schema_extra(
+            cel("isCIDR(self)", 'must be a CIDR such as "203.0.113.0/24" or "2001:db8::/32"')
+        ),
+    )
+    ports: Annotated[
+        list[Annotated[int, Field(ge=1, le=65535)]], Field(min_length=1, max_length=16)
+    ] = Field(
+        description="TCP ports, each from 1 to 65535.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _cidr_is_valid(self) -> EgressRule:
+        try:
+            ipaddress.ip_network(self.cidr, strict=True)
+        except ValueError as error:
+            raise ValueError(f'cidr: must be a CIDR such as "203.0.113.0/24" ({error})') from None
+        return self
+
+
+class Network(Model):
+    """Who may call the runtime, and where the runtime may connect. Everything else is denied."""
+
+    ingress_from: Annotated[list[IngressPeer], Field(max_length=16)] = Field(
+        default_factory=list,
+        alias="ingressFrom",
+        description="Namespaces whose pods may call the runtime API. None by default.",
+    )
+    egress: Annotated[list[EgressRule], Field(max_length=32)] = Field(
+        default_factory=list,
+        description="Destinations the runtime may reach besides DNS and its sandbox. The sandbox gets none.",
+    )
+
+
+class SecretRef(Model):
+    """A Secret copied into the tenant namespace from the operator's secret-source namespace."""
+
+    name: DnsSubdomain = Field(description="The Secret's name in the tenant namespace.")
+    from_: DnsSubdomain = Field(
+        alias="from",
+        description=(
+            "The Secret in the operator's secret-source namespace. It must list this tenant in its "
+            "`tenantry.dev/allowed-tenants` annotation."
+        ),
+    )
+
+
+class Quota(Model):
+    """The tenant namespace's ResourceQuota."""
+
+    cpu: Quantity = Field("4", description="Total CPU requests and limits.")
+    memory: Quantity = Field("8Gi", description="Total memory requests and limits.")
+    pods: int = Field(10, ge=1, le=1000, description="Number of pods.")
+
+
+NAMESPACE_IMMUTABLE_MESSAGE = (
+    "spec.namespace is immutable: create a new AgentTenant to move a tenant to another namespace"
+)
+# Two rules: a string comparison at the spec level is estimated far over the CEL cost budget,
+# so the value is compared on the field and only its presence on the spec.
+NAMESPACE_IMMUTABLE = cel(
+    "has(self.namespace) == has(oldSelf.namespace)", NAMESPACE_IMMUTABLE_MESSAGE
+)
+NAMESPACE_VALUE_IMMUTABLE = cel("self == oldSelf", NAMESPACE_IMMUTABLE_MESSAGE)
+NAMESPACE_NOT_RESERVED = cel(
+    "!has(self.namespace) || (!self.namespace.startsWith('kube-') && self.namespace != 'default')",
+    'spec.namespace must not be "default" or start with "kube-": choose a namespace of the tenant\'s own',
+)
+MODEL_SECRET_LISTED = cel(
+    "!has(self.runtime) || !has(self.runtime.model) || (has(self.secrets) && "
+    "self.secrets.exists(s, s.name == self.runtime.model.credentialsSecret))",
+    "spec.runtime.model.credentialsSecret must name one of spec.secrets",
+)
+CODER_NEEDS_SANDBOX = cel(
+    "!has(self.runtime) || !has(self.runtime.agents) || !self.runtime.agents.exists(a, a.kind == 'coder') || "
+    "!has(self.sandbox) || !has(self.sandbox.enabled) || self.sandbox.enabled",
+    "a coder agent needs the sandbox: set spec.sandbox.enabled to true or remove the coder agent",
+)
+
+
+# Objects the API server defaults to {} so that their fields' defaults show in stored objects.
+DEFAULTED: dict[str, Any] = {"default": {}}
+
+
+class AgentTenantSpec(Model):
+    """The desired state of one tenant."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            NAMESPACE_IMMUTABLE, NAMESPACE_NOT_RESERVED, MODEL_SECRET_LISTED, CODER_NEEDS_SANDBOX
+        )
+    )
+
+    display_name: Annotated[str, StringConstraints(max_length=128, pattern=PRINTABLE)] | None = (
+        Field(None, alias="displayName", description="A human name for the tenant.")
+    )
+    namespace: DnsLabel | None = Field(
+        None,
+        description='The tenant namespace; "<prefix>-<tenant name>" when empty. Immutable.',
+        json_schema_extra=schema_extra(NAMESPACE_VALUE_IMMUTABLE),
+    )
+    runtime: Runtime = Field(
+        default_factory=Runtime,
+        json_schema_extra=DEFAULTED,
+        description="The tenant's AutoGen runtime.",
+    )
+    sandbox: Sandbox = Field(
+        default_factory=Sandbox,
+        json_schema_extra=DEFAULTED,
+        description="The tenant's sandboxed code executor.",
+    )
+    network: Network = Field(
+        default_factory=Network,
+        json_schema_extra=DEFAULTED,
+        description="Network access; default deny.",
+    )
+    secrets: Annotated[list[SecretRef], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Secrets copied into the tenant namespace for the runtime.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    quota: Quota = Field(
+        default_factory=Quota,
+        json_schema_extra=DEFAULTED,
+        description="The namespace's ResourceQuota.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> AgentTenantSpec:
+        # The same rules as the CEL ones above, for manifests read without an API server.
+        if self.namespace and (self.namespace.startswith("kube-") or self.namespace == "default"):
+            raise ValueError(NAMESPACE_NOT_RESERVED["message"])
+        model = self.runtime.model
+        if model and model.credentials_secret not in {s.name for s in self.secrets}:
+            raise ValueError(MODEL_SECRET_LISTED["message"])
+        if not self.sandbox.enabled and any(a.kind is AgentKind.coder for a in self.runtime.agents):
+            raise ValueError(CODER_NEEDS_SANDBOX["message"])
+        names = [a.name for a in self.runtime.agents]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.runtime.agents: agent names must be unique")
+        secret_names = [s.name for s in self.secrets]
+        if len(secret_names) != len(set(secret_names)):
+            raise ValueError("spec.secrets: secret names must be unique")
+        return self
+
+
+class ConditionStatus(StrEnum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(Model):
+    """A condition in the shape of the Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(max_length=316)
+    status: ConditionStatus
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field("", max_length=32768)
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    observed_generation: int | None = Field(None, alias="observedGeneration", ge=0)
+
+
+class AgentTenantStatus(Model):
+    """The observed state of one tenant, written only by the operator."""
+
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+    namespace: str | None = Field(None, description="The tenant namespace in use.")
+    topic_source: str | None = Field(
+        None, alias="topicSource", description="The TopicId source of every topic."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Reconciling, Stalled and one per child group.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class Metadata(Model):
+    """The parts of an object's metadata the operator reads."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=TENANT_NAME_MAX, pattern=DNS_LABEL)
+    ]
+    uid: str | None = None
+    generation: int | None = None
+
+
+class AgentTenant(Model):
+    """One tenant: a namespace, an AutoGen runtime, a sandbox, policies, secrets and quota."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        json_schema_extra=schema_extra(
+            cel(
+                f"self.metadata.name.size() <= {TENANT_NAME_MAX} && self.metadata.name.matches('{DNS_LABEL}')",
+                f"metadata.name must be a DNS label of at most {TENANT_NAME_MAX} characters: "
+                "lower-case letters, digits and '-', starting and ending with a letter or digit",
+            )
+        ),
+    )
+
+    api_version: Literal["tenantry.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["AgentTenant"] = KIND
+    metadata: Metadata
+    spec: AgentTenantSpec = Field(default_factory=AgentTenantSpec)
+    status: AgentTenantStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

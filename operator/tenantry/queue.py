@@ -1,0 +1,99 @@
+"""A coalescing work queue: at most one reconcile per tenant at a time, retries with backoff.
+
+Many events for one tenant (its own changes, its children's) collapse into one pending
+reconcile; an event that arrives while that tenant is being reconciled schedules exactly one
+more pass afterwards, so no change is ever missed and none is handled twice concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger("tenantry.queue")
+
+Work = Callable[[str], Awaitable[None]]
+
+
+class ReconcileQueue:
+    def __init__(self, work: Work, concurrency: int, max_backoff: float = 60.0) -> None:
+        self._work = work
+        self._concurrency = concurrency
+        self._max_backoff = max_backoff
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: set[str] = set()
+        self._running: set[str] = set()
+        self._dirty: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def enqueue(self, key: str, delay: float = 0.0) -> None:
+        """Ask for a reconcile of `key`, now or after `delay` seconds."""
+        if delay > 0:
+            if key not in self._timers:
+                loop = asyncio.get_running_loop()
+                self._timers[key] = loop.call_later(delay, self._fire, key)
+            return
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    def forget(self, key: str) -> None:
+        """Drop a key that no longer exists (a deleted tenant); a running pass finishes."""
+        self._dirty.discard(key)
+        self._failures.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+
+    @property
+    def idle(self) -> bool:
+        return not (self._pending or self._running or self._dirty)
+
+    async def run(self) -> None:
+        """Process keys until cancelled."""
+        workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            for timer in self._timers.values():
+                timer.cancel()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._pending.discard(key)
+            self._running.add(key)
+            try:
+                await self._work(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                # Exponential backoff with jitter, so a broken API server is not hammered.
+                delay = min(self._max_backoff, 2 ** (failures - 1)) * random.uniform(0.8, 1.2)  # noqa: S311
+                logger.exception(
+                    "reconcile failed (attempt %d); retrying in %.1fs",
+                    failures,
+                    delay,
+                    extra={"tenant": key},
+                )
+                self.enqueue(key, delay)
+            else:
+                self._failures.pop(key, None)
+            finally:
+                self._running.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)

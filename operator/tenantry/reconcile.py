@@ -1,0 +1,430 @@
+"""The one level-based, idempotent reconcile of a tenant: check, render, apply, prune, report.
+
+Every refusal is decided before the first write, so a tenant that is refused (a namespace it
+does not own, a secret it may not copy) leaves every existing object exactly as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_global_resource
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    Event as KubeEvent,
+    LimitRange,
+    Namespace,
+    ResourceQuota,
+    Secret,
+    Service,
+    ServiceAccount,
+)
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.types import PatchType
+from pydantic import ValidationError
+
+from tenantry.children import FIELD_MANAGER, ChildKey, LiveChild, apply_reason, child_key
+from tenantry.config import OperatorConfig
+from tenantry.models import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    RESERVED_NAMESPACES,
+    VERSION,
+    AgentTenant,
+)
+from tenantry.render import (
+    ALLOWED_TENANTS,
+    RUNTIME,
+    SANDBOX,
+    SANDBOX_TOKEN_SECRET,
+    TENANT_LABEL,
+    ClusterFacts,
+    Manifest,
+    render,
+    tenant_namespace,
+)
+from tenantry.status import (
+    GroupState,
+    Observation,
+    build_status,
+    comparable,
+    condition_of,
+    events_for,
+)
+
+logger = logging.getLogger("tenantry.reconcile")
+
+AgentTenantResource = create_global_resource(GROUP, VERSION, KIND, PLURAL)
+
+# The kinds the operator applies, by the `kind` of a rendered manifest.
+RESOURCES: dict[str, Any] = {
+    "Namespace": Namespace,
+    "ResourceQuota": ResourceQuota,
+    "LimitRange": LimitRange,
+    "NetworkPolicy": NetworkPolicy,
+    "ServiceAccount": ServiceAccount,
+    "Secret": Secret,
+    "ConfigMap": ConfigMap,
+    "Deployment": Deployment,
+    "Service": Service,
+}
+POLICY_KINDS = frozenset({"ResourceQuota", "LimitRange", "NetworkPolicy", "ServiceAccount"})
+
+
+class Stall(Exception):  # noqa: N818 - a state of the tenant, not an error of the operator
+    """The tenant cannot converge until a human changes something; nothing was written."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(error: ValidationError) -> str:
+    """A pydantic error as a human reads it: the field path and what is wrong."""
+    parts = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        parts.append(f"{path}: {item['msg']}" if path else item["msg"])
+    return "; ".join(parts)
+
+
+def owns(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> bool:
+    meta = namespace.get("metadata", {})
+    owned = any(
+        ref.get("kind") == KIND and ref.get("uid") == uid
+        for ref in meta.get("ownerReferences") or []
+    )
+    return owned and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name
+
+
+def label(key: ChildKey) -> str:
+    kind, namespace, name = key
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+@dataclass
+class Reconciler:
+    """Applies tenants with one client, one field manager and the operator's configuration."""
+
+    client: AsyncClient
+    config: OperatorConfig
+    operator_namespace: str | None = None
+    # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
+    _tokens: dict[str, str] = field(default_factory=dict)
+    # The status last written, by tenant uid. The operator is the only writer of status, and a
+    # reconcile may run on a tenant body older than its own last write (child events arrive
+    # first), so this, not the body, is what a new status is compared with.
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def reconcile(
+        self, body: Mapping[str, Any], live: Mapping[ChildKey, LiveChild]
+    ) -> Observation:
+        """Converge one tenant, write its status when it changed, and post events."""
+        meta = body["metadata"]
+        generation = int(meta.get("generation") or 0)
+        previous = self._written.get(meta["uid"], body.get("status"))
+        try:
+            tenant = AgentTenant.model_validate(body)
+            observation = await self._converge(tenant, meta["uid"], generation, live, previous)
+        except ValidationError as error:
+            observation = self._stalled(body, generation, "InvalidSpec", describe(error))
+        except Stall as stall:
+            observation = self._stalled(body, generation, stall.reason, stall.message)
+        await self._report(body, previous, observation)
+        return observation
+
+    def _stalled(
+        self, body: Mapping[str, Any], generation: int, reason: str, message: str
+    ) -> Observation:
+        name = body["metadata"]["name"]
+        logger.warning("stalled: %s: %s", reason, message, extra={"tenant": name})
+        return Observation(generation, None, name, stalled=(reason, message))
+
+    async def _converge(
+        self,
+        tenant: AgentTenant,
+        uid: str,
+        generation: int,
+        live: Mapping[ChildKey, LiveChild],
+        previous: Mapping[str, Any] | None,
+    ) -> Observation:
+        namespace = tenant_namespace(tenant, self.config)
+        self._check_namespace_name(namespace)
+        cached = live.get(("Namespace", "", namespace))
+        if cached is not None and uid in cached.owner_uids:
+            existing: dict[str, Any] | None = {
+                "metadata": {"name": namespace}
+            }  # ours, as last seen
+        else:
+            existing = await self._get(Namespace, namespace)
+        if existing is not None and cached is None and not owns(existing, tenant, uid):
+            raise Stall(
+                "NamespaceConflict",
+                f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
+                "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
+            )
+        secret_data, secret_types = await self._read_secret_sources(tenant)
+        token = (
+            await self._sandbox_token(uid, namespace, existing is not None)
+            if tenant.spec.sandbox.enabled
+            else None
+        )
+        desired = render(tenant, self.config, ClusterFacts(uid, secret_data, secret_types, token))
+
+        was_ready = condition_of(previous, "Ready").get("status") == "True"
+        applied: set[ChildKey] = set()
+        corrected: list[str] = []
+        for manifest in desired:
+            key = child_key(manifest)
+            reason = apply_reason(manifest, live.get(key))
+            if reason is None:
+                continue
+            if key[0] == "Namespace" and existing is None:
+                await self._create_namespace(manifest, tenant, uid)
+            else:
+                await self._apply(manifest)
+            applied.add(key)
+            if was_ready and reason != "changed":
+                corrected.append(f"{label(key)} ({reason})")
+            logger.info("applied %s (%s)", label(key), reason, extra={"tenant": tenant.name})
+        pruned = await self._prune({child_key(m) for m in desired}, live, tenant.name)
+        return Observation(
+            generation=generation,
+            namespace=namespace,
+            topic_source=tenant.name,
+            groups=self._groups(tenant, namespace, applied, live),
+            corrected=tuple(corrected),
+            pruned=tuple(pruned),
+        )
+
+    def _check_namespace_name(self, namespace: str) -> None:
+        reserved = RESERVED_NAMESPACES | {self.config.secret_source_namespace}
+        if self.operator_namespace:
+            reserved |= {self.operator_namespace}
+        if namespace in reserved or namespace.startswith("kube-"):
+            raise Stall(
+                "ReservedNamespace",
+                f"namespace {namespace!r} is reserved for the cluster or the operator: set spec.namespace "
+                "to a namespace of the tenant's own",
+            )
+        if len(namespace) > 63:
+            raise Stall(
+                "InvalidNamespace",
+                f"the default namespace {namespace!r} is longer than 63 characters: set spec.namespace, "
+                "or use a shorter tenant name",
+            )
+
+    async def _read_secret_sources(
+        self, tenant: AgentTenant
+    ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        source_namespace = self.config.secret_source_namespace
+        data: dict[str, dict[str, str]] = {}
+        types: dict[str, str] = {}
+        for index, ref in enumerate(tenant.spec.secrets):
+            field_path = f"spec.secrets[{index}].from"
+            source = await self._get(Secret, ref.from_, source_namespace)
+            if source is None:
+                raise Stall(
+                    "SecretNotFound",
+                    f"{field_path}: Secret {ref.from_!r} does not exist in namespace {source_namespace!r}: "
+                    "create it there, or correct the name",
+                )
+            annotations = source.get("metadata", {}).get("annotations") or {}
+            allowed = {name.strip() for name in annotations.get(ALLOWED_TENANTS, "").split(",")}
+            if tenant.name not in allowed:
+                raise Stall(
+                    "SecretNotAllowed",
+                    f"{field_path}: Secret {source_namespace}/{ref.from_} does not allow tenant {tenant.name!r}: "
+                    f"add it to the Secret's {ALLOWED_TENANTS} annotation (a comma-separated list of tenants)",
+                )
+            data[ref.name] = dict(source.get("data") or {})
+            types[ref.name] = source.get("type") or "Opaque"
+        model = tenant.spec.runtime.model
+        if model and model.credentials_key not in data.get(model.credentials_secret, {}):
+            raise Stall(
+                "SecretKeyMissing",
+                f"spec.runtime.model.credentialsKey: the Secret copied as {model.credentials_secret!r} has no key "
+                f"{model.credentials_key!r}: add it to the source Secret, or set credentialsKey",
+            )
+        return data, types
+
+    async def _sandbox_token(self, uid: str, namespace: str, namespace_exists: bool) -> str:
+        if uid in self._tokens:
+            return self._tokens[uid]
+        token = None
+        if namespace_exists:
+            secret = await self._get(Secret, SANDBOX_TOKEN_SECRET, namespace)
+            encoded = ((secret or {}).get("data") or {}).get("token")
+            try:
+                token = base64.b64decode(encoded, validate=True).decode() if encoded else None
+            except (binascii.Error, UnicodeDecodeError):
+                token = None  # a tampered token is replaced; runtime and sandbox restart together
+        self._tokens[uid] = token or secrets.token_urlsafe(32)
+        return self._tokens[uid]
+
+    async def _create_namespace(self, manifest: Manifest, tenant: AgentTenant, uid: str) -> None:
+        # Created, never applied, the first time: a server-side apply would silently take over a
+        # namespace that appeared since we looked; a create fails instead.
+        try:
+            await self.client.create(Namespace.from_dict(manifest), field_manager=FIELD_MANAGER)  # type: ignore[call-overload]
+        except ApiError as error:
+            if error.status.code != 409:
+                raise
+            existing = await self._get(Namespace, manifest["metadata"]["name"])
+            if existing is None or not owns(existing, tenant, uid):
+                raise Stall(
+                    "NamespaceConflict",
+                    f"namespace {manifest['metadata']['name']!r} was created by someone else: set spec.namespace "
+                    "to a namespace that does not exist yet",
+                ) from None
+            await self._apply(manifest)
+
+    async def _apply(self, manifest: Manifest) -> None:
+        kind, namespace, name = child_key(manifest)
+        try:
+            await self.client.patch(
+                RESOURCES[kind],
+                name,
+                manifest,
+                namespace=namespace or None,
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+        except ApiError as error:
+            if error.status.code in (400, 422):
+                raise Stall(
+                    "Rejected",
+                    f"the API server rejected {label((kind, namespace, name))}: {error.status.message}",
+                ) from None
+            raise
+
+    async def _prune(
+        self, wanted: set[ChildKey], live: Mapping[ChildKey, LiveChild], tenant: str
+    ) -> list[str]:
+        pruned = []
+        for key in sorted(set(live) - wanted):
+            kind, namespace, name = key
+            if kind == "Namespace":
+                continue  # a tenant's namespace goes only with the tenant, by garbage collection
+            try:
+                await self.client.delete(RESOURCES[kind], name, namespace=namespace or None)
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+            pruned.append(label(key))
+            logger.info("deleted %s: no longer in the spec", label(key), extra={"tenant": tenant})
+        return pruned
+
+    def _groups(
+        self,
+        tenant: AgentTenant,
+        namespace: str,
+        applied: set[ChildKey],
+        live: Mapping[ChildKey, LiveChild],
+    ) -> dict[str, GroupState]:
+        def workload(component: str) -> GroupState:
+            key = ("Deployment", namespace, component)
+            child = live.get(key)
+            if key in applied or child is None:
+                return GroupState(False, "RollingOut", f"the {component} Deployment is rolling out")
+            if not child.available:
+                return GroupState(False, "Unavailable", f"{component}: {child.problem}")
+            return GroupState(True, "Available")
+
+        count = len(tenant.spec.secrets)
+        return {
+            "NamespaceReady": GroupState(
+                True, "Owned", f"namespace {namespace} is owned by this tenant"
+            ),
+            "PoliciesReady": GroupState(
+                True, "Applied", "quota, limits, network policies and service accounts applied"
+            ),
+            "SecretsReady": GroupState(True, "Copied", f"{count} secret(s) copied"),
+            "RuntimeReady": workload(RUNTIME),
+            "SandboxReady": workload(SANDBOX)
+            if tenant.spec.sandbox.enabled
+            else GroupState(True, "Disabled", "the sandbox is disabled"),
+        }
+
+    async def _get(
+        self, resource: Any, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            obj = await self.client.get(resource, name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
+        result: dict[str, Any] = obj.to_dict()
+        return result
+
+    def forget(self, uid: str) -> None:
+        self._tokens.pop(uid, None)
+        self._written.pop(uid, None)
+
+    async def _report(
+        self, body: Mapping[str, Any], previous: Mapping[str, Any] | None, observation: Observation
+    ) -> None:
+        status = build_status(observation, previous, now())
+        if comparable(status) != comparable(previous):
+            await self.client.patch(
+                AgentTenantResource.Status,
+                body["metadata"]["name"],
+                {"status": status},
+                patch_type=PatchType.MERGE,
+            )
+            self._written[body["metadata"]["uid"]] = status
+        for event in events_for(observation, previous, status):
+            await self._post_event(body, event.type, event.reason, event.message)
+
+    async def _post_event(
+        self, body: Mapping[str, Any], kind: str, reason: str, message: str
+    ) -> None:
+        meta = body["metadata"]
+        timestamp = datetime.now(UTC)
+        event = KubeEvent(
+            metadata=ObjectMeta(
+                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace="default"
+            ),
+            involvedObject=ObjectReference(
+                apiVersion=API_VERSION, kind=KIND, name=meta["name"], uid=meta["uid"]
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=kind,
+            source=EventSource(component="tenantry"),
+            firstTimestamp=timestamp,
+            lastTimestamp=timestamp,
+            count=1,
+        )
+        try:
+            await self.client.create(event)
+        except ApiError as error:  # events are best effort: never fail a reconcile for one
+            logger.warning(
+                "could not post event %s: %s",
+                reason,
+                error.status.message,
+                extra={"tenant": meta["name"]},
+            )
+        logger.info("event %s %s: %s", kind, reason, message, extra={"tenant": meta["name"]})

@@ -1,0 +1,181 @@
+"""Pure status logic: from what a reconcile observed to conditions, and to the events to post.
+
+Conditions follow the Kubernetes API conventions and kstatus (Flux): `Ready` rolls up every
+child group, `Reconciling` is True while converging, `Stalled` is True when only a human can
+help, and every condition carries the generation it describes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+# One condition per child group, in the order a tenant converges.
+GROUPS = ("NamespaceReady", "PoliciesReady", "SecretsReady", "RuntimeReady", "SandboxReady")
+
+
+@dataclass(frozen=True)
+class GroupState:
+    ok: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one reconcile found: either a stall, or the state of each child group."""
+
+    generation: int
+    namespace: str | None
+    topic_source: str
+    stalled: tuple[str, str] | None = None  # (reason, message a human can act on)
+    groups: Mapping[str, GroupState] = field(default_factory=dict)
+    corrected: tuple[str, ...] = ()  # children restored after someone changed or deleted them
+    pruned: tuple[str, ...] = ()  # children deleted because the spec no longer wants them
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def condition(
+    kind: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    unchanged = previous is not None and previous.get("status") == status
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        # The transition time moves only when the status does.
+        "lastTransitionTime": previous["lastTransitionTime"] if unchanged and previous else now,
+    }
+
+
+def build_status(
+    observation: Observation, previous: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """The status to write for an observation, keeping transition times that did not change."""
+    before = {c["type"]: c for c in (previous or {}).get("conditions", [])}
+    generation = observation.generation
+
+    def make(kind: str, ok: bool, reason: str, message: str = "") -> dict[str, Any]:
+        return condition(kind, ok, reason, message, generation, before.get(kind), now)
+
+    conditions: list[dict[str, Any]] = []
+    if observation.stalled:
+        reason, message = observation.stalled
+        conditions += [
+            make(READY, False, reason, message),
+            make(
+                RECONCILING, False, reason, "stalled: waiting for the spec or the cluster to change"
+            ),
+            make(STALLED, True, reason, message),
+        ]
+        # Group conditions keep what was last observed: a refused change touched nothing.
+        conditions += [before[kind] for kind in GROUPS if kind in before]
+    else:
+        waiting = [
+            f"{kind}: {state.message or state.reason}"
+            for kind, state in observation.groups.items()
+            if not state.ok
+        ]
+        ready = not waiting
+        conditions += [
+            make(
+                READY,
+                ready,
+                "Ready" if ready else "Progressing",
+                "all children are available" if ready else "; ".join(waiting),
+            ),
+            make(
+                RECONCILING,
+                not ready,
+                "Progressing" if not ready else "Converged",
+                "; ".join(waiting),
+            ),
+            make(STALLED, False, "Converged" if ready else "Progressing"),
+        ]
+        conditions += [
+            make(kind, state.ok, state.reason, state.message)
+            for kind, state in observation.groups.items()
+        ]
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "topicSource": observation.topic_source,
+        "conditions": conditions,
+    }
+    namespace = observation.namespace or (previous or {}).get("namespace")
+    if namespace:
+        status["namespace"] = namespace
+    return status
+
+
+def comparable(status: Mapping[str, Any] | None) -> Any:
+    """A status without transition times, to decide whether anything worth writing changed."""
+    if not status:
+        return None
+    conditions = sorted(
+        (
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions", [])
+        ),
+        key=lambda c: str(c["type"]),
+    )
+    return {**{k: v for k, v in status.items() if k != "conditions"}, "conditions": conditions}
+
+
+def condition_of(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any]:
+    for item in (status or {}).get("conditions", []):
+        if item.get("type") == kind:
+            return dict(item)
+    return {}
+
+
+def events_for(
+    observation: Observation, previous: Mapping[str, Any] | None, current: Mapping[str, Any]
+) -> list[Event]:
+    """Events for the significant transitions between two statuses."""
+    events: list[Event] = []
+    was_ready = condition_of(previous, READY).get("status") == "True"
+    is_ready = condition_of(current, READY).get("status") == "True"
+    stalled_before = condition_of(previous, STALLED)
+    stalled_now = condition_of(current, STALLED)
+    if stalled_now.get("status") == "True" and (
+        stalled_before.get("status") != "True"
+        or stalled_before.get("message") != stalled_now.get("message")
+    ):
+        events.append(Event("Warning", str(stalled_now["reason"]), str(stalled_now["message"])))
+    elif stalled_before.get("status") == "True" and stalled_now.get("status") != "True":
+        events.append(Event("Normal", "Resumed", "the tenant is no longer stalled"))
+    if observation.corrected:
+        events.append(
+            Event("Normal", "DriftCorrected", "restored " + ", ".join(observation.corrected))
+        )
+    if observation.pruned:
+        events.append(Event("Normal", "Pruned", "deleted " + ", ".join(observation.pruned)))
+    if is_ready and not was_ready:
+        events.append(
+            Event("Normal", "Ready", f"the tenant is ready in namespace {current.get('namespace')}")
+        )
+    elif was_ready and not is_ready and stalled_now.get("status") != "True":
+        events.append(
+            Event("Warning", "NotReady", str(condition_of(current, READY).get("message", "")))
+        )
+    return events

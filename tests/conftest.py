@@ -1,0 +1,34 @@
+"""Fixtures shared by every test suite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SCRIPT = REPO / "e2e" / "cluster.py"
+KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
+
+
+def _cluster(command: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, str(CLUSTER_SCRIPT), command], check=False)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> Iterator[Path]:
+    """The kubeconfig of the local control plane, started for this session when not running.
+
+    A cluster this session started is stopped at the end (set TENANTRY_KEEP_CLUSTER=1 to keep
+    it); one that was already running (`make cluster-up`) is reused and left running.
+    """
+    was_running = _cluster("status").returncode == 0
+    if _cluster("up").returncode != 0:
+        pytest.fail("the local control plane did not start: see the [cluster] lines above")
+    yield KUBECONFIG
+    if not was_running and os.environ.get("TENANTRY_KEEP_CLUSTER") != "1":
+        _cluster("down")
