@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain cluster-up cluster-down lint test test-unit test-integration clean
+.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd lint test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -28,8 +28,18 @@ toolchain: ## build (or reuse) etcd, Kubernetes and kwok from Go modules
 cluster-up: venv ## start the local control plane (or reuse it); kubeconfig in .cache/cluster/kubeconfig
 	@$(BIN)/python e2e/cluster.py up
 
-cluster-down: ## stop the local control plane, leaving no process behind
+cluster-down: ## stop the local control plane (and a demo operator), leaving no process behind
+	@$(PYTHON) e2e/demo.py down
 	@$(PYTHON) e2e/cluster.py down
+
+demo: cluster-up ## the operator on the local cluster with the example tenants; stays up for exploring
+	@$(BIN)/python e2e/demo.py
+
+demo-down: ## stop the demo operator (the cluster keeps running)
+	@$(PYTHON) e2e/demo.py down
+
+crd: venv ## regenerate crds/ from the models
+	$(BIN)/tenantry crd > crds/agenttenants.tenantry.dev.yaml
 
 lint: venv ## ruff, mypy (strict) and import-linter
 	$(BIN)/ruff check .

@@ -32,3 +32,11 @@ def kubeconfig() -> Iterator[Path]:
     yield KUBECONFIG
     if not was_running and os.environ.get("TENANTRY_KEEP_CLUSTER") != "1":
         _cluster("down")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

@@ -91,10 +91,11 @@ def command_render(args: argparse.Namespace) -> None:
 
 
 def command_run(args: argparse.Namespace) -> None:
-    import kopf  # imported here: `crd` and `render` must work without a cluster or Kopf's start-up
+    # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
+    import kopf  # noqa: PLC0415
 
-    import tenantry.handlers  # noqa: F401 - registers the handlers
-    from tenantry.logs import configure
+    import tenantry.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from tenantry.logs import configure  # noqa: PLC0415
 
     configure(args.log_level)
     config = operator_config(

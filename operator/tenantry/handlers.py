@@ -14,6 +14,8 @@ from typing import Any
 
 import kopf
 from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import OnErrorAction, OnErrorResult
 
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
@@ -75,6 +77,23 @@ class Controller:
         if tenant and tenant in self.tenants:
             self.queue.enqueue(tenant)
 
+    async def watch_secret_sources(self) -> None:
+        """Reconcile the tenants that copy a source Secret whenever it changes.
+
+        A rotated key then reaches the runtime at once, and a tenant stalled on a Secret that
+        did not exist or did not allow it resumes as soon as that is fixed.
+        """
+        watch = self.reconciler.client.watch(
+            Secret, namespace=self.config.secret_source_namespace, on_error=retry_with_backoff
+        )
+        async for _, secret in watch:
+            name = secret.metadata.name if secret.metadata else None
+            for tenant, body in list(self.tenants.items()):
+                if any(
+                    ref.get("from") == name for ref in (body.get("spec") or {}).get("secrets") or []
+                ):
+                    self.queue.enqueue(tenant)
+
     async def correct_drift(self) -> None:
         """Reconcile every tenant about once per interval, spread out so they do not all fire at once."""
         interval = self.config.drift_interval_seconds
@@ -82,6 +101,11 @@ class Controller:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:
+    logger.warning("watch of secret sources failed (attempt %d): %s", attempt, error)
+    return OnErrorResult(OnErrorAction.RETRY, sleep=min(30.0, 2.0 ** min(attempt, 5)))
 
 
 def controller(memo: kopf.Memo) -> Controller:

@@ -24,13 +24,15 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import (
     ConfigMap,
-    Event as KubeEvent,
     LimitRange,
     Namespace,
     ResourceQuota,
     Secret,
     Service,
     ServiceAccount,
+)
+from lightkube.resources.core_v1 import (
+    Event as KubeEvent,
 )
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
@@ -86,7 +88,7 @@ RESOURCES: dict[str, Any] = {
 POLICY_KINDS = frozenset({"ResourceQuota", "LimitRange", "NetworkPolicy", "ServiceAccount"})
 
 
-class Stall(Exception):  # noqa: N818 - a state of the tenant, not an error of the operator
+class Stall(Exception):
     """The tenant cannot converge until a human changes something; nothing was written."""
 
     def __init__(self, reason: str, message: str) -> None:

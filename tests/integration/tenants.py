@@ -1,0 +1,129 @@
+"""Helpers to drive AgentTenants on the real cluster and observe their status and children."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightkube import Client, codecs
+from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_global_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    LimitRange,
+    Namespace,
+    ResourceQuota,
+    Secret,
+    Service,
+    ServiceAccount,
+)
+from lightkube.resources.networking_v1 import NetworkPolicy
+from waiting import wait_until
+
+SECRET_SOURCE_NAMESPACE = "tenantry-secrets"
+# Short, so the idle test can watch two drift periods quickly.
+DRIFT_INTERVAL_SECONDS = 3
+
+AgentTenant = create_global_resource("tenantry.dev", "v1alpha1", "AgentTenant", "agenttenants")
+CHILD_KINDS = (
+    ResourceQuota,
+    LimitRange,
+    NetworkPolicy,
+    ServiceAccount,
+    Secret,
+    ConfigMap,
+    Deployment,
+    Service,
+)
+MANAGED = {"app.kubernetes.io/managed-by": "tenantry"}
+
+
+def manifest(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "AgentTenant",
+        "metadata": {"name": name},
+        "spec": spec or {},
+    }
+
+
+def apply(kube: Client, body: dict[str, Any]) -> Any:
+    return kube.apply(codecs.from_dict(body), field_manager="tenantry-tests", force=True)
+
+
+def get(kube: Client, name: str) -> Any | None:
+    try:
+        return kube.get(AgentTenant, name)
+    except ApiError as error:
+        if error.status.code == 404:
+            return None
+        raise
+
+
+def condition(kube: Client, name: str, kind: str) -> dict[str, Any]:
+    tenant = get(kube, name)
+    for item in ((tenant.status if tenant else None) or {}).get("conditions", []):
+        if item["type"] == kind:
+            return dict(item)
+    return {}
+
+
+def wait_condition(
+    kube: Client,
+    name: str,
+    kind: str,
+    status: str = "True",
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Wait until the tenant's condition has this status (and reason) for its current generation."""
+
+    def matches() -> dict[str, Any] | None:
+        tenant = get(kube, name)
+        found = condition(kube, name, kind)
+        if (
+            not tenant
+            or found.get("status") != status
+            or (reason and found.get("reason") != reason)
+        ):
+            return None
+        return found if found.get("observedGeneration") == tenant.metadata.generation else None
+
+    return wait_until(matches, f"{name}: {kind}={status} {reason or ''}", timeout=timeout)
+
+
+def children(kube: Client, namespace: str) -> dict[tuple[str, str], Any]:
+    """Every object of a kind the operator manages in a namespace, by (kind, name)."""
+    found: dict[tuple[str, str], Any] = {}
+    for kind in CHILD_KINDS:
+        for obj in kube.list(kind, namespace=namespace):
+            found[(kind.__name__, obj.metadata.name)] = obj  # type: ignore[union-attr]
+    return found
+
+
+def versions(kube: Client, namespace: str) -> dict[tuple[str, str], str]:
+    """resourceVersion of every managed-kind object in a namespace (and of the namespace)."""
+    result = {key: obj.metadata.resourceVersion for key, obj in children(kube, namespace).items()}
+    try:
+        result[("Namespace", namespace)] = kube.get(Namespace, namespace).metadata.resourceVersion  # type: ignore[union-attr]
+    except ApiError as error:
+        if error.status.code != 404:
+            raise
+    return result
+
+
+def namespace_gone(kube: Client, namespace: str) -> bool:
+    try:
+        kube.get(Namespace, namespace)
+    except ApiError as error:
+        return error.status.code == 404
+    return False
+
+
+def delete(kube: Client, name: str) -> None:
+    try:
+        kube.delete(AgentTenant, name)
+    except ApiError as error:
+        if error.status.code != 404:
+            raise
+    wait_until(lambda: get(kube, name) is None, f"AgentTenant {name} to be deleted")

@@ -1,0 +1,488 @@
+"""The operator, run as `tenantry run`, against the real control plane.
+
+Each test drives AgentTenants through the API server and checks what a user would check:
+status conditions, the children in the tenant namespace, and that nothing else changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tenants
+from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment, ReplicaSet
+from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.types import PatchType
+from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
+from waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+NewTenant = Callable[..., str]
+
+
+@pytest.fixture
+def new_tenant(kube: Client, operator: Path) -> Iterator[NewTenant]:
+    """Apply AgentTenants with unique names; delete them (and wait) when the test ends."""
+    names: list[str] = []
+
+    def make(spec: dict[str, Any] | None = None, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        tenants.apply(kube, tenants.manifest(name, spec))
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        tenants.delete(kube, name)
+
+
+@pytest.fixture(autouse=True)
+def operator_log_on_failure(request: pytest.FixtureRequest, operator: Path) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print("---- last lines of the operator log ----")
+        print("\n".join(operator.read_text().splitlines()[-60:]))
+
+
+def source_secret(kube: Client, name: str, allowed: str | None, data: dict[str, str]) -> None:
+    annotations = {"tenantry.dev/allowed-tenants": allowed} if allowed is not None else {}
+    secret = Secret(
+        metadata=ObjectMeta(name=name, namespace=SECRET_SOURCE_NAMESPACE, annotations=annotations),
+        stringData=data,
+    )
+    kube.apply(secret, field_manager="tenantry-tests", force=True)
+
+
+def model_spec(secret_from: str) -> dict[str, Any]:
+    return {
+        "runtime": {
+            "topicTypes": ["default", "code"],
+            "agents": [
+                {"name": "assistant", "kind": "assistant", "topicType": "default"},
+                {"name": "coder", "kind": "coder", "topicType": "code"},
+            ],
+            "model": {
+                "model": "m",
+                "baseUrl": "https://203.0.113.7/v1",
+                "credentialsSecret": "model-credentials",
+            },
+        },
+        "secrets": [{"name": "model-credentials", "from": secret_from}],
+        "network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [443]}]},
+    }
+
+
+def namespace_of(name: str) -> str:
+    return f"tenant-{name}"
+
+
+def running_pods(kube: Client, namespace: str) -> list[Pod]:
+    return [
+        p for p in kube.list(Pod, namespace=namespace) if p.status and p.status.phase == "Running"
+    ]
+
+
+def test_a_tenant_becomes_ready_with_every_child_labelled_owned_and_admitted(
+    kube: Client, new_tenant: NewTenant
+) -> None:
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    name = new_tenant(prefix="ready")
+    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-test"})
+    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
+    ready = tenants.wait_condition(kube, name, "Ready")
+    assert ready["reason"] == "Ready"
+
+    tenant = tenants.get(kube, name)
+    namespace = namespace_of(name)
+    assert tenant.status["namespace"] == namespace
+    assert tenant.status["topicSource"] == name
+    assert tenant.status["observedGeneration"] == tenant.metadata.generation
+    assert {c["type"] for c in tenant.status["conditions"]} >= {
+        "Ready",
+        "Reconciling",
+        "Stalled",
+        "NamespaceReady",
+        "PoliciesReady",
+        "SecretsReady",
+        "RuntimeReady",
+        "SandboxReady",
+    }
+    assert tenants.condition(kube, name, "Stalled")["status"] == "False"
+    assert tenants.condition(kube, name, "Reconciling")["status"] == "False"
+
+    ns = kube.get(Namespace, namespace)
+    assert ns.metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"  # type: ignore[index,union-attr]
+    found = tenants.children(kube, namespace)
+    expected = {
+        ("ResourceQuota", "tenant-quota"),
+        ("LimitRange", "tenant-defaults"),
+        ("NetworkPolicy", "default-deny"),
+        ("NetworkPolicy", "runtime"),
+        ("NetworkPolicy", "sandbox"),
+        ("ServiceAccount", "runtime"),
+        ("ServiceAccount", "sandbox"),
+        ("Secret", "model-credentials"),
+        ("Secret", "sandbox-token"),
+        ("ConfigMap", "runtime-config"),
+        ("Deployment", "runtime"),
+        ("Deployment", "sandbox"),
+        ("Service", "runtime"),
+        ("Service", "sandbox"),
+    }
+    managed = {
+        key
+        for key, obj in found.items()
+        if (obj.metadata.labels or {}).get("app.kubernetes.io/managed-by") == "tenantry"
+    }
+    assert managed == expected
+    for key in [*expected, ("Namespace", namespace)]:
+        obj = ns if key[0] == "Namespace" else found[key]
+        assert obj.metadata.labels["tenantry.dev/tenant"] == name, key
+        owners = obj.metadata.ownerReferences or []
+        assert [(o.kind, o.name, o.uid, o.controller) for o in owners] == [
+            ("AgentTenant", name, tenant.metadata.uid, True)
+        ], key
+
+    # Admitted under PSA "restricted" (enforced on the namespace) and running on kwok nodes.
+    pods = wait_until(
+        lambda: (p := running_pods(kube, namespace)) and len(p) == 2 and p, "two running pods"
+    )
+    assert {p.metadata.labels["tenantry.dev/component"] for p in pods} == {"runtime", "sandbox"}  # type: ignore[index,union-attr]
+    for pod in pods:
+        assert pod.spec.automountServiceAccountToken is False  # type: ignore[union-attr]
+
+    # Credentials reach the runtime only; the copied value is the source's.
+    copied = kube.get(Secret, "model-credentials", namespace=namespace)
+    assert base64.b64decode(copied.data["api-key"]).decode() == "sk-test"  # type: ignore[index]
+    sandbox = kube.get(Deployment, "sandbox", namespace=namespace).spec.template.spec  # type: ignore[union-attr]
+    mounted = {v.secret.secretName for v in sandbox.volumes or [] if v.secret}  # type: ignore[union-attr]
+    assert mounted == {"sandbox-token"}
+    runtime = kube.get(Deployment, "runtime", namespace=namespace).spec.template.spec  # type: ignore[union-attr]
+    assert {v.secret.secretName for v in runtime.volumes or [] if v.secret} == {
+        "model-credentials",
+        "sandbox-token",
+    }  # type: ignore[union-attr]
+
+    events = [e for e in kube.list(Event, namespace="default") if e.involvedObject.name == name]
+    assert "Ready" in {e.reason for e in events}
+
+
+def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
+    kube: Client, new_tenant: NewTenant
+) -> None:
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    name = new_tenant(prefix="change")
+    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-one"})
+    spec = model_spec(secret_name)
+    tenants.apply(kube, tenants.manifest(name, spec))
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    token_before = kube.get(Secret, "sandbox-token", namespace=namespace).data["token"]  # type: ignore[index]
+    template_before = kube.get(
+        Deployment, "runtime", namespace=namespace
+    ).spec.template.metadata.annotations  # type: ignore[union-attr]
+    runtime_pods = {"tenantry.dev/component": "runtime"}
+    replica_sets_before = len(list(kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)))
+
+    # A changed config rolls the runtime out: a new pod template, so a new ReplicaSet.
+    spec["runtime"]["topicTypes"] = ["default", "code", "billing"]
+    tenants.apply(kube, tenants.manifest(name, spec))
+    tenants.wait_condition(kube, name, "Ready")
+    config = kube.get(ConfigMap, "runtime-config", namespace=namespace).data["runtime.json"]  # type: ignore[index]
+    assert '"billing"' in config
+    template_after = kube.get(
+        Deployment, "runtime", namespace=namespace
+    ).spec.template.metadata.annotations  # type: ignore[union-attr]
+    assert template_after["tenantry.dev/config-hash"] != template_before["tenantry.dev/config-hash"]
+    replica_sets = len(list(kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)))
+    assert replica_sets == replica_sets_before + 1
+    # The sandbox token is generated once and survives every reconcile.
+    assert kube.get(Secret, "sandbox-token", namespace=namespace).data["token"] == token_before  # type: ignore[index]
+
+    # Without a model, secrets or sandbox, their children go.
+    tenants.apply(kube, tenants.manifest(name, {"sandbox": {"enabled": False}}))
+    tenants.wait_condition(kube, name, "Ready")
+    left = set(tenants.children(kube, namespace))
+    for gone in [
+        ("Secret", "model-credentials"),
+        ("Secret", "sandbox-token"),
+        ("Deployment", "sandbox"),
+        ("Service", "sandbox"),
+        ("NetworkPolicy", "sandbox"),
+        ("ServiceAccount", "sandbox"),
+    ]:
+        assert gone not in left, gone
+    assert ("Deployment", "runtime") in left
+    assert tenants.condition(kube, name, "SandboxReady")["reason"] == "Disabled"
+
+
+def test_drift_is_corrected(kube: Client, new_tenant: NewTenant) -> None:
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    name = new_tenant(prefix="drift")
+    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-drift"})
+    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    original = kube.get(NetworkPolicy, "default-deny", namespace=namespace).spec.to_dict()  # type: ignore[union-attr]
+
+    kube.delete(NetworkPolicy, "runtime", namespace=namespace)
+    kube.delete(Secret, "model-credentials", namespace=namespace)
+    kube.delete(Deployment, "sandbox", namespace=namespace)
+    # Someone opens the default-deny policy to everything.
+    kube.patch(
+        NetworkPolicy,
+        "default-deny",
+        {
+            "spec": {
+                "podSelector": {"matchLabels": {"nothing": "selected"}},
+                "ingress": [{}],
+                "egress": [{}],
+            }
+        },
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+        field_manager="intruder",
+    )
+
+    def restored() -> bool:
+        found = tenants.children(kube, namespace)
+        return (
+            ("NetworkPolicy", "runtime") in found
+            and ("Secret", "model-credentials") in found
+            and ("Deployment", "sandbox") in found
+            and found[("NetworkPolicy", "default-deny")].spec.to_dict() == original
+        )
+
+    wait_until(restored, "deleted and tampered children to be restored", timeout=60)
+    tenants.wait_condition(kube, name, "Ready")
+    events = [e for e in kube.list(Event, namespace="default") if e.involvedObject.name == name]
+    assert "DriftCorrected" in {e.reason for e in events}
+
+
+@pytest.mark.parametrize(
+    ("claimed", "expected"),
+    [
+        ("user-owned", "NamespaceConflict"),
+        ("other-tenant", "NamespaceConflict"),
+        (SECRET_SOURCE_NAMESPACE, "ReservedNamespace"),
+    ],
+)
+def test_a_namespace_tenantry_does_not_own_is_never_adopted(
+    kube: Client,
+    new_tenant: NewTenant,
+    make_namespace: Callable[..., str],
+    claimed: str,
+    expected: str,
+) -> None:
+    if claimed == "user-owned":
+        claimed = make_namespace("users")
+        kube.create(
+            ConfigMap(metadata=ObjectMeta(name="precious", namespace=claimed), data={"keep": "me"})
+        )
+    elif claimed == "other-tenant":
+        owner = new_tenant(prefix="owner")
+        tenants.wait_condition(kube, owner, "Ready")
+        claimed = namespace_of(owner)
+    before = tenants.versions(kube, claimed)
+    labels_before = kube.get(Namespace, claimed).metadata.labels  # type: ignore[union-attr]
+
+    intruder = new_tenant({"namespace": claimed}, prefix="intruder")
+    stalled = tenants.wait_condition(kube, intruder, "Stalled", reason=expected)
+    assert claimed in stalled["message"]
+    assert "spec.namespace" in stalled["message"]
+    assert tenants.condition(kube, intruder, "Ready")["status"] == "False"
+    time.sleep(1)  # would any write have followed the refusal, it would show by now
+    assert tenants.versions(kube, claimed) == before
+    assert kube.get(Namespace, claimed).metadata.labels == labels_before  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("namespace", ["kube-system", "default", "kube-public"])
+def test_cluster_namespaces_are_refused_by_the_api_server(
+    kube: Client, operator: Path, namespace: str
+) -> None:
+    before = tenants.versions(kube, namespace)
+    with pytest.raises(ApiError) as refused:
+        tenants.apply(
+            kube, tenants.manifest(f"sys-{uuid.uuid4().hex[:6]}", {"namespace": namespace})
+        )
+    assert 'spec.namespace must not be "default" or start with "kube-"' in str(
+        refused.value.status.message
+    )
+    assert tenants.versions(kube, namespace) == before
+
+
+@pytest.mark.parametrize(
+    ("allowed", "exists", "reason"),
+    [
+        ("someone-else", True, "SecretNotAllowed"),
+        (None, True, "SecretNotAllowed"),
+        ("", False, "SecretNotFound"),
+    ],
+)
+def test_secrets_are_copied_only_when_the_source_allows_the_tenant(
+    kube: Client, new_tenant: NewTenant, allowed: str | None, exists: bool, reason: str
+) -> None:
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    if exists:
+        source_secret(kube, secret_name, allowed=allowed, data={"api-key": "sk-not-yours"})
+    name = new_tenant(model_spec(secret_name), prefix="scoped")
+    stalled = tenants.wait_condition(kube, name, "Stalled", reason=reason)
+    assert "spec.secrets[0].from" in stalled["message"]
+    assert secret_name in stalled["message"]
+    assert tenants.namespace_gone(kube, namespace_of(name)), "a refused tenant must touch nothing"
+
+    # Allowing the tenant un-stalls it without any change to the tenant.
+    source_secret(kube, secret_name, allowed=f"other,{name}", data={"api-key": "sk-yours"})
+    tenants.wait_condition(kube, name, "Ready", timeout=30)
+
+
+def test_a_refused_change_leaves_a_running_tenant_as_it_was(
+    kube: Client, new_tenant: NewTenant
+) -> None:
+    name = new_tenant(prefix="keep")
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    before = tenants.versions(kube, namespace)
+    spec = model_spec(f"missing-{uuid.uuid4().hex[:6]}")
+    tenants.apply(kube, tenants.manifest(name, spec))
+    tenants.wait_condition(kube, name, "Stalled", reason="SecretNotFound")
+    time.sleep(1)
+    assert tenants.versions(kube, namespace) == before
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"namespace": "Not_A_Name"}, "spec.namespace"),
+        ({"displayName": "evil\nmetadata:\n  name: pwned"}, "spec.displayName"),
+        ({"displayName": "x" * 129}, "spec.displayName"),
+        (
+            {"network": {"egress": [{"cidr": "10.0.0.300/8", "ports": [443]}]}},
+            'must be a CIDR such as "203.0.113.0/24"',
+        ),
+        (
+            {"network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [70000]}]}},
+            "spec.network.egress[0].ports[0]",
+        ),
+        (
+            {"network": {"egress": [{"cidr": "203.0.113.0/24", "ports": []}]}},
+            "spec.network.egress[0].ports",
+        ),
+        ({"runtime": {"agents": [{"name": "x", "kind": "shell"}]}}, "spec.runtime.agents[0].kind"),
+        ({"runtime": {"topicTypes": ["Bad Topic"]}}, "spec.runtime.topicTypes[0]"),
+        (
+            {
+                "runtime": {
+                    "model": {"model": "m", "baseUrl": "https://x", "credentialsSecret": "nope"}
+                }
+            },
+            "spec.runtime.model.credentialsSecret must name one of spec.secrets",
+        ),
+        (
+            {
+                "runtime": {
+                    "model": {
+                        "model": "m",
+                        "baseUrl": "file:///etc/passwd",
+                        "credentialsSecret": "k",
+                    }
+                },
+                "secrets": [{"name": "k", "from": "k"}],
+            },
+            "spec.runtime.model.baseUrl",
+        ),
+        (
+            {
+                "sandbox": {"enabled": False},
+                "runtime": {"agents": [{"name": "c", "kind": "coder"}]},
+            },
+            "a coder agent needs the sandbox",
+        ),
+        ({"sandbox": {"timeoutSeconds": 0}}, "spec.sandbox.timeoutSeconds"),
+        ({"quota": {"memory": "lots"}}, "spec.quota.memory"),
+        (
+            {
+                "network": {
+                    "ingressFrom": [{"namespaceSelector": {"matchLabels": {"bad key!": "x"}}}]
+                }
+            },
+            "every key must",
+        ),
+        ({"runtime": {"image": "evil; rm -rf /"}}, "spec.runtime.image"),
+        ({"unknownField": True}, "spec.unknownField: field not declared in schema"),
+    ],
+)
+def test_invalid_manifests_are_rejected_by_the_api_server(
+    kube: Client, crd_installed: None, spec: dict[str, Any], message: str
+) -> None:
+    name = f"bad-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ApiError) as refused:
+        tenants.apply(kube, tenants.manifest(name, spec))
+    assert message in str(refused.value.status.message)
+    assert tenants.get(kube, name) is None
+
+
+def test_invalid_tenant_names_are_rejected(kube: Client, crd_installed: None) -> None:
+    with pytest.raises(ApiError) as refused:
+        tenants.apply(kube, tenants.manifest("a" * 41))
+    assert "metadata.name must be a DNS label of at most 40 characters" in str(
+        refused.value.status.message
+    )
+
+
+def test_the_namespace_is_immutable(kube: Client, new_tenant: NewTenant) -> None:
+    name = new_tenant({"namespace": f"own-{uuid.uuid4().hex[:6]}"}, prefix="immut")
+    with pytest.raises(ApiError) as refused:
+        tenants.apply(kube, tenants.manifest(name, {"namespace": f"moved-{uuid.uuid4().hex[:6]}"}))
+    assert "spec.namespace is immutable" in str(refused.value.status.message)
+
+
+def test_a_hostile_display_name_is_stored_verbatim_and_injects_nothing(
+    kube: Client, new_tenant: NewTenant
+) -> None:
+    hostile = "ACME\" }}{{ 7*7 }}: {'$ref': x} # -- \\u0000 `id` $(reboot)"
+    name = new_tenant({"displayName": hostile}, prefix="hostile")
+    tenants.wait_condition(kube, name, "Ready")
+    ns = kube.get(Namespace, namespace_of(name))
+    assert ns.metadata.annotations["tenantry.dev/display-name"] == hostile  # type: ignore[index,union-attr]
+    assert set(ns.metadata.labels) >= {"tenantry.dev/tenant"}  # type: ignore[arg-type,union-attr]
+
+
+def test_an_idle_tenant_causes_no_writes(kube: Client, new_tenant: NewTenant) -> None:
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    name = new_tenant(prefix="idle")
+    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-idle"})
+    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    time.sleep(2)  # let the last child events settle
+    tenant_version = tenants.get(kube, name).metadata.resourceVersion
+    before = tenants.versions(kube, namespace)
+    time.sleep(DRIFT_INTERVAL_SECONDS * 2.5)  # two drift periods and their jitter
+    assert tenants.get(kube, name).metadata.resourceVersion == tenant_version
+    assert tenants.versions(kube, namespace) == before
+
+
+def test_deleting_a_tenant_removes_its_namespace_and_children(kube: Client, operator: Path) -> None:
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    tenants.apply(kube, tenants.manifest(name))
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    assert tenants.children(kube, namespace)
+    tenants.delete(kube, name)
+    wait_until(
+        lambda: tenants.namespace_gone(kube, namespace),
+        f"namespace {namespace} to be deleted",
+        timeout=90,
+    )

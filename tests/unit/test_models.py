@@ -1,0 +1,83 @@
+"""The models enforce, without an API server, what the CRD's schema and CEL rules enforce."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from tenantry.models import AgentTenant
+
+
+def tenant(spec: dict[str, Any], name: str = "acme") -> AgentTenant:
+    return AgentTenant.model_validate({"metadata": {"name": name}, "spec": spec})
+
+
+def test_operator_folder_does_not_shadow_the_stdlib() -> None:
+    assert operator.__file__ is not None
+    assert "site-packages" not in operator.__file__
+    assert not operator.__file__.endswith("operator/__init__.py")
+
+
+def test_defaults() -> None:
+    defaults = tenant({}).spec
+    assert defaults.sandbox.enabled is True
+    assert defaults.runtime.topic_types == ["default"]
+    assert defaults.network.egress == [] and defaults.network.ingress_from == []
+    assert defaults.quota.pods == 10
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"namespace": "kube-system"}, 'must not be "default" or start with "kube-"'),
+        ({"namespace": "default"}, 'must not be "default" or start with "kube-"'),
+        ({"namespace": "UPPER"}, "String should match pattern"),
+        ({"displayName": "a\nb: c"}, "String should match pattern"),
+        ({"network": {"egress": [{"cidr": "10.0.0.1/8", "ports": [443]}]}}, "must be a CIDR"),
+        ({"network": {"egress": [{"cidr": "nonsense", "ports": [443]}]}}, "must be a CIDR"),
+        (
+            {"network": {"egress": [{"cidr": "10.0.0.0/8", "ports": [0]}]}},
+            "greater than or equal to 1",
+        ),
+        ({"runtime": {"agents": [{"name": "a", "kind": "exec"}]}}, "'assistant' or 'coder'"),
+        (
+            {
+                "runtime": {
+                    "agents": [
+                        {"name": "a", "kind": "assistant"},
+                        {"name": "a", "kind": "assistant"},
+                    ]
+                }
+            },
+            "unique",
+        ),
+        (
+            {
+                "runtime": {
+                    "model": {"model": "m", "baseUrl": "https://x", "credentialsSecret": "k"}
+                }
+            },
+            "must name one of spec.secrets",
+        ),
+        (
+            {
+                "sandbox": {"enabled": False},
+                "runtime": {"agents": [{"name": "c", "kind": "coder"}]},
+            },
+            "needs the sandbox",
+        ),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_specs_are_refused_with_the_reason(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        tenant(spec)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["a" * 41, "Acme", "-acme", "acme-", "ac.me", ""])
+def test_tenant_names_are_short_dns_labels(name: str) -> None:
+    with pytest.raises(ValidationError):
+        tenant({}, name=name)

@@ -1,0 +1,125 @@
+"""Status conditions and events, from observations (pure)."""
+
+from __future__ import annotations
+
+from tenantry.children import apply_reason, deployment_health, summarize
+from tenantry.render import APPLIED_HASH
+from tenantry.status import GroupState, Observation, build_status, comparable, events_for
+
+ALL_GOOD = {kind: GroupState(True, "Fine") for kind in ("NamespaceReady", "RuntimeReady")}
+
+
+def conditions(status: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {c["type"]: c for c in status["conditions"]}  # type: ignore[attr-defined,index]
+
+
+def test_ready_when_every_group_is() -> None:
+    status = build_status(Observation(3, "ns", "acme", groups=ALL_GOOD), None, "T1")
+    found = conditions(status)
+    assert (
+        found["Ready"]["status"],
+        found["Reconciling"]["status"],
+        found["Stalled"]["status"],
+    ) == ("True", "False", "False")
+    assert all(c["observedGeneration"] == 3 for c in found.values())
+    assert (
+        status["observedGeneration"] == 3
+        and status["namespace"] == "ns"
+        and status["topicSource"] == "acme"
+    )
+
+
+def test_progressing_names_what_it_waits_for() -> None:
+    groups = {
+        **ALL_GOOD,
+        "RuntimeReady": GroupState(False, "RollingOut", "the runtime Deployment is rolling out"),
+    }
+    found = conditions(build_status(Observation(1, "ns", "acme", groups=groups), None, "T1"))
+    assert found["Ready"]["status"] == "False" and found["Reconciling"]["status"] == "True"
+    assert "RuntimeReady: the runtime Deployment is rolling out" in str(found["Ready"]["message"])
+
+
+def test_stalled_keeps_group_conditions_and_says_why() -> None:
+    before = build_status(Observation(1, "ns", "acme", groups=ALL_GOOD), None, "T1")
+    stalled = build_status(
+        Observation(2, None, "acme", stalled=("SecretNotFound", "fix it")), before, "T2"
+    )
+    found = conditions(stalled)
+    assert found["Stalled"]["status"] == "True" and found["Stalled"]["message"] == "fix it"
+    assert found["Ready"]["reason"] == "SecretNotFound"
+    assert found["RuntimeReady"] == conditions(before)["RuntimeReady"]
+    assert stalled["namespace"] == "ns"
+
+
+def test_transition_times_move_only_with_the_status() -> None:
+    first = build_status(Observation(1, "ns", "acme", groups=ALL_GOOD), None, "T1")
+    again = build_status(Observation(1, "ns", "acme", groups=ALL_GOOD), first, "T2")
+    assert again == first
+    assert comparable(again) == comparable(first)
+    broken = {**ALL_GOOD, "RuntimeReady": GroupState(False, "Unavailable", "0 of 1")}
+    later = build_status(Observation(1, "ns", "acme", groups=broken), first, "T3")
+    assert conditions(later)["Ready"]["lastTransitionTime"] == "T3"
+    assert conditions(later)["NamespaceReady"]["lastTransitionTime"] == "T1"
+
+
+def test_events_for_transitions_only() -> None:
+    observation = Observation(1, "ns", "acme", groups=ALL_GOOD)
+    ready = build_status(observation, None, "T1")
+    assert [e.reason for e in events_for(observation, None, ready)] == ["Ready"]
+    assert events_for(observation, ready, ready) == []
+    stall = Observation(2, None, "acme", stalled=("NamespaceConflict", "taken"))
+    stalled = build_status(stall, ready, "T2")
+    assert [(e.type, e.reason) for e in events_for(stall, ready, stalled)] == [
+        ("Warning", "NamespaceConflict")
+    ]
+    corrected = Observation(
+        1, "ns", "acme", groups=ALL_GOOD, corrected=("NetworkPolicy ns/default-deny (missing)",)
+    )
+    assert [e.reason for e in events_for(corrected, ready, ready)] == ["DriftCorrected"]
+
+
+def deployment(
+    generation: int, observed: int, available: int, updated: int = 1
+) -> dict[str, object]:
+    return {
+        "kind": "Deployment",
+        "metadata": {"generation": generation, "annotations": {APPLIED_HASH: "h"}},
+        "spec": {"replicas": 1},
+        "status": {
+            "observedGeneration": observed,
+            "availableReplicas": available,
+            "updatedReplicas": updated,
+        },
+    }
+
+
+def test_deployment_health() -> None:
+    assert deployment_health(deployment(2, 2, 1)) == (True, "")
+    assert deployment_health(deployment(3, 2, 1))[0] is False
+    assert deployment_health(deployment(2, 2, 0))[0] is False
+    assert deployment_health(deployment(2, 2, 1, updated=0))[0] is False
+
+
+def test_apply_is_skipped_only_for_what_we_applied_and_nobody_changed() -> None:
+    desired = {"kind": "ConfigMap", "metadata": {"name": "x", "annotations": {APPLIED_HASH: "h"}}}
+    ours = {
+        "metadata": {"annotations": {APPLIED_HASH: "h"}, "managedFields": [{"manager": "tenantry"}]}
+    }
+    assert apply_reason(desired, None) == "missing"
+    assert apply_reason(desired, summarize(ours)) is None
+    edited = {
+        "metadata": {
+            **ours["metadata"],
+            "managedFields": [{"manager": "tenantry"}, {"manager": "kubectl-edit"}],
+        }
+    }
+    assert apply_reason(desired, summarize(edited)) == "changed by kubectl-edit"
+    status_only = {
+        "metadata": {
+            **ours["metadata"],
+            "managedFields": [{"manager": "someone", "subresource": "status"}],
+        }
+    }
+    assert apply_reason(desired, summarize(status_only)) is None
+    stale = {"metadata": {"annotations": {APPLIED_HASH: "old"}}}
+    assert apply_reason(desired, summarize(stale)) == "changed"
