@@ -26,7 +26,7 @@ build() {
     exit 1
   }
   local key
-  key=$(sha256sum "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-12)
+  key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-12)
   local out="$cache_root/$component-$version-$key"
   if [[ -f "$out/.complete" ]]; then
     log "$component $version: cached in $out"

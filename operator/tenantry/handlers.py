@@ -113,11 +113,17 @@ def controller(memo: kopf.Memo) -> Controller:
     return result
 
 
-@kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
+    # Server-side filters: the API server sends only our children, not every Secret in the cluster.
+    # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
     for group, version, plural in CHILD_RESOURCES:
         settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
     client = AsyncClient()
     state = Controller(memo["config"], client, memo.get("operator_namespace"))
     memo["controller"] = state

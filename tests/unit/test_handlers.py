@@ -1,0 +1,18 @@
+"""The operator's watches are filtered by the API server, not after the fact."""
+
+from __future__ import annotations
+
+import kopf
+from tenantry.handlers import CHILD_RESOURCES, CHILD_SELECTOR, configure
+
+
+def test_child_watches_carry_a_server_side_label_selector() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    for group, version, plural in CHILD_RESOURCES:
+        resource = kopf.Resource(group, version, plural)
+        assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
+    tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
+    assert settings.watching.label_selectors.collect(tenants) == []
+    # Pods are not watched at all; a selector must not leak onto other kinds.
+    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods")) == []
