@@ -124,6 +124,22 @@ def label(key: ChildKey) -> str:
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
 
 
+def check_namespace_name(namespace: str, reserved: frozenset[str]) -> None:
+    """Refuse namespaces no tenant may have, whatever the manifest or the prefix says."""
+    if namespace in reserved or namespace.startswith("kube-"):
+        raise Stall(
+            "ReservedNamespace",
+            f"namespace {namespace!r} is reserved for the cluster or the operator: set spec.namespace "
+            "to a namespace of the tenant's own",
+        )
+    if len(namespace) > 63:
+        raise Stall(
+            "InvalidNamespace",
+            f"the default namespace {namespace!r} is longer than 63 characters: set spec.namespace, "
+            "or use a shorter tenant name",
+        )
+
+
 @dataclass
 class Reconciler:
     """Applies tenants with one client, one field manager and the operator's configuration."""
@@ -171,23 +187,22 @@ class Reconciler:
         previous: Mapping[str, Any] | None,
     ) -> Observation:
         namespace = tenant_namespace(tenant, self.config)
-        self._check_namespace_name(namespace)
+        check_namespace_name(namespace, self._reserved_namespaces())
         cached = live.get(("Namespace", "", namespace))
         if cached is not None and uid in cached.owner_uids:
-            existing: dict[str, Any] | None = {
-                "metadata": {"name": namespace}
-            }  # ours, as last seen
+            namespace_exists = True  # ours, as the watch last saw it: no need to read it
         else:
             existing = await self._get(Namespace, namespace)
-        if existing is not None and cached is None and not owns(existing, tenant, uid):
-            raise Stall(
-                "NamespaceConflict",
-                f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
-                "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
-            )
+            if existing is not None and not owns(existing, tenant, uid):
+                raise Stall(
+                    "NamespaceConflict",
+                    f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
+                    "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
+                )
+            namespace_exists = existing is not None
         secret_data, secret_types = await self._read_secret_sources(tenant)
         token = (
-            await self._sandbox_token(uid, namespace, existing is not None)
+            await self._sandbox_token(uid, namespace, namespace_exists)
             if tenant.spec.sandbox.enabled
             else None
         )
@@ -201,7 +216,7 @@ class Reconciler:
             reason = apply_reason(manifest, live.get(key))
             if reason is None:
                 continue
-            if key[0] == "Namespace" and existing is None:
+            if key[0] == "Namespace" and not namespace_exists:
                 await self._create_namespace(manifest, tenant, uid)
             else:
                 await self._apply(manifest)
@@ -219,22 +234,9 @@ class Reconciler:
             pruned=tuple(pruned),
         )
 
-    def _check_namespace_name(self, namespace: str) -> None:
+    def _reserved_namespaces(self) -> frozenset[str]:
         reserved = RESERVED_NAMESPACES | {self.config.secret_source_namespace}
-        if self.operator_namespace:
-            reserved |= {self.operator_namespace}
-        if namespace in reserved or namespace.startswith("kube-"):
-            raise Stall(
-                "ReservedNamespace",
-                f"namespace {namespace!r} is reserved for the cluster or the operator: set spec.namespace "
-                "to a namespace of the tenant's own",
-            )
-        if len(namespace) > 63:
-            raise Stall(
-                "InvalidNamespace",
-                f"the default namespace {namespace!r} is longer than 63 characters: set spec.namespace, "
-                "or use a shorter tenant name",
-            )
+        return reserved | {self.operator_namespace} if self.operator_namespace else reserved
 
     async def _read_secret_sources(
         self, tenant: AgentTenant

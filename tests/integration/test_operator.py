@@ -35,8 +35,8 @@ def new_tenant(kube: Client, operator: Path) -> Iterator[NewTenant]:
     """Apply AgentTenants with unique names; delete them (and wait) when the test ends."""
     names: list[str] = []
 
-    def make(spec: dict[str, Any] | None = None, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    def make(spec: dict[str, Any] | None = None, prefix: str = "t", name: str | None = None) -> str:
+        name = name or f"{prefix}-{uuid.uuid4().hex[:6]}"
         tenants.apply(kube, tenants.manifest(name, spec))
         names.append(name)
         return name
@@ -210,6 +210,22 @@ def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
     # The sandbox token is generated once and survives every reconcile.
     assert kube.get(Secret, "sandbox-token", namespace=namespace).data["token"] == token_before  # type: ignore[index]
 
+    # A rotated source Secret is copied again and restarts the runtime, with no change to the tenant.
+    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-two"})
+
+    def rotated() -> bool:
+        copied = kube.get(Secret, "model-credentials", namespace=namespace).data["api-key"]  # type: ignore[index]
+        return base64.b64decode(copied).decode() == "sk-two"
+
+    wait_until(rotated, "the rotated key to be copied")
+    tenants.wait_condition(kube, name, "Ready")
+    template_rotated = kube.get(
+        Deployment, "runtime", namespace=namespace
+    ).spec.template.metadata.annotations  # type: ignore[union-attr]
+    assert (
+        template_rotated["tenantry.dev/config-hash"] != template_after["tenantry.dev/config-hash"]
+    )
+
     # Without a model, secrets or sandbox, their children go.
     tenants.apply(kube, tenants.manifest(name, {"sandbox": {"enabled": False}}))
     tenants.wait_condition(kube, name, "Ready")
@@ -274,6 +290,7 @@ def test_drift_is_corrected(kube: Client, new_tenant: NewTenant) -> None:
     ("claimed", "expected"),
     [
         ("user-owned", "NamespaceConflict"),
+        ("labelled-as-ours", "NamespaceConflict"),
         ("other-tenant", "NamespaceConflict"),
         (SECRET_SOURCE_NAMESPACE, "ReservedNamespace"),
     ],
@@ -290,6 +307,11 @@ def test_a_namespace_tenantry_does_not_own_is_never_adopted(
         kube.create(
             ConfigMap(metadata=ObjectMeta(name="precious", namespace=claimed), data={"keep": "me"})
         )
+    elif claimed == "labelled-as-ours":
+        # Labels anyone can set do not make a namespace ours: only the tenant's ownerReference does.
+        claimed = make_namespace(
+            "fake", labels={**tenants.MANAGED, "tenantry.dev/tenant": "will-be-set"}
+        )
     elif claimed == "other-tenant":
         owner = new_tenant(prefix="owner")
         tenants.wait_condition(kube, owner, "Ready")
@@ -297,7 +319,17 @@ def test_a_namespace_tenantry_does_not_own_is_never_adopted(
     before = tenants.versions(kube, claimed)
     labels_before = kube.get(Namespace, claimed).metadata.labels  # type: ignore[union-attr]
 
-    intruder = new_tenant({"namespace": claimed}, prefix="intruder")
+    intruder = f"intruder-{uuid.uuid4().hex[:6]}"
+    if "fake" in claimed:
+        kube.patch(
+            Namespace,
+            claimed,
+            {"metadata": {"labels": {"tenantry.dev/tenant": intruder}}},
+            field_manager="user",
+        )
+        before = tenants.versions(kube, claimed)
+        labels_before = kube.get(Namespace, claimed).metadata.labels  # type: ignore[union-attr]
+    new_tenant({"namespace": claimed}, name=intruder)
     stalled = tenants.wait_condition(kube, intruder, "Stalled", reason=expected)
     assert claimed in stalled["message"]
     assert "spec.namespace" in stalled["message"]

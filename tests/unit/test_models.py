@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from tenantry.models import AgentTenant
+from tenantry.models import RESERVED_NAMESPACES, AgentTenant
+from tenantry.reconcile import Stall, check_namespace_name
 
 
 def tenant(spec: dict[str, Any], name: str = "acme") -> AgentTenant:
@@ -81,3 +82,27 @@ def test_invalid_specs_are_refused_with_the_reason(spec: dict[str, Any], message
 def test_tenant_names_are_short_dns_labels(name: str) -> None:
     with pytest.raises(ValidationError):
         tenant({}, name=name)
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    [
+        "kube-system",
+        "default",
+        "kube-public",
+        "kube-node-lease",
+        "kube-anything",
+        "tenantry-secrets",
+        "x" * 64,
+    ],
+)
+def test_the_operator_refuses_reserved_namespaces_even_past_the_api_server(namespace: str) -> None:
+    # The CRD's CEL rules refuse most of these at admission; the reconcile refuses them again for
+    # objects that got in some other way (an older CRD, a default namespace from the prefix).
+    with pytest.raises(Stall) as refused:
+        check_namespace_name(namespace, RESERVED_NAMESPACES | {"tenantry-secrets"})
+    assert "spec.namespace" in refused.value.message
+
+
+def test_an_ordinary_namespace_is_accepted() -> None:
+    check_namespace_name("tenant-acme", RESERVED_NAMESPACES)
