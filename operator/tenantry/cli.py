@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from tenantry.config import OperatorConfig
 from tenantry.crd import build_crd
 from tenantry.models import KIND, AgentTenant
 from tenantry.render import render
+from tenantry.render import tenant_namespace as render_namespace
 
 
 def dump_all(documents: Sequence[dict[str, Any]]) -> str:
@@ -90,6 +92,56 @@ def command_render(args: argparse.Namespace) -> None:
     sys.stdout.write(dump_all(manifests))
 
 
+def command_audit(args: argparse.Namespace) -> None:
+    """Check every tenant (or one) against the isolation invariants; exit 1 on any violation."""
+    # Imported here: only `audit` and `run` talk to a cluster.
+    from lightkube import Client  # noqa: PLC0415
+    from lightkube.core.exceptions import ApiError  # noqa: PLC0415
+    from lightkube.resources.core_v1 import Namespace  # noqa: PLC0415
+
+    from tenantry.audit import audit_tenant, table  # noqa: PLC0415
+    from tenantry.live import AUDITED_KINDS, AgentTenantResource  # noqa: PLC0415
+
+    config = operator_config(args)
+    client = Client(field_manager="tenantry-audit")
+    if args.tenant:
+        try:
+            bodies = [client.get(AgentTenantResource, args.tenant).to_dict()]  # type: ignore[no-untyped-call]
+        except ApiError as error:
+            raise SystemExit(
+                f"tenantry audit: AgentTenant {args.tenant!r}: {error.status.message}"
+            ) from None
+    else:
+        bodies = [t.to_dict() for t in client.list(AgentTenantResource)]  # type: ignore[no-untyped-call]
+    findings = []
+    names = []
+    for body in bodies:
+        tenant = AgentTenant.model_validate(body)
+        names.append(tenant.name)
+        namespace_name = render_namespace(tenant, config)
+        try:
+            namespace: dict[str, Any] | None = client.get(Namespace, namespace_name).to_dict()
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            namespace = None
+        objects = []
+        if namespace is not None:
+            for resource in AUDITED_KINDS:
+                for obj in client.list(resource, namespace=namespace_name):
+                    objects.append({**obj.to_dict(), "kind": resource.__name__})
+        findings += audit_tenant(tenant, body["metadata"]["uid"], config, namespace, objects)
+    if args.json:
+        sys.stdout.write(
+            json.dumps({"tenants": names, "violations": [f.as_dict() for f in findings]}, indent=2)
+            + "\n"
+        )
+    else:
+        sys.stdout.write(table(findings, names) + "\n")
+    if findings:
+        raise SystemExit(1)
+
+
 def command_run(args: argparse.Namespace) -> None:
     # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
     import kopf  # noqa: PLC0415
@@ -156,6 +208,22 @@ def parser() -> argparse.ArgumentParser:
     render_command.add_argument("file", help='a YAML file of AgentTenants, or "-" for stdin')
     config_arguments(render_command)
     render_command.set_defaults(handler=command_render)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check tenants against the isolation invariants; exit 1 on any violation",
+        description=(
+            "For cluster admins and CI gates: checks each AgentTenant's namespace (owned, Pod Security "
+            "restricted), its policies, quota and accounts against `tenantry render`, and that no "
+            "Role, RoleBinding, ServiceAccount, Secret or workload exists that Tenantry did not "
+            "render, no pod mounts a service-account token, the sandbox can read no credentials, "
+            "and every pod's security context is compliant."
+        ),
+    )
+    audit.add_argument("--tenant", help="audit only this AgentTenant")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    config_arguments(audit)
+    audit.set_defaults(handler=command_audit)
     return root
 
 

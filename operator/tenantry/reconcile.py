@@ -18,35 +18,25 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.generic_resource import create_global_resource
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import (
-    ConfigMap,
-    LimitRange,
-    Namespace,
-    ResourceQuota,
-    Secret,
-    Service,
-    ServiceAccount,
-)
 from lightkube.resources.core_v1 import (
     Event as KubeEvent,
 )
-from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.core_v1 import (
+    Namespace,
+    Secret,
+)
 from lightkube.types import PatchType
 from pydantic import ValidationError
 
 from tenantry.children import FIELD_MANAGER, ChildKey, LiveChild, apply_reason, child_key
 from tenantry.config import OperatorConfig
+from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import (
     API_VERSION,
-    GROUP,
     KIND,
-    PLURAL,
     RESERVED_NAMESPACES,
-    VERSION,
     AgentTenant,
 )
 from tenantry.render import (
@@ -70,22 +60,6 @@ from tenantry.status import (
 )
 
 logger = logging.getLogger("tenantry.reconcile")
-
-AgentTenantResource = create_global_resource(GROUP, VERSION, KIND, PLURAL)
-
-# The kinds the operator applies, by the `kind` of a rendered manifest.
-RESOURCES: dict[str, Any] = {
-    "Namespace": Namespace,
-    "ResourceQuota": ResourceQuota,
-    "LimitRange": LimitRange,
-    "NetworkPolicy": NetworkPolicy,
-    "ServiceAccount": ServiceAccount,
-    "Secret": Secret,
-    "ConfigMap": ConfigMap,
-    "Deployment": Deployment,
-    "Service": Service,
-}
-POLICY_KINDS = frozenset({"ResourceQuota", "LimitRange", "NetworkPolicy", "ServiceAccount"})
 
 
 class Stall(Exception):
@@ -307,7 +281,7 @@ class Reconciler:
         kind, namespace, name = child_key(manifest)
         try:
             await self.client.patch(
-                RESOURCES[kind],
+                APPLIED_KINDS[kind],
                 name,
                 manifest,
                 namespace=namespace or None,
@@ -332,7 +306,7 @@ class Reconciler:
             if kind == "Namespace":
                 continue  # a tenant's namespace goes only with the tenant, by garbage collection
             try:
-                await self.client.delete(RESOURCES[kind], name, namespace=namespace or None)
+                await self.client.delete(APPLIED_KINDS[kind], name, namespace=namespace or None)
             except ApiError as error:
                 if error.status.code != 404:
                     raise

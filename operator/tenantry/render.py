@@ -591,6 +591,8 @@ def render(
         build_limit_range(tenant, namespace, facts),
         build_default_deny(tenant, namespace, facts),
         build_runtime_policy(tenant, namespace, facts),
+        # The namespace's "default" account would hand a token to any pod that names no other.
+        build_service_account(tenant, namespace, facts, "default"),
         build_service_account(tenant, namespace, facts, RUNTIME),
         *(
             build_copied_secret(tenant, namespace, facts, s.name, s.from_, config)

@@ -130,6 +130,7 @@ def test_a_tenant_becomes_ready_with_every_child_labelled_owned_and_admitted(
         ("NetworkPolicy", "default-deny"),
         ("NetworkPolicy", "runtime"),
         ("NetworkPolicy", "sandbox"),
+        ("ServiceAccount", "default"),
         ("ServiceAccount", "runtime"),
         ("ServiceAccount", "sandbox"),
         ("Secret", "model-credentials"),

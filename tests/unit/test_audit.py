@@ -1,0 +1,142 @@
+"""The audit's checks, on objects shaped as the API server returns them."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from tenantry.audit import audit_tenant
+from tenantry.config import OperatorConfig
+from tenantry.models import AgentTenant
+from tenantry.render import ClusterFacts, render
+
+CONFIG = OperatorConfig()
+UID = "uid-1"
+TENANT = AgentTenant.model_validate(
+    {
+        "metadata": {"name": "acme"},
+        "spec": {
+            "runtime": {
+                "model": {"model": "m", "baseUrl": "https://x", "credentialsSecret": "model"}
+            },
+            "secrets": [{"name": "model", "from": "acme-model"}],
+        },
+    }
+)
+
+
+def live_objects() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The rendered children as they sit in a healthy cluster, with the pods they run."""
+    manifests = copy.deepcopy(render(TENANT, CONFIG, ClusterFacts(uid=UID)))
+    namespace, children = manifests[0], manifests[1:]
+    objects: list[dict[str, Any]] = []
+    for child in children:
+        child["metadata"]["uid"] = f"uid-{child['kind']}-{child['metadata']['name']}"
+        objects.append(child)
+        if child["kind"] == "Deployment":
+            rs = {
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": f"{child['metadata']['name']}-1",
+                    "uid": f"rs-{child['metadata']['name']}",
+                    "ownerReferences": [{"uid": child["metadata"]["uid"]}],
+                },
+            }
+            pod = {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{child['metadata']['name']}-1-a",
+                    "namespace": child["metadata"]["namespace"],
+                    "labels": child["spec"]["template"]["metadata"]["labels"],
+                    "ownerReferences": [{"uid": rs["metadata"]["uid"]}],
+                },
+                "spec": copy.deepcopy(child["spec"]["template"]["spec"]),
+            }
+            objects += [rs, pod]
+    objects.append({"kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}})
+    return namespace, objects
+
+
+def checks(namespace: dict[str, Any] | None, objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(f.check, f.object) for f in audit_tenant(TENANT, UID, CONFIG, namespace, objects)}
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name))
+
+
+def test_a_healthy_tenant_is_clean() -> None:
+    namespace, objects = live_objects()
+    assert checks(namespace, objects) == set()
+
+
+def test_a_missing_or_foreign_namespace() -> None:
+    assert checks(None, []) == {("namespace", "Namespace/tenant-acme")}
+    namespace, objects = live_objects()
+    namespace["metadata"]["ownerReferences"] = [{"kind": "AgentTenant", "uid": "someone-else"}]
+    namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "privileged"
+    found = audit_tenant(TENANT, UID, CONFIG, namespace, objects)
+    assert {f.detail for f in found} == {
+        "not owned by the tenant (ownerReference and tenant label)",
+        "pod-security.kubernetes.io/enforce is 'privileged', not 'restricted'",
+    }
+
+
+def test_an_opened_network_policy() -> None:
+    namespace, objects = live_objects()
+    find(objects, "NetworkPolicy", "default-deny")["spec"]["egress"] = [{}]
+    assert checks(namespace, objects) == {
+        ("rendered objects intact", "NetworkPolicy/tenant-acme/default-deny")
+    }
+
+
+def test_extra_access_identities_secrets_and_workloads() -> None:
+    namespace, objects = live_objects()
+    objects += [
+        {"kind": "RoleBinding", "metadata": {"name": "admin", "namespace": "tenant-acme"}},
+        {"kind": "ServiceAccount", "metadata": {"name": "ci", "namespace": "tenant-acme"}},
+        {"kind": "Secret", "metadata": {"name": "stolen", "namespace": "tenant-acme"}},
+        {"kind": "Job", "metadata": {"name": "miner", "namespace": "tenant-acme"}},
+    ]
+    assert checks(namespace, objects) == {
+        ("no extra access", "RoleBinding/tenant-acme/admin"),
+        ("no extra identities or secrets", "ServiceAccount/tenant-acme/ci"),
+        ("no extra identities or secrets", "Secret/tenant-acme/stolen"),
+        ("no extra workloads", "Job/tenant-acme/miner"),
+    }
+
+
+def test_a_sandbox_that_can_read_credentials() -> None:
+    namespace, objects = live_objects()
+    pod = find(objects, "Pod", "sandbox")
+    pod["spec"]["containers"][0]["env"].append(
+        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "model", "key": "api-key"}}}
+    )
+    assert ("sandbox holds no credentials", "Pod/tenant-acme/sandbox-1-a") in checks(
+        namespace, objects
+    )
+
+
+def test_token_mounts_and_insecure_pods() -> None:
+    namespace, objects = live_objects()
+    pod = find(objects, "Pod", "runtime")
+    pod["spec"]["automountServiceAccountToken"] = True
+    pod["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    found = {f.detail for f in audit_tenant(TENANT, UID, CONFIG, namespace, objects)}
+    assert found == {
+        "the pod mounts a service-account token",
+        "container runtime is privileged",
+        "container runtime has a writable root filesystem",
+    }
+
+
+def test_a_pod_inherits_token_mounting_from_its_service_account() -> None:
+    namespace, objects = live_objects()
+    pod = find(objects, "Pod", "runtime")
+    del pod["spec"]["automountServiceAccountToken"]
+    assert checks(namespace, objects) == set()  # the runtime account does not automount
+    find(objects, "ServiceAccount", "runtime")["automountServiceAccountToken"] = True
+    assert ("no service-account tokens", "Pod/tenant-acme/runtime-1-a") in checks(
+        namespace, objects
+    )
