@@ -132,13 +132,25 @@ class ModelEndpoint(Model):
     )
 
 
+# One agent per topic type keeps every task's path deterministic: a publish has exactly one
+# subscriber. The runtime refuses other configurations; the API server refuses them first.
+AGENT_TOPICS_UNIQUE = cel(
+    "self.all(a, self.exists_one(b, b.topicType == a.topicType))",
+    "spec.runtime.agents: give each agent its own topicType",
+)
+ONE_CODER = cel(
+    "self.filter(a, a.kind == 'coder').size() <= 1",
+    "spec.runtime.agents: at most one agent of kind coder",
+)
+
+
 class Runtime(Model):
     """The tenant's AutoGen runtime."""
 
     image: Image | None = Field(
         None, description="The runtime image; the operator's default when empty."
     )
-    topic_types: Annotated[list[TopicType], Field(max_length=32)] = Field(
+    topic_types: Annotated[list[TopicType], Field(min_length=1, max_length=32)] = Field(
         default_factory=lambda: ["default"],
         alias="topicTypes",
         description="The topic types served. The topic source is always the tenant's name.",
@@ -146,8 +158,12 @@ class Runtime(Model):
     )
     agents: Annotated[list[Agent], Field(max_length=16)] = Field(
         default_factory=list,
-        description="Declarative agents, of kinds from an allowlist only.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Declarative agents, of kinds from an allowlist only, each on its own topic type.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            **schema_extra(AGENT_TOPICS_UNIQUE, ONE_CODER),
+        },
     )
     model: ModelEndpoint | None = Field(None, description="The model endpoint used by assistants.")
     resources: Resources = Field(
@@ -277,6 +293,12 @@ CODER_NEEDS_SANDBOX = cel(
     "a coder agent needs the sandbox: set spec.sandbox.enabled to true or remove the coder agent",
 )
 
+ASSISTANT_NEEDS_MODEL = cel(
+    "!has(self.runtime) || !has(self.runtime.agents) || !self.runtime.agents.exists(a, a.kind == 'assistant') || "
+    "has(self.runtime.model)",
+    "an assistant agent needs a model: set spec.runtime.model or remove the assistant agent",
+)
+
 
 # Objects the API server defaults to {} so that their fields' defaults show in stored objects.
 DEFAULTED: dict[str, Any] = {"default": {}}
@@ -287,7 +309,11 @@ class AgentTenantSpec(Model):
 
     model_config = ConfigDict(
         json_schema_extra=schema_extra(
-            NAMESPACE_IMMUTABLE, NAMESPACE_NOT_RESERVED, MODEL_SECRET_LISTED, CODER_NEEDS_SANDBOX
+            NAMESPACE_IMMUTABLE,
+            NAMESPACE_NOT_RESERVED,
+            MODEL_SECRET_LISTED,
+            CODER_NEEDS_SANDBOX,
+            ASSISTANT_NEEDS_MODEL,
         )
     )
 
@@ -335,9 +361,15 @@ class AgentTenantSpec(Model):
             raise ValueError(MODEL_SECRET_LISTED["message"])
         if not self.sandbox.enabled and any(a.kind is AgentKind.coder for a in self.runtime.agents):
             raise ValueError(CODER_NEEDS_SANDBOX["message"])
-        names = [a.name for a in self.runtime.agents]
-        if len(names) != len(set(names)):
+        agents = self.runtime.agents
+        if not model and any(a.kind is AgentKind.assistant for a in agents):
+            raise ValueError(ASSISTANT_NEEDS_MODEL["message"])
+        if len({a.name for a in agents}) != len(agents):
             raise ValueError("spec.runtime.agents: agent names must be unique")
+        if len({a.topic_type for a in agents}) != len(agents):
+            raise ValueError(AGENT_TOPICS_UNIQUE["message"])
+        if sum(a.kind is AgentKind.coder for a in agents) > 1:
+            raise ValueError(ONE_CODER["message"])
         secret_names = [s.name for s in self.secrets]
         if len(secret_names) != len(set(secret_names)):
             raise ValueError("spec.secrets: secret names must be unique")

@@ -443,6 +443,30 @@ def test_a_refused_change_leaves_a_running_tenant_as_it_was(
             "a coder agent needs the sandbox",
         ),
         ({"sandbox": {"timeoutSeconds": 0}}, "spec.sandbox.timeoutSeconds"),
+        (
+            {
+                "runtime": {
+                    "agents": [{"name": "a", "kind": "coder"}, {"name": "b", "kind": "coder"}]
+                }
+            },
+            "spec.runtime.agents: give each agent its own topicType",
+        ),
+        (
+            {
+                "runtime": {
+                    "agents": [
+                        {"name": "a", "kind": "coder"},
+                        {"name": "b", "kind": "coder", "topicType": "x"},
+                    ]
+                }
+            },
+            "spec.runtime.agents: at most one agent of kind coder",
+        ),
+        (
+            {"runtime": {"agents": [{"name": "a", "kind": "assistant"}]}},
+            "an assistant agent needs a model",
+        ),
+        ({"runtime": {"topicTypes": []}}, "spec.runtime.topicTypes"),
         ({"quota": {"memory": "lots"}}, "spec.quota.memory"),
         (
             {

@@ -47,13 +47,37 @@ def test_defaults() -> None:
             {
                 "runtime": {
                     "agents": [
-                        {"name": "a", "kind": "assistant"},
-                        {"name": "a", "kind": "assistant"},
+                        {"name": "a", "kind": "coder"},
+                        {"name": "a", "kind": "coder", "topicType": "b"},
                     ]
                 }
             },
-            "unique",
+            "names must be unique",
         ),
+        (
+            {
+                "runtime": {
+                    "agents": [
+                        {"name": "a", "kind": "coder"},
+                        {"name": "b", "kind": "coder", "topicType": "b"},
+                    ]
+                }
+            },
+            "at most one agent of kind coder",
+        ),
+        (
+            {
+                "runtime": {
+                    "agents": [{"name": "a", "kind": "coder"}, {"name": "b", "kind": "coder"}]
+                }
+            },
+            "its own topicType",
+        ),
+        (
+            {"runtime": {"agents": [{"name": "a", "kind": "assistant"}]}},
+            "an assistant agent needs a model",
+        ),
+        ({"runtime": {"topicTypes": []}}, "at least 1 item"),
         (
             {
                 "runtime": {

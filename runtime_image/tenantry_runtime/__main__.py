@@ -1,0 +1,51 @@
+"""`python -m tenantry_runtime serve | sandbox`: the entrypoints of the two tenant pods."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, load_sandbox_settings, load_secrets, load_serve_settings
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # autogen logs every message and model call, contents included, at INFO: tenant data
+    # has no place in the pod's log (the audit log records what happened, without content).
+    for name in ("autogen_core", "autogen_ext", "httpx", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tenantry_runtime", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the tenant's agent runtime and its HTTP API")
+    commands.add_parser("sandbox", help="run the tenant's code-execution server")
+    args = parser.parse_args(argv)
+    _configure_logging()
+    # Imported here so that each entrypoint loads only what it runs: the sandbox never
+    # imports autogen or the model client.
+    try:
+        if args.command == "serve":
+            from .server import serve  # noqa: PLC0415
+
+            settings = load_serve_settings(os.environ)
+            serve(settings, load_secrets(settings.config))
+        else:
+            from .sandbox import serve_sandbox  # noqa: PLC0415
+
+            serve_sandbox(load_sandbox_settings(os.environ))
+    except ConfigError as exc:
+        print(f"tenantry_runtime {args.command}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The agent kinds a tenant may declare, and how they are wired into the runtime.
+
+A config names a kind; `AGENT_BUILDERS` maps each allowed kind to code in this module. No
+config value ever reaches autogen's `load_component` (which imports whatever module a config
+names) or a `FunctionTool` (whose config runs `exec`).
+
+Every agent is registered by type and subscribed with a `TypeSubscription`, so the runtime
+creates one instance per topic source: `AgentId(<name>, key=<tenant>)`. Agents address each
+other by topic type only and take the source from their own key, so they never need (and
+cannot pick) a tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autogen_core import (
+    CancellationToken,
+    MessageContext,
+    RoutedAgent,
+    TopicId,
+    TypeSubscription,
+    event,
+)
+from autogen_core.code_executor import CodeBlock
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    LLMMessage,
+    ModelFamily,
+    ModelInfo,
+    SystemMessage,
+    UserMessage,
+)
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+from autogen_ext.models.openai.config import OpenAIClientConfiguration
+
+from .audit import AuditLog
+from .config import AGENT_KINDS, AgentConfig, ModelConfig, RuntimeConfig
+from .executor import SandboxCodeExecutor, SandboxError
+from .guard import GuardedAgentRuntime
+from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
+from .runner import normalize_language
+
+log = logging.getLogger(__name__)
+
+MAX_CODE_ROUNDS = 5
+"""Code runs per task; after that the model's latest reply is the answer, code or not."""
+
+COLLECTOR_TYPE = "tenantry.collector"
+
+_CODE_HINT = (
+    "To run code, reply with one fenced ```python or ```sh block; you will be sent its output "
+    "and exit code. Reply without a code block to give your final answer."
+)
+_FENCE_RE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+# For model names autogen does not know (any OpenAI-compatible server's own models): claim
+# nothing beyond plain chat, which is all these agents use.
+_PLAIN_CHAT_MODEL = ModelInfo(
+    vision=False,
+    function_calling=False,
+    json_output=False,
+    family=ModelFamily.UNKNOWN,
+    structured_output=False,
+)
+
+
+def extract_code_blocks(text: str) -> list[CodeBlock]:
+    """The fenced python and sh/bash blocks of a reply, in order; other fences are prose."""
+    blocks = []
+    for match in _FENCE_RE.finditer(text):
+        language = normalize_language(match.group(1))
+        if language is not None:
+            blocks.append(CodeBlock(code=match.group(2), language=language))
+    return blocks
+
+
+def format_code_output(output: CodeOutput) -> str:
+    """How a run's result is put to the model."""
+    return f"Output of the code (exit code {output.exit_code}):\n{output.output}"
+
+
+def build_model_client(
+    model: ModelConfig, api_key: str, timeout_seconds: float
+) -> ChatCompletionClient:
+    settings: OpenAIClientConfiguration = {
+        "model": model.model,
+        "base_url": model.base_url,
+        "api_key": api_key,
+        "timeout": timeout_seconds,
+        "max_retries": 1,
+    }
+    try:
+        return OpenAIChatCompletionClient(**settings)
+    except ValueError:
+        # autogen refuses model names it has no capabilities table for unless told them.
+        settings["model_info"] = _PLAIN_CHAT_MODEL
+        return OpenAIChatCompletionClient(**settings)
+
+
+class PendingTasks:
+    """Tasks whose HTTP request is waiting: their result futures and cancellation tokens.
+
+    A task's token travels with every message of the task (each agent publishes with the
+    token of the message it handles), so cancelling it stops the task's model and sandbox
+    calls wherever they are, and lets agents drop the task's state.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, tuple[asyncio.Future[TaskResult], CancellationToken]] = {}
+
+    def expect(self, task_id: str, token: CancellationToken) -> asyncio.Future[TaskResult]:
+        future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = (future, token)
+        return future
+
+    def forget(self, task_id: str) -> None:
+        """Nobody waits for this task any more: whatever still runs for it is cancelled."""
+        entry = self._waiting.pop(task_id, None)
+        if entry is not None:
+            entry[1].cancel()
+
+    def cancel_all(self) -> None:
+        for task_id in list(self._waiting):
+            self.forget(task_id)
+
+    def resolve(self, result: TaskResult) -> None:
+        # A result that comes after its request gave up finds nobody here, and is dropped.
+        entry = self._waiting.get(result.task_id)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(result)
+
+
+class ResultCollector(RoutedAgent):
+    """Receives every TaskResult of the tenant and hands it to the waiting request."""
+
+    def __init__(self, pending: PendingTasks) -> None:
+        super().__init__("Hands task results back to the HTTP API.")
+        self._pending = pending
+
+    @event
+    async def on_result(self, message: TaskResult, ctx: MessageContext) -> None:
+        self._pending.resolve(message)
+
+
+@dataclass
+class _Conversation:
+    history: list[LLMMessage]
+    topic_type: str
+    """Where the task came in, and where the coder sends its output back."""
+    token: CancellationToken
+    code_rounds: int = 0
+
+
+class Assistant(RoutedAgent):
+    """Answers a task with the model, running the reply's code through the coder if any."""
+
+    def __init__(
+        self, model: ChatCompletionClient, system_message: str, code_topic_type: str | None
+    ) -> None:
+        super().__init__("Answers tasks with a language model.")
+        self._model = model
+        self._code_topic_type = code_topic_type
+        prompt = f"{system_message}\n\n{_CODE_HINT}" if code_topic_type else system_message
+        self._system = SystemMessage(content=prompt)
+        self._tasks: dict[str, _Conversation] = {}
+
+    @event
+    async def on_task(self, message: TaskRequest, ctx: MessageContext) -> None:
+        assert ctx.topic_id is not None
+        task_id, token = message.task_id, ctx.cancellation_token
+        self._tasks[task_id] = _Conversation(
+            history=[self._system, UserMessage(content=message.content, source="user")],
+            topic_type=ctx.topic_id.type,
+            token=token,
+        )
+
+        def forget() -> None:
+            # A cancelled task (its caller timed out or went away) leaves no state behind.
+            self._tasks.pop(task_id, None)
+
+        token.add_callback(forget)
+        await self._next_turn(task_id)
+
+    @event
+    async def on_code_output(self, message: CodeOutput, ctx: MessageContext) -> None:
+        conversation = self._tasks.get(message.task_id)
+        if conversation is None:
+            return
+        if message.error is not None:
+            await self._finish(message.task_id, "", error=f"code execution failed: {message.error}")
+            return
+        content = format_code_output(message)
+        conversation.history.append(UserMessage(content=content, source="coder"))
+        await self._next_turn(message.task_id)
+
+    async def _next_turn(self, task_id: str) -> None:
+        conversation = self._tasks[task_id]
+        try:
+            created = await self._model.create(
+                conversation.history, cancellation_token=conversation.token
+            )
+        except asyncio.CancelledError:
+            if not conversation.token.is_cancelled():
+                raise
+            return  # the task was cancelled (see on_task), not this handler: end quietly
+        except Exception as exc:  # any model failure ends the task with a readable error
+            log.warning("model call for task %s failed: %s", task_id, exc)
+            await self._finish(task_id, "", error=f"the model call failed: {exc}")
+            return
+        reply = created.content
+        if not isinstance(reply, str):
+            await self._finish(task_id, "", error="the model replied with a tool call")
+            return
+        conversation.history.append(AssistantMessage(content=reply, source=self.id.type))
+        blocks = extract_code_blocks(reply)
+        if (
+            not blocks
+            or self._code_topic_type is None
+            or conversation.code_rounds >= MAX_CODE_ROUNDS
+        ):
+            await self._finish(task_id, reply)
+            return
+        conversation.code_rounds += 1
+        request = CodeRequest(task_id, blocks, reply_topic_type=conversation.topic_type)
+        topic = TopicId(self._code_topic_type, self.id.key)
+        await self.publish_message(request, topic, cancellation_token=conversation.token)
+
+    async def _finish(self, task_id: str, content: str, error: str | None = None) -> None:
+        conversation = self._tasks.pop(task_id, None)
+        if conversation is None:
+            return
+        result = TaskResult(task_id, content, error)
+        topic = TopicId(RESULT_TOPIC_TYPE, self.id.key)
+        await self.publish_message(result, topic, cancellation_token=conversation.token)
+
+
+class Coder(RoutedAgent):
+    """Runs the code blocks it is sent in the tenant's sandbox and publishes the outcome."""
+
+    def __init__(self, executor: SandboxCodeExecutor, audit: AuditLog) -> None:
+        super().__init__("Runs code blocks in the tenant's sandbox.")
+        self._executor = executor
+        self._audit = audit
+
+    @event
+    async def on_code_request(self, message: CodeRequest, ctx: MessageContext) -> None:
+        try:
+            result = await self._executor.execute_code_blocks(
+                message.code_blocks, ctx.cancellation_token
+            )
+        except asyncio.CancelledError:
+            if not ctx.cancellation_token.is_cancelled():
+                raise
+            return  # the task was cancelled, and the sandbox call with it
+        except SandboxError as exc:
+            reply = CodeOutput(message.task_id, exit_code=-1, output="", error=str(exc))
+        else:
+            for run in result.runs:
+                self._audit.code_execution(
+                    actor=str(self.id),
+                    language=run.language,
+                    sha256=run.sha256,
+                    exit_code=run.exit_code,
+                    duration_seconds=run.duration_seconds,
+                    timed_out=run.timed_out,
+                    task_id=message.task_id,
+                )
+            reply = CodeOutput(message.task_id, result.exit_code, result.output)
+        topic = TopicId(message.reply_topic_type, self.id.key)
+        await self.publish_message(reply, topic, cancellation_token=ctx.cancellation_token)
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What agents may be given: built once by the server from config and secrets."""
+
+    audit: AuditLog
+    pending: PendingTasks
+    model: ChatCompletionClient | None = None
+    executor: SandboxCodeExecutor | None = None
+
+
+_Factory = Callable[[AgentConfig, RuntimeConfig, Dependencies], Callable[[], RoutedAgent]]
+
+
+def _assistant(
+    agent: AgentConfig, config: RuntimeConfig, deps: Dependencies
+) -> Callable[[], RoutedAgent]:
+    coders = config.agents_of_kind("coder")
+    code_topic = coders[0].topic_type if coders else None
+    model = deps.model
+    assert model is not None  # config validation requires a model for assistants
+    return lambda: Assistant(model, agent.system_message, code_topic)
+
+
+def _coder(
+    agent: AgentConfig, config: RuntimeConfig, deps: Dependencies
+) -> Callable[[], RoutedAgent]:
+    executor = deps.executor
+    assert executor is not None  # config validation requires a sandbox for coders
+    return lambda: Coder(executor, deps.audit)
+
+
+AGENT_BUILDERS: dict[str, _Factory] = {"assistant": _assistant, "coder": _coder}
+assert set(AGENT_BUILDERS) == set(AGENT_KINDS), "every allowed kind needs a builder"
+
+
+async def _register(
+    runtime: GuardedAgentRuntime,
+    agent_type: str,
+    topic_type: str,
+    factory: Callable[[], RoutedAgent],
+) -> None:
+    # Registered without autogen's class and direct-message subscriptions: the one way to
+    # reach an agent is the tenant's topic of its type. Registered through the base class on
+    # purpose: no message serializers get added, so autogen's per-message event logging
+    # (which serializes eagerly, even when nothing listens) stays cheap and never copies
+    # task content into log payloads.
+    await RoutedAgent.register(
+        runtime,
+        agent_type,
+        factory,
+        skip_class_subscriptions=True,
+        skip_direct_message_subscription=True,
+    )
+    await runtime.add_subscription(TypeSubscription(topic_type, agent_type))
+
+
+async def register_agents(
+    runtime: GuardedAgentRuntime, config: RuntimeConfig, deps: Dependencies
+) -> None:
+    pending = deps.pending
+    await _register(runtime, COLLECTOR_TYPE, RESULT_TOPIC_TYPE, lambda: ResultCollector(pending))
+    for agent in config.agents:
+        factory = AGENT_BUILDERS[agent.kind](agent, config, deps)
+        await _register(runtime, agent.name, agent.topic_type, factory)
+
+
+__all__ = [
+    "AGENT_BUILDERS",
+    "Assistant",
+    "Coder",
+    "Dependencies",
+    "PendingTasks",
+    "ResultCollector",
+    "build_model_client",
+    "extract_code_blocks",
+    "register_agents",
+]

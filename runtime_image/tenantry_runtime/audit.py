@@ -1,0 +1,93 @@
+"""The audit log: one JSON object per line, every record naming the tenant.
+
+Records are written synchronously and flushed at once: the runtime is one event loop, a
+line is a few hundred bytes, and an audit trail that loses its last lines on a crash would
+miss exactly the lines an investigation needs. If a write fails the error propagates, so a
+message is never delivered without its record (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Literal, TextIO
+
+Decision = Literal["delivered", "dropped"]
+
+
+class AuditLog:
+    def __init__(self, tenant: str, stream: TextIO, *, owns_stream: bool = False) -> None:
+        self.tenant = tenant
+        self._stream = stream
+        self._owns_stream = owns_stream
+
+    @classmethod
+    def open(cls, tenant: str, target: str) -> AuditLog:
+        """`target` is a file path (appended to) or "-" for stdout, per TENANTRY_AUDIT_LOG."""
+        if target == "-":
+            return cls(tenant, sys.stdout)
+        return cls(tenant, open(target, "a", encoding="utf-8"), owns_stream=True)
+
+    def close(self) -> None:
+        if self._owns_stream:
+            self._stream.close()
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
+        record = {"ts": round(time.time(), 6), "tenant": self.tenant, "event": event, **fields}
+        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+    def message(
+        self,
+        *,
+        kind: Literal["publish", "send"],
+        topic: str | None,
+        sender: str | None,
+        recipient: str | None,
+        message_type: str,
+        decision: Decision,
+        task_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A message offered to the runtime, and whether the tenant guard let it through.
+
+        `sender` is whatever the publisher claimed (autogen does not authenticate it).
+        """
+        fields: dict[str, Any] = {
+            "kind": kind,
+            "topic": topic,
+            "sender": sender,
+            "recipient": recipient,
+            "messageType": message_type,
+            "decision": decision,
+        }
+        if task_id is not None:
+            fields["taskId"] = task_id
+        if reason is not None:
+            fields["reason"] = reason
+        self._write("message", fields)
+
+    def code_execution(
+        self,
+        *,
+        actor: str,
+        language: str,
+        sha256: str,
+        exit_code: int,
+        duration_seconds: float,
+        timed_out: bool,
+        task_id: str | None = None,
+    ) -> None:
+        """One code run: who ran it, a digest of the code (never the code), and how it ended."""
+        fields: dict[str, Any] = {
+            "actor": actor,
+            "language": language,
+            "sha256": sha256,
+            "exitCode": exit_code,
+            "durationSeconds": round(duration_seconds, 3),
+            "timedOut": timed_out,
+        }
+        if task_id is not None:
+            fields["taskId"] = task_id
+        self._write("code_execution", fields)

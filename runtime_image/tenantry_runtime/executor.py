@@ -1,0 +1,136 @@
+"""`SandboxCodeExecutor`: autogen-core's `CodeExecutor`, backed by the tenant's sandbox pod.
+
+The runtime never runs code itself; it posts each block to the sandbox with the tenant's
+token and gets back the exit code and output. Blocks run in order and stop at the first
+failure, like autogen's local command-line executor, so later blocks never run on top of a
+broken earlier one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from autogen_core import CancellationToken
+from autogen_core.code_executor import CodeBlock, CodeExecutor, CodeResult
+
+from .runner import code_digest, normalize_language
+from .sandbox import EXECUTE_PATH
+
+# The sandbox enforces the time limit itself and then still has to answer; this is how much
+# longer than the limit the runtime waits for that answer before giving up on it.
+_ANSWER_GRACE_SECONDS = 10.0
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not run the code at all (unreachable, refused, busy)."""
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    """One block as the sandbox ran it: what the audit log records."""
+
+    language: str
+    sha256: str
+    exit_code: int
+    duration_seconds: float
+    timed_out: bool
+
+
+@dataclass
+class SandboxCodeResult(CodeResult):
+    runs: list[SandboxRun] = field(default_factory=list)
+
+
+class SandboxCodeExecutor(CodeExecutor):
+    def __init__(self, url: str, token: str, timeout_seconds: float) -> None:
+        self._url = url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds + _ANSWER_GRACE_SECONDS)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop, so start() stays optional.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self._token}"}, timeout=self._timeout
+            )
+        return self._session
+
+    async def start(self) -> None:
+        self._client()
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def ping(self) -> bool:
+        """Whether the sandbox answers its health check (for the runtime's /readyz)."""
+        try:
+            async with self._client().get(
+                f"{self._url}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _post(self, block: CodeBlock) -> dict[str, object]:
+        payload = {"language": block.language, "code": block.code}
+        try:
+            async with self._client().post(f"{self._url}{EXECUTE_PATH}", json=payload) as response:
+                if response.status != 200:
+                    detail = (await response.text())[:300]
+                    raise SandboxError(f"the sandbox answered {response.status}: {detail}")
+                body = await response.json()
+        except aiohttp.ClientError as exc:
+            raise SandboxError(f"the sandbox could not be reached: {exc}") from exc
+        except ValueError as exc:
+            raise SandboxError("the sandbox's answer is not JSON") from exc
+        except TimeoutError as exc:
+            raise SandboxError("the sandbox did not answer in time") from exc
+        if not isinstance(body, dict):
+            raise SandboxError("the sandbox answered something other than a JSON object")
+        return body
+
+    async def _run(self, block: CodeBlock) -> tuple[SandboxRun, str]:
+        body = await self._post(block)
+        try:
+            run = SandboxRun(
+                language=normalize_language(block.language) or block.language,
+                sha256=code_digest(block.code),
+                exit_code=int(str(body["exitCode"])),
+                duration_seconds=float(str(body["durationSeconds"])),
+                timed_out=body["timedOut"] is True,
+            )
+            return run, str(body["output"])
+        except (KeyError, ValueError) as exc:
+            raise SandboxError(f"the sandbox's answer is malformed ({exc!r})") from exc
+
+    async def execute_code_blocks(
+        self, code_blocks: list[CodeBlock], cancellation_token: CancellationToken
+    ) -> SandboxCodeResult:
+        result = SandboxCodeResult(exit_code=0, output="")
+        outputs: list[str] = []
+        for block in code_blocks:
+            if normalize_language(block.language) is None:
+                # Refused here rather than by the sandbox: a reply naming some other language
+                # is the model's mistake, reported back to it like any failed run.
+                outputs.append(f"unsupported language {block.language!r}: use python, sh or bash")
+                result.exit_code = 1
+                break
+            task = asyncio.ensure_future(self._run(block))
+            cancellation_token.link_future(task)
+            run, output = await task
+            result.runs.append(run)
+            outputs.append(output)
+            result.exit_code = run.exit_code
+            if run.exit_code != 0:
+                break
+        result.output = "\n".join(outputs)
+        return result

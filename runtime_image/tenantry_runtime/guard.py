@@ -1,0 +1,141 @@
+"""The tenant guard: no message that names another tenant ever enters the runtime's queue.
+
+autogen-core's own hook for this, an intervention handler returning `DropMessage`, is not
+usable: in 0.7.5 a message dropped there is never marked `task_done()` on the runtime's
+queue, so `stop_when_idle()` waits forever after the first drop, and the generic handler
+path costs ~13% per message. Instead `GuardedAgentRuntime` checks in `publish_message` and
+`send_message`, *before* the envelope is queued. A dropped message never touches the queue,
+so its accounting stays exact, and the check is two string comparisons.
+
+Every agent reaches the runtime through these two methods (`BaseAgent.publish_message` and
+`send_message` call them), and responses only follow sends that were admitted, so this is
+the whole message path. It is a boundary for messages, not for code: anything running in
+this process could call the base class directly, which is why each tenant gets its own
+process and only allowlisted agent code runs in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from autogen_core import AgentId, CancellationToken, SingleThreadedAgentRuntime, TopicId
+from autogen_core.exceptions import MessageDroppedException
+
+from .audit import AuditLog
+
+
+class TenantGuard:
+    """Decides and records; pinned to one tenant for its whole life."""
+
+    __slots__ = ("_audit", "delivered", "dropped", "tenant")
+
+    def __init__(self, tenant: str, audit: AuditLog) -> None:
+        self.tenant = tenant
+        self._audit = audit
+        self.delivered = 0
+        self.dropped = 0
+
+    def _foreign_sender(self, sender: AgentId | None) -> str | None:
+        # The sender is caller-supplied and can be forged, so it grants nothing; but an agent
+        # of ours always has the tenant as its key, so any other key is a message to refuse.
+        if sender is not None and sender.key != self.tenant:
+            return f"sender key {sender.key!r} is not the tenant"
+        return None
+
+    def admit_publish(self, message: Any, topic_id: TopicId, sender: AgentId | None) -> bool:
+        if topic_id.source != self.tenant:
+            reason: str | None = f"topic source {topic_id.source!r} is not the tenant"
+        else:
+            reason = self._foreign_sender(sender)
+        return self._record("publish", message, str(topic_id), None, sender, reason)
+
+    def admit_send(self, message: Any, recipient: AgentId, sender: AgentId | None) -> bool:
+        if recipient.key != self.tenant:
+            reason: str | None = f"recipient key {recipient.key!r} is not the tenant"
+        else:
+            reason = self._foreign_sender(sender)
+        return self._record("send", message, None, str(recipient), sender, reason)
+
+    def _record(
+        self,
+        kind: Literal["publish", "send"],
+        message: Any,
+        topic: str | None,
+        recipient: str | None,
+        sender: AgentId | None,
+        reason: str | None,
+    ) -> bool:
+        if reason is None:
+            self.delivered += 1
+        else:
+            self.dropped += 1
+        self._audit.message(
+            kind=kind,
+            topic=topic,
+            sender=None if sender is None else str(sender),
+            recipient=recipient,
+            message_type=type(message).__name__,
+            decision="delivered" if reason is None else "dropped",
+            task_id=getattr(message, "task_id", None),
+            reason=reason,
+        )
+        return reason is None
+
+
+class GuardedAgentRuntime(SingleThreadedAgentRuntime):
+    """A `SingleThreadedAgentRuntime` whose every publish and send passes `guard` first.
+
+    A dropped publish returns silently (as autogen's own drop does: a publisher learns
+    nothing about topics it may not use); a dropped send raises `MessageDroppedException`
+    at the caller, again as autogen does.
+    """
+
+    def __init__(self, guard: TenantGuard) -> None:
+        # No intervention handlers: the guard runs before queueing, see the module docstring.
+        super().__init__()
+        self.guard = guard
+
+    @property
+    def tenant(self) -> str:
+        return self.guard.tenant
+
+    def topic(self, topic_type: str) -> TopicId:
+        """The tenant's topic of `topic_type`: the only kind of topic this runtime carries."""
+        return TopicId(topic_type, self.guard.tenant)
+
+    async def publish_message(
+        self,
+        message: Any,
+        topic_id: TopicId,
+        *,
+        sender: AgentId | None = None,
+        cancellation_token: CancellationToken | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        if self.guard.admit_publish(message, topic_id, sender):
+            await super().publish_message(
+                message,
+                topic_id,
+                sender=sender,
+                cancellation_token=cancellation_token,
+                message_id=message_id,
+            )
+
+    async def send_message(
+        self,
+        message: Any,
+        recipient: AgentId,
+        *,
+        sender: AgentId | None = None,
+        cancellation_token: CancellationToken | None = None,
+        message_id: str | None = None,
+    ) -> Any:
+        if not self.guard.admit_send(message, recipient, sender):
+            raise MessageDroppedException(f"recipient {recipient} is outside tenant {self.tenant}")
+        return await super().send_message(
+            message,
+            recipient,
+            sender=sender,
+            cancellation_token=cancellation_token,
+            message_id=message_id,
+        )

@@ -1,0 +1,51 @@
+"""The messages agents exchange, and the topics they travel on.
+
+One task flows like this; every arrow is a publish to `TopicId(<type>, source=<tenant>)`, so
+every hop passes the tenant guard and lands in the audit log:
+
+    HTTP POST /v1/tasks --TaskRequest--> assistant (topic type from the request)
+    assistant --CodeRequest--> coder (the coder's topic type)      [model replied with code]
+    coder --CodeOutput--> assistant (the topic type the request named)
+    ... (at most MAX_CODE_ROUNDS code runs per task)
+    assistant --TaskResult--> RESULT_TOPIC_TYPE, where the HTTP handler waits for it
+
+Every message carries the task id, so agents keep per-task state in a dict and the result
+finds the request that is waiting for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autogen_core.code_executor import CodeBlock
+
+RESULT_TOPIC_TYPE = "tenantry.results"
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    task_id: str
+    content: str
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    task_id: str
+    code_blocks: list[CodeBlock]
+    reply_topic_type: str
+
+
+@dataclass(frozen=True)
+class CodeOutput:
+    task_id: str
+    exit_code: int
+    output: str
+    error: str | None = None
+    """Set when the code could not be run at all (sandbox unreachable, busy, refused)."""
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    content: str
+    error: str | None = None

@@ -1,0 +1,159 @@
+"""The sandbox server: runs a tenant's code for that tenant's runtime, and no one else.
+
+`POST /v1/execute {"language", "code"}` with `Authorization: Bearer <tenant token>` runs the
+code once through `Runner` (runner.py: limits, time limit, process-group kill, reaping) and
+answers `{"exitCode", "output", "timedOut", "truncated", "durationSeconds"}`. The token is
+compared in constant time; anything else gets 401 before the body is read. At most
+`concurrency` runs go at once and more are refused with 429 rather than queued, so a busy
+sandbox says so at once instead of letting its callers time out. `GET /healthz` is open,
+for probes.
+
+The server holds no model credentials and runs code with an environment built from nothing.
+What it cannot contain on its own (rlimits are per process, RLIMIT_NPROC per user, a
+process can leave its group) is left to the pod around it: its own container, PID and
+memory limits, no network. See docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .audit import AuditLog
+from .config import SandboxLimits, SandboxSettings
+from .runner import Runner, code_digest, normalize_language
+
+log = logging.getLogger(__name__)
+
+EXECUTE_PATH = "/v1/execute"
+_SWEEP_SECONDS = 1.0
+
+_SETTINGS = web.AppKey("settings", SandboxSettings)
+_RUNNER = web.AppKey("runner", Runner)
+_SLOTS = web.AppKey("slots", asyncio.Semaphore)
+_AUDIT = web.AppKey("audit", AuditLog)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold any byte
+    # (aiohttp keeps undecodable ones as surrogates).
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode("utf-8", "surrogateescape"), token.encode()
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _read_run(request: web.Request, limits: SandboxLimits) -> tuple[str, str]:
+    """The (normalized language, code) of a run request, or _Refused saying what is wrong."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise _Refused(400, "the body must be a JSON object")
+    code, language = body.get("code"), body.get("language")
+    if not isinstance(code, str) or not isinstance(language, str):
+        raise _Refused(400, "'code' and 'language' must be strings")
+    normalized = normalize_language(language)
+    if normalized is None:
+        raise _Refused(400, f"language {language!r} is not supported: python, sh or bash")
+    if "\x00" in code:
+        raise _Refused(400, "code must not contain NUL characters")
+    if len(code.encode("utf-8")) > limits.code_bytes:
+        raise _Refused(413, f"code is longer than {limits.code_bytes} bytes")
+    return normalized, code
+
+
+async def _execute(request: web.Request) -> web.Response:
+    settings = request.app[_SETTINGS]
+    limits = settings.limits
+    if not _authorized(request, settings.token):
+        return _error(401, "missing or wrong bearer token")
+    try:
+        language, code = await _read_run(request, limits)
+    except _Refused as refusal:
+        return _error(refusal.status, str(refusal))
+    slots = request.app[_SLOTS]
+    # Checked and taken with no await in between, so the check cannot go stale.
+    if slots.locked():
+        return _error(429, f"the sandbox is already running {limits.concurrency} run(s)")
+    async with slots:
+        outcome = await request.app[_RUNNER].run(language, code)
+    request.app[_AUDIT].code_execution(
+        actor="sandbox",
+        language=language,
+        sha256=code_digest(code),
+        exit_code=outcome.exit_code,
+        duration_seconds=outcome.duration_seconds,
+        timed_out=outcome.timed_out,
+    )
+    return web.json_response(
+        {
+            "exitCode": outcome.exit_code,
+            "output": outcome.output,
+            "timedOut": outcome.timed_out,
+            "truncated": outcome.truncated,
+            "durationSeconds": round(outcome.duration_seconds, 3),
+        }
+    )
+
+
+async def _sweeping(app: web.Application) -> AsyncIterator[None]:
+    """Reaps, now and then, what finished runs left behind (see runner.py)."""
+    runner = app[_RUNNER]
+    if not runner.become_subreaper():
+        log.warning("could not become a child subreaper; orphans of runs go to PID 1")
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_SECONDS)
+            runner.sweep()
+
+    task = asyncio.create_task(sweep_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Application:
+    # Bodies are bounded before they are parsed; the code limit is checked again after.
+    app = web.Application(client_max_size=settings.limits.code_bytes * 2 + 4096)
+    app[_SETTINGS] = settings
+    app[_RUNNER] = Runner(settings.workdir, settings.limits)
+    app[_SLOTS] = asyncio.Semaphore(settings.limits.concurrency)
+    app[_AUDIT] = audit
+    app.cleanup_ctx.append(_sweeping)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_post(EXECUTE_PATH, _execute)
+    return app
+
+
+def serve_sandbox(settings: SandboxSettings) -> None:
+    if os.geteuid() == 0:
+        log.warning("running as root: RLIMIT_NPROC does not bind root; run as a non-root user")
+    audit = AuditLog.open(settings.tenant, "-")
+    log.info("sandbox for tenant %s on port %d", settings.tenant, settings.port)
+    web.run_app(
+        build_sandbox_app(settings, audit), host=settings.host, port=settings.port, print=None
+    )

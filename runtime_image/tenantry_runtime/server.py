@@ -1,0 +1,191 @@
+"""The runtime's HTTP API and the lifecycle of its one agent runtime.
+
+`POST /v1/tasks {"topicType", "content"}` publishes a TaskRequest to the tenant's topic of
+that type and waits (at most taskTimeoutSeconds) for the TaskResult with the same task id.
+A request names a topic type and content and nothing else: the tenant is the process's, so
+there is no field, header or path through which a caller could choose another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from autogen_core import CancellationToken
+from autogen_core.models import ChatCompletionClient
+
+from .agents import Dependencies, PendingTasks, build_model_client, register_agents
+from .audit import AuditLog
+from .config import RuntimeConfig, Secrets, ServeSettings
+from .executor import SandboxCodeExecutor
+from .guard import GuardedAgentRuntime, TenantGuard
+from .messages import TaskRequest
+
+log = logging.getLogger(__name__)
+
+_TASK_FIELDS = ("topicType", "content")
+_MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class _Running:
+    runtime: GuardedAgentRuntime
+    pending: PendingTasks
+    executor: SandboxCodeExecutor | None
+
+
+@dataclass
+class _State:
+    """Set while the agent runtime runs (an app's own keys are frozen once it starts)."""
+
+    running: _Running | None = None
+
+
+_CONFIG = web.AppKey("config", RuntimeConfig)
+_AUDIT = web.AppKey("audit", AuditLog)
+_SECRETS = web.AppKey("secrets", Secrets)
+_STATE = web.AppKey("state", _State)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
+    """Builds, starts and finally stops the tenant's agent runtime with the HTTP server."""
+    config, secrets, audit = app[_CONFIG], app[_SECRETS], app[_AUDIT]
+    model: ChatCompletionClient | None = None
+    executor: SandboxCodeExecutor | None = None
+    if config.model is not None and secrets.model_api_key is not None:
+        model = build_model_client(config.model, secrets.model_api_key, config.task_timeout_seconds)
+    if config.sandbox is not None and secrets.sandbox_token is not None:
+        executor = SandboxCodeExecutor(
+            config.sandbox.url, secrets.sandbox_token, config.sandbox.timeout_seconds
+        )
+    runtime = GuardedAgentRuntime(TenantGuard(config.tenant, audit))
+    pending = PendingTasks()
+    await register_agents(runtime, config, Dependencies(audit, pending, model, executor))
+    runtime.start()
+    state = app[_STATE]
+    state.running = _Running(runtime, pending, executor)
+    log.info(
+        "runtime for tenant %s: agents %s",
+        config.tenant,
+        ", ".join(f"{a.name} ({a.kind}) on {a.topic_type}" for a in config.agents) or "none",
+    )
+    unanswered = sorted(set(config.topic_types) - config.task_topic_types)
+    if unanswered:
+        log.warning("no assistant answers tasks on topic type(s) %s", ", ".join(unanswered))
+    yield
+    state.running = None
+    # By now aiohttp has finished (or cancelled) every request, and each cancelled the
+    # token of its task; whatever those tasks still had in flight unwinds at once.
+    pending.cancel_all()
+    await runtime.stop_when_idle()
+    if executor is not None:
+        await executor.stop()
+    if model is not None:
+        await model.close()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"status": "ok", "tenant": request.app[_CONFIG].tenant}
+    running = request.app[_STATE].running
+    if running is not None:
+        guard = running.runtime.guard
+        body["messages"] = {"delivered": guard.delivered, "dropped": guard.dropped}
+    return web.json_response(body)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    running = request.app[_STATE].running
+    if running is None:
+        return _error(503, "the agent runtime is not running")
+    if running.executor is not None and not await running.executor.ping():
+        return _error(503, "the sandbox does not answer")
+    return web.json_response({"status": "ready"})
+
+
+def _task_fields(body: object, config: RuntimeConfig) -> tuple[str, str] | web.Response:
+    if not isinstance(body, dict):
+        return _error(400, 'the body must be a JSON object {"topicType": ..., "content": ...}')
+    unknown = sorted(set(body) - set(_TASK_FIELDS))
+    if unknown:
+        return _error(
+            400,
+            f"unknown field(s) {', '.join(unknown)}: a task has only topicType and content "
+            f"(this runtime serves tenant {config.tenant!r} and no other)",
+        )
+    topic_type, content = body.get("topicType"), body.get("content")
+    if not isinstance(topic_type, str) or not isinstance(content, str) or not content.strip():
+        return _error(400, "topicType and content must be strings, content not empty")
+    if topic_type not in config.task_topic_types:
+        served = ", ".join(sorted(config.task_topic_types)) or "none"
+        return _error(400, f"topic type {topic_type!r} is not served here; served: {served}")
+    return topic_type, content
+
+
+async def _post_task(request: web.Request) -> web.Response:
+    config, running = request.app[_CONFIG], request.app[_STATE].running
+    if running is None:
+        return _error(503, "the agent runtime is not running")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    fields = _task_fields(body, config)
+    if isinstance(fields, web.Response):
+        return fields
+    topic_type, content = fields
+    task_id, token = uuid.uuid4().hex, CancellationToken()
+    # Expect the result before publishing, so even an instant answer finds its waiter.
+    future = running.pending.expect(task_id, token)
+    try:
+        await running.runtime.publish_message(
+            TaskRequest(task_id, content),
+            running.runtime.topic(topic_type),
+            cancellation_token=token,
+        )
+        result = await asyncio.wait_for(future, config.task_timeout_seconds)
+    except TimeoutError:
+        return _error(
+            504,
+            f"task {task_id} got no result within {config.task_timeout_seconds:g} s "
+            "(taskTimeoutSeconds); the model or the sandbox may be slow or unreachable",
+            taskId=task_id,
+        )
+    finally:
+        # Done, timed out or the server is stopping: nothing more runs for this task.
+        running.pending.forget(task_id)
+    if result.error is not None:
+        return _error(502, result.error, taskId=task_id)
+    return web.json_response({"taskId": task_id, "topicType": topic_type, "result": result.content})
+
+
+def build_app(config: RuntimeConfig, secrets: Secrets, audit: AuditLog) -> web.Application:
+    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app[_CONFIG] = config
+    app[_SECRETS] = secrets
+    app[_AUDIT] = audit
+    app[_STATE] = _State()
+    app.cleanup_ctx.append(_runtime_context)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_post("/v1/tasks", _post_task)
+    return app
+
+
+def serve(settings: ServeSettings, secrets: Secrets) -> None:
+    audit = AuditLog.open(settings.config.tenant, settings.audit_target)
+    try:
+        app = build_app(settings.config, secrets, audit)
+        # Shorter than a pod's default 30 s grace period: requests still running then are
+        # cancelled, and with them their tasks, rather than killed mid-write.
+        web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=20)
+    finally:
+        audit.close()

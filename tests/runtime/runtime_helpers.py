@@ -1,0 +1,209 @@
+"""Helpers for the tenant runtime's tests: real processes on 127.0.0.1, no mocks.
+
+`python -m tenantry_runtime serve | sandbox` are started as subprocesses with only the env
+docs/runtime-contract.md defines. When the tests run as root, the sandbox runs as the
+unprivileged user SANDBOX_UID, as in its pod: RLIMIT_NPROC does not bind root, and a fork
+bomb test that is not bound by it would take the machine down instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX_UID = 65532
+TENANT = "acme"
+SANDBOX_TOKEN = "s3cret-sandbox-token-for-acme"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A minimal env for our processes: nothing of the test's own env leaks in by accident."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env
+
+
+def json_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+@dataclass
+class Service:
+    """A `python -m tenantry_runtime` process and where its output goes."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    stdout: Path
+    stderr: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+@functools.cache
+def sandbox_python() -> tuple[str, dict[str, str]]:
+    """An interpreter (and its env) that can run the sandbox as SANDBOX_UID.
+
+    The test's own interpreter may live where that user cannot reach (a home directory
+    private to root); then a system Python of the same minor version runs the sandbox with
+    this environment's packages and the source tree on PYTHONPATH.
+    """
+    if os.geteuid() != 0:
+        return sys.executable, {}
+    paths = [sysconfig.get_paths()["purelib"], str(REPO / "runtime_image")]
+    env = base_env(PYTHONPATH=os.pathsep.join(paths))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import tenantry_runtime.sandbox"],
+                env=env,
+                capture_output=True,
+                check=False,
+                user=SANDBOX_UID,
+                group=SANDBOX_UID,
+                extra_groups=[],
+            )
+        except OSError:  # not there, or not executable by that user
+            continue
+        if probe.returncode == 0:
+            return candidate, {"PYTHONPATH": env["PYTHONPATH"]}
+    pytest.fail(f"no {version} that user {SANDBOX_UID} can run the sandbox with")
+
+
+def run_module(
+    command: str,
+    env: Mapping[str, str],
+    logs: Path,
+    *,
+    as_sandbox_user: bool = False,
+    cwd: Path | None = None,
+    python: str = sys.executable,
+) -> subprocess.Popen[bytes]:
+    extra_env: dict[str, str] = {}
+    user: dict[str, Any] = {}
+    if as_sandbox_user:
+        python, extra_env = sandbox_python()
+        if os.geteuid() == 0:
+            user = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{command}.out").open("wb") as out, (logs / f"{command}.err").open("wb") as err:
+        return subprocess.Popen(
+            [python, "-m", "tenantry_runtime", command],
+            env={**env, **extra_env},
+            stdout=out,
+            stderr=err,
+            cwd=cwd or logs,
+            **user,
+        )
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, err_log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"port {port}: exited with {proc.returncode}:\n{err_log.read_text()}")
+        with contextlib.suppress(OSError):
+            if http_get(port, "/healthz")[0] == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail(f"port {port}: not healthy within 60 s:\n{err_log.read_text()}")
+
+
+def start_service(
+    command: str,
+    env: Mapping[str, str],
+    logs: Path,
+    *,
+    as_sandbox_user: bool = False,
+    cwd: Path | None = None,
+    python: str = sys.executable,
+) -> Service:
+    port = int(env["TENANTRY_PORT"])
+    url = f"http://127.0.0.1:{port}"
+    proc = run_module(command, env, logs, as_sandbox_user=as_sandbox_user, cwd=cwd, python=python)
+    service = Service(proc, url, logs / f"{command}.out", logs / f"{command}.err")
+    try:
+        wait_healthy(proc, port, service.stderr)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@dataclass(frozen=True)
+class SandboxHome:
+    """A directory the sandbox user owns: its workspace and its token file."""
+
+    root: Path
+    workspace: Path
+    token_file: Path
+
+
+StartSandbox = Callable[..., Service]
+"""The `start_sandbox` fixture: starts a sandbox server; keyword arguments become its env."""
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that exist, zombies included."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
+    """Waits for group `pgid` to have no process left; returns what is left at the end."""
+    deadline = time.monotonic() + timeout
+    while (left := live_group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left

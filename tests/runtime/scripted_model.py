@@ -1,0 +1,91 @@
+"""A scripted OpenAI-compatible model server for the runtime's end-to-end tests.
+
+First it answers with CODE_REPLY (a python block); once the last message carries the code's
+output, it answers with that output. Under /slow it never answers (until released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+from runtime_helpers import free_port
+
+CODE = "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
+CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
+
+
+def completion(model: str, content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+    }
+
+
+@dataclass
+class ScriptedModel:
+    """An OpenAI-compatible chat-completions server with a fixed script.
+
+    First it answers with CODE_REPLY; once the last message carries the code's output, it
+    answers with that output. Under /slow it never answers (until released at teardown).
+    """
+
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    caller_left: asyncio.Event = field(default_factory=asyncio.Event)
+    stalled: int = 0
+    abandoned: int = 0
+
+    async def complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append({"authorization": request.headers.get("Authorization"), **body})
+        last = body["messages"][-1]["content"]
+        if last.startswith("Output of the code"):
+            content = "The code printed:\n" + last.split("\n", 1)[1]
+        else:
+            content = CODE_REPLY
+        return web.json_response(completion(body["model"], content))
+
+    async def stall(self, request: web.Request) -> web.Response:
+        self.stalled += 1
+        deadline = time.monotonic() + 60
+        while not self.release.is_set() and time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                self.abandoned += 1  # the caller gave up on us
+                self.caller_left.set()
+                break
+            await asyncio.sleep(0.05)
+        return web.json_response({}, status=503)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def model() -> AsyncIterator[ScriptedModel]:
+    scripted = ScriptedModel()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", scripted.complete)
+    app.router.add_post("/slow/v1/chat/completions", scripted.stall)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    scripted.url = f"http://127.0.0.1:{port}"
+    yield scripted
+    scripted.release.set()
+    await runner.cleanup()

@@ -1,0 +1,221 @@
+"""Parsing runtime.json and the env of both processes (pure units)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_helpers import REPO
+from tenantry_runtime.config import (
+    AGENT_KINDS,
+    ConfigError,
+    SandboxLimits,
+    load_sandbox_settings,
+    load_secrets,
+    load_serve_settings,
+    parse_runtime_config,
+    tenant_from_env,
+)
+
+
+def contract_example() -> dict[str, Any]:
+    """The runtime.json example of docs/runtime-contract.md, so the doc cannot drift."""
+    doc = (REPO / "docs" / "runtime-contract.md").read_text()
+    match = re.search(r"`runtime.json`:\n\n```json\n(.*?)```", doc, re.S)
+    assert match, "docs/runtime-contract.md lost its runtime.json example"
+    example: dict[str, Any] = json.loads(match.group(1))
+    return example
+
+
+def variant(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(contract_example())
+    data.update(changes)
+    return data
+
+
+def refusal(data: object, tenant: str = "acme") -> str:
+    with pytest.raises(ConfigError) as raised:
+        parse_runtime_config(data, tenant)
+    return str(raised.value)
+
+
+def test_the_contract_example_parses() -> None:
+    config = parse_runtime_config(contract_example(), "acme")
+    assert config.tenant == "acme"
+    assert config.topic_types == ("default",)
+    assert [(a.name, a.kind, a.topic_type) for a in config.agents] == [
+        ("assistant", "assistant", "default"),
+        ("coder", "coder", "code"),
+    ]
+    assert config.agents[0].system_message == "You are a helpful assistant."
+    assert config.model is not None
+    assert config.model.api_key_file == Path("/var/run/secrets/tenantry/secrets/model-credentials/api-key")
+    assert config.sandbox is not None
+    assert config.sandbox.timeout_seconds == 30.0
+    assert config.task_timeout_seconds == 120.0
+    assert config.task_topic_types == {"default"}
+
+
+def test_the_agents_the_operator_renders_parse() -> None:
+    # Every agent comes with systemMessage, null when unset; a coder's is ignored.
+    agents = [
+        {"name": "helper", "kind": "assistant", "topicType": "default", "systemMessage": None},
+        {"name": "runner", "kind": "coder", "topicType": "code", "systemMessage": None},
+    ]
+    config = parse_runtime_config(variant(agents=agents), "acme")
+    assert [a.system_message for a in config.agents] == ["You are a helpful assistant."] * 2
+
+
+def test_model_and_sandbox_may_be_null_without_agents_that_need_them() -> None:
+    config = parse_runtime_config(variant(model=None, sandbox=None, agents=[]), "acme")
+    assert (config.model, config.sandbox, config.agents) == (None, None, ())
+    assert config.task_topic_types == frozenset()
+
+
+def test_an_agent_kind_outside_the_allowlist_is_refused_naming_agent_and_kinds() -> None:
+    data = variant()
+    data["agents"].append(
+        {"name": "tooling", "kind": "autogen_ext.tools.FunctionTool", "topicType": "t"}
+    )
+    message = refusal(data)
+    assert "agent 'tooling'" in message
+    assert "'autogen_ext.tools.FunctionTool' is not allowed" in message
+    assert "allowed kinds: assistant, coder" in message
+    assert AGENT_KINDS == ("assistant", "coder")
+
+
+def test_a_config_for_another_tenant_is_refused() -> None:
+    message = refusal(contract_example(), tenant="globex")
+    assert "'acme'" in message
+    assert "TENANTRY_TENANT is 'globex'" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"extra": 1}, "unknown field(s) extra"),
+        ({"topicTypes": []}, "at least one topic type"),
+        ({"topicTypes": ["tenantry.results"]}, "reserved"),
+        ({"topicTypes": ["no spaces"]}, "not a valid topic type"),
+        ({"taskTimeoutSeconds": 0}, "positive number"),
+        ({"taskTimeoutSeconds": True}, "positive number"),
+        ({"model": {"model": "m", "baseUrl": "ftp://x", "apiKeyFile": "/k"}}, "http(s) URL"),
+        ({"model": None}, "agent 'assistant' of kind assistant needs a model"),
+        ({"sandbox": None}, "agent 'coder' of kind coder needs a sandbox"),
+        ({"sandbox": {"url": "http://s", "tokenFile": "/t", "x": 1}}, "sandbox: unknown"),
+    ],
+)
+def test_invalid_top_level_fields_are_refused(change: dict[str, Any], expected: str) -> None:
+    assert expected in refusal(variant(**change))
+
+
+@pytest.mark.parametrize(
+    ("agents", "expected"),
+    [
+        ([{"name": "a", "kind": "coder", "topicType": "x", "tools": []}], "unknown field(s) tools"),
+        ([{"name": "a", "kind": "assistant", "topicType": "x", "systemMessage": 3}], "non-empty"),
+        ([{"name": "a.b", "kind": "coder", "topicType": "x"}], "agent 'a.b'.name"),
+        ([{"name": "a", "kind": "coder"}], "topicType must be a non-empty string"),
+        (
+            [
+                {"name": "a", "kind": "coder", "topicType": "x"},
+                {"name": "a", "kind": "assistant", "topicType": "y"},
+            ],
+            "declared twice",
+        ),
+        (
+            [
+                {"name": "a", "kind": "coder", "topicType": "x"},
+                {"name": "b", "kind": "assistant", "topicType": "x"},
+            ],
+            "both subscribe to topic type 'x'",
+        ),
+        (
+            [
+                {"name": "a", "kind": "coder", "topicType": "x"},
+                {"name": "b", "kind": "coder", "topicType": "y"},
+            ],
+            "at most one agent of kind coder",
+        ),
+        (["assistant"], "kind None is not allowed"),
+    ],
+)
+def test_invalid_agents_are_refused(agents: list[Any], expected: str) -> None:
+    assert expected in refusal(variant(agents=agents))
+
+
+def test_a_missing_tenant_is_refused_naming_the_variable() -> None:
+    for env in ({}, {"TENANTRY_TENANT": "  "}):
+        with pytest.raises(ConfigError, match="TENANTRY_TENANT is not set"):
+            tenant_from_env(env)
+    with pytest.raises(ConfigError, match="not a DNS-1123 label"):
+        tenant_from_env({"TENANTRY_TENANT": "Acme_Corp"})
+
+
+def test_serve_settings_come_from_the_contract_env(tmp_path: Path) -> None:
+    config_file = tmp_path / "runtime.json"
+    config_file.write_text(json.dumps(contract_example()))
+    env = {"TENANTRY_TENANT": "acme", "TENANTRY_CONFIG": str(config_file)}
+    settings = load_serve_settings(env)
+    assert (settings.audit_target, settings.port, settings.host) == ("-", 8080, None)
+    env |= {"TENANTRY_AUDIT_LOG": "/var/log/audit.jsonl", "TENANTRY_PORT": "9000"}
+    settings = load_serve_settings(env)
+    assert (settings.audit_target, settings.port) == ("/var/log/audit.jsonl", 9000)
+    with pytest.raises(ConfigError, match="TENANTRY_PORT='http' is not a TCP port"):
+        load_serve_settings(env | {"TENANTRY_PORT": "http"})
+    config_file.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_serve_settings(env)
+
+
+def test_secrets_are_read_from_the_files_the_config_names(tmp_path: Path) -> None:
+    key, token = tmp_path / "api-key", tmp_path / "token"
+    data = variant()
+    data["model"]["apiKeyFile"] = str(key)
+    data["sandbox"]["tokenFile"] = str(token)
+    config = parse_runtime_config(data, "acme")
+    with pytest.raises(ConfigError, match=r"model.apiKeyFile .*api-key: cannot read it"):
+        load_secrets(config)
+    key.write_text("sk-test\n")
+    token.write_text("\n")
+    with pytest.raises(ConfigError, match=r"sandbox.tokenFile .*token is empty"):
+        load_secrets(config)
+    token.write_text("tok")
+    secrets = load_secrets(config)
+    assert (secrets.model_api_key, secrets.sandbox_token) == ("sk-test", "tok")
+    assert "sk-test" not in repr(secrets)
+
+
+def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok")
+    env = {
+        "TENANTRY_TENANT": "acme",
+        "TENANTRY_SANDBOX_TOKEN_FILE": str(token),
+        "TENANTRY_SANDBOX_WORKDIR": str(tmp_path),
+    }
+    settings = load_sandbox_settings(env)
+    assert settings.limits == SandboxLimits()
+    assert settings.limits.timeout_seconds == 30
+    assert (settings.token, settings.workdir, settings.port) == ("tok", tmp_path, 8080)
+    assert "tok" not in repr(settings)
+    settings = load_sandbox_settings(
+        env | {"TENANTRY_SANDBOX_TIMEOUT_SECONDS": "2.5", "TENANTRY_SANDBOX_MEMORY_MB": "128"}
+    )
+    assert settings.limits.timeout_seconds == 2.5
+    assert settings.limits.memory_bytes == 128 * 2**20
+    for name, value in [
+        ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "-1"),
+        ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "nan"),
+        ("TENANTRY_SANDBOX_CONCURRENCY", "0"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            load_sandbox_settings(env | {name: value})
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_TOKEN_FILE is not set"):
+        load_sandbox_settings({"TENANTRY_TENANT": "acme"})
+    with pytest.raises(ConfigError, match="not a directory"):
+        load_sandbox_settings(env | {"TENANTRY_SANDBOX_WORKDIR": str(token)})

@@ -1,0 +1,219 @@
+"""End to end: a scripted model server, a sandbox process and a runtime process on loopback.
+
+POST /v1/tasks → TaskRequest → assistant asks the model → the model replies with a python
+block → CodeRequest → coder runs it in the sandbox → CodeOutput → assistant asks the model
+again, now with the output → final answer → TaskResult → the HTTP response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from runtime_helpers import (
+    TENANT,
+    SandboxHome,
+    Service,
+    StartSandbox,
+    base_env,
+    free_port,
+    json_lines,
+    start_service,
+)
+from scripted_model import CODE, ScriptedModel
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+API_KEY = "sk-test-model-key"
+
+
+StartRuntime = Callable[..., Service]
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """Starts `serve` with a runtime.json made of the contract example and `changes`."""
+    started: list[Service] = []
+    key_file = tmp_path / "api-key"
+    key_file.write_text(API_KEY + "\n")
+
+    def start(**changes: Any) -> Service:
+        config = {
+            "tenant": TENANT,
+            "topicTypes": ["default"],
+            "agents": [
+                {
+                    "name": "assistant",
+                    "kind": "assistant",
+                    "topicType": "default",
+                    "systemMessage": "You are a test assistant.",
+                },
+                {"name": "coder", "kind": "coder", "topicType": "code", "systemMessage": None},
+            ],
+            "model": None,
+            "sandbox": None,
+            "taskTimeoutSeconds": 60,
+            **changes,
+        }
+        if config["model"] is not None:
+            config["model"] = {"model": "scripted", "apiKeyFile": str(key_file), **config["model"]}
+        home = tmp_path / f"runtime-{len(started)}"
+        home.mkdir()
+        (home / "runtime.json").write_text(json.dumps(config))
+        env = base_env(
+            TENANTRY_TENANT=TENANT,
+            TENANTRY_CONFIG=str(home / "runtime.json"),
+            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
+            TENANTRY_HOST="127.0.0.1",
+            TENANTRY_PORT=str(free_port()),
+        )
+        service = start_service("serve", env, home)
+        service.extra["audit"] = home / "audit.jsonl"
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+def sandbox_config(sandbox: Service, home: SandboxHome) -> dict[str, Any]:
+    return {"url": sandbox.url, "tokenFile": str(home.token_file), "timeoutSeconds": 10}
+
+
+async def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session,
+        session.request(method, url, json=body) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
+    model: ScriptedModel,
+    start_sandbox: StartSandbox,
+    sandbox_home: SandboxHome,
+    start_runtime: StartRuntime,
+) -> None:
+    sandbox = start_sandbox()
+    runtime = start_runtime(
+        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    )
+    assert (await call("GET", f"{runtime.url}/readyz"))[0] == 200
+
+    task = {"topicType": "default", "content": "What is 7 times the sum of 1 to 100?"}
+    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
+
+    assert status == 200, (body, runtime.logs())
+    assert "sum: 35350" in body["result"]  # computed by the sandbox, not by the script
+    assert f"cwd: {sandbox_home.workspace}" in body["result"]
+    task_id = body["taskId"]
+
+    # The model was called twice, with the key from the key file, the second time with the
+    # output of the code.
+    assert [r["authorization"] for r in model.requests] == [f"Bearer {API_KEY}"] * 2
+    first, second = (r["messages"] for r in model.requests)
+    assert first[0]["role"] == "system"
+    assert first[0]["content"].startswith("You are a test assistant.")
+    assert first[1]["content"] == task["content"]
+    assert second[-1]["content"].startswith("Output of the code (exit code 0):\n")
+    assert "sum: 35350" in second[-1]["content"]
+
+    # Every step is in the runtime's audit log, with the tenant, and nothing was dropped.
+    audit = json_lines(runtime.extra["audit"])
+    assert {record["tenant"] for record in audit} == {TENANT}
+    steps = [
+        (r["event"], r.get("messageType"), r.get("topic"), r.get("sender") or r.get("actor"))
+        for r in audit
+        if r.get("taskId") == task_id
+    ]
+    assert steps == [
+        ("message", "TaskRequest", "default/acme", None),
+        ("message", "CodeRequest", "code/acme", "assistant/acme"),
+        ("code_execution", None, None, "coder/acme"),
+        ("message", "CodeOutput", "default/acme", "coder/acme"),
+        ("message", "TaskResult", "tenantry.results/acme", "assistant/acme"),
+    ]
+    assert all(r["decision"] == "delivered" for r in audit if r["event"] == "message")
+    (execution,) = (r for r in audit if r["event"] == "code_execution")
+    digest = hashlib.sha256(CODE.encode()).hexdigest()
+    assert (execution["sha256"], execution["exitCode"], execution["language"]) == (
+        digest,
+        0,
+        "python",
+    )
+    assert execution["durationSeconds"] >= 0
+    # The sandbox logged the same run under the same tenant.
+    sandbox_runs = [r for r in json_lines(sandbox.stdout) if r["event"] == "code_execution"]
+    assert [(r["tenant"], r["sha256"]) for r in sandbox_runs] == [(TENANT, digest)]
+
+    status, health = await call("GET", f"{runtime.url}/healthz")
+    assert (status, health["tenant"], health["messages"]) == (
+        200,
+        TENANT,
+        {"delivered": 4, "dropped": 0},
+    )
+
+
+async def test_requests_cannot_name_a_tenant_and_readiness_follows_the_sandbox(
+    model: ScriptedModel,
+    start_sandbox: StartSandbox,
+    sandbox_home: SandboxHome,
+    start_runtime: StartRuntime,
+) -> None:
+    sandbox = start_sandbox()
+    runtime = start_runtime(
+        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    )
+    tasks = f"{runtime.url}/v1/tasks"
+    status, body = await call(
+        "POST", tasks, {"topicType": "default", "content": "hi", "tenant": "globex"}
+    )
+    assert status == 400
+    assert "unknown field(s) tenant" in body["error"]
+    assert "serves tenant 'acme' and no other" in body["error"]
+    status, body = await call("POST", tasks, {"topicType": "code", "content": "print(1)"})
+    assert status == 400
+    assert "topic type 'code' is not served here; served: default" in body["error"]
+    status, body = await call("POST", tasks, ["not", "an", "object"])
+    assert status == 400
+    assert model.requests == []  # nothing reached the model
+    assert json_lines(runtime.extra["audit"]) == []  # nor the runtime
+
+    assert (await call("GET", f"{runtime.url}/readyz"))[0] == 200
+    sandbox.stop()
+    status, body = await call("GET", f"{runtime.url}/readyz")
+    assert (status, body["error"]) == (503, "the sandbox does not answer")
+    assert (await call("GET", f"{runtime.url}/healthz"))[0] == 200  # alive all the same
+
+
+async def test_a_task_without_a_result_in_time_gets_504(
+    model: ScriptedModel, start_runtime: StartRuntime
+) -> None:
+    runtime = start_runtime(
+        agents=[{"name": "assistant", "kind": "assistant", "topicType": "default"}],
+        model={"baseUrl": f"{model.url}/slow/v1"},
+        taskTimeoutSeconds=1.5,
+    )
+    started = time.monotonic()
+    status, body = await call(
+        "POST", f"{runtime.url}/v1/tasks", {"topicType": "default", "content": "hi"}
+    )
+    assert status == 504
+    assert time.monotonic() - started < 10
+    assert body["error"].startswith(f"task {body['taskId']} got no result within 1.5 s")
+    assert "taskTimeoutSeconds" in body["error"]
+    # Giving up on the task cancelled its model call: the model sees the caller leave.
+    await asyncio.wait_for(model.caller_left.wait(), timeout=5)
+    assert (model.stalled, model.abandoned) == (1, 1)
+    # And the runtime stops cleanly on SIGTERM, as in a pod.
+    runtime.stop()
+    assert runtime.proc.returncode == 0
+    assert "Traceback" not in runtime.logs()

@@ -1,0 +1,236 @@
+"""The tenant guard: pure decisions, and the guarded runtime in-process (with hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from autogen_core import (
+    AgentId,
+    MessageContext,
+    RoutedAgent,
+    TopicId,
+    TypePrefixSubscription,
+    TypeSubscription,
+    event,
+    rpc,
+)
+from autogen_core.exceptions import MessageDroppedException
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tenantry_runtime.audit import AuditLog
+from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard
+
+TENANT = "acme"
+
+
+@dataclass(frozen=True)
+class Ping:
+    n: int
+    task_id: str = "t-1"
+
+
+@dataclass(frozen=True)
+class Ask:
+    n: int
+
+
+class Probe(RoutedAgent):
+    """Records every message that reaches it, with the key it was instantiated under."""
+
+    def __init__(self, seen: list[tuple[str, int]]) -> None:
+        super().__init__("records what it receives")
+        self._seen = seen
+
+    @event
+    async def on_ping(self, message: Ping, ctx: MessageContext) -> None:
+        self._seen.append((self.id.key, message.n))
+
+    @rpc
+    async def on_direct(self, message: Ask, ctx: MessageContext) -> int:
+        self._seen.append((self.id.key, message.n))
+        return message.n + 1
+
+
+def records(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def new_guard() -> tuple[TenantGuard, io.StringIO]:
+    stream = io.StringIO()
+    return TenantGuard(TENANT, AuditLog(TENANT, stream)), stream
+
+
+async def probed_runtime(
+    guard: TenantGuard, subscription: str | None = None
+) -> tuple[GuardedAgentRuntime, list[tuple[str, int]]]:
+    """A started runtime with a Probe on `subscription` (every topic type if None)."""
+    runtime = GuardedAgentRuntime(guard)
+    seen: list[tuple[str, int]] = []
+    await Probe.register(
+        runtime,
+        "probe",
+        lambda: Probe(seen),
+        skip_class_subscriptions=True,
+        skip_direct_message_subscription=True,
+    )
+    if subscription is None:
+        await runtime.add_subscription(TypePrefixSubscription("", "probe"))
+    else:
+        await runtime.add_subscription(TypeSubscription(subscription, "probe"))
+    runtime.start()
+    return runtime, seen
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+
+def test_publishes_on_the_tenants_topics_are_admitted_and_audited() -> None:
+    guard, stream = new_guard()
+    assert guard.admit_publish(Ping(1), TopicId("default", TENANT), None)
+    assert guard.admit_publish(Ping(2), TopicId("code", TENANT), AgentId("assistant", TENANT))
+    assert (guard.delivered, guard.dropped) == (2, 0)
+    first, second = records(stream)
+    assert first == {
+        "ts": first["ts"],
+        "tenant": TENANT,
+        "event": "message",
+        "kind": "publish",
+        "topic": "default/acme",
+        "sender": None,
+        "recipient": None,
+        "messageType": "Ping",
+        "decision": "delivered",
+        "taskId": "t-1",
+    }
+    assert second["sender"] == "assistant/acme"
+
+
+@pytest.mark.parametrize(
+    ("topic", "sender", "reason"),
+    [
+        (TopicId("default", "globex"), None, "topic source 'globex' is not the tenant"),
+        (TopicId("default", "acme "), None, "topic source 'acme ' is not the tenant"),
+        (TopicId("default", ""), None, "topic source '' is not the tenant"),
+        (TopicId("default", TENANT), AgentId("a", "globex"), "sender key 'globex'"),
+    ],
+)
+def test_foreign_publishes_are_dropped_with_a_reason(
+    topic: TopicId, sender: AgentId | None, reason: str
+) -> None:
+    guard, stream = new_guard()
+    assert not guard.admit_publish(Ping(1), topic, sender)
+    assert (guard.delivered, guard.dropped) == (0, 1)
+    (record,) = records(stream)
+    assert (record["tenant"], record["decision"], record["topic"]) == (
+        TENANT,
+        "dropped",
+        str(topic),
+    )
+    assert reason in record["reason"]
+
+
+def test_sends_are_judged_by_recipient_and_sender_keys() -> None:
+    guard, stream = new_guard()
+    assert guard.admit_send(Ping(1), AgentId("coder", TENANT), AgentId("assistant", TENANT))
+    assert not guard.admit_send(Ping(2), AgentId("coder", "globex"), None)
+    assert not guard.admit_send(Ping(3), AgentId("coder", TENANT), AgentId("x", "globex"))
+    assert (guard.delivered, guard.dropped) == (1, 2)
+    decisions = [(r["kind"], r["recipient"], r["decision"]) for r in records(stream)]
+    assert decisions == [
+        ("send", "coder/acme", "delivered"),
+        ("send", "coder/globex", "dropped"),
+        ("send", "coder/acme", "dropped"),
+    ]
+
+
+# --- the guarded runtime ----------------------------------------------------------------------
+
+
+async def test_the_tenants_messages_are_delivered_and_rpc_works() -> None:
+    guard, _ = new_guard()
+    runtime, seen = await probed_runtime(guard, subscription="default")
+    await runtime.publish_message(Ping(1), runtime.topic("default"))
+    assert await runtime.send_message(Ask(41), AgentId("probe", TENANT)) == 42
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+    assert sorted(seen) == [(TENANT, 1), (TENANT, 41)]
+    assert (guard.delivered, guard.dropped) == (2, 0)
+
+
+async def test_a_dropped_send_raises_at_the_caller_and_shutdown_still_completes() -> None:
+    guard, _ = new_guard()
+    runtime, seen = await probed_runtime(guard, subscription="default")
+    with pytest.raises(MessageDroppedException, match="outside tenant acme"):
+        await runtime.send_message(Ask(1), AgentId("probe", "globex"))
+    await runtime.publish_message(Ping(2), TopicId("default", "globex"))
+    # The drops above never entered the queue, so its accounting is intact.
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+    assert seen == []
+    assert guard.dropped == 2
+
+
+@dataclass(frozen=True)
+class Injection:
+    kind: str
+    topic_type: str
+    key: str
+    sender: AgentId | None
+
+
+TOPIC_TYPES = st.from_regex(r"[A-Za-z0-9_.:=-]{1,24}", fullmatch=True)
+AGENT_TYPES = st.sampled_from(["probe", "assistant", "coder"]) | st.from_regex(
+    r"[A-Za-z0-9_.-]{1,24}", fullmatch=True
+)
+FOREIGN = st.text(max_size=24).filter(lambda key: key != TENANT)
+SENDERS = st.none() | st.builds(AgentId, AGENT_TYPES, st.just(TENANT) | FOREIGN)
+INJECTIONS = st.one_of(
+    # Foreign topic sources and recipient keys, whatever the sender claims to be...
+    st.builds(Injection, st.sampled_from(["publish", "send"]), TOPIC_TYPES, FOREIGN, SENDERS),
+    # ...and the tenant's own topics and agents, from a sender that is not the tenant's.
+    st.builds(
+        Injection,
+        st.sampled_from(["publish", "send"]),
+        TOPIC_TYPES,
+        st.just(TENANT),
+        st.builds(AgentId, AGENT_TYPES, FOREIGN),
+    ),
+)
+
+
+async def inject(injections: list[Injection]) -> None:
+    guard, stream = new_guard()
+    runtime, seen = await probed_runtime(guard)  # the probe hears every topic type
+    for n, injection in enumerate(injections):
+        if injection.kind == "publish":
+            topic = TopicId(injection.topic_type, injection.key)
+            await runtime.publish_message(Ping(n), topic, sender=injection.sender)
+        else:
+            with pytest.raises(MessageDroppedException):
+                await runtime.send_message(
+                    Ask(n), AgentId("probe", injection.key), sender=injection.sender
+                )
+    # A control message of the tenant's own must get through the same runtime.
+    await runtime.publish_message(Ping(-1), runtime.topic("control"))
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+
+    assert seen == [(TENANT, -1)]
+    assert (guard.dropped, guard.delivered) == (len(injections), 1)
+    audited = records(stream)
+    assert all(record["tenant"] == TENANT for record in audited)
+    assert [r["decision"] for r in audited] == ["dropped"] * len(injections) + ["delivered"]
+    for injection, record in zip(injections, audited, strict=False):
+        assert record["kind"] == injection.kind
+        if injection.kind == "publish":
+            assert record["topic"] == f"{injection.topic_type}/{injection.key}"
+        else:
+            assert record["recipient"] == f"probe/{injection.key}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(INJECTIONS, min_size=1, max_size=12))
+def test_no_foreign_message_is_ever_delivered(injections: list[Injection]) -> None:
+    asyncio.run(inject(injections))
