@@ -53,7 +53,9 @@ def test_the_contract_example_parses() -> None:
     ]
     assert config.agents[0].system_message == "You are a helpful assistant."
     assert config.model is not None
-    assert config.model.api_key_file == Path("/var/run/secrets/tenantry/secrets/model-credentials/api-key")
+    assert config.model.api_key_file == Path(
+        "/var/run/secrets/tenantry/secrets/model-credentials/api-key"
+    )
     assert config.sandbox is not None
     assert config.sandbox.timeout_seconds == 30.0
     assert config.task_timeout_seconds == 120.0
