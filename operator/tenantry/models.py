@@ -215,7 +215,10 @@ class EgressRule(Model):
     cidr: Annotated[str, StringConstraints(min_length=1, max_length=43)] = Field(
         description='An IP range in CIDR notation, for example "203.0.113.0/24".',
         json_schema_extra=schema_extra(
-            cel("isCIDR(self)", 'must be a CIDR such as "203.0.113.0/24" or "2001:db8::/32"')
+            cel(
+                "isCIDR(self) && cidr(self) == cidr(self).masked()",
+                'must be a CIDR with no host bits set, such as "203.0.113.0/24" or "2001:db8::/32"',
+            )
         ),
     )
     ports: Annotated[
@@ -230,7 +233,9 @@ class EgressRule(Model):
         try:
             ipaddress.ip_network(self.cidr, strict=True)
         except ValueError as error:
-            raise ValueError(f'cidr: must be a CIDR such as "203.0.113.0/24" ({error})') from None
+            raise ValueError(
+                f'cidr: must be a CIDR with no host bits set, such as "203.0.113.0/24" ({error})'
+            ) from None
         return self
 
 

@@ -402,7 +402,7 @@ def test_a_refused_change_leaves_a_running_tenant_as_it_was(
         ({"displayName": "x" * 129}, "spec.displayName"),
         (
             {"network": {"egress": [{"cidr": "10.0.0.300/8", "ports": [443]}]}},
-            'must be a CIDR such as "203.0.113.0/24"',
+            'spec.network.egress[0].cidr: Invalid value: "10.0.0.300/8": must be a CIDR',
         ),
         (
             {"network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [70000]}]}},

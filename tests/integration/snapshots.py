@@ -1,0 +1,80 @@
+"""Snapshots of every object outside one tenant, to prove a refusal or a fault touched nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightkube import Client
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    LimitRange,
+    Namespace,
+    ResourceQuota,
+    Secret,
+    Service,
+    ServiceAccount,
+)
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
+from tenants import AgentTenant
+from waiting import wait_until
+
+NAMESPACED = (
+    Secret,
+    ConfigMap,
+    NetworkPolicy,
+    Deployment,
+    Service,
+    ServiceAccount,
+    ResourceQuota,
+    LimitRange,
+    Role,
+    RoleBinding,
+)
+Snapshot = dict[tuple[str, str, str], str]
+
+
+def snapshot(
+    kube: Client,
+    exclude_namespaces: frozenset[str] = frozenset(),
+    exclude_tenants: frozenset[str] = frozenset(),
+) -> Snapshot:
+    """(kind, namespace, name) → resourceVersion of every object a tenant could disturb."""
+    found: Snapshot = {}
+    for namespace in kube.list(Namespace):
+        if namespace.metadata.name not in exclude_namespaces:  # type: ignore[union-attr]
+            found[("Namespace", "", namespace.metadata.name)] = namespace.metadata.resourceVersion  # type: ignore[index,union-attr]
+    for tenant in kube.list(AgentTenant):
+        if tenant.metadata.name not in exclude_tenants:  # type: ignore[union-attr]
+            found[("AgentTenant", "", tenant.metadata.name)] = tenant.metadata.resourceVersion  # type: ignore[index,union-attr]
+    for kind in NAMESPACED:
+        for obj in kube.list(kind, namespace="*"):  # type: ignore[call-overload]
+            meta = obj.metadata
+            if meta.namespace not in exclude_namespaces:
+                found[(kind.__name__, meta.namespace, meta.name)] = meta.resourceVersion
+    return found
+
+
+def settle(kube: Client) -> None:
+    """Wait until no namespace is being deleted, so that snapshots compare a quiet cluster."""
+
+    def quiet() -> bool:
+        return all(
+            ns.status is None or ns.status.phase != "Terminating" for ns in kube.list(Namespace)
+        )  # type: ignore[union-attr]
+
+    wait_until(quiet, "namespaces being deleted to be gone", timeout=120)
+
+
+def differences(before: Snapshot, after: Snapshot) -> dict[str, Any]:
+    changed = {
+        key: (before[key], after[key])
+        for key in before.keys() & after.keys()
+        if before[key] != after[key]
+    }
+    return {
+        "lost": sorted(before.keys() - after.keys()),
+        "added": sorted(after.keys() - before.keys()),
+        "changed": sorted(changed),
+    }
