@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -215,13 +216,45 @@ def down(quiet: bool = False, env: dict[str, str] | None = None) -> None:
         log("cluster stopped")
 
 
+APISERVER_PID = KWOK_WORKDIR / "clusters" / CLUSTER_NAME / "pids" / "kube-apiserver.pid"
+APISERVER_SAVED = STATE / "cluster" / "kube-apiserver.cmdline"
+
+
+def stop_apiserver() -> None:
+    """Kill kube-apiserver alone (a fault for tests), keeping its command line to start it again."""
+    pid = int(APISERVER_PID.read_text())
+    APISERVER_SAVED.write_bytes(Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(pid, signal.SIGKILL)
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        time.sleep(0.1)
+    log(f"kube-apiserver (pid {pid}) killed")
+
+
+def start_apiserver() -> None:
+    """Start kube-apiserver again as it ran before `stop_apiserver`, and wait until it answers."""
+    argv = [arg.decode() for arg in APISERVER_SAVED.read_bytes().split(b"\0") if arg]
+    log_file = KWOK_WORKDIR / "clusters" / CLUSTER_NAME / "logs" / "kube-apiserver.log"
+    with log_file.open("ab") as output:
+        process = subprocess.Popen(argv, stdout=output, stderr=output, start_new_session=True)
+    # kwokctl stops the cluster by this pid file: the new process must be in it.
+    APISERVER_PID.write_text(str(process.pid))
+    env = environment()
+    wait_for("kube-apiserver", lambda: answers(env), 120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "stop-apiserver", "start-apiserver"]
+    )
     command = parser.parse_args().command
-    if command == "up":
+    if command == "stop-apiserver":
+        stop_apiserver()
+    elif command == "start-apiserver":
+        start_apiserver()
+    elif command == "up":
         up()
     elif command == "down":
         down()

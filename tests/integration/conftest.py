@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -15,7 +14,8 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Namespace
-from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
+from operator_process import OperatorProcess
+from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -66,11 +66,13 @@ def crd_installed(kube: Client) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Path]:
+def operator_process(
+    kubeconfig: Path, kube: Client, crd_installed: None
+) -> Iterator[OperatorProcess]:
     """The operator, run as a user runs it (`tenantry run`), against the local cluster.
 
-    Yields the path of its log, which failing tests print. A demo operator (`make demo`) on the
-    same cluster would reconcile the test tenants too, so it is stopped first.
+    A demo operator (`make demo`) on the same cluster would reconcile the test tenants too, so
+    it is stopped first.
     """
     subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
     try:
@@ -80,29 +82,18 @@ def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Pa
             raise
     log_path = REPO / ".cache" / "test-logs" / "operator.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
-    }
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "tenantry"),
-                "run",
-                "--drift-interval",
-                str(DRIFT_INTERVAL_SECONDS),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    log_path.write_text("")
+    process = OperatorProcess(kubeconfig, log_path)
+    process.start()
     try:
-        yield log_path
+        yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.stop()
+
+
+@pytest.fixture
+def operator(operator_process: OperatorProcess) -> Path:
+    """A running operator; the path of its log, which failing tests print."""
+    if not operator_process.running():  # a fault test killed it and failed before restarting
+        operator_process.start()
+    return operator_process.log

@@ -21,6 +21,7 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Secret
+from operator_process import OperatorProcess
 from tenants import SECRET_SOURCE_NAMESPACE
 
 pytestmark = pytest.mark.cluster
@@ -45,7 +46,7 @@ def source_secret(kube: Client, name: str, allowed: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def neighbours(kube: Client, operator: Path) -> Iterator[dict[str, Any]]:
+def neighbours(kube: Client, operator_process: OperatorProcess) -> Iterator[dict[str, Any]]:
     """The things the corpus refers to: a user's namespace, another tenant, source Secrets."""
     suffix = uuid.uuid4().hex[:6]
     user_namespace = f"user-{suffix}"

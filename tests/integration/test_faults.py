@@ -1,0 +1,316 @@
+"""Faults on the real cluster. Each scenario ends with `tenantry audit` clean and nothing lost.
+
+Slow (minutes): marked `faults`, and part of `make test` all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import snapshots
+import tally
+import tenants
+from lightkube import Client
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.apps_v1 import Deployment, ReplicaSet
+from lightkube.resources.core_v1 import Namespace, Secret
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.types import PatchType
+from operator_process import OperatorProcess
+from tenants import SECRET_SOURCE_NAMESPACE
+from waiting import wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.faults]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def audit_clean(kubeconfig: Path, names: list[str]) -> None:
+    for name in names:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "tenantry"), "audit", "--json", "--tenant", name],
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, (name, result.stdout, result.stderr)
+
+
+def all_ready(kube: Client, names: list[str], timeout: float) -> None:
+    def ready() -> bool:
+        return all(tenants.condition(kube, name, "Ready").get("status") == "True" for name in names)
+
+    wait_until(ready, f"{len(names)} tenants to be Ready", timeout=timeout)
+
+
+def no_orphans(kube: Client, names: set[str], prefix: str) -> None:
+    """Every namespace a tenant of this scenario owns belongs to a live tenant of it."""
+    for namespace in kube.list(Namespace, labels={"app.kubernetes.io/managed-by": "tenantry"}):
+        tenant = (namespace.metadata.labels or {}).get("tenantry.dev/tenant", "")  # type: ignore[union-attr]
+        if tenant.startswith(prefix) and namespace.status.phase != "Terminating":  # type: ignore[union-attr]
+            assert tenant in names, f"orphaned namespace {namespace.metadata.name}"  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def bystanders(kube: Client, operator: Path) -> Iterator[snapshots.Snapshot]:
+    """A Ready tenant outside the scenario; the snapshot of everything outside the scenario."""
+    name = f"calm-{uuid.uuid4().hex[:6]}"
+    tenants.apply(kube, tenants.manifest(name))
+    tenants.wait_condition(kube, name, "Ready")
+    snapshots.settle(kube)
+    yield snapshots.snapshot(kube)
+    tenants.delete(kube, name)
+
+
+def nothing_lost(kube: Client, before: snapshots.Snapshot, prefix: str) -> None:
+    """Nothing outside the scenario's own tenants and namespaces was lost or changed."""
+
+    def outside(snapshot: snapshots.Snapshot) -> snapshots.Snapshot:
+        return {
+            key: version
+            for key, version in snapshot.items()
+            if not (key[0] == "AgentTenant" and key[2].startswith(prefix))
+            and not key[1].startswith(f"tenant-{prefix}")
+            and not (key[0] == "Namespace" and key[2].startswith(f"tenant-{prefix}"))
+        }
+
+    snapshots.settle(kube)
+    changes = snapshots.differences(outside(before), outside(snapshots.snapshot(kube)))
+    tally.counts["objects lost"] += len(changes["lost"])
+    assert changes == {"lost": [], "added": [], "changed": []}
+
+
+def delete_all(kube: Client, names: list[str]) -> None:
+    for name in names:
+        try:
+            kube.delete(tenants.AgentTenant, name)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+    wait_until(
+        lambda: all(tenants.get(kube, n) is None for n in names),
+        "tenants to be deleted",
+        timeout=120,
+    )
+
+
+def test_operator_killed_while_provisioning_100_tenants(
+    kube: Client,
+    kubeconfig: Path,
+    operator_process: OperatorProcess,
+    bystanders: snapshots.Snapshot,
+) -> None:
+    prefix = f"k{uuid.uuid4().hex[:4]}-"
+    names = [f"{prefix}{i:03d}" for i in range(100)]
+    try:
+        for index, name in enumerate(names):
+            tenants.apply(kube, tenants.manifest(name, {"sandbox": {"enabled": index % 2 == 0}}))
+        # Kill it mid-way: some tenants Ready, most not yet.
+        wait_until(
+            lambda: (
+                sum(tenants.condition(kube, n, "Ready").get("status") == "True" for n in names[:20])
+                >= 3
+            ),
+            "the first tenants to be Ready",
+            timeout=120,
+        )
+        operator_process.kill()
+        ready_at_kill = sum(
+            tenants.condition(kube, n, "Ready").get("status") == "True" for n in names
+        )
+        operator_process.start()
+        started = time.monotonic()
+        all_ready(kube, names, timeout=600)
+        print(
+            f"killed with {ready_at_kill}/100 Ready; all 100 Ready {time.monotonic() - started:.1f}s after the restart"
+        )
+        assert ready_at_kill < 100, "the operator was killed too late to prove anything"
+        for name in random.sample(names, 10):  # noqa: S311 - a sample, not a secret
+            namespace = f"tenant-{name}"
+            deployments = list(kube.list(Deployment, namespace=namespace))
+            replica_sets = list(kube.list(ReplicaSet, namespace=namespace))
+            assert len(replica_sets) == len(deployments), (
+                f"{name}: a rollout repeated after the restart"
+            )
+        audit_clean(kubeconfig, random.sample(names, 10))  # noqa: S311
+        no_orphans(kube, set(names), prefix)
+    finally:
+        if not operator_process.running():
+            operator_process.start()
+        delete_all(kube, names)
+    nothing_lost(kube, bystanders, prefix)
+    tally.counts["faults survived"] += 1
+
+
+def test_api_server_down_for_30_seconds(
+    kube: Client,
+    kubeconfig: Path,
+    operator_process: OperatorProcess,
+    bystanders: snapshots.Snapshot,
+) -> None:
+    prefix = f"a{uuid.uuid4().hex[:4]}-"
+    created = [f"{prefix}{i}" for i in range(6)]
+    try:
+        for name in created[:4]:
+            tenants.apply(kube, tenants.manifest(name))
+        cluster = [sys.executable, str(REPO / "e2e" / "cluster.py")]
+        subprocess.run([*cluster, "stop-apiserver"], check=True)
+        time.sleep(30)
+        subprocess.run([*cluster, "start-apiserver"], check=True)
+        # After the outage: more tenants, a change, a deletion.
+        for name in created[4:]:
+            tenants.apply(kube, tenants.manifest(name))
+        tenants.apply(kube, tenants.manifest(created[0], {"sandbox": {"enabled": False}}))
+        tenants.delete(kube, created[1])
+        alive = [created[0], *created[2:]]
+        all_ready(kube, alive, timeout=240)
+        assert operator_process.running(), "the operator must recover without a restart"
+        assert operator_process.starts == 1 or operator_process.running()
+        assert ("Deployment", "sandbox") not in tenants.children(kube, f"tenant-{created[0]}")
+        wait_until(
+            lambda: tenants.namespace_gone(kube, f"tenant-{created[1]}"),
+            "the deleted tenant's namespace to go",
+            timeout=120,
+        )
+        audit_clean(kubeconfig, alive)
+        no_orphans(kube, set(alive), prefix)
+    finally:
+        delete_all(kube, created)
+    nothing_lost(kube, bystanders, prefix)
+    tally.counts["faults survived"] += 1
+
+
+def tamper(kube: Client, namespace: str, rng: random.Random) -> str:
+    """Delete or change one child at random; return what was done."""
+    choice = rng.choice(
+        ["delete-policy", "open-policy", "delete-secret", "delete-deployment", "scale-deployment"]
+    )
+    if choice == "delete-policy":
+        kube.delete(NetworkPolicy, rng.choice(["default-deny", "runtime"]), namespace=namespace)
+    elif choice == "open-policy":
+        kube.patch(
+            NetworkPolicy,
+            "default-deny",
+            {"spec": {"ingress": [{}], "egress": [{}]}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager="intruder",
+        )
+    elif choice == "delete-secret":
+        kube.delete(Secret, "sandbox-token", namespace=namespace)
+    elif choice == "delete-deployment":
+        kube.delete(Deployment, "runtime", namespace=namespace)
+    else:
+        kube.patch(
+            Deployment,
+            "runtime",
+            {"spec": {"replicas": 5}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager="intruder",
+        )
+    return f"{choice} in {namespace}"
+
+
+def test_children_tampered_with_at_random_while_tenants_change(
+    kube: Client, kubeconfig: Path, operator: Path, bystanders: snapshots.Snapshot
+) -> None:
+    prefix = f"r{uuid.uuid4().hex[:4]}-"
+    names = [f"{prefix}{i}" for i in range(5)]
+    rng = random.Random(uuid.uuid4().int)  # noqa: S311 - a random fault schedule, printed below
+    done: list[str] = []
+    try:
+        for name in names:
+            tenants.apply(kube, tenants.manifest(name))
+        all_ready(kube, names, timeout=120)
+        for round_ in range(20):
+            name = rng.choice(names)
+            try:
+                done.append(tamper(kube, f"tenant-{name}", rng))
+            except ApiError as error:  # the child was already gone: the operator is restoring it
+                if error.status.code != 404:
+                    raise
+            if round_ % 5 == 0:
+                changed = rng.choice(names)
+                tenants.apply(
+                    kube,
+                    tenants.manifest(
+                        changed, {"runtime": {"topicTypes": ["default", f"t{round_}"]}}
+                    ),
+                )
+            time.sleep(rng.uniform(0, 0.3))
+        print("faults:", json.dumps(done, indent=1))
+        all_ready(kube, names, timeout=120)
+        for name in names:
+            wait_until(
+                lambda name=name: not tenants_disturbed(kube, name), f"{name} restored", timeout=60
+            )
+        audit_clean(kubeconfig, names)
+    finally:
+        delete_all(kube, names)
+    nothing_lost(kube, bystanders, prefix)
+    tally.counts["faults survived"] += 1
+
+
+def tenants_disturbed(kube: Client, name: str) -> list[str]:
+    found = tenants.children(kube, f"tenant-{name}")
+    problems = [
+        key
+        for key in [
+            ("NetworkPolicy", "default-deny"),
+            ("NetworkPolicy", "runtime"),
+            ("Secret", "sandbox-token"),
+            ("Deployment", "runtime"),
+        ]
+        if key not in found
+    ]
+    if ("Deployment", "runtime") in found and found[("Deployment", "runtime")].spec.replicas != 1:
+        problems.append("runtime replicas")
+    if ("NetworkPolicy", "default-deny") in found and (
+        found[("NetworkPolicy", "default-deny")].spec.ingress
+        or found[("NetworkPolicy", "default-deny")].spec.egress
+    ):
+        problems.append("default-deny opened")
+    return [str(p) for p in problems]
+
+
+def test_a_tenant_deleted_while_still_provisioning_leaves_nothing(
+    kube: Client, operator: Path, bystanders: snapshots.Snapshot
+) -> None:
+    prefix = f"d{uuid.uuid4().hex[:4]}-"
+    names = [f"{prefix}{i}" for i in range(5)]
+    for name in names:
+        tenants.apply(kube, tenants.manifest(name, {"secrets": []}))
+    delete_all(kube, names)  # at once: before, or while, the operator provisions them
+
+    def gone() -> bool:
+        return all(tenants.namespace_gone(kube, f"tenant-{name}") for name in names)
+
+    wait_until(gone, "every namespace of the deleted tenants to be gone", timeout=120)
+    time.sleep(
+        2
+    )  # a reconcile still in flight would recreate something now; nothing must come back
+    assert gone()
+    left: list[Any] = [
+        ns.metadata.name  # type: ignore[union-attr]
+        for ns in kube.list(Namespace)
+        if (ns.metadata.labels or {}).get("tenantry.dev/tenant", "").startswith(prefix)  # type: ignore[union-attr]
+    ]
+    assert left == []
+    nothing_lost(kube, bystanders, prefix)
+    tally.counts["faults survived"] += 1
