@@ -15,7 +15,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import Namespace
-from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
+from tenants import DRIFT_INTERVAL_SECONDS, OPERATOR_LABEL, SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -70,7 +70,8 @@ def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Pa
     """The operator, run as a user runs it (`tenantry run`), against the local cluster.
 
     Yields the path of its log, which failing tests print. A demo operator (`make demo`) on the
-    same cluster would reconcile the test tenants too, so it is stopped first.
+    same cluster would reconcile the test tenants too, so it is stopped first. Tenants labelled
+    with OPERATOR_LABEL belong to the operators a test starts itself: this one leaves them alone.
     """
     subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
     try:
@@ -92,6 +93,8 @@ def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Pa
                 "run",
                 "--drift-interval",
                 str(DRIFT_INTERVAL_SECONDS),
+                "--tenant-selector",
+                f"!{OPERATOR_LABEL}",
             ],
             env=env,
             stdout=log,
