@@ -259,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--liveness",
         default=None,
-        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+        help="serve Kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz; it starts with "
+        "Kopf, so with --leader-election only on the leader: probe /healthz of --metrics-address",
     )
     run.add_argument(
         "--metrics-address",
@@ -277,6 +278,7 @@ def parser() -> argparse.ArgumentParser:
         type=boolean,
         nargs="?",
         const=True,
+        metavar="true|false",
         default=os.environ.get("TENANTRY_LEADER_ELECTION", "false"),
         help="reconcile only while holding the leader Lease (env TENANTRY_LEADER_ELECTION; "
         "default: off)",

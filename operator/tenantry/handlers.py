@@ -1,8 +1,9 @@
 """Thin Kopf wiring: watch events feed caches and a queue; the reconcile does the work.
 
-Only `on.event` handlers are used, so Kopf keeps no per-object state: no finalizers, no
-bookkeeping annotations, no status writes of its own. Drift is corrected by a jittered timer
-of our own over every known tenant, for the same reason (Kopf's timers add a finalizer).
+Only `on.event` handlers and indexes that store nothing are used, so Kopf keeps no per-object
+state: no finalizers, no bookkeeping annotations, no status writes of its own. Drift is
+corrected by a jittered timer of our own over every known tenant, for the same reason (Kopf's
+timers add a finalizer).
 """
 
 from __future__ import annotations
