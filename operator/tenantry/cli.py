@@ -190,7 +190,8 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
             metrics.LEADER.set(0)
             logger.critical("%s: exiting now, so that nothing reconciles without the Lease", lost)
             logging.shutdown()
-            os._exit(1)  # no cleanup: Kopf's would still write; Kubernetes restarts the pod
+            # Not a graceful stop: Kopf would run handlers, and so write, on its way out.
+            os._exit(1)  # Kubernetes restarts the container, which comes back as a standby
         await operator  # Kopf stopped (a signal, or its own error, which is raised here)
     finally:
         metrics.LEADER.set(0)
