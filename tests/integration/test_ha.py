@@ -265,6 +265,21 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
     for name, since in ready_since.items():
         assert tenants.condition(kube, name, "Ready")["lastTransitionTime"] == since, name
 
+    # A rolling update: a new replica starts, the leader is asked to stop and releases the
+    # Lease. A fresh candidate would otherwise wait a whole lease duration (15s) of no change.
+    successor = start_operator("ha-c", *flags)
+    wait_until(lambda: "waiting for the leader Lease" in successor.log_text(), "ha-c to wait")
+    standby.process.terminate()
+    asked = time.monotonic()
+    wait_until(
+        lambda: holder(kube, namespace).startswith("ha-c-"), "ha-c to take the Lease", timeout=90
+    )
+    handed_over = time.monotonic() - asked
+    print(f"handover on SIGTERM: ha-c leads {handed_over:.1f}s after the leader was asked to stop")
+    assert standby.process.wait(timeout=30) == 0
+    assert f"released the leader Lease {namespace}/{LEASE_NAME}" in standby.log_text()
+    assert handed_over < 15, "the Lease was not released: ha-c waited for it to lapse"
+
 
 def test_metrics_count_reconciles_tenants_by_condition_and_drift(
     kube: Client, start_operator: StartOperator, labelled_tenants: Callable[..., list[str]]
