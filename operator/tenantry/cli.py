@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -18,6 +21,14 @@ from tenantry.crd import build_crd
 from tenantry.models import KIND, AgentTenant
 from tenantry.render import render
 from tenantry.render import tenant_namespace as render_namespace
+
+if TYPE_CHECKING:
+    import kopf
+
+    from tenantry.leader import Timings
+
+logger = logging.getLogger("tenantry.cli")
+T = TypeVar("T")
 
 
 def dump_all(documents: Sequence[dict[str, Any]]) -> str:
@@ -56,6 +67,16 @@ def operator_config(args: argparse.Namespace, **extra: Any) -> OperatorConfig:
         return OperatorConfig(**values, **extra)
     except ValidationError as error:
         raise SystemExit(f"tenantry: invalid configuration: {error}") from None
+
+
+def boolean(text: str) -> bool:
+    """A flag's or environment variable's true or false."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false: use true or false")
 
 
 def load_tenants(path: str) -> list[AgentTenant]:
@@ -147,14 +168,111 @@ def command_run(args: argparse.Namespace) -> None:
     import kopf  # noqa: PLC0415
 
     import tenantry.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from tenantry.leader import Timings  # noqa: PLC0415
     from tenantry.logs import configure  # noqa: PLC0415
+    from tenantry.metrics import parse_address  # noqa: PLC0415
 
     configure(args.log_level)
     config = operator_config(
-        args, drift_interval_seconds=args.drift_interval, max_concurrent_reconciles=args.concurrency
+        args,
+        drift_interval_seconds=args.drift_interval,
+        max_concurrent_reconciles=args.concurrency,
+        tenant_selector=args.tenant_selector,
     )
+    timings = Timings(args.lease_duration, args.lease_renew_deadline, args.lease_retry_period)
+    problems = timings.problems() if args.leader_election else []
+    if args.metrics_address:
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as error:
+            problems.append(f"--metrics-address (env TENANTRY_METRICS_ADDRESS): {error}")
+    if problems:
+        raise SystemExit("tenantry: invalid configuration:\n  " + "\n  ".join(problems))
     memo = kopf.Memo(config=config, operator_namespace=args.operator_namespace)
-    kopf.run(clusterwide=True, standalone=True, memo=memo, liveness_endpoint=args.liveness)
+    asyncio.run(operate(args, memo, timings))
+
+
+async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -> None:
+    """Serve metrics, wait for the leader Lease when elections are on, then run Kopf.
+
+    A leader that loses the Lease exits at once with status 1, in the middle of whatever it
+    does: nothing may reconcile without the Lease, and a restarted pod comes back as a standby.
+    On SIGTERM the leader stops Kopf gracefully and releases the Lease, so a standby takes over
+    at its next try instead of a lease duration later.
+    """
+    import kopf  # noqa: PLC0415
+    from lightkube import AsyncClient  # noqa: PLC0415
+
+    from tenantry import metrics  # noqa: PLC0415
+    from tenantry.leader import LeaderElector, default_identity  # noqa: PLC0415
+
+    stopping, kopf_ready = asyncio.Event(), asyncio.Event()
+    stop_on_signals(stopping)
+    runner = await metrics.serve(args.metrics_address) if args.metrics_address else None
+    elector = None
+    try:
+        if args.leader_election:
+            elector = LeaderElector(
+                AsyncClient(), args.leader_election_namespace, default_identity(), timings
+            )
+            if not await first_of(elector.acquire(), stopping):
+                return  # stopped while waiting: nothing was held
+        metrics.LEADER.set(1)
+        # Both start before Kopf: Kopf waits for, then cancels, tasks created after it started.
+        holding = asyncio.create_task(elector.hold()) if elector else None
+        # Kopf puts in its own signal handlers, which leave its waiter on our stop flag hanging
+        # for 5s at exit; ours stop it as well, through the flag, without that delay.
+        signals = asyncio.create_task(first_of(kopf_ready.wait(), stopping))
+        signals.add_done_callback(lambda _: stop_on_signals(stopping))
+        operator = asyncio.create_task(
+            kopf.operator(
+                clusterwide=True,
+                standalone=True,
+                memo=memo,
+                liveness_endpoint=args.liveness,
+                stop_flag=stopping,
+                ready_flag=kopf_ready,
+            )
+        )
+        if holding is None:
+            await operator
+            return
+        lost = await first_of(holding, operator)
+        if lost:
+            metrics.LEADER.set(0)
+            logger.critical("%s: exiting now, so that nothing reconciles without the Lease", lost)
+            logging.shutdown()
+            # Not a graceful stop: Kopf would run handlers, and so write, on its way out.
+            os._exit(1)  # Kubernetes restarts the container, which comes back as a standby
+        await operator  # Kopf stopped (a signal, or its own error, which is raised here)
+    finally:
+        metrics.LEADER.set(0)
+        if elector is not None and elector.holder == elector.identity:
+            await elector.release()
+        if runner is not None:
+            await runner.cleanup()
+
+
+def stop_on_signals(stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+
+async def first_of(
+    work: Coroutine[Any, Any, T] | asyncio.Task[T], other: asyncio.Event | asyncio.Task[Any]
+) -> T | None:
+    """Await `work` unless `other` (an event set, a task finished) comes first: then cancel it."""
+    task = work if isinstance(work, asyncio.Task) else asyncio.create_task(work)
+    waiter = asyncio.create_task(other.wait()) if isinstance(other, asyncio.Event) else other
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        if waiter is not other:
+            waiter.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -180,6 +298,13 @@ def parser() -> argparse.ArgumentParser:
         help="tenants reconciled at once (env TENANTRY_CONCURRENCY; default %(default)s)",
     )
     run.add_argument(
+        "--tenant-selector",
+        default=os.environ.get("TENANTRY_TENANT_SELECTOR", ""),
+        help="reconcile only the AgentTenants with these labels, a Kubernetes label selector such "
+        "as 'shard=a' or '!canary', filtered by the API server (env TENANTRY_TENANT_SELECTOR; "
+        "default: every tenant)",
+    )
+    run.add_argument(
         "--operator-namespace",
         default=os.environ.get("POD_NAMESPACE"),
         help="the operator's own namespace, never given to a tenant (env POD_NAMESPACE)",
@@ -187,8 +312,50 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--liveness",
         default=None,
-        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+        help="serve Kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz; it starts with "
+        "Kopf, so with --leader-election only on the leader: probe /healthz of --metrics-address",
     )
+    run.add_argument(
+        "--metrics-address",
+        default=os.environ.get("TENANTRY_METRICS_ADDRESS", ""),
+        help="serve Prometheus metrics on /metrics and a health check on /healthz at HOST:PORT, "
+        "e.g. 0.0.0.0:9090 (env TENANTRY_METRICS_ADDRESS; default: off)",
+    )
+    election = run.add_argument_group(
+        "leader election",
+        "With several replicas, only the holder of the Lease tenantry-leader reconciles; the others "
+        "wait and take over when it stops renewing. A leader that loses the Lease exits (status 1).",
+    )
+    election.add_argument(
+        "--leader-election",
+        type=boolean,
+        nargs="?",
+        const=True,
+        metavar="true|false",
+        default=os.environ.get("TENANTRY_LEADER_ELECTION", "false"),
+        help="reconcile only while holding the leader Lease (env TENANTRY_LEADER_ELECTION; "
+        "default: off)",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("TENANTRY_LEADER_ELECTION_NAMESPACE")
+        or os.environ.get("POD_NAMESPACE")
+        or "default",
+        help="the namespace of the Lease (env TENANTRY_LEADER_ELECTION_NAMESPACE, else "
+        "POD_NAMESPACE; default %(default)s)",
+    )
+    for flag, kind, fallback, help_text in (
+        ("lease-duration", int, "15", "seconds a standby waits for an unrenewed Lease"),
+        ("lease-renew-deadline", float, "10", "seconds the leader tries to renew before it exits"),
+        ("lease-retry-period", float, "2", "seconds between tries to acquire or renew"),
+    ):
+        env = f"TENANTRY_{flag.upper().replace('-', '_')}"
+        election.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=os.environ.get(env, fallback),
+            help=f"{help_text} (env {env}; default %(default)s)",
+        )
     run.add_argument("--log-level", default=os.environ.get("TENANTRY_LOG_LEVEL", "INFO"))
     run.set_defaults(handler=command_run)
 

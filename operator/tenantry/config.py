@@ -32,3 +32,7 @@ class OperatorConfig(Model):
         300.0, gt=0, description="How often every tenant is reconciled even when nothing changed."
     )
     max_concurrent_reconciles: int = Field(8, ge=1, le=256)
+    tenant_selector: str = Field(
+        "",
+        description="A label selector: only the AgentTenants it selects are reconciled (empty: all).",
+    )

@@ -1,8 +1,9 @@
 """Thin Kopf wiring: watch events feed caches and a queue; the reconcile does the work.
 
-Only `on.event` handlers are used, so Kopf keeps no per-object state: no finalizers, no
-bookkeeping annotations, no status writes of its own. Drift is corrected by a jittered timer
-of our own over every known tenant, for the same reason (Kopf's timers add a finalizer).
+Only `on.event` handlers and indexes that store nothing are used, so Kopf keeps no per-object
+state: no finalizers, no bookkeeping annotations, no status writes of its own. Drift is
+corrected by a jittered timer of our own over every known tenant, for the same reason (Kopf's
+timers add a finalizer).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
 import kopf
@@ -17,6 +19,7 @@ from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Secret
 from lightkube.types import OnErrorAction, OnErrorResult
 
+from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
 from tenantry.models import GROUP, PLURAL, VERSION
@@ -52,12 +55,24 @@ class Controller:
         self.children = ChildCache()
         self.reconciler = Reconciler(client, config, operator_namespace)
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
+        # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
+        self.outcomes: dict[str, str] = {}
 
     async def reconcile(self, name: str) -> None:
         body = self.tenants.get(name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # garbage collection removes the children of a deleted tenant
-        await self.reconciler.reconcile(body, self.children.of(name))
+        started = time.monotonic()
+        try:
+            observation = await self.reconciler.reconcile(body, self.children.of(name))
+        except Exception as error:
+            metrics.observe_reconcile(None, time.monotonic() - started)
+            metrics.api_error("reconcile", error)
+            raise  # the queue retries it with backoff
+        metrics.observe_reconcile(observation, time.monotonic() - started)
+        if name in self.tenants:  # not deleted while the pass ran
+            self.outcomes[name] = metrics.outcome(observation)
+            metrics.count_tenants(self.outcomes.values())
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]
@@ -67,6 +82,8 @@ class Controller:
             self.reconciler.forget(body["metadata"].get("uid", ""))
             self.children.forget(name)
             self.queue.forget(name)
+            self.outcomes.pop(name, None)
+            metrics.count_tenants(self.outcomes.values())
             logger.info("tenant deleted", extra={"tenant": name})
             return
         self.tenants[name] = body
@@ -104,6 +121,7 @@ class Controller:
 
 
 def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:
+    metrics.api_error("watch", error)
     logger.warning("watch of secret sources failed (attempt %d): %s", attempt, error)
     return OnErrorResult(OnErrorAction.RETRY, sleep=min(30.0, 2.0 ** min(attempt, 5)))
 
@@ -113,17 +131,21 @@ def controller(memo: kopf.Memo) -> Controller:
     return result
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, tenant_selector: str = "") -> None:
     settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
     # Server-side filters: the API server sends only our children, not every Secret in the cluster.
     # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
     for group, version, plural in CHILD_RESOURCES:
         settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
+    if tenant_selector:
+        # Tenants it does not select never reach this process: their children's events and source
+        # Secrets then concern no tenant it knows, so another operator may own them (sharding).
+        settings.watching.label_selectors[GROUP, PLURAL] = tenant_selector
 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    configure(settings)
+    configure(settings, memo["config"].tenant_selector)
     client = AsyncClient()
     state = Controller(memo["config"], client, memo.get("operator_namespace"))
     memo["controller"] = state
@@ -131,6 +153,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["tasks"] = [
         asyncio.create_task(state.queue.run()),
         asyncio.create_task(state.correct_drift()),
+        asyncio.create_task(state.watch_secret_sources()),
     ]
     logger.info("tenantry started: %s", memo["config"].model_dump_json())
 
@@ -152,7 +175,23 @@ def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).child_seen(dict(event))
 
 
+def child_listed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Feed the child cache from Kopf's indexing, which runs before any handler.
+
+    Kopf holds every `on.event` handler, the tenants' too, until each kind with an index has been
+    listed and every object indexed. So the first reconcile after a start, or after a standby
+    took over, sees every existing child. Without this it could find the cache still empty:
+    it would re-apply every child as "missing", report a Ready tenant NotReady and post
+    DriftCorrected for nothing. Returning None stores nothing in Kopf's index: the cache is the
+    one copy. Deletions reach the cache through `child_event` (Kopf indexes no DELETED event).
+    """
+    controller(memo).children.observe(body, deleted=False)
+
+
 for _group, _version, _plural in CHILD_RESOURCES:
+    kopf.index(_group, _version, _plural, labels={MANAGED_BY: OPERATOR}, id=f"listed-{_plural}")(
+        child_listed
+    )
     kopf.on.event(_group, _version, _plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{_plural}")(
         child_event
     )

@@ -12,6 +12,8 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from tenantry import metrics
+
 logger = logging.getLogger("tenantry.queue")
 
 Work = Callable[[str], Awaitable[None]]
@@ -89,6 +91,7 @@ class ReconcileQueue:
                     delay,
                     extra={"tenant": key},
                 )
+                metrics.RECONCILE_RETRIES.inc()
                 self.enqueue(key, delay)
             else:
                 self._failures.pop(key, None)

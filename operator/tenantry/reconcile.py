@@ -51,6 +51,7 @@ from tenantry.render import (
     tenant_namespace,
 )
 from tenantry.status import (
+    Correction,
     GroupState,
     Observation,
     build_status,
@@ -93,9 +94,13 @@ def owns(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> bool:
     return owned and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name
 
 
+def place(key: ChildKey) -> str:
+    _, namespace, name = key
+    return f"{namespace}/{name}" if namespace else name
+
+
 def label(key: ChildKey) -> str:
-    kind, namespace, name = key
-    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+    return f"{key[0]} {place(key)}"
 
 
 def check_namespace_name(namespace: str, reserved: frozenset[str]) -> None:
@@ -184,7 +189,7 @@ class Reconciler:
 
         was_ready = condition_of(previous, "Ready").get("status") == "True"
         applied: set[ChildKey] = set()
-        corrected: list[str] = []
+        corrected: list[Correction] = []
         for manifest in desired:
             key = child_key(manifest)
             reason = apply_reason(manifest, live.get(key))
@@ -196,7 +201,7 @@ class Reconciler:
                 await self._apply(manifest)
             applied.add(key)
             if was_ready and reason != "changed":
-                corrected.append(f"{label(key)} ({reason})")
+                corrected.append(Correction(key[0], place(key), reason))
             logger.info("applied %s (%s)", label(key), reason, extra={"tenant": tenant.name})
         pruned = await self._prune({child_key(m) for m in desired}, live, tenant.name)
         return Observation(

@@ -26,6 +26,18 @@ class GroupState:
 
 
 @dataclass(frozen=True)
+class Correction:
+    """A child restored after someone else changed or deleted it."""
+
+    kind: str
+    name: str  # "namespace/name", or the name of a cluster-scoped child
+    reason: str  # "missing", or who changed it
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Observation:
     """What one reconcile found: either a stall, or the state of each child group."""
 
@@ -34,8 +46,15 @@ class Observation:
     topic_source: str
     stalled: tuple[str, str] | None = None  # (reason, message a human can act on)
     groups: Mapping[str, GroupState] = field(default_factory=dict)
-    corrected: tuple[str, ...] = ()  # children restored after someone changed or deleted them
+    corrected: tuple[
+        Correction, ...
+    ] = ()  # children restored after someone changed or deleted them
     pruned: tuple[str, ...] = ()  # children deleted because the spec no longer wants them
+
+    @property
+    def ready(self) -> bool:
+        """Every child group is in place (the `Ready` condition this observation reports)."""
+        return not self.stalled and all(state.ok for state in self.groups.values())
 
 
 @dataclass(frozen=True)
@@ -95,7 +114,7 @@ def build_status(
             for kind, state in observation.groups.items()
             if not state.ok
         ]
-        ready = not waiting
+        ready = observation.ready
         conditions += [
             make(
                 READY,
@@ -166,7 +185,11 @@ def events_for(
         events.append(Event("Normal", "Resumed", "the tenant is no longer stalled"))
     if observation.corrected:
         events.append(
-            Event("Normal", "DriftCorrected", "restored " + ", ".join(observation.corrected))
+            Event(
+                "Normal",
+                "DriftCorrected",
+                "restored " + ", ".join(str(item) for item in observation.corrected),
+            )
         )
     if observation.pruned:
         events.append(Event("Normal", "Pruned", "deleted " + ", ".join(observation.pruned)))

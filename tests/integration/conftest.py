@@ -72,7 +72,8 @@ def operator_process(
     """The operator, run as a user runs it (`tenantry run`), against the local cluster.
 
     A demo operator (`make demo`) on the same cluster would reconcile the test tenants too, so
-    it is stopped first.
+    it is stopped first. Tenants labelled with OPERATOR_LABEL belong to the operators a test
+    starts itself: this one leaves them alone.
     """
     subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
     try:

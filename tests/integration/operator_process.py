@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
+from tenants import DRIFT_INTERVAL_SECONDS, OPERATOR_LABEL, SECRET_SOURCE_NAMESPACE
 
 
 class OperatorProcess:
@@ -34,6 +34,9 @@ class OperatorProcess:
                     "run",
                     "--drift-interval",
                     str(DRIFT_INTERVAL_SECONDS),
+                    # Tenants with this label belong to operators that tests start themselves.
+                    "--tenant-selector",
+                    f"!{OPERATOR_LABEL}",
                 ],
                 env=self.env,
                 stdout=log,

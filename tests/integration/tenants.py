@@ -36,13 +36,19 @@ CHILD_KINDS = (
     Service,
 )
 MANAGED = {"app.kubernetes.io/managed-by": "tenantry"}
+# Tests that run operators of their own label their tenants with this key, each with a value of
+# its own, and select them with --tenant-selector; the shared `operator` fixture selects only
+# the tenants without it. So no tenant is ever reconciled by two operators at once.
+OPERATOR_LABEL = "tests.tenantry.dev/operator"
 
 
-def manifest(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def manifest(
+    name: str, spec: dict[str, Any] | None = None, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "tenantry.dev/v1alpha1",
         "kind": "AgentTenant",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": labels or {}},
         "spec": spec or {},
     }
 

@@ -140,14 +140,14 @@ def test_operator_killed_while_provisioning_100_tenants(
             f"killed with {ready_at_kill}/100 Ready; all 100 Ready {time.monotonic() - started:.1f}s after the restart"
         )
         assert ready_at_kill < 100, "the operator was killed too late to prove anything"
-        for name in random.sample(names, 10):  # noqa: S311 - a sample, not a secret
+        for name in random.sample(names, 10):
             namespace = f"tenant-{name}"
             deployments = list(kube.list(Deployment, namespace=namespace))
             replica_sets = list(kube.list(ReplicaSet, namespace=namespace))
             assert len(replica_sets) == len(deployments), (
                 f"{name}: a rollout repeated after the restart"
             )
-        audit_clean(kubeconfig, random.sample(names, 10))  # noqa: S311
+        audit_clean(kubeconfig, random.sample(names, 10))
         no_orphans(kube, set(names), prefix)
     finally:
         if not operator_process.running():

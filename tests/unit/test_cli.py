@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,17 @@ REPO = Path(__file__).resolve().parents[2]
 TENANTRY = str(Path(sys.executable).parent / "tenantry")
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [TENANTRY, *args], input=stdin, capture_output=True, text=True, check=False, timeout=60
+        [TENANTRY, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -44,3 +53,41 @@ def test_crd_prints_the_crd() -> None:
     result = run("crd")
     assert result.returncode == 0
     assert yaml.safe_load(result.stdout)["metadata"]["name"] == "agenttenants.tenantry.dev"
+
+
+def test_run_refuses_unsound_lease_timings_before_touching_a_cluster() -> None:
+    result = run(
+        "run",
+        "--leader-election",
+        "--lease-duration",
+        "10",
+        "--lease-renew-deadline",
+        "12",
+        env={"KUBECONFIG": "/nonexistent"},
+    )
+    assert result.returncode != 0
+    assert (
+        "--lease-renew-deadline (12s) must be shorter than --lease-duration (10s)" in result.stderr
+    )
+
+
+def test_run_refuses_a_metrics_address_that_is_not_host_and_port() -> None:
+    result = run("run", "--metrics-address", "9090", env={"KUBECONFIG": "/nonexistent"})
+    assert result.returncode != 0
+    assert "--metrics-address (env TENANTRY_METRICS_ADDRESS): '9090' is not HOST:PORT" in (
+        result.stderr
+    )
+
+
+def test_leader_election_is_read_from_the_environment_too() -> None:
+    result = run(
+        "run",
+        "--lease-retry-period",
+        "0",
+        env={"KUBECONFIG": "/nonexistent", "TENANTRY_LEADER_ELECTION": "true"},
+    )
+    assert result.returncode != 0
+    assert "--lease-retry-period must be more than 0 seconds" in result.stderr
+    result = run("run", env={"TENANTRY_LEADER_ELECTION": "maybe"})
+    assert result.returncode == 2
+    assert "argument --leader-election: 'maybe' is neither true nor false" in result.stderr

@@ -16,3 +16,14 @@ def test_child_watches_carry_a_server_side_label_selector() -> None:
     assert settings.watching.label_selectors.collect(tenants) == []
     # Pods are not watched at all; a selector must not leak onto other kinds.
     assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods")) == []
+
+
+def test_a_tenant_selector_filters_the_tenant_watch_on_the_server_only() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings, tenant_selector="shard=a,!canary")
+    tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
+    assert settings.watching.label_selectors.collect(tenants) == ["shard=a,!canary"]
+    # Children keep their own selector only: they are matched to known tenants by label.
+    for group, version, plural in CHILD_RESOURCES:
+        resource = kopf.Resource(group, version, plural)
+        assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural

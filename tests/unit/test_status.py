@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from tenantry.children import apply_reason, deployment_health, summarize
 from tenantry.render import APPLIED_HASH
-from tenantry.status import GroupState, Observation, build_status, comparable, events_for
+from tenantry.status import (
+    Correction,
+    GroupState,
+    Observation,
+    build_status,
+    comparable,
+    events_for,
+)
 
 ALL_GOOD = {kind: GroupState(True, "Fine") for kind in ("NamespaceReady", "RuntimeReady")}
 
@@ -73,7 +80,11 @@ def test_events_for_transitions_only() -> None:
         ("Warning", "NamespaceConflict")
     ]
     corrected = Observation(
-        1, "ns", "acme", groups=ALL_GOOD, corrected=("NetworkPolicy ns/default-deny (missing)",)
+        1,
+        "ns",
+        "acme",
+        groups=ALL_GOOD,
+        corrected=(Correction("NetworkPolicy", "ns/default-deny", "missing"),),
     )
     assert [e.reason for e in events_for(corrected, ready, ready)] == ["DriftCorrected"]
 
