@@ -156,9 +156,6 @@ def up() -> None:
                 str(BIN_DIR / "kube-scheduler"),
                 "--kwok-controller-binary",
                 str(BIN_DIR / "kwok"),
-                # Test data is disposable: skipping fsync makes etcd several times faster.
-                "--extra-args",
-                "etcd=unsafe-no-fsync=true",
                 "--wait",
                 "3m",
             ],

@@ -110,3 +110,7 @@ class ChildCache:
 
     def forget(self, tenant: str) -> None:
         self._children.pop(tenant, None)
+
+    def replace(self, fresh: ChildCache) -> None:
+        """Take over what a fresh listing found (see Controller.resync)."""
+        self._children = fresh._children

@@ -16,15 +16,17 @@ from typing import Any
 
 import kopf
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Secret
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
+from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import GROUP, PLURAL, VERSION
 from tenantry.queue import ReconcileQueue
-from tenantry.reconcile import Reconciler
+from tenantry.reconcile import Reconciler, TenantGone
 from tenantry.render import MANAGED_BY, OPERATOR
 
 logger = logging.getLogger("tenantry.handlers")
@@ -65,6 +67,11 @@ class Controller:
         started = time.monotonic()
         try:
             observation = await self.reconciler.reconcile(body, self.children.of(name))
+        except TenantGone:
+            # Deleted while the watch was away: a reconnecting watch replays what exists, not
+            # what vanished, so the deletion shows only here.
+            self.forget(name, body["metadata"].get("uid", ""))
+            return
         except Exception as error:
             metrics.observe_reconcile(None, time.monotonic() - started)
             metrics.api_error("reconcile", error)
@@ -78,16 +85,38 @@ class Controller:
         body = event["object"]
         name = body["metadata"]["name"]
         if event.get("type") == "DELETED":
-            self.tenants.pop(name, None)
-            self.reconciler.forget(body["metadata"].get("uid", ""))
-            self.children.forget(name)
-            self.queue.forget(name)
-            self.outcomes.pop(name, None)
-            metrics.count_tenants(self.outcomes.values())
-            logger.info("tenant deleted", extra={"tenant": name})
+            self.forget(name, body["metadata"].get("uid", ""))
             return
         self.tenants[name] = body
         self.queue.enqueue(name)
+
+    def forget(self, name: str, uid: str) -> None:
+        self.tenants.pop(name, None)
+        self.reconciler.forget(uid)
+        self.children.forget(name)
+        self.queue.forget(name)
+        self.outcomes.pop(name, None)
+        metrics.count_tenants(self.outcomes.values())
+        logger.info("tenant deleted", extra={"tenant": name})
+
+    async def resync(self) -> None:
+        """Rebuild the caches from fresh lists of tenants and children.
+
+        Watch events alone can leave ghosts: a watch that reconnects after a gap (an API server
+        restart) replays the objects that exist, never the deletions it missed. A child deleted
+        in such a gap would stay cached, and never be restored.
+        """
+        client = self.reconciler.client
+        # All tenants, whatever --tenant-selector says: only the ones cached here are compared.
+        names = {t.metadata.name async for t in client.list(AgentTenantResource)}  # type: ignore[union-attr]
+        for name in set(self.tenants) - names:
+            self.forget(name, self.tenants[name]["metadata"].get("uid", ""))
+        fresh = ChildCache()
+        for kind, resource in APPLIED_KINDS.items():
+            where = {} if kind == "Namespace" else {"namespace": "*"}
+            async for obj in client.list(resource, labels={MANAGED_BY: OPERATOR}, **where):  # type: ignore[call-overload]
+                fresh.observe({**obj.to_dict(), "kind": kind}, deleted=False)
+        self.children.replace(fresh)
 
     def child_seen(self, event: dict[str, Any]) -> None:
         tenant = self.children.observe(event["object"], deleted=event.get("type") == "DELETED")
@@ -116,6 +145,10 @@ class Controller:
         interval = self.config.drift_interval_seconds
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
+            try:
+                await self.resync()
+            except ApiError as error:  # the API server is away: the queue's retries cover it
+                logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
 

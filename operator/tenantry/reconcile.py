@@ -63,6 +63,10 @@ from tenantry.status import (
 logger = logging.getLogger("tenantry.reconcile")
 
 
+class TenantGone(Exception):
+    """The AgentTenant no longer exists (its status could not be written)."""
+
+
 class Stall(Exception):
     """The tenant cannot converge until a human changes something; nothing was written."""
 
@@ -371,12 +375,17 @@ class Reconciler:
     ) -> None:
         status = build_status(observation, previous, now())
         if comparable(status) != comparable(previous):
-            await self.client.patch(
-                AgentTenantResource.Status,
-                body["metadata"]["name"],
-                {"status": status},
-                patch_type=PatchType.MERGE,
-            )
+            try:
+                await self.client.patch(
+                    AgentTenantResource.Status,
+                    body["metadata"]["name"],
+                    {"status": status},
+                    patch_type=PatchType.MERGE,
+                )
+            except ApiError as error:
+                if error.status.code == 404:
+                    raise TenantGone(body["metadata"]["name"]) from None
+                raise
             self._written[body["metadata"]["uid"]] = status
         for event in events_for(observation, previous, status):
             await self._post_event(body, event.type, event.reason, event.message)

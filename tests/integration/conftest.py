@@ -13,7 +13,7 @@ from lightkube import Client, KubeConfig, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import ConfigMap, Namespace, ServiceAccount
 from operator_process import OperatorProcess
 from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
@@ -26,6 +26,12 @@ def kube(kubeconfig: Path) -> Client:
     return Client(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry-tests")
 
 
+def namespace_filled(kube: Client, name: str) -> bool:
+    accounts = {sa.metadata.name for sa in kube.list(ServiceAccount, namespace=name)}  # type: ignore[union-attr]
+    maps = {cm.metadata.name for cm in kube.list(ConfigMap, namespace=name)}  # type: ignore[union-attr]
+    return "default" in accounts and "kube-root-ca.crt" in maps
+
+
 @pytest.fixture
 def make_namespace(kube: Client) -> Iterator[Callable[..., str]]:
     """Create namespaces with unique names; delete them when the test ends."""
@@ -35,6 +41,8 @@ def make_namespace(kube: Client) -> Iterator[Callable[..., str]]:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         kube.create(Namespace(metadata=ObjectMeta(name=name, labels=labels or {})))
         created.append(name)
+        # kube-controller-manager fills every new namespace; wait, so snapshots start quiet.
+        wait_until(lambda: namespace_filled(kube, name), f"namespace {name} to be filled")
         return name
 
     yield make

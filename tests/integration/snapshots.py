@@ -57,14 +57,28 @@ def snapshot(
 
 
 def settle(kube: Client) -> None:
-    """Wait until no namespace is being deleted, so that snapshots compare a quiet cluster."""
+    """Wait until deletions in flight are done, so that snapshots compare a quiet cluster.
+
+    That is: no namespace Terminating, and none left of a deleted tenant (garbage collection
+    starts on those a moment after the tenant goes).
+    """
 
     def quiet() -> bool:
-        return all(
-            ns.status is None or ns.status.phase != "Terminating" for ns in kube.list(Namespace)
-        )  # type: ignore[union-attr]
+        alive = {tenant.metadata.name for tenant in kube.list(AgentTenant)}  # type: ignore[union-attr]
+        for namespace in kube.list(Namespace):
+            labels = namespace.metadata.labels or {}  # type: ignore[union-attr]
+            if namespace.status is not None and namespace.status.phase == "Terminating":
+                return False
+            owner = labels.get("tenantry.dev/tenant")
+            if (
+                labels.get("app.kubernetes.io/managed-by") == "tenantry"
+                and owner
+                and owner not in alive
+            ):
+                return False
+        return True
 
-    wait_until(quiet, "namespaces being deleted to be gone", timeout=120)
+    wait_until(quiet, "deletions in flight to finish", timeout=180)
 
 
 def differences(before: Snapshot, after: Snapshot) -> dict[str, Any]:
