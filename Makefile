@@ -22,7 +22,7 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP) ## create the virtualenv with every dependency
 
-toolchain: ## build (or reuse) etcd, Kubernetes and kwok from Go modules
+toolchain: ## build (or reuse) the control plane and the chart tools (helm, kubeconform, kube-score, kstatus) from Go modules
 	@start=$$SECONDS; bash e2e/toolchain/build.sh >/dev/null && \
 	  echo "make toolchain: $$((SECONDS - start))s"
 

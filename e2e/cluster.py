@@ -52,7 +52,10 @@ def versions() -> dict[str, str]:
 
 def build_toolchain() -> None:
     started = time.monotonic()
-    subprocess.run(["bash", str(TOOLCHAIN / "build.sh")], check=True, stdout=subprocess.DEVNULL)
+    # Only the control plane: the chart tools (`build.sh tools`) are built by `make toolchain`.
+    subprocess.run(
+        ["bash", str(TOOLCHAIN / "build.sh"), "cluster"], check=True, stdout=subprocess.DEVNULL
+    )
     log(f"toolchain step took {time.monotonic() - started:.1f}s")
 
 
