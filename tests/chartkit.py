@@ -133,3 +133,21 @@ def find(documents: list[dict[str, Any]], kind: str, name: str | None = None) ->
 
 def kinds(documents: list[dict[str, Any]]) -> list[str]:
     return sorted(doc["kind"] for doc in documents)
+
+
+ARGOCD_HEALTH = CHART / "argocd" / "agenttenant-health.lua"
+# Argo CD runs health checks in gopher-lua (Lua 5.1) with only the safe standard libraries.
+UNSAFE_LUA_GLOBALS = ("os", "io", "debug", "package", "require", "dofile", "loadfile", "load")
+
+
+def argocd_health(obj: dict[str, Any], script: str | None = None) -> dict[str, str]:
+    """Run the Argo CD health check on an object, as Argo CD does: `obj` global, result returned."""
+    import lupa.lua51  # noqa: PLC0415 - only the health tests need Lua
+
+    runtime = lupa.lua51.LuaRuntime()
+    lua_globals = runtime.globals()
+    for name in UNSAFE_LUA_GLOBALS:
+        lua_globals[name] = None
+    lua_globals.obj = runtime.table_from(obj, recursive=True)
+    result = runtime.execute(script if script is not None else ARGOCD_HEALTH.read_text())
+    return {"status": str(result["status"]), "message": str(result["message"])}
