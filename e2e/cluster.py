@@ -180,6 +180,10 @@ def up() -> None:
             # Fake kubelets report this version, so `kubectl get nodes` matches the control plane.
             "--param",
             f'.nodeInfo.kubeletVersion="{versions()["K8S_VERSION"]}"',
+            # Real kubelets report ephemeral storage; without it no pod that requests some (the
+            # chart's operator pods) could be scheduled.
+            "--param",
+            '.allocatable["ephemeral-storage"]="100Gi"',
         ],
         env=env,
         check=True,

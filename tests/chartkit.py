@@ -53,6 +53,7 @@ def run(
     input: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 300,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command; on an unexpected exit status, fail with its output."""
     result = subprocess.run(
@@ -62,6 +63,7 @@ def run(
         text=True,
         env=env,
         timeout=timeout,
+        cwd=cwd,
         check=False,
     )
     if check and result.returncode != 0:

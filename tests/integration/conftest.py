@@ -65,7 +65,9 @@ def crd_installed(kube: Client) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: tests/integration/test_chart.py runs its own operator (as the chart's identity),
+# and two operators must never reconcile the same tenants at once.
+@pytest.fixture(scope="module")
 def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Path]:
     """The operator, run as a user runs it (`tenantry run`), against the local cluster.
 
