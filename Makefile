@@ -39,8 +39,9 @@ demo: cluster-up ## the operator on the local cluster with the example tenants; 
 demo-down: ## stop the demo operator (the cluster keeps running)
 	@$(PYTHON) e2e/demo.py down
 
-crd: venv ## regenerate crds/ from the models
+crd: venv ## regenerate crds/ (and the chart's copy) from the models
 	$(BIN)/tenantry crd > crds/agenttenants.tenantry.dev.yaml
+	cp crds/agenttenants.tenantry.dev.yaml charts/tenantry/crds/
 
 # The operator image installs exactly these pins (operator_image/install.sh). Resolved with the
 # image's Python (3.11): markers such as python_version must come out the same.
@@ -65,7 +66,8 @@ test: lint toolchain ## every test; starts the local control plane when it is no
 	@start=$$SECONDS; $(BIN)/pytest; status=$$?; \
 	  echo "make test: pytest took $$((SECONDS - start))s"; exit $$status
 
-test-unit: venv ## only the tests that need no cluster
+test-unit: venv ## only the tests that need no cluster (the chart's need helm and kube-score)
+	@bash e2e/toolchain/build.sh tools >/dev/null
 	$(BIN)/pytest -m "not cluster"
 
 clean: cluster-down ## remove the venv and the repo-local state (the per-user binary cache stays)

@@ -54,10 +54,7 @@ def rules_by_resource(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[
 def test_the_chart_crd_is_the_repository_crd() -> None:
     chart_copy = (CHART / "crds" / "agenttenants.tenantry.dev.yaml").read_bytes()
     original = (REPO / "crds" / "agenttenants.tenantry.dev.yaml").read_bytes()
-    assert chart_copy == original, (
-        "charts/tenantry/crds/ differs from crds/: run "
-        "`cp crds/agenttenants.tenantry.dev.yaml charts/tenantry/crds/` (after `make crd`)"
-    )
+    assert chart_copy == original, "charts/tenantry/crds/ differs from crds/: run `make crd`"
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["agenttenants.tenantry.dev.yaml"]
 
 
