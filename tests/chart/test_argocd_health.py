@@ -1,6 +1,6 @@
 """The Argo CD health check of AgentTenant, run in Lua 5.1 (as Argo CD runs it) on statuses.
 
-tests/integration/test_chart.py runs the same check on statuses the operator wrote.
+tests/integration/test_chart_install.py runs the same check on statuses the operator wrote.
 """
 
 from __future__ import annotations

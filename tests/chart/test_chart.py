@@ -2,7 +2,7 @@
 
 Rendering and checks use the real tools built from Go modules (helm, kube-score); what needs
 the cluster (kubeconform against the cluster's own OpenAPI, installing, RBAC answers of the API
-server) is in tests/integration/test_chart.py.
+server) is in tests/integration/test_chart_install.py.
 """
 
 from __future__ import annotations

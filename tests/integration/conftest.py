@@ -65,7 +65,7 @@ def crd_installed(kube: Client) -> None:
     )
 
 
-# Module-scoped: tests/integration/test_chart.py runs its own operator (as the chart's identity),
+# Module-scoped: tests/integration/test_chart_install.py runs its own operator (as the chart's identity),
 # and two operators must never reconcile the same tenants at once.
 @pytest.fixture(scope="module")
 def operator(kubeconfig: Path, kube: Client, crd_installed: None) -> Iterator[Path]:

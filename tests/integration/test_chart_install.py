@@ -102,6 +102,12 @@ def release(kubeconfig: Path, kube: Client) -> Iterator[Release]:
     """The chart, installed with helm; uninstalled (the CRD stays, as Helm leaves it) at the end."""
     # A demo operator would reconcile the example tenants too.
     subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
+    # A namespace still terminating (a previous run's) accepts no new content.
+    wait_until(
+        lambda: release_namespace_settled(kube),
+        f"namespace {RELEASE_NAMESPACE} to finish terminating",
+        180,
+    )
     kube.apply(
         Namespace(
             metadata=ObjectMeta(
@@ -129,6 +135,21 @@ def release(kubeconfig: Path, kube: Client) -> Iterator[Release]:
             "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", kubeconfig=kubeconfig
         )
         kube.delete(Namespace, RELEASE_NAMESPACE)
+        wait_until(
+            lambda: tenants.namespace_gone(kube, RELEASE_NAMESPACE),
+            f"{RELEASE_NAMESPACE} gone",
+            180,
+        )
+
+
+def release_namespace_settled(kube: Client) -> bool:
+    try:
+        namespace = kube.get(Namespace, RELEASE_NAMESPACE)
+    except ApiError as error:
+        if error.status.code == 404:
+            return True
+        raise
+    return namespace.metadata is not None and namespace.metadata.deletionTimestamp is None
 
 
 @pytest.fixture(scope="module")
