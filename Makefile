@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd lint test test-unit clean
+.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ $(VENV_STAMP): pyproject.toml
 
 venv: $(VENV_STAMP) ## create the virtualenv with every dependency
 
-toolchain: ## build (or reuse) etcd, Kubernetes and kwok from Go modules
+toolchain: ## build (or reuse) the control plane and the chart tools (helm, kubeconform, kube-score, kstatus) from Go modules
 	@start=$$SECONDS; bash e2e/toolchain/build.sh >/dev/null && \
 	  echo "make toolchain: $$((SECONDS - start))s"
 
@@ -39,8 +39,21 @@ demo: cluster-up ## the operator on the local cluster with the example tenants; 
 demo-down: ## stop the demo operator (the cluster keeps running)
 	@$(PYTHON) e2e/demo.py down
 
-crd: venv ## regenerate crds/ from the models
+crd: venv ## regenerate crds/ (and the chart's copy) from the models
 	$(BIN)/tenantry crd > crds/agenttenants.tenantry.dev.yaml
+	cp crds/agenttenants.tenantry.dev.yaml charts/tenantry/crds/
+
+# The operator image installs exactly these pins (operator_image/install.sh). Resolved with the
+# image's Python (3.11): markers such as python_version must come out the same.
+LOCK := .cache/lock
+PIP_COMPILE := $(LOCK)/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links
+operator-lock: ## re-pin the operator image's dependencies from pyproject.toml (operator_image/*.txt)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "operator-lock: run with PYTHON=python3.11, the image'"'"'s Python")'
+	$(PYTHON) -m venv $(LOCK)
+	$(LOCK)/bin/pip install --quiet pip-tools==7.6.2
+	$(PIP_COMPILE) --output-file operator_image/requirements.txt pyproject.toml
+	$(PIP_COMPILE) --output-file operator_image/build-requirements.txt operator_image/build-requirements.in
 
 lint: venv ## ruff, mypy (strict) and import-linter
 	$(BIN)/ruff check .
@@ -53,7 +66,8 @@ test: lint toolchain ## every test; starts the local control plane when it is no
 	@start=$$SECONDS; $(BIN)/pytest; status=$$?; \
 	  echo "make test: pytest took $$((SECONDS - start))s"; exit $$status
 
-test-unit: venv ## only the tests that need no cluster
+test-unit: venv ## only the tests that need no cluster (the chart's need helm and kube-score)
+	@bash e2e/toolchain/build.sh tools >/dev/null
 	$(BIN)/pytest -m "not cluster"
 
 clean: cluster-down ## remove the venv and the repo-local state (the per-user binary cache stays)

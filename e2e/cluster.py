@@ -53,7 +53,10 @@ def versions() -> dict[str, str]:
 
 def build_toolchain() -> None:
     started = time.monotonic()
-    subprocess.run(["bash", str(TOOLCHAIN / "build.sh")], check=True, stdout=subprocess.DEVNULL)
+    # Only the control plane: the chart tools (`build.sh tools`) are built by `make toolchain`.
+    subprocess.run(
+        ["bash", str(TOOLCHAIN / "build.sh"), "cluster"], check=True, stdout=subprocess.DEVNULL
+    )
     log(f"toolchain step took {time.monotonic() - started:.1f}s")
 
 
@@ -175,6 +178,10 @@ def up() -> None:
             # Fake kubelets report this version, so `kubectl get nodes` matches the control plane.
             "--param",
             f'.nodeInfo.kubeletVersion="{versions()["K8S_VERSION"]}"',
+            # Real kubelets report ephemeral storage; without it no pod that requests some (the
+            # chart's operator pods) could be scheduled.
+            "--param",
+            '.allocatable["ephemeral-storage"]="100Gi"',
         ],
         env=env,
         check=True,

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Build (or reuse) the local control-plane binaries from Go modules and print their directory.
+# Build (or reuse) the local control plane and the chart tools from Go modules, and print the
+# directory of the binaries.
+#
+#   build.sh              everything
+#   build.sh cluster      etcd, Kubernetes and kwok: what e2e/cluster.py needs
+#   build.sh tools        helm, kubeconform, kube-score and the kstatus program (tests/chart)
 #
 # Binaries live in a per-user cache keyed by component, version and the hash of the wrapper
-# module's go.sum, so every clone on this machine reuses them and a version bump rebuilds.
+# module's files (go.mod, go.sum and any source of our own), so every clone on this machine
+# reuses them and a version bump or a changed source rebuilds.
 # Go's own module and build caches stay at Go's per-user defaults, which also survive clones.
 set -euo pipefail
 
@@ -25,8 +31,10 @@ build() {
     log "versions.env says $component $version but $module/go.mod pins another version"
     exit 1
   }
+  # Every file of the module, in name order: for a module of only go.mod and go.sum this is the
+  # same key as before sources were hashed too, so existing caches stay valid.
   local key
-  key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-12)
+  key=$(find "$module" -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)
   local out="$cache_root/$component-$version-$key"
   if [[ -f "$out/.complete" ]]; then
     log "$component $version: cached in $out"
@@ -59,16 +67,48 @@ k8s_ldflags() {
   echo "$flags"
 }
 
+# Version stamps. The cache key covers only the module's files, so ldflags may carry nothing
+# but the versions that build() checks against go.mod. That is also why helm is not stamped
+# with a Kubernetes version: unstamped it assumes 1.20, and every caller passes --kube-version.
+helm_ldflags() {
+  echo "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
+build_cluster() {
+  build etcd "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
+  build kwok "$KWOK_VERSION" "" \
+    sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  build kubernetes "$K8S_VERSION" "$(k8s_ldflags)" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+build_tools() {
+  build helm "$HELM_VERSION" "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm
+  build kubeconform "$KUBECONFORM_VERSION" "-X main.version=$KUBECONFORM_VERSION" \
+    github.com/yannh/kubeconform/cmd/kubeconform
+  build kube-score "$KUBE_SCORE_VERSION" "-X main.version=$KUBE_SCORE_VERSION" \
+    github.com/zegl/kube-score/cmd/kube-score
+  # Our own program; its module's version is that of the cli-utils it links.
+  build kstatus "$CLI_UTILS_VERSION" "" .
+  # np-guard's netpol-analyzer, for the connectivity proof. Its checksums are not in the public
+  # checksum database, so go.sum was recorded once with GONOSUMDB=github.com/np-guard and is
+  # what every build verifies against.
+  build netpol "$NETPOL_VERSION" "" github.com/np-guard/netpol-analyzer/cmd/netpolicy
+}
+
 total_started=$SECONDS
-build etcd "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
-build kwok "$KWOK_VERSION" "" \
-  sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
-build kubernetes "$K8S_VERSION" "$(k8s_ldflags)" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-# np-guard's netpol-analyzer, for the connectivity proof. Its checksums are not in the public
-# checksum database, so go.sum was recorded once with GONOSUMDB=github.com/np-guard and is
-# what every build verifies against.
-build netpol "$NETPOL_VERSION" "" github.com/np-guard/netpol-analyzer/cmd/netpolicy
-log "toolchain ready in $((SECONDS - total_started))s: $bin_dir"
+groups=("$@")
+[[ ${#groups[@]} -gt 0 ]] || groups=(cluster tools)
+for group in "${groups[@]}"; do
+  case $group in
+    cluster) build_cluster ;;
+    tools) build_tools ;;
+    *)
+      log "unknown group '$group': use cluster, tools or nothing (both)"
+      exit 2
+      ;;
+  esac
+done
+log "toolchain (${groups[*]}) ready in $((SECONDS - total_started))s: $bin_dir"
 echo "$bin_dir"

@@ -73,7 +73,9 @@ def crd_installed(kube: Client) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: tests/integration/test_chart_install.py runs its own operator (as the chart's
+# identity), and two operators must never reconcile the same tenants at once.
+@pytest.fixture(scope="module")
 def operator_process(
     kubeconfig: Path, kube: Client, crd_installed: None
 ) -> Iterator[OperatorProcess]:

@@ -1,0 +1,59 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "tenantry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The name of every object of the release: fullnameOverride, or release and chart names. */}}
+{{- define "tenantry.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tenantry.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: stable for the life of a release (a Deployment's selector is immutable). */}}
+{{- define "tenantry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tenantry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The recommended labels, on every object of the chart. */}}
+{{- define "tenantry.labels" -}}
+helm.sh/chart: {{ include "tenantry.chart" . }}
+{{ include "tenantry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: tenantry
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "tenantry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tenantry.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: set the name of an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Kubernetes user name of the operator's ServiceAccount, as RBAC and admission see it. */}}
+{{- define "tenantry.serviceAccountUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "tenantry.serviceAccountName" . }}
+{{- end -}}
+
+{{- define "tenantry.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}

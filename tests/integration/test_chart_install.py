@@ -1,0 +1,644 @@
+"""The Helm chart on the real control plane.
+
+The chart is installed with helm into `tenantry-system` (Pod Security `restricted` enforced).
+Pods cannot run real containers here, so the operator then runs as a local process with exactly
+the command, arguments and environment of the installed Deployment, authenticated as the
+chart's ServiceAccount (a token from the TokenRequest API): whatever the chart's RBAC or
+admission policy lacks, the operator lacks too. It provisions the example tenants; the API
+server then answers for RBAC both ways, and real statuses go through the Argo CD health check
+and kstatus (Flux).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemas
+import tenants
+import yaml
+from chartkit import (
+    CHART,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    REPO,
+    argocd_health,
+    find,
+    helm,
+    run,
+    set_flags,
+    template,
+    template_text,
+    tool,
+)
+from lightkube import Client, KubeConfig, codecs
+from lightkube.core.exceptions import ApiError
+from lightkube.models.authentication_v1 import TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    Event,
+    Namespace,
+    Pod,
+    Secret,
+    ServiceAccountToken,
+)
+from tenants import SECRET_SOURCE_NAMESPACE
+from waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+SERVICE_ACCOUNT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
+EXAMPLES = ("acme", "globex")
+CRD_FILE = CHART / "crds" / "agenttenants.tenantry.dev.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Release:
+    documents: list[dict[str, Any]]  # what helm installed (`helm get manifest`)
+    kubeconfig: Path
+
+    @property
+    def container(self) -> dict[str, Any]:
+        (container,) = find(self.documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+        return dict(container)
+
+
+@pytest.fixture(scope="module")
+def kubectl(kubeconfig: Path) -> list[str]:
+    return [tool("kubectl"), "--kubeconfig", str(kubeconfig)]
+
+
+@pytest.fixture(scope="module")
+def release(kubeconfig: Path, kube: Client) -> Iterator[Release]:
+    """The chart, installed with helm; uninstalled (the CRD stays, as Helm leaves it) at the end."""
+    # A demo operator would reconcile the example tenants too.
+    subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
+    # A namespace still terminating (a previous run's) accepts no new content.
+    wait_until(
+        lambda: release_namespace_settled(kube),
+        f"namespace {RELEASE_NAMESPACE} to finish terminating",
+        180,
+    )
+    kube.apply(
+        Namespace(
+            metadata=ObjectMeta(
+                name=RELEASE_NAMESPACE,
+                labels={"pod-security.kubernetes.io/enforce": "restricted"},
+            )
+        ),
+        force=True,
+    )
+    # The operator runs on this machine, where other engineers' operators may run too: its
+    # ports are free ones, passed as the chart's values so the flags stay the chart's own.
+    values = {"health.port": str(free_port()), "metrics.port": str(free_port())}
+    helm(
+        "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        *set_flags(values), "--wait", "--timeout", "180s", kubeconfig=kubeconfig,
+    )  # fmt: skip
+    manifest = helm(
+        "get", "manifest", RELEASE, "--namespace", RELEASE_NAMESPACE, kubeconfig=kubeconfig
+    )
+    documents = [doc for doc in yaml.safe_load_all(manifest.stdout) if doc]
+    try:
+        yield Release(documents, kubeconfig)
+    finally:
+        helm(
+            "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", kubeconfig=kubeconfig
+        )
+        kube.delete(Namespace, RELEASE_NAMESPACE)
+        wait_until(
+            lambda: tenants.namespace_gone(kube, RELEASE_NAMESPACE),
+            f"{RELEASE_NAMESPACE} gone",
+            180,
+        )
+
+
+def release_namespace_settled(kube: Client) -> bool:
+    try:
+        namespace = kube.get(Namespace, RELEASE_NAMESPACE)
+    except ApiError as error:
+        if error.status.code == 404:
+            return True
+        raise
+    return namespace.metadata is not None and namespace.metadata.deletionTimestamp is None
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(release: Release, kube: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig for the chart's ServiceAccount: the local API server, its CA, a bound token."""
+    token = kube.create(
+        ServiceAccountToken(
+            metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=[], expirationSeconds=3600)
+        ),
+        RELEASE,
+        namespace=RELEASE_NAMESPACE,
+    )
+    admin = yaml.safe_load(release.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    ca = Path(cluster["certificate-authority"]).read_bytes()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": cluster["server"],
+                    "certificate-authority-data": base64.b64encode(ca).decode(),
+                },
+            }
+        ],
+        "users": [{"name": RELEASE, "user": {"token": token.status.token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": RELEASE}}],
+        "current-context": "operator",
+    }
+    path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sa_client(sa_kubeconfig: Path) -> Client:
+    return Client(config=KubeConfig.from_file(sa_kubeconfig), field_manager="tenantry")
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of command and args: $$ escapes, unknown names stay."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        value,
+    )
+
+
+def container_env(container: dict[str, Any], pod_namespace: str) -> dict[str, str]:
+    """The container's environment, with the downward API resolved as the kubelet would."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = expand(item["value"], env)
+        elif item.get("valueFrom") == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+            env[item["name"]] = pod_namespace
+        else:
+            pytest.fail(
+                f"the test cannot resolve env {item['name']} of the operator container: {item}"
+            )
+    return env
+
+
+@dataclass
+class RunningOperator:
+    log: Path
+    dropped: list[str]
+
+
+@pytest.fixture(scope="module")
+def chart_operator(release: Release, sa_kubeconfig: Path) -> Iterator[RunningOperator]:
+    """`tenantry run` as the chart runs it, with the chart ServiceAccount's identity."""
+    container = release.container
+    venv_bin = str(Path(sys.executable).parent)
+    path = f"{venv_bin}{os.pathsep}{os.environ['PATH']}"
+    executable = shutil.which(container["command"][0], path=path)
+    assert executable, f"{container['command'][0]} is not on PATH"
+    accepted = set(re.findall(r"--[a-z][a-z-]*", run(executable, "run", "--help").stdout))
+    env = container_env(container, RELEASE_NAMESPACE)
+    # The pod listens on every interface; on this machine the same endpoints stay on loopback.
+    args = [expand(arg, env).replace("0.0.0.0:", "127.0.0.1:") for arg in container["args"]]
+    dropped = [arg for arg in args if arg.partition("=")[0] not in accepted]
+    assert dropped == [], f"the operator CLI does not accept the chart's {dropped}"
+    command = [executable, *container["command"][1:], *args]
+    # Nothing of this shell leaks in (no admin KUBECONFIG, no TENANTRY_* settings): only what a
+    # pod would have, plus the identity.
+    process_env = {
+        "PATH": path,
+        "HOME": os.environ.get("HOME", "/"),
+        **env,
+        "KUBECONFIG": str(sa_kubeconfig),
+    }
+    log_path = REPO / ".cache" / "test-logs" / "chart-operator.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        log.write(f"# {' '.join(command)}\n# dropped: {dropped}\n")
+        log.flush()
+        process = subprocess.Popen(command, env=process_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield RunningOperator(log_path, dropped)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(autouse=True)
+def operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    log = REPO / ".cache" / "test-logs" / "chart-operator.log"
+    if report is not None and report.failed and log.exists():
+        print("---- last lines of the chart operator's log ----")
+        print("\n".join(log.read_text().splitlines()[-60:]))
+
+
+def delete_tenants(kube: Client, names: list[str]) -> None:
+    for name in names:
+        tenants.delete(kube, name)
+
+
+@pytest.fixture(scope="module")
+def examples(
+    kube: Client, kubectl: list[str], chart_operator: RunningOperator
+) -> Iterator[list[str]]:
+    """examples/, applied as a user would, and Ready — provisioned by the chart's operator."""
+    # Left over from `make demo`: start from nothing, so it is this operator that provisions them.
+    delete_tenants(kube, list(EXAMPLES))
+    for name in EXAMPLES:
+        wait_until(
+            lambda n=name: tenants.namespace_gone(kube, f"tenant-{n}"), f"tenant-{name} gone", 120
+        )
+    run(*kubectl, "apply", "-f", str(REPO / "examples" / "secret-source.yaml"))
+    run(*kubectl, "apply", "-f", str(REPO / "examples"))
+    for name in EXAMPLES:
+        tenants.wait_condition(kube, name, "Ready", timeout=180)
+    yield list(EXAMPLES)
+    delete_tenants(kube, list(EXAMPLES))
+
+
+def test_the_chart_conforms_to_the_cluster_openapi(kubectl: list[str], tmp_path: Path) -> None:
+    """helm template | kubeconform -strict, with schemas from this cluster's own OpenAPI."""
+    variants = {
+        "defaults": {},
+        "single replica": {"replicaCount": "1", "leaderElection.enabled": "false"},
+        "no admission policy or network policy": {
+            "admissionPolicy.enabled": "false",
+            "networkPolicy.enabled": "false",
+            "serviceAccount.create": "false",
+            "serviceAccount.name": "existing",
+        },
+        "metrics scraped from a namespace": {
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name": "monitoring",
+            "image.digest": "sha256:" + "b" * 64,
+            "tolerations[0].key": "dedicated",
+            "tolerations[0].operator": "Exists",
+        },
+    }
+    rendered = {
+        name: template_text(values, include_crds=True).stdout for name, values in variants.items()
+    }
+    example_text = "\n---\n".join(p.read_text() for p in sorted((REPO / "examples").glob("*.yaml")))
+    documents = [
+        doc
+        for text in [*rendered.values(), example_text]
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    custom = {
+        (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])
+        for v in crd["spec"]["versions"]
+    }
+    builtin = {(doc["apiVersion"], doc["kind"]) for doc in documents} - custom
+    out = tmp_path / "schemas"
+    schemas.builtin(kubectl, out, builtin)
+    schemas.custom(kubectl, out, crd)
+
+    def kubeconform(text: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(
+            tool("kubeconform"), "-strict", "-summary",
+            "-schema-location", str(out / schemas.LOCATION), input=text, check=check,
+        )  # fmt: skip
+
+    for name, text in rendered.items():
+        summary = kubeconform(text).stdout
+        assert "Invalid: 0, Errors: 0, Skipped: 0" in summary, f"{name}: {summary}"
+    assert "Invalid: 0, Errors: 0, Skipped: 0" in kubeconform(example_text).stdout
+    # The schemas are strict: a misspelt field in a Deployment or an AgentTenant is caught.
+    deployment = yaml.safe_dump(
+        {
+            **find(template(), "Deployment"),
+            "spec": {**find(template(), "Deployment")["spec"], "replica": 2},
+        }
+    )
+    refused = kubeconform(deployment, check=False)
+    assert refused.returncode != 0 and "replica" in refused.stdout, refused.stdout
+    tenant = yaml.safe_dump(
+        tenants.manifest("typo", {"displayName": "Typo", "sandbox": {"enable": False}})
+    )
+    refused = kubeconform(tenant, check=False)
+    assert refused.returncode != 0 and "enable" in refused.stdout, refused.stdout
+
+
+def test_the_operator_pods_pass_pod_security_restricted(release: Release, kube: Client) -> None:
+    namespace = kube.get(Namespace, RELEASE_NAMESPACE)
+    assert (namespace.metadata.labels or {})["pod-security.kubernetes.io/enforce"] == "restricted"  # type: ignore[union-attr]
+    deployment = kube.get(Deployment, RELEASE, namespace=RELEASE_NAMESPACE)
+    assert deployment.status is not None and deployment.status.availableReplicas == 2
+    pods = list(
+        kube.list(Pod, namespace=RELEASE_NAMESPACE, labels={"app.kubernetes.io/instance": RELEASE})
+    )
+    assert len(pods) == 2
+    assert {pod.spec.serviceAccountName for pod in pods} == {RELEASE}  # type: ignore[union-attr]
+
+
+def test_the_probes_reach_the_operators_liveness_endpoint(
+    release: Release, chart_operator: RunningOperator
+) -> None:
+    container = release.container
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        action = container[probe]["httpGet"]
+        port = ports.get(action["port"], action["port"])
+        url = f"http://127.0.0.1:{port}{action['path']}"
+
+        def answers(url: str = url) -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_until(answers, f"{probe} {url} to answer 200", timeout=60)
+
+
+def test_the_chart_identity_provisions_the_examples(
+    kube: Client, examples: list[str], chart_operator: RunningOperator
+) -> None:
+    for name in examples:
+        ready = tenants.condition(kube, name, "Ready")
+        assert ready["status"] == "True", ready
+    copied = kube.get(Secret, "model-credentials", namespace="tenant-acme")
+    assert copied.data and "api-key" in copied.data
+    # Events are posted (Role in "default") ...
+    posted = [
+        event
+        for event in kube.list(Event, namespace="default", fields={"involvedObject.name": "acme"})
+        if event.reason == "Ready"
+    ]
+    assert posted, "no Ready event about acme in namespace default"
+    # ... and nothing the operator tried was refused.
+    log = chart_operator.log.read_text()
+    refusals = [line for line in log.splitlines() if "Forbidden" in line or " 403" in line]
+    assert not refusals, "\n".join(refusals[:10])
+    assert chart_operator.dropped == []
+
+
+def can_i(kubectl: list[str], verb: str, resource: str, namespace: str | None, *extra: str) -> bool:
+    scope = ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    result = run(
+        *kubectl,
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        *scope,
+        *extra,
+        f"--as={SERVICE_ACCOUNT}",
+        check=False,
+    )
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+TENANT = "tenant-acme"
+NEEDED = [
+    ("list", "agenttenants.tenantry.dev", None),
+    ("watch", "agenttenants.tenantry.dev", None),
+    ("patch", "agenttenants.tenantry.dev", None, "--subresource=status"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
+    *[(verb, "namespaces", None) for verb in ("get", "list", "watch", "create", "patch")],
+    *[(verb, "secrets", TENANT) for verb in ("get", "list", "watch", "create", "patch", "delete")],
+    ("get", "secrets", SECRET_SOURCE_NAMESPACE),
+    *[
+        (verb, kind, TENANT)
+        for kind in (
+            "configmaps",
+            "limitranges",
+            "resourcequotas",
+            "serviceaccounts",
+            "services",
+            "deployments.apps",
+            "networkpolicies.networking.k8s.io",
+        )
+        for verb in ("list", "watch", "create", "patch", "delete")
+    ],
+    ("create", "events", "default"),
+    ("create", "leases.coordination.k8s.io", RELEASE_NAMESPACE),
+    ("get", "leases.coordination.k8s.io/tenantry-leader", RELEASE_NAMESPACE),
+    ("update", "leases.coordination.k8s.io/tenantry-leader", RELEASE_NAMESPACE),
+]
+NOT_NEEDED = [
+    ("*", "*", None),
+    ("*", "*", TENANT),
+    ("update", "secrets", "kube-system"),
+    ("deletecollection", "secrets", "kube-system"),
+    ("update", "secrets", TENANT),
+    ("create", "pods", TENANT, "--subresource=exec"),
+    ("create", "pods", TENANT),
+    ("get", "pods", TENANT),
+    ("get", "configmaps", TENANT),
+    ("delete", "nodes", None),
+    ("get", "nodes", None),
+    ("delete", "namespaces", None),
+    ("update", "namespaces", None),
+    ("create", "clusterroles.rbac.authorization.k8s.io", None),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", TENANT),
+    ("impersonate", "users", None),
+    ("impersonate", "serviceaccounts", "kube-system"),
+    ("create", "serviceaccounts", "kube-system", "--subresource=token"),
+    ("create", "agenttenants.tenantry.dev", None),
+    ("update", "agenttenants.tenantry.dev", None),
+    ("patch", "agenttenants.tenantry.dev", None),
+    ("delete", "agenttenants.tenantry.dev", None),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "events", "kube-system"),
+    ("update", "leases.coordination.k8s.io/kube-scheduler", "kube-system"),
+    ("update", "leases.coordination.k8s.io/another-lease", RELEASE_NAMESPACE),
+    ("delete", "leases.coordination.k8s.io/tenantry-leader", RELEASE_NAMESPACE),
+    ("delete", "validatingadmissionpolicies.admissionregistration.k8s.io", None),
+    ("delete", "validatingadmissionpolicybindings.admissionregistration.k8s.io", None),
+]
+
+
+@pytest.mark.parametrize("question", NEEDED, ids=lambda q: " ".join(x for x in q if x))
+def test_rbac_allows_what_the_operator_needs(
+    release: Release, kubectl: list[str], question: tuple[str, ...]
+) -> None:
+    verb, resource, namespace, *extra = question
+    assert can_i(kubectl, verb, resource, namespace, *extra), (
+        f"{SERVICE_ACCOUNT} may not {question}"
+    )
+
+
+@pytest.mark.parametrize("question", NOT_NEEDED, ids=lambda q: " ".join(x for x in q if x))
+def test_rbac_refuses_what_the_operator_does_not_need(
+    release: Release, kubectl: list[str], question: tuple[str, ...]
+) -> None:
+    verb, resource, namespace, *extra = question
+    assert not can_i(kubectl, verb, resource, namespace, *extra), (
+        f"{SERVICE_ACCOUNT} may {question}"
+    )
+
+
+def denied(attempt: Callable[[], Any]) -> str:
+    with pytest.raises(ApiError) as refused:
+        attempt()
+    assert refused.value.status.code == 403, refused.value.status
+    return str(refused.value.status.message)
+
+
+def test_admission_confines_the_operators_writes_to_tenant_namespaces(
+    sa_client: Client, examples: list[str]
+) -> None:
+    """What RBAC grants everywhere, the chart's ValidatingAdmissionPolicy takes back (dry runs)."""
+    name = f"probe-{uuid.uuid4().hex[:6]}"
+    for namespace in ("kube-system", "default", RELEASE_NAMESPACE, SECRET_SOURCE_NAMESPACE):
+        message = denied(
+            lambda ns=namespace: sa_client.create(
+                Secret(metadata=ObjectMeta(name=name, namespace=ns)), dry_run=True
+            )
+        )
+        assert f"may write only in namespaces it manages, and namespace {namespace}" in message
+    denied(
+        lambda: sa_client.create(
+            ConfigMap(metadata=ObjectMeta(name=name, namespace="kube-system")), dry_run=True
+        )
+    )
+    message = denied(
+        lambda: sa_client.create(Namespace(metadata=ObjectMeta(name=name)), dry_run=True)
+    )
+    assert "may create or change only tenant namespaces" in message
+    tenant_labels = {
+        "app.kubernetes.io/managed-by": "tenantry",
+        "pod-security.kubernetes.io/enforce": "restricted",
+    }
+    # Labelling a namespace as a tenant's does not make it one.
+    denied(
+        lambda: sa_client.apply(
+            Namespace(metadata=ObjectMeta(name="default", labels=tenant_labels)),
+            dry_run=True,
+            force=True,
+        )
+    )
+    # The same requests in or for a tenant namespace pass: the denials above are the policy's.
+    sa_client.create(Secret(metadata=ObjectMeta(name=name, namespace="tenant-acme")), dry_run=True)
+    sa_client.create(Namespace(metadata=ObjectMeta(name=name, labels=tenant_labels)), dry_run=True)
+
+
+def kstatus(kubectl: list[str], name: str) -> dict[str, str]:
+    body = run(*kubectl, "get", "agenttenant", name, "-o", "json").stdout
+    (line,) = run(tool("kstatus"), input=body).stdout.splitlines()
+    result: dict[str, str] = json.loads(line)
+    return result
+
+
+@pytest.fixture(scope="module")
+def stalled_and_converging(
+    kube: Client, chart_operator: RunningOperator
+) -> Iterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:6]
+    names = {"stalled": f"chart-stalled-{suffix}", "converging": f"chart-converging-{suffix}"}
+    # Stalled: the source Secret does not exist; only a human can fix that.
+    tenants.apply(
+        kube,
+        tenants.manifest(
+            names["stalled"], {"secrets": [{"name": "keys", "from": f"absent-{suffix}"}]}
+        ),
+    )
+    # Converging for good: a quota of one pod, for a runtime and a sandbox.
+    tenants.apply(kube, tenants.manifest(names["converging"], {"quota": {"pods": 1}}))
+    tenants.wait_condition(kube, names["stalled"], "Stalled", reason="SecretNotFound")
+    tenants.wait_condition(kube, names["converging"], "Reconciling", timeout=120)
+    yield names
+    delete_tenants(kube, list(names.values()))
+
+
+def test_argocd_and_flux_read_real_statuses(
+    kube: Client,
+    kubectl: list[str],
+    examples: list[str],
+    stalled_and_converging: dict[str, str],
+) -> None:
+    expected = {
+        **{name: ("Healthy", "Current") for name in examples},
+        stalled_and_converging["stalled"]: ("Degraded", "Failed"),
+        stalled_and_converging["converging"]: ("Progressing", "InProgress"),
+    }
+    for name, (argocd, flux) in expected.items():
+        body = json.loads(run(*kubectl, "get", "agenttenant", name, "-o", "json").stdout)
+        health = argocd_health(body)
+        assert health["status"] == argocd, (name, health, body.get("status"))
+        computed = kstatus(kubectl, name)
+        assert computed["status"] == flux, (name, computed, body.get("status"))
+    health = argocd_health(
+        json.loads(
+            run(
+                *kubectl, "get", "agenttenant", stalled_and_converging["stalled"], "-o", "json"
+            ).stdout
+        )
+    )
+    assert health["message"].startswith("SecretNotFound: spec.secrets[0].from"), health
+
+
+def test_the_documented_crd_upgrade_replaces_an_older_crd(
+    kube: Client, kubectl: list[str], release: Release
+) -> None:
+    chart_crd = yaml.safe_load(CRD_FILE.read_text())
+    name = chart_crd["metadata"]["name"]
+    # An older CRD, written as Helm writes CRDs (an update, not an apply): fewer printer
+    # columns, another description, other short names.
+    older = copy.deepcopy(chart_crd)
+    version = older["spec"]["versions"][0]
+    version["additionalPrinterColumns"] = version["additionalPrinterColumns"][:2]
+    version["schema"]["openAPIV3Schema"]["description"] = "An older AgentTenant."
+    older["spec"]["names"]["shortNames"] = ["oldtenant"]
+    older["metadata"]["resourceVersion"] = kube.get(
+        CustomResourceDefinition, name
+    ).metadata.resourceVersion  # type: ignore[union-attr]
+    kube.replace(codecs.from_dict(older), field_manager="helm")
+
+    def live() -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(run(*kubectl, "get", "crd", name, "-o", "json").stdout)
+        return result
+
+    assert live()["spec"]["names"]["shortNames"] == ["oldtenant"]
+    readme = (CHART / "README.md").read_text()
+    section = readme.split("## Upgrading the CRD", 1)[1]
+    (command,) = re.findall(r"^kubectl apply --server-side .*$", section, re.MULTILINE)
+    run(*kubectl, *command.split()[1:], cwd=REPO)
+    upgraded = live()
+    assert upgraded["spec"]["names"]["shortNames"] == chart_crd["spec"]["names"]["shortNames"]
+    (served,) = upgraded["spec"]["versions"]
+    (wanted,) = chart_crd["spec"]["versions"]
+    assert served["additionalPrinterColumns"] == wanted["additionalPrinterColumns"]
+    assert served["schema"] == wanted["schema"]
