@@ -276,34 +276,37 @@ def build_runtime_policy(tenant: AgentTenant, namespace: str, facts: ClusterFact
         {"to": [{"ipBlock": egress_ip_block(rule)}], "ports": [tcp(port) for port in rule.ports]}
         for rule in network.egress
     )
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(tenant, facts, RUNTIME, namespace, RUNTIME),
-        "spec": {
-            "podSelector": {"matchLabels": pod_labels(tenant, RUNTIME)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
-    }
+    return component_policy(tenant, namespace, facts, RUNTIME, ingress, egress)
 
 
 def build_sandbox_policy(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+    from_runtime = {
+        "from": [{"podSelector": {"matchLabels": pod_labels(tenant, RUNTIME)}}],
+        "ports": [tcp(HTTP_PORT)],
+    }
+    # No egress at all, not even DNS.
+    return component_policy(tenant, namespace, facts, SANDBOX, [from_runtime], [])
+
+
+def component_policy(
+    tenant: AgentTenant,
+    namespace: str,
+    facts: ClusterFacts,
+    component: str,
+    ingress: list[dict[str, Any]],
+    egress: list[dict[str, Any]],
+) -> Manifest:
+    """The NetworkPolicy of one component's pods; both directions are always listed, so an
+    empty list denies (and is owned by our field manager, see build_default_deny)."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata(tenant, facts, SANDBOX, namespace, SANDBOX),
+        "metadata": metadata(tenant, facts, component, namespace, component),
         "spec": {
-            "podSelector": {"matchLabels": pod_labels(tenant, SANDBOX)},
+            "podSelector": {"matchLabels": pod_labels(tenant, component)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": pod_labels(tenant, RUNTIME)}}],
-                    "ports": [tcp(HTTP_PORT)],
-                }
-            ],
-            "egress": [],  # no egress at all, not even DNS
+            "ingress": ingress,
+            "egress": egress,
         },
     }
 

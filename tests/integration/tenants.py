@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from lightkube import Client, codecs
@@ -133,3 +138,21 @@ def delete(kube: Client, name: str) -> None:
         if error.status.code != 404:
             raise
     wait_until(lambda: get(kube, name) is None, f"AgentTenant {name} to be deleted")
+
+
+def audit(kubeconfig: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """`tenantry audit --json ARGS` as an admin runs it: exit code and report."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "tenantry"), "audit", "--json", *args],
+        env={
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)

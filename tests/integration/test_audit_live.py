@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tenants
@@ -24,26 +22,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.rbac_v1 import RoleRef, Subject
 from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
-from tenants import SECRET_SOURCE_NAMESPACE
 
 pytestmark = pytest.mark.cluster
-
-
-def audit(kubeconfig: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "tenantry"), "audit", "--json", *args],
-        env={
-            **os.environ,
-            "KUBECONFIG": str(kubeconfig),
-            "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert result.stderr == "" or result.returncode in (0, 1), result.stderr
-    return result.returncode, json.loads(result.stdout)
 
 
 def test_audit_is_clean_for_a_ready_tenant_and_names_each_violation(
@@ -54,7 +34,7 @@ def test_audit_is_clean_for_a_ready_tenant_and_names_each_violation(
     tenants.apply(kube, tenants.manifest(name))
     try:
         tenants.wait_condition(kube, name, "Ready")
-        code, report = audit(kubeconfig, "--tenant", name)
+        code, report = tenants.audit(kubeconfig, "--tenant", name)
         assert (code, report) == (0, {"tenants": [name], "violations": []})
 
         kube.create(
@@ -90,7 +70,7 @@ def test_audit_is_clean_for_a_ready_tenant_and_names_each_violation(
                 ),
             )
         )
-        code, report = audit(kubeconfig, "--tenant", name)
+        code, report = tenants.audit(kubeconfig, "--tenant", name)
         assert code == 1
         found = {(v["check"], v["object"]) for v in report["violations"]}
         assert found >= {

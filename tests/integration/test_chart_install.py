@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -59,6 +58,7 @@ from lightkube.resources.core_v1 import (
     Secret,
     ServiceAccountToken,
 )
+from ports import free_port
 from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
 
@@ -67,13 +67,6 @@ pytestmark = pytest.mark.cluster
 SERVICE_ACCOUNT = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
 EXAMPLES = ("acme", "globex")
 CRD_FILE = CHART / "crds" / "agenttenants.tenantry.dev.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -6,7 +6,6 @@ Slow (minutes): marked `faults`, and part of `make test` all the same.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from lightkube.resources.core_v1 import Namespace, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from operator_process import OperatorProcess
-from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]
@@ -36,19 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def audit_clean(kubeconfig: Path, names: list[str]) -> None:
     for name in names:
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "tenantry"), "audit", "--json", "--tenant", name],
-            env={
-                **os.environ,
-                "KUBECONFIG": str(kubeconfig),
-                "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
-            },
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert result.returncode == 0, (name, result.stdout, result.stderr)
+        code, report = tenants.audit(kubeconfig, "--tenant", name)
+        assert code == 0, report
 
 
 def all_ready(kube: Client, names: list[str], timeout: float) -> None:

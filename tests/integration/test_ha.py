@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from lightkube import AsyncClient, Client, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.networking_v1 import NetworkPolicy
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from tenantry.leader import LEASE_NAME, LeaderElector, Timings
 from tenants import OPERATOR_LABEL
@@ -37,13 +37,6 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 TENANTRY = str(Path(sys.executable).parent / "tenantry")
 LOGS = REPO / ".cache" / "test-logs"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

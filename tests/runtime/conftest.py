@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from runtime_helpers import (
     SANDBOX_TOKEN,
     SANDBOX_UID,
@@ -17,7 +18,6 @@ from runtime_helpers import (
     Service,
     StartSandbox,
     base_env,
-    free_port,
     start_service,
 )
 from scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests

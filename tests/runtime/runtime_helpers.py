@@ -13,7 +13,6 @@ import functools
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -29,13 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65532
 TENANT = "acme"
 SANDBOX_TOKEN = "s3cret-sandbox-token-for-acme"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env(**extra: str) -> dict[str, str]:

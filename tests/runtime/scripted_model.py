@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
-from runtime_helpers import free_port
+from ports import free_port
 
 CODE = "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"

@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_helpers import REPO, TENANT, base_env, free_port, start_service
+from ports import free_port
+from runtime_helpers import REPO, TENANT, base_env, start_service
 
 DOCKERFILE = REPO / "runtime_image" / "Dockerfile"
 CONSTRAINTS = REPO / "runtime_image" / "constraints.txt"

@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from runtime_helpers import SANDBOX_UID, Service, base_env, free_port, json_lines, start_service
+from ports import free_port
+from runtime_helpers import SANDBOX_UID, Service, base_env, json_lines, start_service
 from scripted_model import ScriptedModel
 
 REPO = Path(__file__).resolve().parents[2]

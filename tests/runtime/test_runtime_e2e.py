@@ -17,13 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ports import free_port
 from runtime_helpers import (
     TENANT,
     SandboxHome,
     Service,
     StartSandbox,
     base_env,
-    free_port,
     json_lines,
     start_service,
 )

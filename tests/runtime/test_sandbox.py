@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
+from ports import free_port
 from runtime_helpers import (
     SANDBOX_TOKEN,
     Service,
     StartSandbox,
-    free_port,
     http_get,
     wait_group_gone,
 )
