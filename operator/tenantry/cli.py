@@ -43,6 +43,11 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
         ("secret_source_namespace", "the namespace whose Secrets tenants may copy"),
         ("runtime_image", "the default runtime image"),
         ("sandbox_image", "the default sandbox image"),
+        (
+            "service_account",
+            'the operator\'s ServiceAccount, "namespace/name": Secrets through per-tenant RoleBindings',
+        ),
+        ("secrets_role", "the ClusterRole those RoleBindings grant"),
     ):
         env = f"TENANTRY_{name.upper()}"
         parser.add_argument(
@@ -61,6 +66,8 @@ def operator_config(args: argparse.Namespace, **extra: Any) -> OperatorConfig:
             "secret_source_namespace",
             "runtime_image",
             "sandbox_image",
+            "service_account",
+            "secrets_role",
         )
     }
     try:
@@ -167,7 +174,7 @@ def command_run(args: argparse.Namespace) -> None:
     # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
     import kopf  # noqa: PLC0415
 
-    import tenantry.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from tenantry.handlers import register_children  # noqa: PLC0415 - importing registers the rest
     from tenantry.leader import Timings  # noqa: PLC0415
     from tenantry.logs import configure  # noqa: PLC0415
     from tenantry.metrics import parse_address  # noqa: PLC0415
@@ -188,6 +195,7 @@ def command_run(args: argparse.Namespace) -> None:
             problems.append(f"--metrics-address (env TENANTRY_METRICS_ADDRESS): {error}")
     if problems:
         raise SystemExit("tenantry: invalid configuration:\n  " + "\n  ".join(problems))
+    register_children(config)
     memo = kopf.Memo(config=config, operator_namespace=args.operator_namespace)
     asyncio.run(operate(args, memo, timings))
 

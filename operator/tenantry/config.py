@@ -10,6 +10,11 @@ from tenantry.models import DNS_LABEL, Model
 class OperatorConfig(Model):
     """Settings that apply to every tenant."""
 
+    @property
+    def scoped_secrets(self) -> bool:
+        """Whether Secrets are reached through per-tenant RoleBindings, not cluster-wide rights."""
+        return bool(self.service_account)
+
     namespace_prefix: str = Field(
         "tenant",
         max_length=22,
@@ -32,6 +37,20 @@ class OperatorConfig(Model):
         300.0, gt=0, description="How often every tenant is reconciled even when nothing changed."
     )
     max_concurrent_reconciles: int = Field(8, ge=1, le=256)
+    service_account: str = Field(
+        "",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?)?$",
+        description=(
+            'The operator\'s own ServiceAccount as "namespace/name". When set, each tenant namespace '
+            "gets a RoleBinding that grants it `secrets_role` there, so the operator needs no "
+            "cluster-wide right on Secrets (the Helm chart sets it)."
+        ),
+    )
+    secrets_role: str = Field(
+        "tenantry-tenant-secrets",
+        max_length=253,
+        description="The ClusterRole bound to the operator in each tenant namespace (with service_account).",
+    )
     tenant_selector: str = Field(
         "",
         description="A label selector: only the AgentTenants it selects are reconciled (empty: all).",

@@ -42,6 +42,7 @@ CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
     ("apps", "v1", "deployments"),
     ("", "v1", "services"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 
@@ -113,6 +114,8 @@ class Controller:
             self.forget(name, self.tenants[name]["metadata"].get("uid", ""))
         fresh = ChildCache()
         for kind, resource in APPLIED_KINDS.items():
+            if kind == "Secret" and self.config.scoped_secrets:
+                continue  # not listable cluster-wide then; each reconcile lists its tenant's
             where = {} if kind == "Namespace" else {"namespace": "*"}
             async for obj in client.list(resource, labels={MANAGED_BY: OPERATOR}, **where):  # type: ignore[call-overload]
                 fresh.observe({**obj.to_dict(), "kind": kind}, deleted=False)
@@ -164,11 +167,12 @@ def controller(memo: kopf.Memo) -> Controller:
     return result
 
 
-def configure(settings: kopf.OperatorSettings, tenant_selector: str = "") -> None:
+def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
     # Server-side filters: the API server sends only our children, not every Secret in the cluster.
     # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
-    for group, version, plural in CHILD_RESOURCES:
+    tenant_selector = config.tenant_selector
+    for group, version, plural in watched_children(config):
         settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
     if tenant_selector:
         # Tenants it does not select never reach this process: their children's events and source
@@ -178,7 +182,7 @@ def configure(settings: kopf.OperatorSettings, tenant_selector: str = "") -> Non
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    configure(settings, memo["config"].tenant_selector)
+    configure(settings, memo["config"])
     client = AsyncClient()
     state = Controller(memo["config"], client, memo.get("operator_namespace"))
     memo["controller"] = state
@@ -221,10 +225,18 @@ def child_listed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).children.observe(body, deleted=False)
 
 
-for _group, _version, _plural in CHILD_RESOURCES:
-    kopf.index(_group, _version, _plural, labels={MANAGED_BY: OPERATOR}, id=f"listed-{_plural}")(
-        child_listed
-    )
-    kopf.on.event(_group, _version, _plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{_plural}")(
-        child_event
-    )
+def watched_children(config: OperatorConfig) -> tuple[tuple[str, str, str], ...]:
+    """The child kinds watched cluster-wide. With scoped Secrets the operator may not list
+    Secrets cluster-wide, so each reconcile lists its tenant's instead (see reconcile)."""
+    return tuple(c for c in CHILD_RESOURCES if not (config.scoped_secrets and c[2] == "secrets"))
+
+
+def register_children(config: OperatorConfig) -> None:
+    """Register the child watches; called once by `tenantry run`, before Kopf starts."""
+    for group, version, plural in watched_children(config):
+        kopf.index(group, version, plural, labels={MANAGED_BY: OPERATOR}, id=f"listed-{plural}")(
+            child_listed
+        )
+        kopf.on.event(group, version, plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{plural}")(
+            child_event
+        )

@@ -35,6 +35,7 @@ APPLIED_KINDS: dict[str, Any] = {
     "ConfigMap": ConfigMap,
     "Deployment": Deployment,
     "Service": Service,
+    "RoleBinding": RoleBinding,
 }
 # Everything in a tenant namespace that `tenantry audit` inspects.
 AUDITED_KINDS: tuple[Any, ...] = (
@@ -46,5 +47,4 @@ AUDITED_KINDS: tuple[Any, ...] = (
     Job,
     CronJob,
     Role,
-    RoleBinding,
 )

@@ -30,7 +30,7 @@ from lightkube.resources.core_v1 import (
 from lightkube.types import PatchType
 from pydantic import ValidationError
 
-from tenantry.children import FIELD_MANAGER, ChildKey, LiveChild, apply_reason, child_key
+from tenantry.children import FIELD_MANAGER, ChildKey, LiveChild, apply_reason, child_key, summarize
 from tenantry.config import OperatorConfig
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import (
@@ -41,6 +41,8 @@ from tenantry.models import (
 )
 from tenantry.render import (
     ALLOWED_TENANTS,
+    MANAGED_BY,
+    OPERATOR,
     RUNTIME,
     SANDBOX,
     SANDBOX_TOKEN_SECRET,
@@ -184,6 +186,10 @@ class Reconciler:
                 )
             namespace_exists = existing is not None
         secret_data, secret_types = await self._read_secret_sources(tenant)
+        if self.config.scoped_secrets and namespace_exists:
+            # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
+            # tenant's, through the RoleBinding it got with its namespace.
+            live = {**live, **await self._live_secrets(namespace)}
         token = (
             await self._sandbox_token(uid, namespace, namespace_exists)
             if tenant.spec.sandbox.enabled
@@ -268,6 +274,15 @@ class Reconciler:
                 token = None  # a tampered token is replaced; runtime and sandbox restart together
         self._tokens[uid] = token or secrets.token_urlsafe(32)
         return self._tokens[uid]
+
+    async def _live_secrets(self, namespace: str) -> dict[ChildKey, LiveChild]:
+        found = {}
+        async for secret in self.client.list(
+            Secret, namespace=namespace, labels={MANAGED_BY: OPERATOR}
+        ):
+            body = {**secret.to_dict(), "kind": "Secret"}
+            found[child_key(body)] = summarize(body)
+        return found
 
     async def _create_namespace(self, manifest: Manifest, tenant: AgentTenant, uid: str) -> None:
         # Created, never applied, the first time: a server-side apply would silently take over a

@@ -164,6 +164,24 @@ def build_namespace(tenant: AgentTenant, config: OperatorConfig, facts: ClusterF
     }
 
 
+def build_operator_binding(
+    tenant: AgentTenant, namespace: str, facts: ClusterFacts, config: OperatorConfig
+) -> Manifest:
+    """The operator's own access to Secrets in this namespace, and nowhere else (see config)."""
+    account_namespace, _, account = config.service_account.partition("/")
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(tenant, facts, "tenantry-operator", namespace),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": config.secrets_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_namespace}],
+    }
+
+
 def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
     quota = tenant.spec.quota
     return {
@@ -590,6 +608,11 @@ def render(
     spec = tenant.spec
     children = [
         build_namespace(tenant, config, facts),
+        *(
+            [build_operator_binding(tenant, namespace, facts, config)]
+            if config.scoped_secrets
+            else []
+        ),
         build_resource_quota(tenant, namespace, facts),
         build_limit_range(tenant, namespace, facts),
         build_default_deny(tenant, namespace, facts),

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from chartkit import CHART, K8S_VERSION, REPO, find, helm, kinds, run, template, template_text, tool
-from tenantry.handlers import CHILD_RESOURCES
+from tenantry.config import OperatorConfig
+from tenantry.handlers import CHILD_RESOURCES, watched_children
 
 README = (CHART / "README.md").read_text()
 
@@ -160,11 +161,23 @@ def test_every_object_carries_the_recommended_labels() -> None:
 
 
 def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> None:
-    role = find(template(), "ClusterRole")
+    documents = template()
+    role = find(documents, "ClusterRole", "tenantry")
     for rule in role["rules"]:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
-    children = {(group, plural) for group, _version, plural in CHILD_RESOURCES}
+        assert not rule.get("nonResourceURLs"), rule
+    # The one named rule: the operator may bind the tenant-secrets ClusterRole, and no other.
+    named = [rule for rule in role["rules"] if rule.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "resourceNames": ["tenantry-tenant-secrets"],
+            "verbs": ["bind"],
+        }
+    ]
+    scoped = OperatorConfig(service_account="tenantry-system/tenantry")
+    children = {(group, plural) for group, _version, plural in watched_children(scoped)}
     expected = {
         ("tenantry.dev", "agenttenants"): {"list", "watch"},
         ("tenantry.dev", "agenttenants/status"): {"patch"},
@@ -172,15 +185,23 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
         **{child: {"list", "watch", "create", "patch", "delete"} for child in children},
         # Read before any write (never adopt one); never deleted: garbage collection does that.
         ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
-        # The sandbox token is read back from the tenant namespace; sources are read by name.
-        ("", "secrets"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},
     }
     assert rules_by_resource(role["rules"]) == expected
-    binding = find(template(), "ClusterRoleBinding")
+    assert ("", "secrets") not in rules_by_resource(role["rules"])  # no cluster-wide Secret right
+    binding = find(documents, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "tenantry", "namespace": "tenantry-system"}
     ]
+    # What each tenant namespace's RoleBinding grants, there only.
+    secrets = find(documents, "ClusterRole", "tenantry-tenant-secrets")
+    assert rules_by_resource(secrets["rules"]) == {
+        ("", "secrets"): {"get", "list", "create", "patch", "delete"}
+    }
+    args = operator_container(documents)["args"]
+    assert "--service-account=tenantry-system/tenantry" in args
+    assert "--secrets-role=tenantry-tenant-secrets" in args
 
 
 def test_namespaced_roles_grant_the_lease_and_events_only() -> None:
@@ -199,8 +220,14 @@ def test_namespaced_roles_grant_the_lease_and_events_only() -> None:
     events = find(documents, "Role", "tenantry-events")
     assert events["metadata"]["namespace"] == "default"
     assert events["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    source = find(documents, "Role", "tenantry-secret-source")
+    assert source["metadata"]["namespace"] == "tenantry-secrets"
+    assert source["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}
+    ]
     single = template(VARIANTS["single replica"])
-    assert [r["metadata"]["name"] for r in single if r["kind"] == "Role"] == ["tenantry-events"]
+    roles = [r["metadata"]["name"] for r in single if r["kind"] == "Role"]
+    assert roles == ["tenantry-events", "tenantry-secret-source"]
 
 
 def test_the_admission_policy_covers_every_kind_the_operator_writes() -> None:

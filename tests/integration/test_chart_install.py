@@ -48,6 +48,7 @@ from lightkube import Client, KubeConfig, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.rbac_v1 import RoleRef, Subject
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import (
@@ -58,6 +59,7 @@ from lightkube.resources.core_v1 import (
     Secret,
     ServiceAccountToken,
 )
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from ports import free_port
 from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
@@ -105,6 +107,8 @@ def release(kubeconfig: Path, kube: Client) -> Iterator[Release]:
         ),
         force=True,
     )
+    # The chart's Role for source Secrets lives there: the namespace comes first (chart README).
+    kube.apply(Namespace(metadata=ObjectMeta(name=SECRET_SOURCE_NAMESPACE)), force=True)
     # The operator runs on this machine, where other engineers' operators may run too: its
     # ports are free ones, passed as the chart's values so the flags stay the chart's own.
     values = {"health.port": str(free_port()), "metrics.port": str(free_port())}
@@ -427,8 +431,14 @@ NEEDED = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
     *[(verb, "namespaces", None) for verb in ("get", "list", "watch", "create", "patch")],
-    *[(verb, "secrets", TENANT) for verb in ("get", "list", "watch", "create", "patch", "delete")],
-    ("get", "secrets", SECRET_SOURCE_NAMESPACE),
+    # Secrets in a tenant namespace: through the RoleBinding the operator applied there.
+    *[(verb, "secrets", TENANT) for verb in ("get", "list", "create", "patch", "delete")],
+    *[(verb, "secrets", SECRET_SOURCE_NAMESPACE) for verb in ("get", "list", "watch")],
+    *[
+        (verb, "rolebindings.rbac.authorization.k8s.io", TENANT)
+        for verb in ("list", "watch", "create", "patch", "delete")
+    ],
+    ("bind", "clusterroles.rbac.authorization.k8s.io/tenantry-tenant-secrets", None),
     *[
         (verb, kind, TENANT)
         for kind in (
@@ -450,8 +460,18 @@ NEEDED = [
 NOT_NEEDED = [
     ("*", "*", None),
     ("*", "*", TENANT),
+    # No Secret anywhere but in tenant namespaces and the secret-source namespace.
+    ("get", "secrets", "kube-system"),
+    ("list", "secrets", "kube-system"),
+    ("watch", "secrets", None),
+    ("list", "secrets", None),
+    ("get", "secrets", "default"),
+    ("get", "secrets", RELEASE_NAMESPACE),
+    ("create", "secrets", SECRET_SOURCE_NAMESPACE),
     ("update", "secrets", "kube-system"),
     ("deletecollection", "secrets", "kube-system"),
+    ("watch", "secrets", TENANT),
+    ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", None),
     ("update", "secrets", TENANT),
     ("create", "pods", TENANT, "--subresource=exec"),
     ("create", "pods", TENANT),
@@ -464,7 +484,6 @@ NOT_NEEDED = [
     ("create", "clusterroles.rbac.authorization.k8s.io", None),
     ("bind", "clusterroles.rbac.authorization.k8s.io", None),
     ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
-    ("create", "rolebindings.rbac.authorization.k8s.io", TENANT),
     ("impersonate", "users", None),
     ("impersonate", "serviceaccounts", "kube-system"),
     ("create", "serviceaccounts", "kube-system", "--subresource=token"),
@@ -485,8 +504,9 @@ NOT_NEEDED = [
 
 @pytest.mark.parametrize("question", NEEDED, ids=lambda q: " ".join(x for x in q if x))
 def test_rbac_allows_what_the_operator_needs(
-    release: Release, kubectl: list[str], question: tuple[str, ...]
+    release: Release, kubectl: list[str], examples: list[str], question: tuple[str, ...]
 ) -> None:
+    # After the examples: Secrets in tenant-acme come from the RoleBinding the operator put there.
     verb, resource, namespace, *extra = question
     assert can_i(kubectl, verb, resource, namespace, *extra), (
         f"{SERVICE_ACCOUNT} may not {question}"
@@ -518,15 +538,28 @@ def test_admission_confines_the_operators_writes_to_tenant_namespaces(
     for namespace in ("kube-system", "default", RELEASE_NAMESPACE, SECRET_SOURCE_NAMESPACE):
         message = denied(
             lambda ns=namespace: sa_client.create(
-                Secret(metadata=ObjectMeta(name=name, namespace=ns)), dry_run=True
+                ConfigMap(metadata=ObjectMeta(name=name, namespace=ns)), dry_run=True
             )
         )
         assert f"may write only in namespaces it manages, and namespace {namespace}" in message
-    denied(
-        lambda: sa_client.create(
-            ConfigMap(metadata=ObjectMeta(name=name, namespace="kube-system")), dry_run=True
+        # Secrets there are not even granted: RBAC refuses before admission is asked.
+        message = denied(
+            lambda ns=namespace: sa_client.create(
+                Secret(metadata=ObjectMeta(name=name, namespace=ns)), dry_run=True
+            )
         )
+        assert 'cannot create resource "secrets"' in message
+    # The operator may bind its tenant-secrets role, but only in a tenant namespace: a binding in
+    # kube-system would hand it that namespace's Secrets.
+    secrets_binding = RoleBinding(
+        metadata=ObjectMeta(name=name, namespace="kube-system"),
+        roleRef=RoleRef(
+            apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name="tenantry-tenant-secrets"
+        ),
+        subjects=[Subject(kind="ServiceAccount", name=RELEASE, namespace=RELEASE_NAMESPACE)],
     )
+    message = denied(lambda: sa_client.create(secrets_binding, dry_run=True))
+    assert "may write only in namespaces it manages, and namespace kube-system" in message
     message = denied(
         lambda: sa_client.create(Namespace(metadata=ObjectMeta(name=name)), dry_run=True)
     )
@@ -545,6 +578,8 @@ def test_admission_confines_the_operators_writes_to_tenant_namespaces(
     )
     # The same requests in or for a tenant namespace pass: the denials above are the policy's.
     sa_client.create(Secret(metadata=ObjectMeta(name=name, namespace="tenant-acme")), dry_run=True)
+    secrets_binding.metadata.namespace = "tenant-acme"  # type: ignore[union-attr]
+    sa_client.create(secrets_binding, dry_run=True)
     sa_client.create(Namespace(metadata=ObjectMeta(name=name, labels=tenant_labels)), dry_run=True)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import kopf
-from tenantry.handlers import CHILD_RESOURCES, CHILD_SELECTOR, configure
+from tenantry.config import OperatorConfig
+from tenantry.handlers import CHILD_RESOURCES, CHILD_SELECTOR, configure, watched_children
 
 
 def test_child_watches_carry_a_server_side_label_selector() -> None:
     settings = kopf.OperatorSettings()
-    configure(settings)
+    configure(settings, OperatorConfig())
     for group, version, plural in CHILD_RESOURCES:
         resource = kopf.Resource(group, version, plural)
         assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
@@ -20,10 +21,20 @@ def test_child_watches_carry_a_server_side_label_selector() -> None:
 
 def test_a_tenant_selector_filters_the_tenant_watch_on_the_server_only() -> None:
     settings = kopf.OperatorSettings()
-    configure(settings, tenant_selector="shard=a,!canary")
+    configure(settings, OperatorConfig(tenant_selector="shard=a,!canary"))
     tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
     assert settings.watching.label_selectors.collect(tenants) == ["shard=a,!canary"]
     # Children keep their own selector only: they are matched to known tenants by label.
     for group, version, plural in CHILD_RESOURCES:
         resource = kopf.Resource(group, version, plural)
         assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
+
+
+def test_with_scoped_secrets_no_secret_is_watched_cluster_wide() -> None:
+    # The operator then holds no cluster-wide right on Secrets: a watch would be refused.
+    scoped = OperatorConfig(service_account="tenantry-system/tenantry")
+    assert ("", "v1", "secrets") not in watched_children(scoped)
+    assert ("", "v1", "secrets") in watched_children(OperatorConfig())
+    settings = kopf.OperatorSettings()
+    configure(settings, scoped)
+    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "secrets")) == []

@@ -176,3 +176,28 @@ def test_namespace_is_sticky_once_in_status() -> None:
         AgentTenant.model_validate(body), CONFIG.model_copy(update={"namespace_prefix": "new"})
     )[0]
     assert namespace["metadata"]["name"] == "tenants-acme"
+
+
+def test_scoped_secrets_bind_the_operator_in_the_tenant_namespace_only() -> None:
+    scoped = CONFIG.model_copy(
+        update={
+            "service_account": "tenantry-system/tenantry",
+            "secrets_role": "tenantry-secrets-role",
+        }
+    )
+    children = by_key(render(acme(), scoped, FACTS))
+    binding = children[("RoleBinding", "tenantry-operator")]
+    assert binding["metadata"]["namespace"] == "tenant-acme"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "tenantry-secrets-role",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tenantry", "namespace": "tenantry-system"}
+    ]
+    order = [key for key in by_key(render(acme(), scoped, FACTS))]
+    assert order.index(("RoleBinding", "tenantry-operator")) < order.index(
+        ("Secret", "model-credentials")
+    )
+    assert ("RoleBinding", "tenantry-operator") not in by_key(render(acme(), CONFIG, FACTS))

@@ -57,3 +57,9 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "tenantry.serviceAccou
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+
+{{/* The ClusterRole the operator binds to itself in each tenant namespace (Secrets there). */}}
+{{- define "tenantry.secretsRole" -}}
+{{ include "tenantry.fullname" . }}-tenant-secrets
+{{- end }}
