@@ -152,6 +152,7 @@ def test_api_server_down_for_30_seconds(
 ) -> None:
     prefix = f"a{uuid.uuid4().hex[:4]}-"
     created = [f"{prefix}{i}" for i in range(6)]
+    starts = operator_process.starts
     try:
         for name in created[:4]:
             tenants.apply(kube, tenants.manifest(name))
@@ -166,8 +167,9 @@ def test_api_server_down_for_30_seconds(
         tenants.delete(kube, created[1])
         alive = [created[0], *created[2:]]
         all_ready(kube, alive, timeout=240)
-        assert operator_process.running(), "the operator must recover without a restart"
-        assert operator_process.starts == 1 or operator_process.running()
+        # The same process, never restarted: it recovered by itself.
+        assert operator_process.running(), "the operator exited during the outage"
+        assert operator_process.starts == starts, "the operator must recover without a restart"
         assert ("Deployment", "sandbox") not in tenants.children(kube, f"tenant-{created[0]}")
         wait_until(
             lambda: tenants.namespace_gone(kube, f"tenant-{created[1]}"),
