@@ -83,6 +83,18 @@ def model_spec(secret_from: str) -> dict[str, Any]:
     }
 
 
+def ready_tenant_with_model(
+    kube: Client, new_tenant: NewTenant, prefix: str, api_key: str
+) -> tuple[str, str]:
+    """A Ready tenant whose model key is copied from a source Secret made for it: (tenant, Secret)."""
+    secret_name = f"src-{uuid.uuid4().hex[:6]}"
+    name = new_tenant(prefix=prefix)
+    source_secret(kube, secret_name, allowed=name, data={"api-key": api_key})
+    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
+    tenants.wait_condition(kube, name, "Ready")
+    return name, secret_name
+
+
 def namespace_of(name: str) -> str:
     return f"tenant-{name}"
 
@@ -96,12 +108,8 @@ def running_pods(kube: Client, namespace: str) -> list[Pod]:
 def test_a_tenant_becomes_ready_with_every_child_labelled_owned_and_admitted(
     kube: Client, new_tenant: NewTenant
 ) -> None:
-    secret_name = f"src-{uuid.uuid4().hex[:6]}"
-    name = new_tenant(prefix="ready")
-    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-test"})
-    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
-    ready = tenants.wait_condition(kube, name, "Ready")
-    assert ready["reason"] == "Ready"
+    name, _ = ready_tenant_with_model(kube, new_tenant, "ready", "sk-test")
+    assert tenants.condition(kube, name, "Ready")["reason"] == "Ready"
 
     tenant = tenants.get(kube, name)
     namespace = namespace_of(name)
@@ -182,12 +190,8 @@ def test_a_tenant_becomes_ready_with_every_child_labelled_owned_and_admitted(
 def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
     kube: Client, new_tenant: NewTenant
 ) -> None:
-    secret_name = f"src-{uuid.uuid4().hex[:6]}"
-    name = new_tenant(prefix="change")
-    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-one"})
+    name, secret_name = ready_tenant_with_model(kube, new_tenant, "change", "sk-one")
     spec = model_spec(secret_name)
-    tenants.apply(kube, tenants.manifest(name, spec))
-    tenants.wait_condition(kube, name, "Ready")
     namespace = namespace_of(name)
     token_before = kube.get(Secret, "sandbox-token", namespace=namespace).data["token"]  # type: ignore[index]
     template_before = kube.get(
@@ -245,11 +249,7 @@ def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
 
 
 def test_drift_is_corrected(kube: Client, new_tenant: NewTenant) -> None:
-    secret_name = f"src-{uuid.uuid4().hex[:6]}"
-    name = new_tenant(prefix="drift")
-    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-drift"})
-    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
-    tenants.wait_condition(kube, name, "Ready")
+    name, _ = ready_tenant_with_model(kube, new_tenant, "drift", "sk-drift")
     namespace = namespace_of(name)
     original = kube.get(NetworkPolicy, "default-deny", namespace=namespace).spec.to_dict()  # type: ignore[union-attr]
 
@@ -517,11 +517,7 @@ def test_a_hostile_display_name_is_stored_verbatim_and_injects_nothing(
 
 
 def test_an_idle_tenant_causes_no_writes(kube: Client, new_tenant: NewTenant) -> None:
-    secret_name = f"src-{uuid.uuid4().hex[:6]}"
-    name = new_tenant(prefix="idle")
-    source_secret(kube, secret_name, allowed=name, data={"api-key": "sk-idle"})
-    tenants.apply(kube, tenants.manifest(name, model_spec(secret_name)))
-    tenants.wait_condition(kube, name, "Ready")
+    name, _ = ready_tenant_with_model(kube, new_tenant, "idle", "sk-idle")
     namespace = namespace_of(name)
     time.sleep(2)  # let the last child events settle
     tenant_version = tenants.get(kube, name).metadata.resourceVersion
