@@ -283,6 +283,12 @@ class _Fields:
             )
         return value
 
+    def url(self, key: str) -> str:
+        value = self.text(key)
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{self._where}.{key}={value!r} must be an http(s) URL")
+        return value
+
     def seconds(self, key: str, default: float) -> float:
         value = self._data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -331,21 +337,17 @@ def _parse_model(data: object) -> ModelConfig | None:
     if data is None:
         return None
     fields = _Fields(data, "model", ("model", "baseUrl", "apiKeyFile"))
-    base_url = fields.text("baseUrl")
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"model.baseUrl={base_url!r} must be an http(s) URL")
-    return ModelConfig(fields.text("model"), base_url, Path(fields.text("apiKeyFile")))
+    return ModelConfig(fields.text("model"), fields.url("baseUrl"), Path(fields.text("apiKeyFile")))
 
 
 def _parse_sandbox(data: object) -> SandboxClientConfig | None:
     if data is None:
         return None
     fields = _Fields(data, "sandbox", ("url", "tokenFile", "timeoutSeconds"))
-    url = fields.text("url")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"sandbox.url={url!r} must be an http(s) URL")
     return SandboxClientConfig(
-        url.rstrip("/"), Path(fields.text("tokenFile")), fields.seconds("timeoutSeconds", 30.0)
+        fields.url("url").rstrip("/"),
+        Path(fields.text("tokenFile")),
+        fields.seconds("timeoutSeconds", 30.0),
     )
 
 
