@@ -8,14 +8,17 @@ bomb test that is not bound by it would take the machine down instead of failing
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,18 +67,49 @@ class Service:
         return self.stderr.read_text(errors="replace")
 
 
+def stage_sandbox_packages() -> Path:
+    """Copy what the sandbox server imports to a directory SANDBOX_UID can read.
+
+    The checkout and its virtualenv may sit below a directory private to root (a `mktemp -d`
+    clone, a home directory): that user could not import them from there. The copy is small
+    (the sandbox needs aiohttp and its dependencies, ~15 MB) and removed at exit.
+    """
+    import tenantry_runtime.__main__  # noqa: PLC0415 - loads what the server imports
+    import tenantry_runtime.sandbox  # noqa: F401, PLC0415
+
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    tops = set()
+    for module in list(sys.modules.values()):
+        origin = getattr(module, "__file__", None)
+        if origin and Path(origin).is_relative_to(purelib):
+            tops.add(Path(origin).relative_to(purelib).parts[0])
+    staged = Path(tempfile.mkdtemp(prefix="tenantry-sandbox-python-"))
+    atexit.register(shutil.rmtree, staged, ignore_errors=True)
+    staged.chmod(0o755)
+    sources = [purelib / top for top in tops if not top.startswith(("__editable__", "_distutils"))]
+    for source in [*sources, REPO / "runtime_image" / "tenantry_runtime"]:
+        if source.is_dir():
+            shutil.copytree(
+                source, staged / source.name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(source, staged / source.name)
+    for path in [staged, *staged.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return staged
+
+
 @functools.cache
 def sandbox_python() -> tuple[str, dict[str, str]]:
     """An interpreter (and its env) that can run the sandbox as SANDBOX_UID.
 
     The test's own interpreter may live where that user cannot reach (a home directory
-    private to root); then a system Python of the same minor version runs the sandbox with
-    this environment's packages and the source tree on PYTHONPATH.
+    private to root); then a system Python of the same minor version runs the sandbox, with
+    the packages it needs staged where that user can read them.
     """
     if os.geteuid() != 0:
         return sys.executable, {}
-    paths = [sysconfig.get_paths()["purelib"], str(REPO / "runtime_image")]
-    env = base_env(PYTHONPATH=os.pathsep.join(paths))
+    env = base_env(PYTHONPATH=str(stage_sandbox_packages()))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for candidate in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
         try:
