@@ -25,9 +25,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache"
-KUBECONFIG = STATE / "cluster" / "kubeconfig"
+# The tests' and the demo's cluster is "tenantry"; `make bench` starts its own, beside it.
+CLUSTER_NAME = os.environ.get("TENANTRY_CLUSTER_NAME", "tenantry")
+CLUSTER_STATE = STATE / "cluster" if CLUSTER_NAME == "tenantry" else STATE / CLUSTER_NAME / "cluster"
+KUBECONFIG = CLUSTER_STATE / "kubeconfig"
 KWOK_WORKDIR = STATE / "kwok"
-CLUSTER_NAME = "tenantry"
+# More `kwokctl create cluster` flags, split on spaces (the benchmarks add an audit policy).
+EXTRA_CREATE_ARGS = os.environ.get("TENANTRY_KWOK_CREATE_ARGS", "").split()
 NODE_COUNT = int(os.environ.get("TENANTRY_NODES", "2"))
 TOOLCHAIN = REPO / "e2e" / "toolchain"
 # The same per-user cache that e2e/toolchain/build.sh fills.
@@ -161,6 +165,7 @@ def up() -> None:
                 str(BIN_DIR / "kwok"),
                 "--wait",
                 "3m",
+                *EXTRA_CREATE_ARGS,
             ],
             env=env,
             check=True,
@@ -221,7 +226,7 @@ def down(quiet: bool = False, env: dict[str, str] | None = None) -> None:
 
 
 APISERVER_PID = KWOK_WORKDIR / "clusters" / CLUSTER_NAME / "pids" / "kube-apiserver.pid"
-APISERVER_SAVED = STATE / "cluster" / "kube-apiserver.cmdline"
+APISERVER_SAVED = CLUSTER_STATE / "kube-apiserver.cmdline"
 
 
 def stop_apiserver() -> None:
