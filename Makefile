@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit clean
+.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ $(VENV_STAMP): pyproject.toml
 	@rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
 venv: $(VENV_STAMP) ## create the virtualenv with every dependency
@@ -32,6 +32,7 @@ cluster-up: venv ## start the local control plane (or reuse it); kubeconfig in .
 cluster-down: ## stop the local control plane (and a demo operator), leaving no process behind
 	@$(PYTHON) e2e/demo.py down
 	@$(PYTHON) e2e/cluster.py down
+	@TENANTRY_CLUSTER_NAME=tenantry-bench $(PYTHON) e2e/cluster.py down
 
 demo: cluster-up ## the operator on the local cluster with the example tenants; stays up for exploring
 	@$(BIN)/python e2e/demo.py
@@ -69,6 +70,11 @@ test: lint toolchain ## every test; starts the local control plane when it is no
 test-unit: venv ## only the tests that need no cluster (the chart's need helm and kube-score)
 	@bash e2e/toolchain/build.sh tools >/dev/null
 	$(BIN)/pytest -m "not cluster"
+
+# Not part of `make test`: it takes about an hour and wants the machine to itself.
+bench: venv ## benchmarks on a cluster of their own; writes docs/benchmarks.md and docs/bench/ (SECTIONS=provisioning,latency,runtime)
+	@start=$$SECONDS; $(BIN)/python -m bench; status=$$?; \
+	  echo "make bench: $$((SECONDS - start))s"; exit $$status
 
 clean: cluster-down ## remove the venv and the repo-local state (the per-user binary cache stays)
 	rm -rf $(VENV) .cache

@@ -294,7 +294,7 @@ async def _services(workdir: Path) -> AsyncIterator[_Stack]:
         home = Path(tempfile.mkdtemp(prefix="tenantry-bench-sandbox-"))
         stack.callback(shutil.rmtree, home, ignore_errors=True)
         (home / "workspace").mkdir()
-        token = "bench-sandbox-token"  # noqa: S105 - a loopback sandbox that lives for this run
+        token = "bench-sandbox-token"
         (home / "token").write_text(token + "\n")
         if os.geteuid() == 0:
             for path in (home, home / "workspace", home / "token"):

@@ -27,12 +27,20 @@ REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache"
 # The tests' and the demo's cluster is "tenantry"; `make bench` starts its own, beside it.
 CLUSTER_NAME = os.environ.get("TENANTRY_CLUSTER_NAME", "tenantry")
-CLUSTER_STATE = STATE / "cluster" if CLUSTER_NAME == "tenantry" else STATE / CLUSTER_NAME / "cluster"
+CLUSTER_STATE = (
+    STATE / "cluster" if CLUSTER_NAME == "tenantry" else STATE / CLUSTER_NAME / "cluster"
+)
 KUBECONFIG = CLUSTER_STATE / "kubeconfig"
 KWOK_WORKDIR = STATE / "kwok"
 # More `kwokctl create cluster` flags, split on spaces (the benchmarks add an audit policy).
 EXTRA_CREATE_ARGS = os.environ.get("TENANTRY_KWOK_CREATE_ARGS", "").split()
 NODE_COUNT = int(os.environ.get("TENANTRY_NODES", "2"))
+# "pods=1500,cpu=1000": what each node offers beyond kwok's defaults.
+NODE_ALLOCATABLE = dict(
+    item.split("=", 1)
+    for item in os.environ.get("TENANTRY_NODE_ALLOCATABLE", "").split(",")
+    if item
+)
 TOOLCHAIN = REPO / "e2e" / "toolchain"
 # The same per-user cache that e2e/toolchain/build.sh fills.
 CACHE_ROOT = Path(
@@ -187,6 +195,12 @@ def up() -> None:
             # chart's operator pods) could be scheduled.
             "--param",
             '.allocatable["ephemeral-storage"]="100Gi"',
+            # More room than kwok's defaults (110 pods, 32 CPUs), for the benchmarks' thousands.
+            *(
+                arg
+                for name, value in NODE_ALLOCATABLE.items()
+                for arg in ("--param", f'.allocatable["{name}"]="{value}"')
+            ),
         ],
         env=env,
         check=True,

@@ -45,6 +45,11 @@ API_ERRORS = Counter(
     "code: the HTTP status, or the error's type when no answer came (ConnectError, ReadTimeout).",
     ["source", "code"],
 )
+QUEUE_DEPTH = Gauge(
+    "tenantry_queue_depth",
+    "Tenants waiting for a reconcile or being reconciled now (retries waiting out their backoff "
+    "and the drift timer's spread-out passes are not counted until they are due). 0: idle.",
+)
 RECONCILE_RETRIES = Counter(
     "tenantry_reconcile_retries",
     "Reconciles scheduled again, with exponential backoff, after a pass failed.",

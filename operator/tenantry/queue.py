@@ -43,6 +43,11 @@ class ReconcileQueue:
         elif key not in self._pending:
             self._pending.add(key)
             self._queue.put_nowait(key)
+        self._count()
+
+    def _count(self) -> None:
+        # A key is pending or running, never both; a dirty one is running.
+        metrics.QUEUE_DEPTH.set(len(self._pending) + len(self._running))
 
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
@@ -76,6 +81,7 @@ class ReconcileQueue:
             key = await self._queue.get()
             self._pending.discard(key)
             self._running.add(key)
+            self._count()
             try:
                 await self._work(key)
             except asyncio.CancelledError:
@@ -100,3 +106,4 @@ class ReconcileQueue:
                 if key in self._dirty:
                     self._dirty.discard(key)
                     self.enqueue(key)
+                self._count()

@@ -1,0 +1,1 @@
+"""Benchmarks of Tenantry on the local control plane (`make bench`); see docs/benchmarks.md."""

@@ -1,0 +1,156 @@
+"""`make bench`: run the benchmarks, write docs/bench/*.json, then docs/benchmarks.md and plots.
+
+    python -m bench                                  # everything (about an hour on 2 cores)
+    python -m bench --sections latency --rounds 1    # one section, once
+    python -m bench --report-only                    # re-render the page from the JSON
+
+Each section's raw results go to docs/bench/<section>.json; the page is rendered from whatever
+JSON is there, so one section can be re-run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import control_plane, report
+from bench import runtime as runtime_section
+from bench.harness import REPO, cluster, log
+
+RESULTS = REPO / "docs" / "bench"
+WORKDIR = REPO / ".cache" / "bench"
+SECTIONS = ("provisioning", "latency", "runtime")
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    versions = dict(
+        line.split("=", 1)
+        for line in (REPO / "e2e" / "toolchain" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kubernetes": versions.get("K8S_VERSION", "?"),
+        "kopf": metadata.version("kopf"),
+        "lightkube": metadata.version("lightkube"),
+        "autogen_core": metadata.version("autogen-core"),
+    }
+
+
+async def provisioning(rounds: int, sizes: list[int], rest_interval: float) -> dict[str, Any]:
+    """Sections 1, 3, 4 and 5: they share clusters. Modes alternate which goes first, so a
+    trend in the machine's load does not favour one side."""
+    trials: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    recovery: list[dict[str, Any]] = []
+    rest_count = 500 if 500 in sizes else max(sizes)
+    for round_ in range(rounds):
+        for count in sizes:
+            modes = ("direct", "operator") if round_ % 2 == 0 else ("operator", "direct")
+            for mode in modes:
+                result: dict[str, Any] = {"round": round_, "count": count, "mode": mode}
+                async with control_plane.provisioned(count, mode, WORKDIR, result) as trial:
+                    if mode == "operator" and count == rest_count:
+                        rest.append(await control_plane.at_rest(trial, rest_interval, WORKDIR))
+                    if mode == "operator" and count == max(sizes):
+                        recovery.append(
+                            await control_plane.restart(
+                                trial, control_plane.DEFAULT_DRIFT_SECONDS, WORKDIR
+                            )
+                        )
+                trials.append(result)
+    return {"trials": trials, "rest": rest, "recovery": recovery}
+
+
+async def latency(rounds: int, rates: list[float], duration: float) -> dict[str, Any]:
+    runs = []
+    for round_ in range(rounds):
+        for rate in rates:
+            result = await control_plane.latency(rate, duration, WORKDIR)
+            runs.append({"round": round_, **result})
+    return {"duration_seconds": duration, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sections",
+        default=os.environ.get("SECTIONS") or ",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (env SECTIONS)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of every figure")
+    parser.add_argument("--sizes", default="10,100,500,1000", help="tenants applied at once")
+    parser.add_argument("--rates", default="5,20", help="tenants per second, for latency")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
+    parser.add_argument(
+        "--rest-interval",
+        type=float,
+        default=30.0,
+        help="the drift interval while cost at rest is measured (over 2.2 of them)",
+    )
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"bench: unknown section(s) {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run(args, sections)
+    page = report.render(RESULTS)
+    (REPO / "docs" / "benchmarks.md").write_text(page)
+    log("wrote docs/benchmarks.md")
+
+
+def run(args: argparse.Namespace, sections: list[str]) -> None:
+    for section in sections:
+        started = time.monotonic()
+        log(f"section {section}: started")
+        try:
+            if section == "provisioning":
+                sizes = [int(n) for n in args.sizes.split(",")]
+                data = asyncio.run(provisioning(args.rounds, sizes, args.rest_interval))
+            elif section == "latency":
+                rates = [float(r) for r in args.rates.split(",")]
+                data = asyncio.run(latency(args.rounds, rates, args.duration))
+            else:
+                data = asyncio.run(runtime_section.run(max(5, args.rounds), WORKDIR / "runtime"))
+        finally:
+            if section != "runtime":
+                cluster("down")
+        data["machine"] = environment()
+        data["seconds"] = time.monotonic() - started
+        (RESULTS / f"{section}.json").write_text(json.dumps(data, indent=1) + "\n")
+        log(f"section {section}: {data['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

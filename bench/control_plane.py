@@ -1,0 +1,229 @@
+"""Operator benchmarks on the real control plane: provisioning, latency, cost at rest, memory and
+recovery. Each trial starts on a fresh cluster (see harness) and returns plain JSON data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenantry.config import OperatorConfig
+from tenantry.models import AgentTenant
+from tenantry.render import ClusterFacts, apply_phase, render
+
+from bench.harness import (
+    KUBECONFIG,
+    AuditLog,
+    Operator,
+    ReadyWatch,
+    by_verb,
+    fresh_cluster,
+    log,
+    source_secret,
+    tenant,
+    tenant_names,
+    writes,
+)
+from bench.kube import Kube, gather_limited
+
+# How many tenants the bench applies at once, and how many the baseline writes at once: the same.
+CONCURRENCY = 32
+# The operator's default drift interval: provisioning runs with what users run.
+DEFAULT_DRIFT_SECONDS = 300.0
+
+
+@dataclass
+class Trial:
+    """A provisioned cluster, kept for the measurements that follow on it."""
+
+    kube: Kube
+    audit: AuditLog
+    watch: ReadyWatch
+    watcher: asyncio.Task[None]
+    operator: Operator | None
+    names: list[str]
+
+
+async def write_directly(kube: Kube, name: str, config: OperatorConfig) -> None:
+    """The baseline: the tenant and its children, written by the bench itself.
+
+    The children are what the operator would render (tenantry.render, pure), so both sides
+    write the same objects; only the tenant's uid must be known first (owner references).
+    """
+    created = await kube.apply(tenant(name))
+    secret = source_secret([])
+    facts = ClusterFacts(
+        uid=created["metadata"]["uid"],
+        secret_data={"model-credentials": secret["data"]},
+        secret_types={"model-credentials": "Opaque"},
+        sandbox_token=secrets.token_urlsafe(32),
+    )
+    manifests = render(AgentTenant.model_validate(created), config, facts)
+    # In the operator's order: each phase's children at once, phase after phase.
+    for phase in sorted({apply_phase(m["kind"]) for m in manifests}):
+        await asyncio.gather(*(kube.apply(m) for m in manifests if apply_phase(m["kind"]) == phase))
+
+
+@contextlib.asynccontextmanager
+async def provisioned(
+    count: int, mode: str, workdir: Path, result: dict[str, Any]
+) -> AsyncIterator[Trial]:
+    """Apply `count` tenants at once on a fresh cluster, operator or direct, and wait until all
+    are ready. `result` receives the figures; the trial stays up inside the `with`."""
+    names = tenant_names(count)
+    await fresh_cluster(names)
+    kube = Kube(KUBECONFIG)
+    audit = AuditLog()
+    operator = None
+    if mode == "operator":
+        operator = Operator(
+            workdir / f"operator-{count}-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS
+        )
+        mark = audit.mark()
+        operator.start()
+        await operator.until_watching(audit, mark)
+        result["rss_mib_empty"] = operator.rss_mib()
+    watch = ReadyWatch(kube, mode)
+    watcher = asyncio.create_task(watch.run())
+    trial = Trial(kube, audit, watch, watcher, operator, names)
+    try:
+        mark = audit.mark()
+        started = time.monotonic()
+        if mode == "operator":
+            await gather_limited([kube.apply(tenant(name)) for name in names], CONCURRENCY)
+        else:
+            config = OperatorConfig()
+            await gather_limited([write_directly(kube, n, config) for n in names], CONCURRENCY)
+        result["apply_seconds"] = time.monotonic() - started
+        done = await watch.until(names, timeout=300 + count)
+        result["seconds"] = done - started
+        result["per_tenant_seconds"] = sorted(watch.ready_at[n] - started for n in names)
+        if operator:
+            await operator.until_idle(count, timeout=300)
+            result["rss_mib"] = operator.rss_mib()
+            result["operator_cpu_seconds"] = operator.cpu_seconds()
+        requests = audit.requests(mark)
+        result["requests"] = {
+            agent: by_verb(requests, agent)
+            for agent in ("operator", "bench", "kube-controller-manager", "kube-scheduler", "kwok")
+        }
+        log(f"{mode} N={count}: ready in {result['seconds']:.1f}s")
+        yield trial
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if operator:
+            operator.stop()
+        await kube.close()
+
+
+async def provisioning(count: int, mode: str, workdir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"count": count, "mode": mode}
+    async with provisioned(count, mode, workdir, result):
+        pass
+    return result
+
+
+async def restart(trial: Trial, drift_interval: float, workdir: Path) -> dict[str, Any]:
+    """Stop the operator and start a new one over the tenants in place: time until it is idle
+    again (every tenant reconciled, nothing queued) and the requests it made to get there."""
+    assert trial.operator is not None
+    trial.operator.stop()
+    trial.operator = Operator(workdir / f"operator-restart-{int(time.time())}.log", drift_interval)
+    mark = trial.audit.mark()
+    trial.operator.start()
+    seconds = await trial.operator.until_idle(len(trial.names), timeout=600)
+    requests = by_verb(trial.audit.requests(mark), "operator")
+    return {
+        "count": len(trial.names),
+        "seconds_to_idle": seconds,
+        "requests": requests,
+        "writes": writes(requests),
+        "rss_mib": trial.operator.rss_mib(),
+    }
+
+
+async def at_rest(trial: Trial, drift_interval: float, workdir: Path) -> dict[str, Any]:
+    """Idle tenants over more than two drift periods: requests by whom, writes, etcd revisions."""
+    recovery = await restart(trial, drift_interval, workdir)
+    window = 2.2 * drift_interval
+    kube, audit = trial.kube, trial.audit
+    totals_before = await kube.request_totals()
+    revision_before = await kube.revision()
+    mark = audit.mark()
+    await asyncio.sleep(window)
+    end = audit.mark()
+    revision_after = await kube.revision()
+    totals_after = await kube.request_totals()
+    requests = audit.requests(mark, end)
+    agents = sorted({agent for agent, _ in requests})
+    operator = by_verb(requests, "operator")
+    reads = sum(n for verb, n in operator.items() if verb in ("get", "list"))
+    count = len(trial.names)
+    return {
+        "count": count,
+        "drift_interval_seconds": drift_interval,
+        "window_seconds": window,
+        "restart": recovery,
+        "operator_requests": operator,
+        "operator_writes": writes(operator),
+        "writes_by_agent": {agent: writes(by_verb(requests, agent)) for agent in agents},
+        "apiserver_request_total_delta": {
+            verb: totals_after.get(verb, 0) - totals_before.get(verb, 0)
+            for verb in sorted(totals_after)
+            if totals_after.get(verb, 0) != totals_before.get(verb, 0)
+        },
+        "etcd_revision_delta": revision_after - revision_before,
+        "operator_reads_per_tenant_per_hour": reads / count * 3600 / window,
+        # Reads scale with drift passes: at the default interval there are fewer of them.
+        "operator_reads_per_tenant_per_hour_at_default_interval": reads
+        / count
+        * 3600
+        / window
+        * drift_interval
+        / DEFAULT_DRIFT_SECONDS,
+    }
+
+
+async def latency(rate: float, duration: float, workdir: Path) -> dict[str, Any]:
+    """Tenants arriving at a steady rate: apply → Ready for each."""
+    count = round(rate * duration)
+    names = tenant_names(count)
+    result: dict[str, Any] = {"rate": rate, "count": count}
+    await fresh_cluster(names)
+    kube = Kube(KUBECONFIG)
+    audit = AuditLog()
+    operator = Operator(workdir / f"operator-latency-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS)
+    mark = audit.mark()
+    operator.start()
+    watch = ReadyWatch(kube, "operator")
+    watcher = asyncio.create_task(watch.run())
+    try:
+        await operator.until_watching(audit, mark)
+        sent: dict[str, float] = {}
+        started = time.monotonic()
+
+        async def arrive(index: int, name: str) -> None:
+            await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+            sent[name] = time.monotonic()
+            await kube.apply(tenant(name))
+
+        await asyncio.gather(*(arrive(i, name) for i, name in enumerate(names)))
+        result["arrival_seconds"] = time.monotonic() - started
+        await watch.until(names, timeout=300 + count)
+        result["latencies"] = sorted(watch.ready_at[n] - sent[n] for n in names)
+        log(f"latency at {rate}/s: median {result['latencies'][count // 2]:.2f}s")
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        operator.stop()
+        await kube.close()
+    return result

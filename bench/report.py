@@ -1,0 +1,389 @@
+"""docs/benchmarks.md and its plots, rendered from the raw results in docs/bench/*.json."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from bench import runtime as runtime_section
+
+PAGE_HEADER = """# Benchmarks
+
+Measured by `make bench` on the machine below; every figure is repeated (the *rounds*) and
+shown as **median** (min–max). The machine is noisy, so every comparison is a ratio of two
+measurements taken in the same round, on the same machine, minutes apart. Nothing here is
+asserted by a test. Raw results: [`docs/bench/`](bench/); how the harness works and why:
+[`bench/`](../bench/).
+
+The control-plane figures run on a real kube-apiserver, etcd, kube-controller-manager and
+kube-scheduler ({kubernetes}) with kwok's fake kubelets, all on this one machine. Every trial
+starts on a fresh cluster. That cluster is the tests' cluster with two changes: the client-side
+rate limits of kube-controller-manager and kube-scheduler are lifted (`kwokctl
+--disable-qps-limits`, as clusters of this size are tuned), and the API server writes an audit
+log, which is how each request is attributed to the operator, the bench or a cluster component.
+The operator runs as `tenantry run` with its defaults (8 concurrent reconciles, drift interval
+300 s) unless a table says otherwise.
+
+| machine | |
+|---|---|
+| CPU | {cpus} × {cpu} |
+| memory | {memory_gib} GiB |
+| kernel, Python | {kernel}, {python} |
+| Kubernetes, Kopf, lightkube, autogen-core | {kubernetes}, {kopf}, {lightkube}, {autogen_core} |
+| measured | {date} |
+"""
+
+
+def spread(values: Iterable[float], fmt: str = "{:.2f}") -> str:
+    items = sorted(values)
+    if not items:
+        return "–"
+    middle = fmt.format(statistics.median(items))
+    if len(items) == 1:
+        return middle
+    return f"**{middle}** ({fmt.format(items[0])}–{fmt.format(items[-1])})"
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    rank = max(1, round(fraction * len(sorted_values) + 0.5))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command(text: str) -> str:
+    return f"Reproduce: `{text}`\n"
+
+
+def verbs(counts: dict[str, float], per: float = 1.0) -> str:
+    return ", ".join(f"{verb} {n / per:.3g}" for verb, n in sorted(counts.items())) or "none"
+
+
+def median_verbs(runs: Sequence[dict[str, float]], per: float = 1.0) -> str:
+    keys = sorted({verb for run in runs for verb in run})
+    return verbs({verb: median(run.get(verb, 0) for run in runs) for verb in keys}, per)
+
+
+# ---- sections ------------------------------------------------------------------------------
+
+
+def provisioning_section(data: dict[str, Any], plots: Path, targets: list[list[str]]) -> str:
+    trials = data["trials"]
+    sizes = sorted({t["count"] for t in trials})
+    by = {(t["round"], t["count"], t["mode"]): t for t in trials}
+    rounds = sorted({t["round"] for t in trials})
+
+    def of(count: int, mode: str) -> list[dict[str, Any]]:
+        return [t for t in trials if t["count"] == count and t["mode"] == mode]
+
+    rows = []
+    ratios_at: dict[int, list[float]] = {}
+    for count in sizes:
+        ratios = [
+            by[r, count, "operator"]["seconds"] / by[r, count, "direct"]["seconds"]
+            for r in rounds
+            if (r, count, "operator") in by and (r, count, "direct") in by
+        ]
+        ratios_at[count] = ratios
+        operator = of(count, "operator")
+        per_tenant = [sum(t["requests"]["operator"].values()) / count for t in operator]
+        rows.append(
+            [
+                count,
+                spread(t["seconds"] for t in of(count, "direct")),
+                spread(t["seconds"] for t in operator),
+                spread(ratios),
+                spread((count / t["seconds"] for t in operator), "{:.1f}"),
+                spread(per_tenant, "{:.1f}"),
+                spread((t["operator_cpu_seconds"] for t in operator), "{:.1f}"),
+            ]
+        )
+    largest = max(sizes)
+    targets.append(
+        [
+            f"provisioning time ≤ 1.5× the direct-write baseline at N = {largest}",
+            f"{median(ratios_at[largest]):.2f}×" if ratios_at[largest] else "–",
+            verdict(bool(ratios_at[largest]) and median(ratios_at[largest]) <= 1.5),
+        ]
+    )
+    plot_provisioning(trials, sizes, plots / "provisioning.png")
+    requests = median_verbs([t["requests"]["operator"] for t in of(largest, "operator")], largest)
+    return f"""## 1. Provisioning throughput
+
+N tenants applied at once (32 requests in flight), timed from the first apply until every
+tenant is ready. **Operator**: the bench applies the AgentTenants; `tenantry run` does the rest;
+ready means `Ready=True` for the current generation in the tenant's status (what `kubectl wait`
+and Argo CD check). **Direct** (the baseline): no operator; the bench itself writes each tenant and
+the same 16 children the operator renders (`tenantry.render`, server-side apply, in the
+operator's phases: the namespace, then accounts, policies and Secrets at once, then the
+workloads at once), and a tenant is ready when both its Deployments are available —
+the test the operator makes before it reports Ready. Both wait for the same controllers,
+scheduler and fake kubelets; the operator also writes status twice and posts events.
+
+{command("make bench SECTIONS=provisioning")}
+{table(["N", "direct, s", "operator, s", "operator / direct", "operator tenants/s", "operator requests per tenant", "operator CPU, s"], rows)}
+
+Operator requests per tenant at N = {largest} (median, by verb): {requests}.
+
+![provisioning time against N](bench/provisioning.png)
+"""
+
+
+def memory_section(data: dict[str, Any], plots: Path, targets: list[list[str]]) -> str:
+    operator = [t for t in data["trials"] if t["mode"] == "operator"]
+    sizes = sorted({t["count"] for t in operator})
+    rss = {n: [t["rss_mib"] for t in operator if t["count"] == n] for n in sizes}
+    empty = [t["rss_mib_empty"] for t in operator]
+    # Least squares over every trial: MiB per tenant, so KiB per tenant is ×1024.
+    xs = [t["count"] for t in operator]
+    ys = [t["rss_mib"] for t in operator]
+    slope = statistics.linear_regression(xs, ys).slope if len(set(xs)) > 1 else 0.0
+    rows = [[n, spread(rss[n], "{:.1f}")] for n in sizes]
+    after_restart = [r["rss_mib"] for r in data["recovery"]]
+    largest = max(sizes)
+    targets.append(
+        [
+            f"RSS ≤ 150 MB at {largest} tenants",
+            f"{median(rss[largest]) * 1.048576:.0f} MB ({median(rss[largest]):.0f} MiB)",
+            verdict(median(rss[largest]) * 1.048576 <= 150),
+        ]
+    )
+    fig, axes = plt.subplots(figsize=(6, 3.5))
+    axes.scatter(xs, ys, label="each trial")
+    axes.plot(sizes, [median(rss[n]) for n in sizes], marker="o", label="median")
+    axes.set_xlabel("tenants")
+    axes.set_ylabel("operator RSS, MiB")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    fig.tight_layout()
+    fig.savefig(plots / "memory.png", dpi=110)
+    plt.close(fig)
+    return f"""## 4. Memory
+
+Resident memory (VmRSS) of the operator process once it is idle after provisioning N tenants
+(the trials of section 1). At start, watching, with no tenant: {spread(empty, "{:.1f}")} MiB.
+Growth per tenant (least squares over every trial): **{slope * 1024:.0f} KiB**. After a restart
+over {largest} tenants (section 5) it holds {spread(after_restart, "{:.1f}")} MiB.
+
+{command("make bench SECTIONS=provisioning")}
+{table(["tenants", "RSS, MiB"], rows)}
+
+![operator RSS against tenants](bench/memory.png)
+"""
+
+
+def rest_section(data: dict[str, Any], targets: list[list[str]]) -> str:
+    runs = data["rest"]
+    if not runs:
+        return ""
+    first = runs[0]
+    writes = [r["operator_writes"] for r in runs]
+    targets.append(
+        [
+            "zero writes at rest",
+            f"{max(writes)} operator writes in {len(runs)} windows of {first['window_seconds']:.0f} s",
+            verdict(max(writes) == 0),
+        ]
+    )
+    agents = sorted({a for r in runs for a in r["writes_by_agent"]})
+    rows = [
+        [
+            r.get("round", i),
+            verbs(r["operator_requests"]),
+            r["operator_writes"],
+            r["etcd_revision_delta"],
+            ", ".join(f"{a} {r['writes_by_agent'].get(a, 0)}" for a in agents),
+            verbs(r["apiserver_request_total_delta"]),
+        ]
+        for i, r in enumerate(runs)
+    ]
+    return f"""## 3. Cost at rest
+
+{first["count"]} Ready tenants, nothing changing, watched over {first["window_seconds"]:.0f} s: more
+than two drift periods of an operator started with `--drift-interval {first["drift_interval_seconds"]:.0f}`
+(so that two periods fit in a minute; each period the operator lists every child kind once and
+reconciles every tenant from its caches). Operator requests come from the audit log; the API
+server's own count (`apiserver_request_total`, all clients) and etcd's revision are read before
+and after the window. The revision moves only for the writes of the cluster's own components
+(node heartbeats from kwok, the controllers' leases and events), listed per component.
+
+{command("make bench SECTIONS=provisioning")}
+{table(["round", "operator requests", "operator writes", "etcd revision Δ", "writes by component", "apiserver_request_total Δ (all clients)"], rows)}
+
+Operator reads per tenant per hour: {spread((r["operator_reads_per_tenant_per_hour"] for r in runs), "{:.0f}")}
+at a {first["drift_interval_seconds"]:.0f} s drift interval, which scales to
+{spread((r["operator_reads_per_tenant_per_hour_at_default_interval"] for r in runs), "{:.1f}")} at the
+default 300 s.
+"""
+
+
+def recovery_section(data: dict[str, Any], targets: list[list[str]]) -> str:
+    runs = data["recovery"]
+    if not runs:
+        return ""
+    count = runs[0]["count"]
+    seconds = [r["seconds_to_idle"] for r in runs]
+    targets.append(
+        [
+            f"idle within 60 s after a restart with {count} tenants",
+            f"{median(seconds):.1f} s",
+            verdict(median(seconds) <= 60),
+        ]
+    )
+    rest_restarts = [r["restart"] for r in data["rest"]]
+    extra = ""
+    if rest_restarts:
+        extra = (
+            f"\nThe same restart over {rest_restarts[0]['count']} tenants (section 3's, with a 30 s "
+            f"drift interval): {spread((r['seconds_to_idle'] for r in rest_restarts), '{:.1f}')} s, "
+            f"{median_verbs([r['requests'] for r in rest_restarts])} requests.\n"
+        )
+    return f"""## 5. Recovery
+
+The operator is stopped (SIGTERM) with {count} Ready tenants in place and a new process is
+started: the time from its start until it is idle again — every tenant reconciled and Ready,
+its queue empty (`tenantry_tenants{{condition="Ready"}}` = {count}, `tenantry_queue_depth` = 0) —
+and the requests it made to get there (audit log).
+
+{command("make bench SECTIONS=provisioning")}
+{table(["tenants", "seconds to idle", "requests (median, by verb)", "writes"], [[count, spread(seconds, "{:.1f}"), median_verbs([r["requests"] for r in runs]), spread((r["writes"] for r in runs), "{:.0f}")]])}
+{extra}"""
+
+
+def latency_section(data: dict[str, Any], plots: Path, targets: list[list[str]]) -> str:
+    runs = data["runs"]
+    rates = sorted({r["rate"] for r in runs})
+    rows = []
+    fig, axes = plt.subplots(figsize=(6, 3.5))
+    for rate in rates:
+        at_rate = [r for r in runs if r["rate"] == rate]
+        p = {q: [percentile(r["latencies"], q) for r in at_rate] for q in (0.5, 0.95, 0.99)}
+        rows.append(
+            [f"{rate:g}/s", at_rate[0]["count"], *(spread(p[q]) for q in (0.5, 0.95, 0.99))]
+        )
+        pooled = sorted(x for r in at_rate for x in r["latencies"])
+        axes.plot(pooled, [(i + 1) / len(pooled) for i in range(len(pooled))], label=f"{rate:g}/s")
+        if rate == max(rates):
+            targets.append(
+                [
+                    f"p50 apply → Ready ≤ 1 s at {rate:g} tenants/s",
+                    f"{median(p[0.5]):.2f} s",
+                    verdict(median(p[0.5]) <= 1),
+                ]
+            )
+            targets.append(
+                [
+                    f"p99 apply → Ready ≤ 3 s at {rate:g} tenants/s",
+                    f"{median(p[0.99]):.2f} s",
+                    verdict(median(p[0.99]) <= 3),
+                ]
+            )
+    axes.set_xlabel("apply → Ready, s")
+    axes.set_ylabel("fraction of tenants")
+    axes.grid(alpha=0.3)
+    axes.legend(title="arrival rate")
+    fig.tight_layout()
+    fig.savefig(plots / "latency.png", dpi=110)
+    plt.close(fig)
+    return f"""## 2. Latency
+
+Tenants arrive one at a time at a steady rate for {data["duration_seconds"]:.0f} s, each on its
+own schedule (a late answer does not delay the next arrival). For each tenant: from the moment
+its apply is sent until the watch shows it `Ready=True`. Percentiles are per round (nearest
+rank), then summarized over the rounds.
+
+{command("make bench SECTIONS=latency")}
+{table(["arrival rate", "tenants", "p50, s", "p95, s", "p99, s"], rows)}
+
+![distribution of apply → Ready](bench/latency.png)
+"""
+
+
+def plot_provisioning(trials: list[dict[str, Any]], sizes: list[int], path: Path) -> None:
+    fig, axes = plt.subplots(figsize=(6, 3.5))
+    for mode in ("direct", "operator"):
+        medians, lows, highs = [], [], []
+        for count in sizes:
+            values = [t["seconds"] for t in trials if t["count"] == count and t["mode"] == mode]
+            medians.append(median(values))
+            lows.append(medians[-1] - min(values))
+            highs.append(max(values) - medians[-1])
+        axes.errorbar(sizes, medians, yerr=[lows, highs], marker="o", capsize=3, label=mode)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("tenants applied at once")
+    axes.set_ylabel("seconds until all ready")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render(results: Path) -> str:
+    """The whole page, from whatever sections have results."""
+    targets: list[list[str]] = []
+    parts: list[str] = []
+    durations: list[str] = []
+    environment: dict[str, Any] = {}
+    sections: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
+        (
+            "provisioning",
+            lambda d: [
+                provisioning_section(d, results, targets),
+                rest_section(d, targets),
+                memory_section(d, results, targets),
+                recovery_section(d, targets),
+            ],
+        ),
+        ("latency", lambda d: [latency_section(d, results, targets)]),
+        ("runtime", lambda d: [runtime_section.report(d, results)]),
+    ]
+    for name, build in sections:
+        data = load(results, name)
+        if data is None:
+            parts.append(f"## {name}\n\nNot measured yet: `make bench SECTIONS={name}`.\n")
+            continue
+        environment = environment or data["machine"]
+        durations.append(f"{name} {data['seconds'] / 60:.0f} min")
+        parts += build(data)
+    header = PAGE_HEADER.format(**environment) if environment else "# Benchmarks\n"
+    summary = table(["target", "measured (median)", ""], targets)
+    notes = (Path(__file__).parent / "findings.md").read_text()
+    return "\n".join(
+        [
+            header,
+            f"`make bench` took {', '.join(durations)}.\n",
+            "## Targets\n",
+            summary + "\n",
+            *(p for p in parts if p),
+            notes,
+        ]
+    )
