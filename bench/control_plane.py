@@ -119,8 +119,8 @@ async def provisioned(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        if operator:
-            operator.stop()
+        if trial.operator:  # the one running now: `restart` replaces it
+            trial.operator.stop()
         await kube.close()
 
 

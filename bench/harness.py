@@ -12,6 +12,7 @@ policy that records the user agent, verb and resource of every request.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import json
 import os
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tenantry.children import deployment_health
 from tenantry.crd import build_crd
@@ -289,6 +290,9 @@ def free_port() -> int:
 class Operator:
     """`tenantry run` against the bench cluster, as a user runs it (default flags but these)."""
 
+    # Every process started and not yet stopped: stopped at exit, so a failed run leaves none.
+    running: ClassVar[set[Operator]] = set()
+
     def __init__(self, log_file: Path, drift_interval: float) -> None:
         self.log_file = log_file
         self.drift_interval = drift_interval
@@ -311,6 +315,7 @@ class Operator:
                 stderr=subprocess.STDOUT,
             )
         self.started = time.monotonic()
+        Operator.running.add(self)
         if PROFILE:
             # py-spy samples the operator from outside, so it runs unchanged (see docs/benchmarks.md).
             profile = self.log_file.with_suffix(".profile.txt")
@@ -332,6 +337,7 @@ class Operator:
             )
 
     def stop(self) -> None:
+        Operator.running.discard(self)
         if self.process is None or self.process.poll() is not None:
             return
         if self.profiler is not None:
@@ -343,6 +349,11 @@ class Operator:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    @staticmethod
+    def stop_all() -> None:
+        for operator in list(Operator.running):
+            operator.stop()
 
     @property
     def pid(self) -> int:
@@ -407,3 +418,6 @@ class Operator:
                     return
             await asyncio.sleep(0.2)
         raise TimeoutError("the operator did not start watching AgentTenants")
+
+
+atexit.register(Operator.stop_all)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+
 import kopf
 from tenantry.config import OperatorConfig
-from tenantry.handlers import CHILD_RESOURCES, CHILD_SELECTOR, configure, watched_children
+from tenantry.handlers import (
+    CHILD_RESOURCES,
+    CHILD_SELECTOR,
+    child_event,
+    child_listed,
+    configure,
+    tenant_event,
+    watched_children,
+)
 
 
 def test_child_watches_carry_a_server_side_label_selector() -> None:
@@ -38,3 +48,15 @@ def test_with_scoped_secrets_no_secret_is_watched_cluster_wide() -> None:
     settings = kopf.OperatorSettings()
     configure(settings, scoped)
     assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "secrets")) == []
+
+
+def test_every_event_handler_is_a_coroutine_and_kopf_keeps_no_diff_base() -> None:
+    # Kopf runs plain functions in a thread pool; the queue they feed belongs to the event loop.
+    for handler in (tenant_event, child_event, child_listed):
+        assert inspect.iscoroutinefunction(handler), handler.__name__
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorConfig())
+    storage = settings.persistence.diffbase_storage
+    body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}})
+    assert storage.build(body=body) is None
+    assert storage.fetch(body=body) is None

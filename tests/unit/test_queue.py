@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
 from tenantry.queue import ReconcileQueue
 
 
@@ -71,3 +72,30 @@ async def test_forget_cancels_a_scheduled_retry() -> None:
     await asyncio.sleep(0.1)
     task.cancel()
     assert calls == []
+
+
+async def test_the_depth_gauge_counts_waiting_and_running_keys_and_is_zero_when_idle() -> None:
+    release = asyncio.Event()
+
+    async def work(key: str) -> None:
+        await release.wait()
+
+    def depth() -> float:
+        return REGISTRY.get_sample_value("tenantry_queue_depth") or 0.0
+
+    queue = ReconcileQueue(work, concurrency=1)
+    task = asyncio.create_task(queue.run())
+    for key in ("a", "b", "c", "a"):
+        queue.enqueue(key)
+    assert depth() == 3  # "a" once: coalesced
+    await asyncio.sleep(0.02)
+    queue.enqueue("a")  # while "a" runs: one more pass later, but still one key
+    assert depth() == 3
+    release.set()
+    for _ in range(100):
+        if queue.idle:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert queue.idle
+    assert depth() == 0

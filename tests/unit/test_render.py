@@ -12,7 +12,7 @@ import yaml
 from tenantry.cli import dump_all, load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.models import AgentTenant
-from tenantry.render import ClusterFacts, render
+from tenantry.render import ClusterFacts, apply_phase, render
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -201,3 +201,26 @@ def test_scoped_secrets_bind_the_operator_in_the_tenant_namespace_only() -> None
         ("Secret", "model-credentials")
     )
     assert ("RoleBinding", "tenantry-operator") not in by_key(render(acme(), CONFIG, FACTS))
+
+
+def test_children_are_written_namespace_first_and_workloads_last() -> None:
+    scoped = OperatorConfig(service_account="tenantry-system/tenantry")
+    for config in (OperatorConfig(), scoped):
+        kinds = [
+            m["kind"] for m in render(load_tenants(str(REPO / "examples" / "acme.yaml"))[0], config)
+        ]
+        phases = {kind: apply_phase(kind) for kind in kinds}
+        assert phases["Namespace"] < min(p for k, p in phases.items() if k != "Namespace")
+        # A pod refused for a missing ServiceAccount is retried only after a backoff.
+        before_workloads = {
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "NetworkPolicy",
+            "ResourceQuota",
+        }
+        for kind in before_workloads:
+            assert phases[kind] < phases["Deployment"], kind
+        if config.scoped_secrets:
+            # The operator may write Secrets there only once its RoleBinding exists.
+            assert phases["RoleBinding"] < phases["Secret"]
