@@ -10,7 +10,6 @@ from tenantry.handlers import (
     CHILD_RESOURCES,
     CHILD_SELECTOR,
     child_event,
-    child_listed,
     configure,
     tenant_event,
     watched_children,
@@ -52,7 +51,7 @@ def test_with_scoped_secrets_no_secret_is_watched_cluster_wide() -> None:
 
 def test_every_event_handler_is_a_coroutine_and_kopf_keeps_no_diff_base() -> None:
     # Kopf runs plain functions in a thread pool; the queue they feed belongs to the event loop.
-    for handler in (tenant_event, child_event, child_listed):
+    for handler in (tenant_event, child_event):
         assert inspect.iscoroutinefunction(handler), handler.__name__
     settings = kopf.OperatorSettings()
     configure(settings, OperatorConfig())
