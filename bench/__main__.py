@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from importlib import metadata
@@ -95,6 +96,8 @@ async def latency(rounds: int, rates: list[float], duration: float) -> dict[str,
 
 
 def main() -> None:
+    # SIGTERM (make interrupted, a CI limit) must run the atexit hook that stops the operators.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,

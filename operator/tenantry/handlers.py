@@ -60,6 +60,10 @@ class Controller:
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
         self.outcomes: dict[str, str] = {}
+        # When each tenant's last event came, counted in tenant events: a resync must not forget
+        # a tenant created while it listed (it is in the cache, not in the list).
+        self.events_seen = 0
+        self.last_seen: dict[str, int] = {}
 
     async def reconcile(self, name: str) -> None:
         body = self.tenants.get(name)
@@ -89,16 +93,26 @@ class Controller:
             self.forget(name, body["metadata"].get("uid", ""))
             return
         self.tenants[name] = body
+        self.events_seen += 1
+        self.last_seen[name] = self.events_seen
         self.queue.enqueue(name)
 
     def forget(self, name: str, uid: str) -> None:
         self.tenants.pop(name, None)
+        self.last_seen.pop(name, None)
         self.reconciler.forget(uid)
         self.children.forget(name)
         self.queue.forget(name)
         self.outcomes.pop(name, None)
         metrics.count_tenants(self.outcomes.values())
         logger.info("tenant deleted", extra={"tenant": name})
+
+    def forget_missing(self, listed: set[str], listing_since: int) -> None:
+        """Forget the cached tenants a fresh list no longer has, except those whose events came
+        after the list began: they were created (or changed) while it was read."""
+        for name in set(self.tenants) - listed:
+            if self.last_seen.get(name, 0) <= listing_since:
+                self.forget(name, self.tenants[name]["metadata"].get("uid", ""))
 
     async def resync(self) -> None:
         """Rebuild the caches from fresh lists of tenants and children.
@@ -108,10 +122,10 @@ class Controller:
         in such a gap would stay cached, and never be restored.
         """
         client = self.reconciler.client
+        listing_since = self.events_seen
         # All tenants, whatever --tenant-selector says: only the ones cached here are compared.
         names = {t.metadata.name async for t in client.list(AgentTenantResource)}  # type: ignore[union-attr]
-        for name in set(self.tenants) - names:
-            self.forget(name, self.tenants[name]["metadata"].get("uid", ""))
+        self.forget_missing({str(name) for name in names}, listing_since)
         fresh = ChildCache()
         for kind, resource in APPLIED_KINDS.items():
             if kind == "Secret" and self.config.scoped_secrets:

@@ -9,6 +9,7 @@ from tenantry.config import OperatorConfig
 from tenantry.handlers import (
     CHILD_RESOURCES,
     CHILD_SELECTOR,
+    Controller,
     child_event,
     configure,
     tenant_event,
@@ -59,3 +60,15 @@ def test_every_event_handler_is_a_coroutine_and_kopf_keeps_no_diff_base() -> Non
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}})
     assert storage.build(body=body) is None
     assert storage.fetch(body=body) is None
+
+
+async def test_a_resync_keeps_a_tenant_created_while_it_listed() -> None:
+    controller = Controller(OperatorConfig(), None, None)  # type: ignore[arg-type] # no request is made
+    old = {"type": "ADDED", "object": {"metadata": {"name": "old", "uid": "1"}}}
+    controller.tenant_seen(old)
+    controller.tenant_seen({**old, "object": {"metadata": {"name": "gone", "uid": "2"}}})
+    listing_since = controller.events_seen
+    # The list is being read; meanwhile a tenant is created and its event arrives.
+    controller.tenant_seen({**old, "object": {"metadata": {"name": "new", "uid": "3"}}})
+    controller.forget_missing({"old"}, listing_since)  # the list: only "old" then
+    assert set(controller.tenants) == {"old", "new"}
