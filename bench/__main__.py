@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, write docs/bench/*.json, then docs/benchmarks.md and plots.
 
-    python -m bench                                  # everything (about an hour on 2 cores)
+    python -m bench                                  # everything (about 40 minutes on 2 cores)
     python -m bench --sections latency --rounds 1    # one section, once
     python -m bench --report-only                    # re-render the page from the JSON
 
