@@ -8,6 +8,14 @@ from prometheus_client import REGISTRY
 from tenantry.queue import ReconcileQueue
 
 
+async def until_idle(queue: ReconcileQueue) -> None:
+    """Give the workers up to a second to drain the queue."""
+    for _ in range(100):
+        if queue.idle:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_events_for_one_key_coalesce_and_a_change_during_a_pass_runs_once_more() -> None:
     calls: list[str] = []
     running = 0
@@ -30,10 +38,7 @@ async def test_events_for_one_key_coalesce_and_a_change_during_a_pass_runs_once_
     for _ in range(5):
         queue.enqueue("a")  # while "a" runs: exactly one more pass afterwards
     release.set()
-    for _ in range(100):
-        if queue.idle:
-            break
-        await asyncio.sleep(0.01)
+    await until_idle(queue)
     task.cancel()
     assert calls == ["a", "a"]
     assert most == 1
@@ -92,10 +97,7 @@ async def test_the_depth_gauge_counts_waiting_and_running_keys_and_is_zero_when_
     queue.enqueue("a")  # while "a" runs: one more pass later, but still one key
     assert depth() == 3
     release.set()
-    for _ in range(100):
-        if queue.idle:
-            break
-        await asyncio.sleep(0.01)
+    await until_idle(queue)
     task.cancel()
     assert queue.idle
     assert depth() == 0
