@@ -17,6 +17,7 @@ from tenantry.render import (
     RUNTIME,
     SANDBOX,
     SANDBOX_TOKEN_SECRET,
+    SECRET_SOURCE,
     TENANT_LABEL,
     ClusterFacts,
     render,
@@ -189,6 +190,44 @@ def unexpected(
     return []
 
 
+def secret_findings(
+    tenant: AgentTenant, config: OperatorConfig, live: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """(check, object, detail) for the operator's own Secrets whose contents are not theirs.
+
+    Names alone prove nothing: a model key copied under the sandbox token's name would pass a
+    check of names while the sandbox mounts it. The token Secret must hold the token and nothing
+    else; each copy must say it came from the source the spec names.
+    """
+    found = []
+    token = live.get(("Secret", SANDBOX_TOKEN_SECRET))
+    if tenant.spec.sandbox.enabled and token is not None:
+        keys = sorted(token.get("data") or {})
+        if keys != ["token"]:
+            found.append(
+                (
+                    "sandbox holds no credentials",
+                    ref(token),
+                    f"holds key(s) {', '.join(keys) or 'none'}, not just 'token'",
+                )
+            )
+    for copied in tenant.spec.secrets:
+        secret = live.get(("Secret", copied.name))
+        if secret is None:
+            continue  # reported as missing
+        source = (secret.get("metadata", {}).get("annotations") or {}).get(SECRET_SOURCE)
+        expected = f"{config.secret_source_namespace}/{copied.from_}"
+        if source != expected:
+            found.append(
+                (
+                    "secrets only where needed",
+                    ref(secret),
+                    f"copied from {source!r}, not {expected!r}",
+                )
+            )
+    return found
+
+
 def pod_findings(
     pod: Mapping[str, Any], service_accounts: Mapping[str, Mapping[str, Any]]
 ) -> list[tuple[str, str]]:
@@ -251,6 +290,8 @@ def audit_tenant(
     service_accounts = {
         o["metadata"]["name"]: o for o in objects if o.get("kind") == "ServiceAccount"
     }
+    for check, obj_ref, detail in secret_findings(tenant, config, live):
+        violation(check, obj_ref, detail)
     for obj in objects:
         for check, detail in unexpected(obj, set(rendered), workload_uids, replica_set_uids):
             violation(check, ref(obj), detail)

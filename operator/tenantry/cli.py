@@ -35,6 +35,27 @@ def dump_all(documents: Sequence[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
 
 
+# The platform's policy for tenant manifests (config.py documents each; policy.py applies it).
+POLICY_FLAGS = (
+    (
+        "allowed_images",
+        'images tenants may name, comma-separated; "prefix/" allows a registry or path',
+    ),
+    ("tenant_image_pull_policy", "imagePullPolicy of images tenants name"),
+    ("image_pull_policy", "imagePullPolicy of the default runtime and sandbox images"),
+    ("allowed_runtime_classes", "RuntimeClasses tenants may name, comma-separated"),
+    ("max_quota_cpu", "the largest spec.quota.cpu"),
+    ("max_quota_memory", "the largest spec.quota.memory"),
+    ("max_quota_pods", "the largest spec.quota.pods"),
+    ("namespace_pattern", 'the pattern every spec.namespace must match (empty: "<prefix>-*")'),
+    ("cluster_cidrs", "the cluster's pod, service and node CIDRs, never reached through egress"),
+)
+
+
+def flag_default(value: Any) -> Any:
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by `run` and `render`; each also reads a TENANTRY_* environment variable."""
     defaults = OperatorConfig()
@@ -48,13 +69,14 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
             'the operator\'s ServiceAccount, "namespace/name": Secrets through per-tenant RoleBindings',
         ),
         ("secrets_role", "the ClusterRole those RoleBindings grant"),
+        *POLICY_FLAGS,
     ):
         env = f"TENANTRY_{name.upper()}"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
-            default=os.environ.get(env, getattr(defaults, name)),
-            help=f"{help_text} (env {env}; default %(default)s)",
+            default=os.environ.get(env, flag_default(getattr(defaults, name))),
+            help=f"{help_text} (env {env}; default %(default)r)",
         )
 
 
@@ -68,6 +90,7 @@ def operator_config(args: argparse.Namespace, **extra: Any) -> OperatorConfig:
             "sandbox_image",
             "service_account",
             "secrets_role",
+            *(name for name, _ in POLICY_FLAGS),
         )
     }
     try:
@@ -113,10 +136,22 @@ def command_crd(_: argparse.Namespace) -> None:
 
 
 def command_render(args: argparse.Namespace) -> None:
+    from tenantry.policy import violations  # noqa: PLC0415
+    from tenantry.render import DuplicateChild  # noqa: PLC0415
+
     config = operator_config(args)
-    manifests = [
-        manifest for tenant in load_tenants(args.file) for manifest in render(tenant, config)
-    ]
+    manifests = []
+    for tenant in load_tenants(args.file):
+        problems = violations(tenant, config)
+        if problems:
+            raise SystemExit(
+                f"tenantry: {args.file}: AgentTenant {tenant.name} is not allowed on this cluster:\n"
+                + "\n".join(f"  {field}: {problem}" for field, problem in problems)
+            )
+        try:
+            manifests += render(tenant, config)
+        except DuplicateChild as error:
+            raise SystemExit(f"tenantry: {args.file}: AgentTenant {tenant.name}: {error}") from None
     sys.stdout.write(dump_all(manifests))
 
 

@@ -158,9 +158,15 @@ class Controller:
         await self.queue.run()
 
     def child_seen(self, event: dict[str, Any]) -> None:
-        tenant = self.children.observe(event["object"], deleted=event.get("type") == "DELETED")
+        body = event["object"]
+        tenant = self.children.observe(body, deleted=event.get("type") == "DELETED")
         if tenant and tenant in self.tenants:
-            self.queue.enqueue(tenant)
+            # Only a child the tenant owns wakes it: a label anyone can set does not (the
+            # reconcile ignores such objects too, see reconcile.ours).
+            uid = self.tenants[tenant]["metadata"].get("uid")
+            owners = body.get("metadata", {}).get("ownerReferences") or []
+            if any(owner.get("uid") == uid for owner in owners):
+                self.queue.enqueue(tenant)
 
     async def watch_secret_sources(self) -> None:
         """Reconcile the tenants that copy a source Secret whenever it changes.

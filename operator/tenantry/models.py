@@ -47,6 +47,57 @@ TopicType = Annotated[str, StringConstraints(min_length=1, max_length=63, patter
 # Namespaces the operator never uses for a tenant, whatever the manifest says.
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
+# The names of the children the operator renders in a tenant namespace (render.py uses them;
+# tests/unit/test_render.py keeps the two in step). A Secret the manifest names is copied under
+# its own name, so it must never take one of these: `sandbox-token` is what the sandbox mounts,
+# and a model key copied under that name would land in the sandbox's filesystem. The prefix
+# keeps room for children to come.
+OPERATOR_CHILD_NAMES = (
+    "default",
+    "default-deny",
+    "runtime",
+    "runtime-config",
+    "sandbox",
+    "sandbox-token",
+    "tenant-defaults",
+    "tenant-quota",
+)
+RESERVED_NAME_PREFIX = "tenantry-"
+RESERVED_SECRET_NAME_MESSAGE = (
+    f"spec.secrets[].name must not be one of {', '.join(OPERATOR_CHILD_NAMES)} or start with "
+    f"{RESERVED_NAME_PREFIX!r}: those names belong to the operator's own children; copy the Secret "
+    "under another name"
+)
+
+# Destinations no tenant may ever reach, listed or not: cloud metadata and link-local addresses,
+# "this network", loopback, multicast and reserved space, and the IPv6 forms that carry an IPv4
+# address to wherever it points (IPv4-mapped, NAT64, 6to4, Teredo). A listed CIDR inside one is
+# refused; a broader one is carved around it (render.egress_ip_block).
+NEVER_ALLOWED_RANGES = (
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "168.63.129.16/32",  # Azure WireServer and its DNS
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "2001::/32",
+    "2002::/16",
+    "fe80::/10",
+    "fd00:ec2::254/128",  # AWS metadata over IPv6
+    "ff00::/8",
+)
+NEVER_ALLOWED_MESSAGE = (
+    "spec.network.egress[].cidr must not lie inside a range no tenant may reach (link-local and "
+    "cloud metadata, loopback, this-network, multicast and reserved ranges, and the IPv6 ranges "
+    f"that embed IPv4 addresses: {', '.join(NEVER_ALLOWED_RANGES)}): list the real destination instead"
+)
+
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One CEL validation rule for `x-kubernetes-validations`."""
@@ -190,6 +241,14 @@ class Sandbox(Model):
         alias="timeoutSeconds",
         description="Wall-clock limit of one code execution.",
     )
+    keep_workspace: bool = Field(
+        False,
+        alias="keepWorkspace",
+        description=(
+            "Keep the files code writes from one task to the next. By default each task starts "
+            "with an empty workspace, so nothing one task's code leaves behind reaches another."
+        ),
+    )
     resources: Resources = Field(
         default_factory=Resources, description="Sandbox container resources."
     )
@@ -218,7 +277,13 @@ class EgressRule(Model):
             cel(
                 "isCIDR(self) && cidr(self) == cidr(self).masked()",
                 'must be a CIDR with no host bits set, such as "203.0.113.0/24" or "2001:db8::/32"',
-            )
+            ),
+            cel(
+                "!isCIDR(self) || !["
+                + ", ".join(f"'{r}'" for r in NEVER_ALLOWED_RANGES)
+                + "].exists(r, cidr(r).containsCIDR(self))",
+                NEVER_ALLOWED_MESSAGE,
+            ),
         ),
     )
     ports: Annotated[
@@ -231,11 +296,16 @@ class EgressRule(Model):
     @model_validator(mode="after")
     def _cidr_is_valid(self) -> EgressRule:
         try:
-            ipaddress.ip_network(self.cidr, strict=True)
+            network = ipaddress.ip_network(self.cidr, strict=True)
         except ValueError as error:
             raise ValueError(
                 f'cidr: must be a CIDR with no host bits set, such as "203.0.113.0/24" ({error})'
             ) from None
+        if any(
+            network.version == never.version and network.subnet_of(never)  # type: ignore[arg-type]
+            for never in map(ipaddress.ip_network, NEVER_ALLOWED_RANGES)
+        ):
+            raise ValueError(NEVER_ALLOWED_MESSAGE)
         return self
 
 
@@ -253,10 +323,26 @@ class Network(Model):
     )
 
 
+RESERVED_SECRET_NAME = cel(
+    "!(self.name in ["
+    + ", ".join(f"'{n}'" for n in OPERATOR_CHILD_NAMES)
+    + f"]) && !self.name.startsWith('{RESERVED_NAME_PREFIX}')",
+    RESERVED_SECRET_NAME_MESSAGE,
+    ".name",
+)
+
+
 class SecretRef(Model):
     """A Secret copied into the tenant namespace from the operator's secret-source namespace."""
 
-    name: DnsSubdomain = Field(description="The Secret's name in the tenant namespace.")
+    model_config = ConfigDict(json_schema_extra=schema_extra(RESERVED_SECRET_NAME))
+
+    name: DnsSubdomain = Field(
+        description=(
+            "The Secret's name in the tenant namespace; not a name of the operator's own children "
+            f"({', '.join(OPERATOR_CHILD_NAMES)}, or {RESERVED_NAME_PREFIX}*)."
+        )
+    )
     from_: DnsSubdomain = Field(
         alias="from",
         description=(
@@ -264,6 +350,12 @@ class SecretRef(Model):
             "`tenantry.dev/allowed-tenants` annotation."
         ),
     )
+
+    @model_validator(mode="after")
+    def _name_is_not_reserved(self) -> SecretRef:
+        if self.name in OPERATOR_CHILD_NAMES or self.name.startswith(RESERVED_NAME_PREFIX):
+            raise ValueError(RESERVED_SECRET_NAME_MESSAGE)
+        return self
 
 
 class Quota(Model):

@@ -13,7 +13,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from tenantry.models import (
     RESERVED_NAMESPACES,
     AgentTenant,
 )
+from tenantry.policy import violations
 from tenantry.render import (
     ALLOWED_TENANTS,
     MANAGED_BY,
@@ -49,6 +50,7 @@ from tenantry.render import (
     SANDBOX_TOKEN_SECRET,
     TENANT_LABEL,
     ClusterFacts,
+    DuplicateChild,
     Manifest,
     apply_phase,
     render,
@@ -72,12 +74,36 @@ class TenantGone(Exception):
 
 
 class Stall(Exception):
-    """The tenant cannot converge until a human changes something; nothing was written."""
+    """The tenant cannot converge until a human changes something; nothing was written, unless
+    the stall revoked what the tenant may no longer hold (`revoked`, the groups it changed)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.revoked: tuple[str, ...] = ()
+        self.groups: dict[str, GroupState] = {}
+
+
+@dataclass(frozen=True)
+class SourceRefusal:
+    """A Secret the tenant may not copy (any more): spec.secrets[index]."""
+
+    index: int
+    name: str
+    reason: str
+    message: str
+
+
+def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:
+    """A child of this tenant: owned by its uid, and in its namespace (or that namespace itself).
+
+    Labels alone never decide it: anyone who may label an object could otherwise file one under
+    another tenant, have it pruned on that tenant's behalf, or hide a tampered child from it.
+    """
+    kind, child_namespace, name = key
+    where = name if kind == "Namespace" else child_namespace
+    return uid in child.owner_uids and where == namespace
 
 
 def now() -> str:
@@ -167,6 +193,8 @@ class Reconciler:
             observation = self._stalled(body, generation, "InvalidSpec", describe(error))
         except Stall as stall:
             observation = self._stalled(body, generation, stall.reason, stall.message)
+            if stall.revoked:
+                observation = replace(observation, pruned=stall.revoked, groups=stall.groups)
         await self._report(body, previous, observation)
         return observation
 
@@ -187,6 +215,10 @@ class Reconciler:
     ) -> Observation:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
+        problems = violations(tenant, self.config)
+        if problems:
+            raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
+        live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
         cached = live.get(("Namespace", "", namespace))
         if cached is not None and uid in cached.owner_uids:
             namespace_exists = True  # ours, as the watch last saw it: no need to read it
@@ -199,17 +231,22 @@ class Reconciler:
                     "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
                 )
             namespace_exists = existing is not None
-        secret_data, secret_types = await self._read_secret_sources(tenant)
         if self.config.scoped_secrets and namespace_exists:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
             # tenant's, through the RoleBinding it got with its namespace.
-            live = {**live, **await self._live_secrets(namespace)}
+            live = {**live, **await self._live_secrets(namespace, uid)}
+        secret_data, secret_types = await self._read_secret_sources(tenant, namespace, live)
         token = (
             await self._sandbox_token(uid, namespace, namespace_exists)
             if tenant.spec.sandbox.enabled
             else None
         )
-        desired = render(tenant, self.config, ClusterFacts(uid, secret_data, secret_types, token))
+        try:
+            desired = render(
+                tenant, self.config, ClusterFacts(uid, secret_data, secret_types, token)
+            )
+        except DuplicateChild as error:
+            raise Stall("DuplicateChild", str(error)) from None
 
         was_ready = condition_of(previous, "Ready").get("status") == "True"
         stale = {
@@ -222,6 +259,8 @@ class Reconciler:
             manifest, reason = stale[key]
             if key[0] == "Namespace" and not namespace_exists:
                 await self._create_namespace(manifest, tenant, uid)
+            elif key[0] != "Namespace" and key in live and live[key].foreign_managers:
+                await self._replace(manifest)
             else:
                 await self._apply(manifest)
             logger.info("applied %s (%s)", label(key), reason, extra={"tenant": tenant.name})
@@ -250,30 +289,43 @@ class Reconciler:
         return reserved | {self.operator_namespace} if self.operator_namespace else reserved
 
     async def _read_secret_sources(
-        self, tenant: AgentTenant
+        self, tenant: AgentTenant, namespace: str, live: Mapping[ChildKey, LiveChild]
     ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         source_namespace = self.config.secret_source_namespace
         data: dict[str, dict[str, str]] = {}
         types: dict[str, str] = {}
+        refused: list[SourceRefusal] = []
         for index, ref in enumerate(tenant.spec.secrets):
             field_path = f"spec.secrets[{index}].from"
             source = await self._get(Secret, ref.from_, source_namespace)
             if source is None:
-                raise Stall(
-                    "SecretNotFound",
-                    f"{field_path}: Secret {ref.from_!r} does not exist in namespace {source_namespace!r}: "
-                    "create it there, or correct the name",
+                refused.append(
+                    SourceRefusal(
+                        index,
+                        ref.name,
+                        "SecretNotFound",
+                        f"{field_path}: Secret {ref.from_!r} does not exist in namespace {source_namespace!r}: "
+                        "create it there, or correct the name",
+                    )
                 )
+                continue
             annotations = source.get("metadata", {}).get("annotations") or {}
             allowed = {name.strip() for name in annotations.get(ALLOWED_TENANTS, "").split(",")}
             if tenant.name not in allowed:
-                raise Stall(
-                    "SecretNotAllowed",
-                    f"{field_path}: Secret {source_namespace}/{ref.from_} does not allow tenant {tenant.name!r}: "
-                    f"add it to the Secret's {ALLOWED_TENANTS} annotation (a comma-separated list of tenants)",
+                refused.append(
+                    SourceRefusal(
+                        index,
+                        ref.name,
+                        "SecretNotAllowed",
+                        f"{field_path}: Secret {source_namespace}/{ref.from_} does not allow tenant {tenant.name!r}: "
+                        f"add it to the Secret's {ALLOWED_TENANTS} annotation (a comma-separated list of tenants)",
+                    )
                 )
+                continue
             data[ref.name] = dict(source.get("data") or {})
             types[ref.name] = source.get("type") or "Opaque"
+        if refused:
+            await self._revoke(refused, namespace, live, tenant.name)
         model = tenant.spec.runtime.model
         if model and model.credentials_key not in data.get(model.credentials_secret, {}):
             raise Stall(
@@ -282,6 +334,47 @@ class Reconciler:
                 f"{model.credentials_key!r}: add it to the source Secret, or set credentialsKey",
             )
         return data, types
+
+    async def _revoke(
+        self,
+        refused: list[SourceRefusal],
+        namespace: str,
+        live: Mapping[ChildKey, LiveChild],
+        tenant: str,
+    ) -> None:
+        """Stall on the first refused Secret, first deleting the copies the tenant may no longer
+        hold, and the runtime that mounts them: a running pod keeps a deleted Secret's files, and
+        a rollout would keep the old pod until a new one (which cannot start) is ready."""
+        first = refused[0]
+        stall = Stall(first.reason, first.message)
+        copies = [
+            key for refusal in refused if (key := ("Secret", namespace, refusal.name)) in live
+        ]
+        if copies:
+            runtime = ("Deployment", namespace, RUNTIME)
+            for key in [*copies, runtime]:
+                await self._delete(key)
+                logger.warning("deleted %s: %s", label(key), first.reason, extra={"tenant": tenant})
+            stall.revoked = tuple(label(key) for key in [*copies, runtime])
+            stall.message += (
+                f"; the copy ({', '.join(place(key) for key in copies)}) was deleted and the runtime "
+                "stopped until this is resolved"
+            )
+            stall.groups = {
+                "SecretsReady": GroupState(False, "Revoked", first.message),
+                "RuntimeReady": GroupState(
+                    False, "Stopped", "stopped: a Secret it held was revoked"
+                ),
+            }
+        raise stall
+
+    async def _delete(self, key: ChildKey) -> None:
+        kind, namespace, name = key
+        try:
+            await self.client.delete(APPLIED_KINDS[kind], name, namespace=namespace or None)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
 
     async def _sandbox_token(self, uid: str, namespace: str, namespace_exists: bool) -> str:
         if uid in self._tokens:
@@ -297,13 +390,15 @@ class Reconciler:
         self._tokens[uid] = token or secrets.token_urlsafe(32)
         return self._tokens[uid]
 
-    async def _live_secrets(self, namespace: str) -> dict[ChildKey, LiveChild]:
+    async def _live_secrets(self, namespace: str, uid: str) -> dict[ChildKey, LiveChild]:
         found = {}
         async for secret in self.client.list(
             Secret, namespace=namespace, labels={MANAGED_BY: OPERATOR}
         ):
             body = {**secret.to_dict(), "kind": "Secret"}
-            found[child_key(body)] = summarize(body)
+            key, child = child_key(body), summarize(body)
+            if ours(key, child, uid, namespace):
+                found[key] = child
         return found
 
     async def _create_namespace(self, manifest: Manifest, tenant: AgentTenant, uid: str) -> None:
@@ -343,19 +438,38 @@ class Reconciler:
                 ) from None
             raise
 
+    async def _replace(self, manifest: Manifest) -> None:
+        """Make a child exactly what we render, dropping what others added to it.
+
+        A forced apply takes back the fields we own, but leaves fields another manager added (a
+        label added to a policy's podSelector narrows it to nothing). A replace drops them, and
+        clearing managedFields ([{}]) drops their managers, so the child is ours alone again.
+        """
+        kind = manifest["kind"]
+        body = {**manifest, "metadata": {**manifest["metadata"], "managedFields": [{}]}}
+        try:
+            await self.client.replace(
+                APPLIED_KINDS[kind].from_dict(body), field_manager=FIELD_MANAGER
+            )
+        except ApiError as error:
+            if error.status.code == 404:
+                await self._apply(manifest)  # deleted meanwhile: put it back
+                return
+            if error.status.code in (400, 422):
+                raise Stall(
+                    "Rejected",
+                    f"the API server rejected {label(child_key(manifest))}: {error.status.message}",
+                ) from None
+            raise
+
     async def _prune(
         self, wanted: set[ChildKey], live: Mapping[ChildKey, LiveChild], tenant: str
     ) -> list[str]:
         pruned = []
         for key in sorted(set(live) - wanted):
-            kind, namespace, name = key
-            if kind == "Namespace":
+            if key[0] == "Namespace":
                 continue  # a tenant's namespace goes only with the tenant, by garbage collection
-            try:
-                await self.client.delete(APPLIED_KINDS[kind], name, namespace=namespace or None)
-            except ApiError as error:
-                if error.status.code != 404:
-                    raise
+            await self._delete(key)
             pruned.append(label(key))
             logger.info("deleted %s: no longer in the spec", label(key), extra={"tenant": tenant})
         return pruned

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenantry.config import OperatorConfig
-from tenantry.models import API_VERSION, KIND, AgentTenant, EgressRule, Resources
+from tenantry.models import (
+    API_VERSION,
+    KIND,
+    NEVER_ALLOWED_RANGES,
+    OPERATOR_CHILD_NAMES,
+    AgentTenant,
+    EgressRule,
+    Resources,
+)
 
 Manifest = dict[str, Any]
 
@@ -36,29 +44,34 @@ SANDBOX = "sandbox"
 HTTP_PORT = 8080
 SANDBOX_TOKEN_SECRET = "sandbox-token"  # noqa: S105 - a Secret name
 RUNTIME_CONFIG = "runtime-config"
+DEFAULT_DENY = "default-deny"
+QUOTA = "tenant-quota"
+LIMITS = "tenant-defaults"
+DEFAULT_ACCOUNT = "default"
+OPERATOR_BINDING = "tenantry-operator"
 CONFIG_DIR = "/etc/tenantry"
 SECRETS_DIR = "/var/run/secrets/tenantry"
 SANDBOX_TOKEN_DIR = f"{SECRETS_DIR}/sandbox"
 WORKSPACE_DIR = "/workspace"
-NONROOT_UID = 65532
 TASK_TIMEOUT_SECONDS = 120
+# Each tenant's pods run as users of their own: RLIMIT_NPROC and every other per-user budget
+# on a node counts all processes of one uid, whatever pod they are in, so a shared uid would let
+# one tenant's code hold another's (docs/security.md). Even uids in [2^24, 2^24 + 2^30): the
+# runtime gets one, the sandbox the next, clear of system and subordinate-uid ranges.
+TENANT_UID_BASE = 1 << 24
+TENANT_UID_SLOTS = 1 << 29
+WORKSPACE_SIZE = "256Mi"
+TMP_SIZE = "64Mi"
 
-# Destinations a runtime never reaches through a broader egress rule: cloud metadata
-# (link-local), private and shared address space, loopback. Listing one explicitly allows it.
-BLOCKED_RANGES = tuple(
+# Destinations a runtime never reaches through a broader egress rule: private and shared
+# address space, unless a listed CIDR lies inside one (listing it allows it), and the ranges no
+# tenant may ever reach (models.NEVER_ALLOWED_RANGES: metadata, loopback, IPv4 inside IPv6...),
+# which no listed CIDR may lie inside.
+PRIVATE_RANGES = tuple(
     ipaddress.ip_network(cidr)
-    for cidr in (
-        "169.254.0.0/16",
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "fe80::/10",
-        "fc00::/7",
-        "::1/128",
-    )
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
+BLOCKED_RANGES = PRIVATE_RANGES + tuple(map(ipaddress.ip_network, NEVER_ALLOWED_RANGES))
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,16 @@ def tenant_namespace(tenant: AgentTenant, config: OperatorConfig) -> str:
     if tenant.status and tenant.status.namespace:
         return tenant.status.namespace
     return f"{config.namespace_prefix}-{tenant.name}"
+
+
+def tenant_uid(tenant: AgentTenant, component: str) -> int:
+    """The user (and group) a tenant's runtime or sandbox runs as: its own, not a shared one."""
+    slot = int(hashlib.sha256(tenant.name.encode()).hexdigest()[:16], 16) % TENANT_UID_SLOTS
+    return TENANT_UID_BASE + 2 * slot + (1 if component == SANDBOX else 0)
+
+
+class DuplicateChild(ValueError):
+    """Two children of one tenant would be the same object; the models should refuse this first."""
 
 
 def tenant_labels(tenant: AgentTenant, component: str | None = None) -> dict[str, str]:
@@ -172,7 +195,7 @@ def build_operator_binding(
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": metadata(tenant, facts, "tenantry-operator", namespace),
+        "metadata": metadata(tenant, facts, OPERATOR_BINDING, namespace),
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
@@ -187,7 +210,7 @@ def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFact
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": metadata(tenant, facts, "tenant-quota", namespace),
+        "metadata": metadata(tenant, facts, QUOTA, namespace),
         "spec": {
             "hard": {
                 "requests.cpu": quota.cpu,
@@ -205,7 +228,7 @@ def build_limit_range(tenant: AgentTenant, namespace: str, facts: ClusterFacts) 
     return {
         "apiVersion": "v1",
         "kind": "LimitRange",
-        "metadata": metadata(tenant, facts, "tenant-defaults", namespace),
+        "metadata": metadata(tenant, facts, LIMITS, namespace),
         "spec": {
             "limits": [
                 {
@@ -224,7 +247,7 @@ def build_default_deny(tenant: AgentTenant, namespace: str, facts: ClusterFacts)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": metadata(tenant, facts, "default-deny", namespace),
+        "metadata": metadata(tenant, facts, DEFAULT_DENY, namespace),
         "spec": {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
@@ -234,13 +257,19 @@ def build_default_deny(tenant: AgentTenant, namespace: str, facts: ClusterFacts)
     }
 
 
-def egress_ip_block(rule: EgressRule) -> dict[str, Any]:
+def egress_ip_block(rule: EgressRule, config: OperatorConfig) -> dict[str, Any]:
     network = ipaddress.ip_network(rule.cidr)
-    excluded = [
-        str(blocked)
-        for blocked in BLOCKED_RANGES
-        if blocked.version == network.version and blocked != network and blocked.subnet_of(network)  # type: ignore[arg-type]
-    ]
+    blocked_ranges = BLOCKED_RANGES + tuple(map(ipaddress.ip_network, config.cluster_cidrs))
+    excluded = sorted(
+        {
+            str(blocked)
+            for blocked in blocked_ranges
+            if blocked.version == network.version
+            and blocked != network
+            and blocked.subnet_of(network)  # type: ignore[arg-type]
+        },
+        key=lambda cidr: ipaddress.ip_network(cidr).network_address.packed,
+    )
     block: dict[str, Any] = {"cidr": str(network)}
     if excluded:
         block["except"] = excluded
@@ -251,7 +280,15 @@ def tcp(port: int) -> dict[str, Any]:
     return {"protocol": "TCP", "port": port}
 
 
-def build_runtime_policy(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+# Added to every caller's namespace selector: whatever labels a tenant's manifest trusts, no
+# tenant namespace (the operator labels each, and only cluster admins can relabel namespaces)
+# is ever among its callers.
+NOT_A_TENANT_NAMESPACE = {"key": MANAGED_BY, "operator": "NotIn", "values": [OPERATOR]}
+
+
+def build_runtime_policy(
+    tenant: AgentTenant, namespace: str, facts: ClusterFacts, config: OperatorConfig
+) -> Manifest:
     network = tenant.spec.network
     ingress = (
         [
@@ -259,7 +296,8 @@ def build_runtime_policy(tenant: AgentTenant, namespace: str, facts: ClusterFact
                 "from": [
                     {
                         "namespaceSelector": {
-                            "matchLabels": dict(peer.namespace_selector.match_labels)
+                            "matchLabels": dict(peer.namespace_selector.match_labels),
+                            "matchExpressions": [NOT_A_TENANT_NAMESPACE],
                         }
                     }
                     for peer in network.ingress_from
@@ -291,7 +329,10 @@ def build_runtime_policy(tenant: AgentTenant, namespace: str, facts: ClusterFact
             }
         )
     egress.extend(
-        {"to": [{"ipBlock": egress_ip_block(rule)}], "ports": [tcp(port) for port in rule.ports]}
+        {
+            "to": [{"ipBlock": egress_ip_block(rule, config)}],
+            "ports": [tcp(port) for port in rule.ports],
+        }
         for rule in network.egress
     )
     return component_policy(tenant, namespace, facts, RUNTIME, ingress, egress)
@@ -425,13 +466,13 @@ def build_runtime_config(tenant: AgentTenant, namespace: str, facts: ClusterFact
     }
 
 
-def container_security() -> dict[str, Any]:
+def container_security(uid: int) -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
-        "runAsUser": NONROOT_UID,
-        "runAsGroup": NONROOT_UID,
+        "runAsUser": uid,
+        "runAsGroup": uid,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -454,6 +495,7 @@ def deployment(
     template_annotations: Mapping[str, str],
 ) -> Manifest:
     selector = pod_labels(tenant, component)
+    uid = tenant_uid(tenant, component)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -469,9 +511,9 @@ def deployment(
                     "enableServiceLinks": False,
                     "securityContext": {
                         "runAsNonRoot": True,
-                        "runAsUser": NONROOT_UID,
-                        "runAsGroup": NONROOT_UID,
-                        "fsGroup": NONROOT_UID,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     **pod_spec,
@@ -479,6 +521,22 @@ def deployment(
             },
         },
     }
+
+
+def image_and_pull_policy(
+    chosen: str | None, default: str, config: OperatorConfig
+) -> dict[str, str]:
+    """A tenant's own image is pulled every time: the node then checks the tenant's right to pull
+    it, instead of starting whatever another tenant's pull left in its cache."""
+    if chosen and chosen != default:
+        return {"image": chosen, "imagePullPolicy": config.tenant_image_pull_policy}
+    return {"image": default, "imagePullPolicy": config.image_pull_policy}
+
+
+def memory_volume(name: str, size: str) -> dict[str, Any]:
+    """A tmpfs of a hard size, counted in the pod's memory limit: filling it fails a write in
+    that pod instead of pushing the node's disk into pressure (and evicting other tenants)."""
+    return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
 
 
 def http_probe(path: str) -> dict[str, Any]:
@@ -495,7 +553,7 @@ def build_runtime_deployment(
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": RUNTIME_CONFIG}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        memory_volume("tmp", TMP_SIZE),
     ]
     for index, secret in enumerate(spec.secrets):
         volume = f"secret-{index}"
@@ -516,7 +574,7 @@ def build_runtime_deployment(
     )
     container = {
         "name": RUNTIME,
-        "image": spec.runtime.image or config.runtime_image,
+        **image_and_pull_policy(spec.runtime.image, config.runtime_image, config),
         "args": ["serve"],
         "env": env(
             {
@@ -530,7 +588,7 @@ def build_runtime_deployment(
         "readinessProbe": http_probe("/readyz"),
         "livenessProbe": http_probe("/healthz"),
         "resources": resources(spec.runtime.resources),
-        "securityContext": container_security(),
+        "securityContext": container_security(tenant_uid(tenant, RUNTIME)),
         "volumeMounts": mounts,
     }
     return deployment(
@@ -549,7 +607,7 @@ def build_sandbox_deployment(
     sandbox = tenant.spec.sandbox
     container = {
         "name": SANDBOX,
-        "image": sandbox.image or config.sandbox_image,
+        **image_and_pull_policy(sandbox.image, config.sandbox_image, config),
         "args": ["sandbox"],
         "env": env(
             {
@@ -557,6 +615,7 @@ def build_sandbox_deployment(
                 "TENANTRY_SANDBOX_TOKEN_FILE": f"{SANDBOX_TOKEN_DIR}/token",
                 "TENANTRY_SANDBOX_WORKDIR": WORKSPACE_DIR,
                 "TENANTRY_SANDBOX_TIMEOUT_SECONDS": str(sandbox.timeout_seconds),
+                "TENANTRY_SANDBOX_KEEP_WORKSPACE": "true" if sandbox.keep_workspace else "false",
                 "TENANTRY_PORT": str(HTTP_PORT),
             }
         ),
@@ -564,7 +623,7 @@ def build_sandbox_deployment(
         "readinessProbe": http_probe("/healthz"),
         "livenessProbe": http_probe("/healthz"),
         "resources": resources(sandbox.resources),
-        "securityContext": container_security(),
+        "securityContext": container_security(tenant_uid(tenant, SANDBOX)),
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
@@ -574,8 +633,8 @@ def build_sandbox_deployment(
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [
-            {"name": "workspace", "emptyDir": {"sizeLimit": "1Gi"}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+            memory_volume("workspace", WORKSPACE_SIZE),
+            memory_volume("tmp", TMP_SIZE),
             {"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}},
         ],
     }
@@ -627,9 +686,9 @@ def render(
         build_resource_quota(tenant, namespace, facts),
         build_limit_range(tenant, namespace, facts),
         build_default_deny(tenant, namespace, facts),
-        build_runtime_policy(tenant, namespace, facts),
+        build_runtime_policy(tenant, namespace, facts, config),
         # The namespace's "default" account would hand a token to any pod that names no other.
-        build_service_account(tenant, namespace, facts, "default"),
+        build_service_account(tenant, namespace, facts, DEFAULT_ACCOUNT),
         build_service_account(tenant, namespace, facts, RUNTIME),
         *(
             build_copied_secret(tenant, namespace, facts, s.name, s.from_, config)
@@ -649,4 +708,20 @@ def render(
         build_runtime_deployment(tenant, namespace, facts, config),
         build_service(tenant, namespace, facts, RUNTIME),
     ]
-    return [stamp(child) for child in children]
+    return [stamp(child) for child in unique(children)]
+
+
+def unique(children: list[Manifest]) -> list[Manifest]:
+    """Refuse two children that would be one object: applied in turn, each would overwrite the
+    other on every pass (a model key copied as `sandbox-token` would land in the sandbox)."""
+    seen: set[tuple[str, str, str]] = set()
+    for child in children:
+        meta = child["metadata"]
+        key = (child["kind"], meta.get("namespace") or "", meta["name"])
+        if key in seen:
+            raise DuplicateChild(
+                f"{key[0]} {key[2]} would be rendered twice: rename the one spec.secrets names "
+                f"(the operator's own children are named {', '.join(OPERATOR_CHILD_NAMES)})"
+            )
+        seen.add(key)
+    return children

@@ -106,8 +106,15 @@ def build_status(
             ),
             make(STALLED, True, reason, message),
         ]
-        # Group conditions keep what was last observed: a refused change touched nothing.
-        conditions += [before[kind] for kind in GROUPS if kind in before]
+        # Group conditions keep what was last observed (a refused change touched nothing), but
+        # for the groups the stall itself changed (a revoked Secret, and the runtime it stopped).
+        conditions += [
+            make(kind, state.ok, state.reason, state.message)
+            for kind, state in observation.groups.items()
+        ]
+        conditions += [
+            before[kind] for kind in GROUPS if kind in before and kind not in observation.groups
+        ]
     else:
         waiting = [
             f"{kind}: {state.message or state.reason}"

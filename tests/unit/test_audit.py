@@ -27,7 +27,8 @@ TENANT = AgentTenant.model_validate(
 
 def live_objects() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The rendered children as they sit in a healthy cluster, with the pods they run."""
-    manifests = copy.deepcopy(render(TENANT, CONFIG, ClusterFacts(uid=UID)))
+    facts = ClusterFacts(uid=UID, secret_data={"model": {"api-key": "c2s="}}, sandbox_token="t")
+    manifests = copy.deepcopy(render(TENANT, CONFIG, facts))
     namespace, children = manifests[0], manifests[1:]
     objects: list[dict[str, Any]] = []
     for child in children:
@@ -140,3 +141,25 @@ def test_a_pod_inherits_token_mounting_from_its_service_account() -> None:
     assert ("no service-account tokens", "Pod/tenant-acme/runtime-1-a") in checks(
         namespace, objects
     )
+
+
+def test_a_sandbox_token_secret_that_holds_a_model_key() -> None:
+    """Finding: a model key copied under the token's name passed an audit that checked names."""
+    namespace, objects = live_objects()
+    token = find(objects, "Secret", "sandbox-token")
+    token["data"] = {"api-key": "c2stbGVha2Vk"}
+    found = audit_tenant(TENANT, UID, CONFIG, namespace, objects)
+    assert {(f.check, f.object, f.detail) for f in found} == {
+        (
+            "sandbox holds no credentials",
+            "Secret/tenant-acme/sandbox-token",
+            "holds key(s) api-key, not just 'token'",
+        )
+    }
+
+
+def test_a_copy_that_came_from_another_source() -> None:
+    namespace, objects = live_objects()
+    copied = find(objects, "Secret", "model")
+    copied["metadata"]["annotations"]["tenantry.dev/source"] = "tenantry-secrets/globex-model"
+    assert checks(namespace, objects) == {("secrets only where needed", "Secret/tenant-acme/model")}

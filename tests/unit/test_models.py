@@ -130,3 +130,54 @@ def test_the_operator_refuses_reserved_namespaces_even_past_the_api_server(names
 
 def test_an_ordinary_namespace_is_accepted() -> None:
     check_namespace_name("tenant-acme", RESERVED_NAMESPACES)
+
+
+RESERVED_SECRET_NAMES = [
+    "sandbox-token",
+    "runtime-config",
+    "runtime",
+    "sandbox",
+    "default",
+    "default-deny",
+    "tenant-quota",
+    "tenant-defaults",
+    "tenantry-operator",
+    "tenantry-anything",
+]
+
+
+@pytest.mark.parametrize("name", RESERVED_SECRET_NAMES)
+def test_a_copied_secret_cannot_take_an_operator_childs_name(name: str) -> None:
+    """Finding: `secrets: [{name: sandbox-token, ...}]` put a model key into the sandbox."""
+    with pytest.raises(ValidationError, match=r"spec.secrets\[\]\.name must not be one of"):
+        tenant({"secrets": [{"name": name, "from": "acme-openai"}]})
+
+
+NEVER_REACHABLE = [
+    "169.254.169.254/32",  # cloud metadata, listed on its own
+    "169.254.0.0/16",
+    "168.63.129.16/32",  # Azure WireServer
+    "100.100.100.200/32",
+    "0.0.0.0/8",
+    "127.0.0.1/32",
+    "224.0.0.0/24",
+    "::ffff:a9fe:a9fe/128",  # 169.254.169.254, IPv4-mapped
+    "64:ff9b::a9fe:a9fe/128",  # the same through NAT64
+    "2002:a9fe:a9fe::/48",  # and through 6to4
+    "fe80::/64",
+    "fd00:ec2::254/128",
+    "::1/128",
+]
+
+
+@pytest.mark.parametrize("cidr", NEVER_REACHABLE)
+def test_egress_inside_a_never_reachable_range_is_refused(cidr: str) -> None:
+    with pytest.raises(ValidationError, match=r"must not lie inside a range no tenant may reach"):
+        tenant({"network": {"egress": [{"cidr": cidr, "ports": [80]}]}})
+
+
+@pytest.mark.parametrize(
+    "cidr", ["10.20.0.0/16", "203.0.113.0/24", "0.0.0.0/0", "::/0", "2001:db8::/32"]
+)
+def test_egress_outside_or_around_those_ranges_is_accepted(cidr: str) -> None:
+    tenant({"network": {"egress": [{"cidr": cidr, "ports": [443]}]}})

@@ -224,3 +224,128 @@ def test_children_are_written_namespace_first_and_workloads_last() -> None:
         if config.scoped_secrets:
             # The operator may write Secrets there only once its RoleBinding exists.
             assert phases["RoleBinding"] < phases["Secret"]
+
+
+def test_two_children_with_one_name_are_refused_whatever_let_them_through() -> None:
+    """Finding: a copied Secret named sandbox-token rendered two Secret/sandbox-token manifests,
+    applied in turn on alternate passes. The models refuse the name; rendering refuses the pair."""
+    from tenantry.models import AgentTenantSpec, SecretRef  # noqa: PLC0415
+    from tenantry.render import DuplicateChild  # noqa: PLC0415
+
+    # model_construct skips validation, as a future bug in the models would.
+    spec = AgentTenantSpec.model_construct(
+        **{
+            **acme().spec.__dict__,
+            "secrets": [SecretRef.model_construct(name="sandbox-token", from_="acme-openai")],
+        }
+    )
+    smuggled = acme().model_copy(update={"spec": spec})
+    with pytest.raises(DuplicateChild, match="Secret sandbox-token would be rendered twice"):
+        render(smuggled, CONFIG, FACTS)
+
+
+def test_every_name_the_operator_renders_is_reserved_from_copied_secrets() -> None:
+    from tenantry.models import OPERATOR_CHILD_NAMES, RESERVED_NAME_PREFIX  # noqa: PLC0415
+
+    scoped = OperatorConfig(service_account="tenantry-system/tenantry")
+    for config in (CONFIG, scoped):
+        for manifest in render(acme(), config, FACTS)[1:]:
+            name = manifest["metadata"]["name"]
+            copied = {s.name for s in acme().spec.secrets}
+            assert (
+                name in OPERATOR_CHILD_NAMES
+                or name.startswith(RESERVED_NAME_PREFIX)
+                or name in copied
+            ), name
+
+
+def test_broad_egress_excludes_every_never_reachable_range() -> None:
+    from tenantry.models import NEVER_ALLOWED_RANGES  # noqa: PLC0415
+
+    (v4,) = egress_blocks({"network": {"egress": [{"cidr": "0.0.0.0/0", "ports": [443]}]}})
+    (v6,) = egress_blocks({"network": {"egress": [{"cidr": "::/0", "ports": [443]}]}})
+    excluded = {ipaddress.ip_network(c) for c in v4["except"] + v6["except"]}
+    for cidr in NEVER_ALLOWED_RANGES:
+        assert ipaddress.ip_network(cidr) in excluded, cidr
+    for address in (
+        "168.63.129.16",
+        "0.1.2.3",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::1",
+        "::ffff:10.0.0.1",
+    ):
+        ip = ipaddress.ip_address(address)
+        assert any(ip in network for network in excluded if network.version == ip.version), address
+
+
+def test_the_clusters_own_cidrs_are_excluded_like_private_ranges() -> None:
+    config = OperatorConfig(cluster_cidrs="198.18.0.0/15, 2001:db8:42::/48")  # type: ignore[arg-type]
+    assert config.cluster_cidrs == ("198.18.0.0/15", "2001:db8:42::/48")
+    spec = {
+        "network": {
+            "egress": [{"cidr": "0.0.0.0/0", "ports": [443]}, {"cidr": "::/0", "ports": [443]}]
+        }
+    }
+    policy = by_key(render(tenant(spec), config, FACTS))[("NetworkPolicy", "runtime")]["spec"]
+    blocks = [
+        peer["ipBlock"] for rule in policy["egress"] for peer in rule["to"] if "ipBlock" in peer
+    ]
+    assert "198.18.0.0/15" in blocks[0]["except"] and "2001:db8:42::/48" in blocks[1]["except"]
+
+
+def test_each_tenant_runs_as_users_of_its_own() -> None:
+    """Finding: every tenant's pods ran as 65532, so one tenant's processes held the per-user
+    process budget of every other tenant's sandbox on the node."""
+    from tenantry.render import tenant_uid  # noqa: PLC0415
+
+    def users(name: str) -> dict[str, int]:
+        children = by_key(render(tenant({}, name=name), CONFIG, FACTS))
+        found = {}
+        for component in ("runtime", "sandbox"):
+            pod = children[("Deployment", component)]["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            uid = container["securityContext"]["runAsUser"]
+            assert pod["securityContext"]["runAsUser"] == uid == pod["securityContext"]["fsGroup"]
+            found[component] = uid
+        return found
+
+    acme_users, globex_users = users("acme"), users("globex")
+    assert acme_users["runtime"] != acme_users["sandbox"]
+    assert set(acme_users.values()).isdisjoint(globex_users.values())
+    assert all(uid > 65535 for uid in [*acme_users.values(), *globex_users.values()])
+    assert acme_users["sandbox"] == tenant_uid(tenant({}, name="acme"), "sandbox")
+
+
+def test_a_tenants_own_image_is_always_pulled_and_the_default_is_not() -> None:
+    config = OperatorConfig(allowed_images="registry.example/agents/")  # type: ignore[arg-type]
+    spec = {"runtime": {"image": "registry.example/agents/acme:1"}}
+    children = by_key(render(tenant(spec), config, FACTS))
+    (runtime,) = children[("Deployment", "runtime")]["spec"]["template"]["spec"]["containers"]
+    (sandbox,) = children[("Deployment", "sandbox")]["spec"]["template"]["spec"]["containers"]
+    assert (runtime["image"], runtime["imagePullPolicy"]) == (
+        "registry.example/agents/acme:1",
+        "Always",
+    )
+    assert (sandbox["image"], sandbox["imagePullPolicy"]) == (config.sandbox_image, "IfNotPresent")
+
+
+def test_the_sandbox_workspace_is_a_tmpfs_of_a_hard_size() -> None:
+    children = by_key(render(acme(), CONFIG, FACTS))
+    for component in ("runtime", "sandbox"):
+        pod = children[("Deployment", component)]["spec"]["template"]["spec"]
+        for volume in pod["volumes"]:
+            if "emptyDir" in volume:
+                assert volume["emptyDir"]["medium"] == "Memory" and volume["emptyDir"]["sizeLimit"]
+    (sandbox,) = children[("Deployment", "sandbox")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TENANTRY_SANDBOX_KEEP_WORKSPACE", "value": "false"} in sandbox["env"]
+
+
+def test_no_tenant_namespace_is_ever_among_a_runtimes_callers() -> None:
+    policy = by_key(render(acme(), CONFIG, FACTS))[("NetworkPolicy", "runtime")]["spec"]
+    for rule in policy["ingress"]:
+        for peer in rule["from"]:
+            assert {
+                "key": "app.kubernetes.io/managed-by",
+                "operator": "NotIn",
+                "values": ["tenantry"],
+            } in peer["namespaceSelector"]["matchExpressions"]
