@@ -49,7 +49,8 @@ def source_secret(kube: Client, name: str, allowed: str) -> None:
 def neighbours(kube: Client, operator_process: OperatorProcess) -> Iterator[dict[str, Any]]:
     """The things the corpus refers to: a user's namespace, another tenant, source Secrets."""
     suffix = uuid.uuid4().hex[:6]
-    user_namespace = f"user-{suffix}"
+    # Inside the platform's tenant namespace pattern (tenant-*), so the ownership check decides.
+    user_namespace = f"tenant-user-{suffix}"
     kube.create(Namespace(metadata=ObjectMeta(name=user_namespace)))
     kube.create(
         ConfigMap(
