@@ -161,11 +161,15 @@ class Controller:
         body = event["object"]
         tenant = self.children.observe(body, deleted=event.get("type") == "DELETED")
         if tenant and tenant in self.tenants:
-            # Only a child the tenant owns wakes it: a label anyone can set does not (the
-            # reconcile ignores such objects too, see reconcile.ours).
-            uid = self.tenants[tenant]["metadata"].get("uid")
-            owners = body.get("metadata", {}).get("ownerReferences") or []
-            if any(owner.get("uid") == uid for owner in owners):
+            # Only an object the tenant owns, or one in its own namespace (a child whose owner
+            # reference was removed), wakes it: a label anyone can set does not (the reconcile
+            # ignores such objects too, see reconcile.ours).
+            known = self.tenants[tenant]
+            meta = body.get("metadata", {})
+            owners = {owner.get("uid") for owner in meta.get("ownerReferences") or []}
+            where = meta.get("name") if body.get("kind") == "Namespace" else meta.get("namespace")
+            home = (known.get("status") or {}).get("namespace")
+            if known["metadata"].get("uid") in owners or (home and where == home):
                 self.queue.enqueue(tenant)
 
     async def watch_secret_sources(self) -> None:

@@ -72,3 +72,23 @@ async def test_a_resync_keeps_a_tenant_created_while_it_listed() -> None:
     controller.tenant_seen({**old, "object": {"metadata": {"name": "new", "uid": "3"}}})
     controller.forget_missing({"old"}, listing_since)  # the list: only "old" then
     assert set(controller.tenants) == {"old", "new"}
+
+
+async def test_only_a_tenants_own_children_wake_it() -> None:
+    """Finding: an object labelled `tenantry.dev/tenant: acme` in another tenant's namespace was
+    taken for acme's child. A label alone wakes nobody now."""
+    acme = {"metadata": {"name": "acme", "uid": "uid-acme"}, "status": {"namespace": "tenant-acme"}}
+    labels = {"app.kubernetes.io/managed-by": "tenantry", "tenantry.dev/tenant": "acme"}
+
+    def woken(meta: dict[str, object]) -> bool:
+        controller = Controller(OperatorConfig(), None, None)  # type: ignore[arg-type] # no request is made
+        controller.tenant_seen({"type": "ADDED", "object": acme})
+        controller.queue._pending.clear()  # the tenant's own event
+        body = {"kind": "ConfigMap", "metadata": {"name": "x", "labels": labels, **meta}}
+        controller.child_seen({"type": "ADDED", "object": body})
+        return "acme" in controller.queue._pending
+
+    assert not woken({"namespace": "tenant-globex"})
+    assert not woken({"namespace": "tenant-globex", "ownerReferences": [{"uid": "uid-other"}]})
+    assert woken({"namespace": "tenant-globex", "ownerReferences": [{"uid": "uid-acme"}]})
+    assert woken({"namespace": "tenant-acme"})  # a child whose owner reference was removed
