@@ -70,9 +70,11 @@ RESERVED_SECRET_NAME_MESSAGE = (
 )
 
 # Destinations no tenant may ever reach, listed or not: cloud metadata and link-local addresses,
-# "this network", loopback, multicast and reserved space, and the IPv6 forms that carry an IPv4
-# address to wherever it points (IPv4-mapped, NAT64, 6to4, Teredo). A listed CIDR inside one is
-# refused; a broader one is carved around it (render.egress_ip_block).
+# "this network", loopback, multicast and reserved space, and the IPv6 ranges that carry an IPv4
+# address to wherever it points (NAT64, 6to4, Teredo). A listed CIDR inside one is refused; a
+# broader one is carved around it (render.egress_ip_block). IPv4-mapped IPv6 (::ffff:0:0/96) is
+# refused outright instead: Kubernetes reads such a CIDR as the IPv4 range it maps (so it cannot
+# be carved out of ::/0), and a socket sends to it over IPv4, where the IPv4 rules apply.
 NEVER_ALLOWED_RANGES = (
     "0.0.0.0/8",
     "127.0.0.0/8",
@@ -83,7 +85,6 @@ NEVER_ALLOWED_RANGES = (
     "240.0.0.0/4",
     "::/128",
     "::1/128",
-    "::ffff:0:0/96",
     "64:ff9b::/96",
     "64:ff9b:1::/48",
     "2001::/32",
@@ -268,15 +269,22 @@ class IngressPeer(Model):
     namespace_selector: NamespaceSelector = Field(alias="namespaceSelector")
 
 
+CIDR_MESSAGE = (
+    'must be a CIDR with no host bits set, such as "203.0.113.0/24" or "2001:db8::/32" '
+    "(IPv4-mapped IPv6 ranges are not accepted: list the IPv4 range)"
+)
+
+
 class EgressRule(Model):
     """A destination the runtime may reach, for example a model API."""
 
     cidr: Annotated[str, StringConstraints(min_length=1, max_length=43)] = Field(
         description='An IP range in CIDR notation, for example "203.0.113.0/24".',
         json_schema_extra=schema_extra(
+            # isCIDR is false for IPv4-mapped IPv6 ranges, so this refuses those too.
             cel(
                 "isCIDR(self) && cidr(self) == cidr(self).masked()",
-                'must be a CIDR with no host bits set, such as "203.0.113.0/24" or "2001:db8::/32"',
+                CIDR_MESSAGE,
             ),
             cel(
                 "!isCIDR(self) || !["
@@ -298,9 +306,9 @@ class EgressRule(Model):
         try:
             network = ipaddress.ip_network(self.cidr, strict=True)
         except ValueError as error:
-            raise ValueError(
-                f'cidr: must be a CIDR with no host bits set, such as "203.0.113.0/24" ({error})'
-            ) from None
+            raise ValueError(f"cidr: {CIDR_MESSAGE} ({error})") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped:
+            raise ValueError(f"cidr: {CIDR_MESSAGE} (an IPv4-mapped range: list the IPv4 range)")
         if any(
             network.version == never.version and network.subnet_of(never)  # type: ignore[arg-type]
             for never in map(ipaddress.ip_network, NEVER_ALLOWED_RANGES)

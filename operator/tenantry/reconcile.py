@@ -356,14 +356,15 @@ class Reconciler:
                 await self._delete(key)
                 logger.warning("deleted %s: %s", label(key), first.reason, extra={"tenant": tenant})
             stall.revoked = tuple(label(key) for key in [*copies, runtime])
-            stall.message += (
-                f"; the copy ({', '.join(place(key) for key in copies)}) was deleted and the runtime "
-                "stopped until this is resolved"
-            )
+            # The stall's message stays the refusal alone, the same on every pass; what was
+            # revoked is told by the group conditions (kept by later passes) and a Pruned event.
+            gone = ", ".join(place(key) for key in copies)
             stall.groups = {
-                "SecretsReady": GroupState(False, "Revoked", first.message),
+                "SecretsReady": GroupState(
+                    False, "Revoked", f"deleted {gone} until this is resolved: {first.message}"
+                ),
                 "RuntimeReady": GroupState(
-                    False, "Stopped", "stopped: a Secret it held was revoked"
+                    False, "Stopped", f"the runtime was deleted with {gone}, which it mounted"
                 ),
             }
         raise stall

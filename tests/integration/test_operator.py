@@ -396,7 +396,6 @@ def test_revoking_a_secret_deletes_the_copy_and_stops_the_runtime(
         reason = "SecretNotAllowed"
     stalled = tenants.wait_condition(kube, name, "Stalled", reason=reason)
     assert "spec.secrets[0].from" in stalled["message"]
-    assert "was deleted and the runtime stopped" in stalled["message"]
 
     def revoked() -> bool:
         found = tenants.children(kube, namespace)
@@ -413,8 +412,11 @@ def test_revoking_a_secret_deletes_the_copy_and_stops_the_runtime(
         )
 
     wait_until(revoked, "the copy, the runtime and its pods to be gone", timeout=60)
-    assert tenants.condition(kube, name, "SecretsReady")["status"] == "False"
-    assert tenants.condition(kube, name, "RuntimeReady")["status"] == "False"
+    secrets = tenants.condition(kube, name, "SecretsReady")
+    assert (secrets["status"], secrets["reason"]) == ("False", "Revoked")
+    assert f"deleted {namespace}/model-credentials" in secrets["message"]
+    runtime = tenants.condition(kube, name, "RuntimeReady")
+    assert (runtime["status"], runtime["reason"]) == ("False", "Stopped")
     assert tenants.condition(kube, name, "Ready")["status"] == "False"
     # The rest of the tenant is untouched: the sandbox and the policies stay.
     assert ("Deployment", "sandbox") in tenants.children(kube, namespace)

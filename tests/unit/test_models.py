@@ -161,7 +161,6 @@ NEVER_REACHABLE = [
     "0.0.0.0/8",
     "127.0.0.1/32",
     "224.0.0.0/24",
-    "::ffff:a9fe:a9fe/128",  # 169.254.169.254, IPv4-mapped
     "64:ff9b::a9fe:a9fe/128",  # the same through NAT64
     "2002:a9fe:a9fe::/48",  # and through 6to4
     "fe80::/64",
@@ -181,3 +180,8 @@ def test_egress_inside_a_never_reachable_range_is_refused(cidr: str) -> None:
 )
 def test_egress_outside_or_around_those_ranges_is_accepted(cidr: str) -> None:
     tenant({"network": {"egress": [{"cidr": cidr, "ports": [443]}]}})
+
+
+def test_an_ipv4_mapped_range_is_refused_in_favour_of_the_ipv4_one() -> None:
+    with pytest.raises(ValidationError, match="IPv4-mapped range: list the IPv4 range"):
+        tenant({"network": {"egress": [{"cidr": "::ffff:a9fe:a9fe/128", "ports": [80]}]}})
