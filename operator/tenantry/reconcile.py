@@ -31,7 +31,15 @@ from lightkube.resources.core_v1 import (
 from lightkube.types import PatchType
 from pydantic import ValidationError
 
-from tenantry.children import FIELD_MANAGER, ChildKey, LiveChild, apply_reason, child_key, summarize
+from tenantry.children import (
+    FIELD_MANAGER,
+    SYSTEM_MANAGERS,
+    ChildKey,
+    LiveChild,
+    apply_reason,
+    child_key,
+    summarize,
+)
 from tenantry.config import OperatorConfig
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import (
@@ -443,25 +451,39 @@ class Reconciler:
         """Make a child exactly what we render, dropping what others added to it.
 
         A forced apply takes back the fields we own, but leaves fields another manager added (a
-        label added to a policy's podSelector narrows it to nothing). A replace drops them, and
-        clearing managedFields ([{}]) drops their managers, so the child is ours alone again.
+        label added to a policy's podSelector narrows it to nothing). A replace drops them; the
+        managedFields it sends keep only our own entries (and the status writers'), so their
+        managers go too. Clearing managedFields outright would not do: the next apply would file
+        every field it does not set (the API server's defaults) under "before-first-apply", a
+        manager of nobody's, and the child would look tampered with forever.
         """
-        kind = manifest["kind"]
-        body = {**manifest, "metadata": {**manifest["metadata"], "managedFields": [{}]}}
+        kind, namespace, name = child_key(manifest)
+        live = await self._get(APPLIED_KINDS[kind], name, namespace or None)
+        if live is None:
+            await self._apply(manifest)  # deleted meanwhile: put it back
+            return
+        entries = [
+            entry
+            for entry in live["metadata"].get("managedFields") or []
+            if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource")
+        ]
+        meta = {
+            **manifest["metadata"],
+            "resourceVersion": live["metadata"]["resourceVersion"],
+            "managedFields": entries or [{}],
+        }
         try:
             await self.client.replace(
-                APPLIED_KINDS[kind].from_dict(body), field_manager=FIELD_MANAGER
+                APPLIED_KINDS[kind].from_dict({**manifest, "metadata": meta}),
+                field_manager=FIELD_MANAGER,
             )
         except ApiError as error:
-            if error.status.code == 404:
-                await self._apply(manifest)  # deleted meanwhile: put it back
-                return
             if error.status.code in (400, 422):
                 raise Stall(
                     "Rejected",
-                    f"the API server rejected {label(child_key(manifest))}: {error.status.message}",
+                    f"the API server rejected {label((kind, namespace, name))}: {error.status.message}",
                 ) from None
-            raise
+            raise  # 404 or 409: changed meanwhile; the queue's retry looks again
 
     async def _prune(
         self, wanted: set[ChildKey], live: Mapping[ChildKey, LiveChild], tenant: str
