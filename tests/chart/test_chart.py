@@ -397,7 +397,7 @@ def test_the_network_policy_admits_metrics_and_reaches_only_the_api_server() -> 
     for peer in egress["to"]:
         network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
         assert not network.is_global, network
-        assert not network.overlaps(metadata[network.version]), network  # type: ignore[arg-type]
+        assert not network.overlaps(metadata[network.version]), network
     narrowed = find(
         template(
             {
@@ -609,31 +609,15 @@ def test_the_tenant_namespace_policy_says_what_was_refused_why_and_what_to_do() 
         assert name in section, name
 
 
-LOOKUP_ENDPOINTS = '(lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "")'
-
-
-def notes(
-    tmp_path: Path,
-    values: dict[str, str] | None = None,
-    endpoint_slices: list[dict[str, Any]] | None = None,
-) -> str:
+def notes(tmp_path: Path, values: dict[str, str] | None = None) -> str:
     """NOTES.txt as `helm install` prints it, rendered offline.
 
     `helm install --dry-run` needs a cluster and `helm template` prints no notes, so a copy of
-    the chart carries the real NOTES.txt as a named template that a ConfigMap renders. Offline,
-    `lookup` finds nothing; `endpoint_slices` stands in for what it finds at install.
+    the chart carries the real NOTES.txt as a named template that a ConfigMap renders.
     """
     chart = tmp_path / f"chart-{len(list(tmp_path.iterdir()))}"
     shutil.copytree(CHART, chart)
     text = (chart / "templates" / "NOTES.txt").read_text()
-    extra: list[str] = []
-    if endpoint_slices is not None:
-        assert text.count(LOOKUP_ENDPOINTS) == 1
-        text = text.replace(LOOKUP_ENDPOINTS, '(dict "items" .Values.lookedUp)')
-        (chart / "values.schema.json").unlink()  # lookedUp is no value of the chart
-        looked_up = tmp_path / f"{chart.name}-lookup.yaml"
-        looked_up.write_text(yaml.safe_dump({"lookedUp": endpoint_slices}))
-        extra = ["--values", str(looked_up)]
     (chart / "templates" / "NOTES.txt").unlink()
     (chart / "templates" / "_notes_under_test.tpl").write_text(
         '{{- define "notes-under-test" -}}\n' + text + "\n{{- end -}}\n"
@@ -645,7 +629,7 @@ def notes(
     rendered = helm(
         "template", RELEASE, str(chart), "--namespace", RELEASE_NAMESPACE,
         "--kube-version", K8S_VERSION, "--show-only", "templates/notes-under-test.yaml",
-        *set_flags(values), *extra,
+        *set_flags(values),
     ).stdout  # fmt: skip
     result: str = yaml.safe_load(rendered)["data"]["notes"]
     return result
@@ -671,6 +655,7 @@ def test_notes_say_how_to_narrow_the_operators_egress(tmp_path: Path) -> None:
     assert "networkPolicy.apiServer.cidrs is not set" in unset
     assert ", ".join(PRIVATE_RANGES) in unset
     assert "kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes" in unset
+    assert "helm upgrade tenantry <the chart> -n tenantry-system --reuse-values" in unset
     narrowed = notes(tmp_path, {"networkPolicy.apiServer.cidrs[0]": "10.0.0.1/32"})
     assert "networkPolicy.apiServer.cidrs" not in narrowed
     wide = " ".join(notes(tmp_path, {"networkPolicy.apiServer.cidrs[0]": "0.0.0.0/0"}).split())
@@ -722,25 +707,3 @@ def test_tenant_policy_values_become_operator_flags() -> None:
     ):
         assert custom.count(arg) == 1, (arg, custom)
     assert len({arg.partition("=")[0] for arg in custom}) == len(custom)
-
-
-def test_notes_print_the_api_servers_addresses_found_at_install(tmp_path: Path) -> None:
-    def endpoint_slice(service: str, *addresses: str) -> dict[str, Any]:
-        return {
-            "metadata": {"name": service, "labels": {"kubernetes.io/service-name": service}},
-            "endpoints": [{"addresses": [address]} for address in addresses],
-        }
-
-    found = notes(
-        tmp_path,
-        endpoint_slices=[
-            endpoint_slice("kubernetes", "10.0.0.5", "10.0.0.6"),
-            endpoint_slice("kubernetes", "fd00::5"),
-            endpoint_slice("other", "10.9.9.9"),
-            {"metadata": {"name": "unlabelled"}, "endpoints": [{"addresses": ["10.8.8.8"]}]},
-        ],
-    )
-    assert "--set 'networkPolicy.apiServer.cidrs={10.0.0.5/32,10.0.0.6/32,fd00::5/128}'" in found, (
-        found
-    )
-    assert "--set" not in notes(tmp_path, endpoint_slices=[])
