@@ -234,6 +234,9 @@ CASES: dict[str, Case] = {
     "garbage collector: a NetworkPolicy": (*controller("generic-garbage-collector"), "CREATE", NETPOL, "", ALLOW_ALL, None, TENANT, NETWORK_POLICY_REFUSED),
     "namespace controller: delete a RoleBinding": (*controller("namespace-controller"), "DELETE", BINDINGS, "", None, OPERATOR_BINDING, TENANT, None),
     "namespace controller: delete the quota": (*controller("namespace-controller"), "DELETE", ("", "resourcequotas"), "", None, QUOTA, TENANT, None),
+    "storage version migrator: rewrite a NetworkPolicy": (*controller("storage-version-migrator-controller"), "UPDATE", NETPOL, "", ALLOW_ALL, ALLOW_ALL, TENANT, None),
+    "storage version migrator: rewrite a sandbox pod": (*controller("storage-version-migrator-controller"), "UPDATE", PODS, "", pod(SANDBOX), pod(SANDBOX), TENANT, None),
+    "storage version migrator: a sandbox pod": (*controller("storage-version-migrator-controller"), "CREATE", PODS, "", pod(SANDBOX), None, TENANT, LABEL_REFUSED),
     "namespace controller: change a NetworkPolicy": (*controller("namespace-controller"), "UPDATE", NETPOL, "", ALLOW_ALL, ALLOW_ALL, TENANT, NETWORK_POLICY_REFUSED),
     # The same controllers without --use-service-account-credentials.
     "kube-controller-manager: a sandbox pod": (KCM, AUTHENTICATED, "CREATE", PODS, "", pod(SANDBOX), None, TENANT, None),

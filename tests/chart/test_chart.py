@@ -436,6 +436,7 @@ CONTROLLERS = {
     "deployment-controller": "system:serviceaccount:kube-system:deployment-controller",
     "garbage collector": "system:serviceaccount:kube-system:generic-garbage-collector",
     "namespace-controller": "system:serviceaccount:kube-system:namespace-controller",
+    "storage version migrator": "system:serviceaccount:kube-system:storage-version-migrator-controller",
     # The same controllers without --use-service-account-credentials.
     "kube-controller-manager": "system:kube-controller-manager",
 }
@@ -530,7 +531,7 @@ def test_the_tenant_namespace_policy_spares_tenantry_controllers_and_break_glass
         assert f'"{user}"' in controllers, name
     # Each controller only at its own job (compared without blanks).
     compact = "".join(controllers.split())
-    rs, deploy, gc, ns, kcm = (f'"{user}"' for user in CONTROLLERS.values())
+    rs, deploy, gc, ns, migrator, kcm = (f'"{user}"' for user in CONTROLLERS.values())
     for job in (
         f'request.resource.resource=="pods"&&request.?subResource.orValue("")==""'
         f'&&request.operation in["CREATE","UPDATE"]&&request.userInfo.username in[{rs},{kcm}]',
@@ -538,6 +539,7 @@ def test_the_tenant_namespace_policy_spares_tenantry_controllers_and_break_glass
         f"&&request.userInfo.username in[{deploy},{kcm}]",
         f'request.operation in["UPDATE","DELETE"]&&request.userInfo.username in[{gc},{kcm}]',
         f'request.operation=="DELETE"&&request.userInfo.username in[{ns},{kcm}]',
+        f'request.operation=="UPDATE"&&request.userInfo.username in[{migrator},{kcm}]',
     ):
         assert "".join(job.split()) in compact, job
     # Other exemptions, and another operator identity.
