@@ -1,6 +1,6 @@
 """Helpers for the chart's tests: the tools built from Go modules, and rendering the chart.
 
-The tools (helm, kubeconform, kube-score, kstatus) come from the per-user cache that
+The tools (helm, kubeconform, kube-score, kstatus, vapcheck) come from the per-user cache that
 e2e/toolchain/build.sh fills; `make test` builds them before pytest starts.
 """
 

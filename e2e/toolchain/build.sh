@@ -4,7 +4,8 @@
 #
 #   build.sh              everything
 #   build.sh cluster      etcd, Kubernetes and kwok: what e2e/cluster.py needs
-#   build.sh tools        helm, kubeconform, kube-score and the kstatus program (tests/chart)
+#   build.sh tools        helm, kubeconform, kube-score, and the kstatus and vapcheck programs
+#                         (tests/chart)
 #
 # Binaries live in a per-user cache keyed by component, version and the hash of the wrapper
 # module's files (go.mod, go.sum and any source of our own), so every clone on this machine
@@ -91,6 +92,9 @@ build_tools() {
     github.com/zegl/kube-score/cmd/kube-score
   # Our own program; its module's version is that of the cli-utils it links.
   build kstatus "$CLI_UTILS_VERSION" "" .
+  # Our own program: the chart's admission policies decided by k8s.io/apiserver offline. It links
+  # the staging modules of the control plane's version (v1.35.8 -> v0.35.8).
+  build vapcheck "v0.${K8S_VERSION#v1.}" "" .
   # np-guard's netpol-analyzer, for the connectivity proof. Its checksums are not in the public
   # checksum database, so go.sum was recorded once with GONOSUMDB=github.com/np-guard and is
   # what every build verifies against.

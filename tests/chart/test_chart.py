@@ -7,14 +7,30 @@ server) is in tests/integration/test_chart_install.py.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART, K8S_VERSION, REPO, find, helm, kinds, run, template, template_text, tool
+from chartkit import (
+    CHART,
+    K8S_VERSION,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    REPO,
+    find,
+    helm,
+    kinds,
+    run,
+    set_flags,
+    template,
+    template_text,
+    tool,
+)
 from tenantry.config import OperatorConfig
 from tenantry.handlers import CHILD_RESOURCES, watched_children
 
@@ -39,6 +55,12 @@ VARIANTS: dict[str, dict[str, str]] = {
         "priorityClassName": "tenantry-critical",
         "tolerations[0].key": "dedicated",
         "tolerations[0].operator": "Exists",
+        "networkPolicy.apiServer.cidrs[0]": "10.96.0.1/32",
+        "operator.clusterCIDRs[0]": "10.244.0.0/16",
+        "tenantPolicy.allowedImages[0]": "registry.example.com/agents/",
+        "tenantPolicy.allowedRuntimeClasses[0]": "gvisor",
+        "tenantPolicy.namespacePattern": "agents-*",
+        "admissionPolicy.tenantNamespaces.exemptGroups[0]": "platform-admins",
     },
 }
 
@@ -110,6 +132,16 @@ def test_kube_score_finds_nothing_but_the_explained_exceptions() -> None:
             "metrics.service.enabled=true",
         ),
         ({"serviceAccount.create": "false"}, "serviceAccount.name"),
+        ({"operator.runtimeImagePullPolicy": "Sometimes"}, "runtimeImagePullPolicy"),
+        ({"operator.clusterCIDRs[0]": "10.0.0.0"}, "clusterCIDRs"),
+        ({"tenantPolicy.allowedImages[0]": "a\\,b"}, "allowedImages"),
+        ({"tenantPolicy.tenantImagePullPolicy": "always"}, "tenantImagePullPolicy"),
+        ({"tenantPolicy.allowedRuntimeClasses[0]": "Kata_Containers"}, "allowedRuntimeClasses"),
+        ({"tenantPolicy.maxQuota.pods": "0"}, "pods"),
+        ({"tenantPolicy.maxQuota.memory": "lots"}, "memory"),
+        ({"tenantPolicy.namespacePattern": "Tenant-*"}, "namespacePattern"),
+        ({"networkPolicy.apiServer.cidrs[0]": "kubernetes.default"}, "cidrs"),
+        ({"admissionPolicy.tenantNamespaces.exemptGroups[0]": 'a"b'}, "exemptGroups"),
     ],
 )
 def test_mistaken_values_are_refused_naming_the_value(
@@ -232,7 +264,7 @@ def test_namespaced_roles_grant_the_lease_and_events_only() -> None:
 
 def test_the_admission_policy_covers_every_kind_the_operator_writes() -> None:
     documents = template()
-    policy = find(documents, "ValidatingAdmissionPolicy")
+    policy = find(documents, "ValidatingAdmissionPolicy", "tenantry-writes")
     covered = {
         (group, resource)
         for rule in policy["spec"]["matchConstraints"]["resourceRules"]
@@ -245,7 +277,7 @@ def test_the_admission_policy_covers_every_kind_the_operator_writes() -> None:
     assert (
         condition == 'request.userInfo.username == "system:serviceaccount:tenantry-system:tenantry"'
     )
-    binding = find(documents, "ValidatingAdmissionPolicyBinding")
+    binding = find(documents, "ValidatingAdmissionPolicyBinding", "tenantry-writes")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
@@ -349,12 +381,23 @@ def test_replicas_get_a_disruption_budget_and_spread() -> None:
     assert "PodDisruptionBudget" not in kinds(template(VARIANTS["single replica"]))
 
 
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+
+
 def test_the_network_policy_admits_metrics_and_reaches_only_the_api_server() -> None:
     policy = find(template(), "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
     (egress,) = policy["spec"]["egress"]
     assert {p["port"] for p in egress["ports"]} == {443, 6443}
+    # Unset, the API server is looked for in the private ranges: never the internet, nor the
+    # link-local metadata service (README.md, "The operator's network policy").
+    assert [peer["ipBlock"]["cidr"] for peer in egress["to"]] == PRIVATE_RANGES
+    metadata = {4: ipaddress.ip_network("169.254.0.0/16"), 6: ipaddress.ip_network("fe80::/10")}
+    for peer in egress["to"]:
+        network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        assert not network.is_global, network
+        assert not network.overlaps(metadata[network.version]), network
     narrowed = find(
         template(
             {
@@ -384,3 +427,285 @@ def test_chart_metadata() -> None:
         "appVersion must be the package version"
     )
     assert Path(CHART / "values.schema.json").exists()
+
+
+# The tenant-namespace policy (README.md, "Who may write in a tenant namespace").
+TENANT_POLICY = "tenantry-tenant-namespaces"
+CONTROLLERS = {
+    "replicaset-controller": "system:serviceaccount:kube-system:replicaset-controller",
+    "deployment-controller": "system:serviceaccount:kube-system:deployment-controller",
+    "garbage collector": "system:serviceaccount:kube-system:generic-garbage-collector",
+    "namespace-controller": "system:serviceaccount:kube-system:namespace-controller",
+    "storage version migrator": "system:serviceaccount:kube-system:storage-version-migrator-controller",
+    # The same controllers without --use-service-account-credentials.
+    "kube-controller-manager": "system:kube-controller-manager",
+}
+
+
+def match_condition(policy: dict[str, Any], name: str) -> str:
+    (expression,) = [
+        c["expression"] for c in policy["spec"]["matchConditions"] if c["name"] == name
+    ]
+    return str(expression)
+
+
+def test_the_tenant_namespace_policy_is_on_by_default() -> None:
+    documents = template()
+    policy = find(documents, "ValidatingAdmissionPolicy", TENANT_POLICY)
+    binding = find(documents, "ValidatingAdmissionPolicyBinding", TENANT_POLICY)
+    assert binding["spec"] == {"policyName": TENANT_POLICY, "validationActions": ["Deny"]}
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    # Only in tenant namespaces: the label the operator puts on every namespace it creates.
+    assert policy["spec"]["matchConstraints"]["namespaceSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "tenantry"}
+    }
+    for values in (
+        {"admissionPolicy.tenantNamespaces.enabled": "false"},
+        {"admissionPolicy.enabled": "false"},
+    ):
+        names = [d["metadata"]["name"] for d in template(values) if "AdmissionPolicy" in d["kind"]]
+        assert TENANT_POLICY not in names, values
+
+
+def test_the_tenant_namespace_policy_covers_policies_rbac_quota_workloads_and_shells() -> None:
+    policy = find(template(), "ValidatingAdmissionPolicy", TENANT_POLICY)
+    covered: dict[tuple[str, str], set[str]] = {}
+    for rule in policy["spec"]["matchConstraints"]["resourceRules"]:
+        assert rule["apiVersions"] == ["*"], rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                covered.setdefault((group, resource), set()).update(rule["operations"])
+    every_write = {"CREATE", "UPDATE", "DELETE"}
+    labelled = {"CREATE", "UPDATE"}  # deleting a pod or workload makes nobody the runtime
+    assert covered == {
+        ("networking.k8s.io", "networkpolicies"): every_write,
+        ("rbac.authorization.k8s.io", "roles"): every_write,
+        ("rbac.authorization.k8s.io", "rolebindings"): every_write,
+        ("", "resourcequotas"): every_write,
+        ("", "limitranges"): every_write,
+        ("", "pods"): labelled,
+        ("", "pods/ephemeralcontainers"): labelled,
+        ("", "replicationcontrollers"): labelled,
+        **{
+            ("apps", kind): labelled
+            for kind in ("deployments", "replicasets", "statefulsets", "daemonsets")
+        },
+        ("batch", "jobs"): labelled,
+        ("batch", "cronjobs"): labelled,
+        **{
+            ("", sub): {"CONNECT"}
+            for sub in (
+                "pods/exec",
+                "pods/attach",
+                "pods/portforward",
+                "pods/proxy",
+                "services/proxy",
+            )
+        },
+    }
+    # Workloads are refused by the label in their own labels or in their pod template's (a
+    # CronJob's is one level deeper), before or after the change.
+    (labelled_variable,) = [
+        v["expression"] for v in policy["spec"]["variables"] if v["name"] == "labelled"
+    ]
+    assert "[object, oldObject]" in labelled_variable
+    for path in (
+        "o.?metadata.?labels",
+        "o.?spec.?template.?metadata.?labels",
+        "o.?spec.?jobTemplate.?spec.?template.?metadata.?labels",
+    ):
+        assert f'"tenantry.dev/component" in {path}' in labelled_variable, path
+
+
+def test_the_tenant_namespace_policy_spares_tenantry_controllers_and_break_glass_groups() -> None:
+    policy = find(template(), "ValidatingAdmissionPolicy", TENANT_POLICY)
+    assert (
+        match_condition(policy, "not-the-operator")
+        == 'request.userInfo.username != "system:serviceaccount:tenantry-system:tenantry"'
+    )
+    exempt = match_condition(policy, "not-exempt")
+    assert 'g in ["system:masters"]' in exempt
+    assert "request.userInfo.username in [])" in exempt
+    controllers = match_condition(policy, "not-a-controller-at-its-job")
+    for name, user in CONTROLLERS.items():
+        assert f'"{user}"' in controllers, name
+    # Each controller only at its own job (compared without blanks).
+    compact = "".join(controllers.split())
+    rs, deploy, gc, ns, migrator, kcm = (f'"{user}"' for user in CONTROLLERS.values())
+    for job in (
+        f'request.resource.resource=="pods"&&request.?subResource.orValue("")==""'
+        f'&&request.operation in["CREATE","UPDATE"]&&request.userInfo.username in[{rs},{kcm}]',
+        f'request.resource.resource=="replicasets"&&request.operation in["CREATE","UPDATE"]'
+        f"&&request.userInfo.username in[{deploy},{kcm}]",
+        f'request.operation in["UPDATE","DELETE"]&&request.userInfo.username in[{gc},{kcm}]',
+        f'request.operation=="DELETE"&&request.userInfo.username in[{ns},{kcm}]',
+        f'request.operation=="UPDATE"&&request.userInfo.username in[{migrator},{kcm}]',
+    ):
+        assert "".join(job.split()) in compact, job
+    # Other exemptions, and another operator identity.
+    custom = find(
+        template(
+            {
+                "admissionPolicy.tenantNamespaces.exemptGroups[0]": "platform-admins",
+                "admissionPolicy.tenantNamespaces.exemptUsers[0]": "break-glass@example.com",
+                "serviceAccount.name": "agents-operator",
+            }
+        ),
+        "ValidatingAdmissionPolicy",
+        TENANT_POLICY,
+    )
+    assert 'g in ["platform-admins"]' in match_condition(custom, "not-exempt")
+    assert 'username in ["break-glass@example.com"]' in match_condition(custom, "not-exempt")
+    assert "agents-operator" in match_condition(custom, "not-the-operator")
+    assert any(
+        "a member of platform-admins" in v["messageExpression"]
+        for v in custom["spec"]["validations"]
+    )
+    # No exempt group at all (--set cannot make an empty list, --set-json can).
+    rendered = helm(
+        "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        "--kube-version", K8S_VERSION, "--set-json", "admissionPolicy.tenantNamespaces.exemptGroups=[]",
+    ).stdout  # fmt: skip
+    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    nobody = find(documents, "ValidatingAdmissionPolicy", TENANT_POLICY)
+    assert "g in []" in match_condition(nobody, "not-exempt")
+    assert all("a member of" not in v["messageExpression"] for v in nobody["spec"]["validations"])
+
+
+def test_the_tenant_namespace_policy_says_what_was_refused_why_and_what_to_do() -> None:
+    policy = find(template(), "ValidatingAdmissionPolicy", TENANT_POLICY)
+    messages = [" ".join(v["messageExpression"].split()) for v in policy["spec"]["validations"]]
+    assert all(v["reason"] == "Forbidden" for v in policy["spec"]["validations"])
+    expected = [
+        ("NetworkPolicies in tenant namespace", "policies only add", "Change spec.network of"),
+        (
+            "Roles and RoleBindings in tenant namespace",
+            "access to the Kubernetes API",
+            "a cluster administrator (a member of system:masters)",
+        ),
+        (
+            "ResourceQuotas and LimitRanges in tenant namespace",
+            "written only by Tenantry",
+            "Change spec.quota of",
+        ),
+        (
+            "Objects labelled tenantry.dev/component",
+            "which the tenant's NetworkPolicies trust",
+            "Change spec.runtime or spec.sandbox of",
+        ),
+        (
+            "exec, attach, port-forward and proxy into pods",
+            "would act as the tenant's runtime or sandbox",
+            "kubectl logs",
+        ),
+    ]
+    assert len(messages) == len(expected)
+    for message, (what, why, instead) in zip(messages, expected, strict=True):
+        assert what in message and why in message and instead in message, message
+    # The tenant is named from the namespace's tenantry.dev/tenant label.
+    (tenant,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "tenant"]
+    assert '"tenantry.dev/tenant"' in tenant and "namespaceObject" in tenant
+    # README.md documents the same messages.
+    section = README.split("### Who may write in a tenant namespace", 1)[1].split("\n## ", 1)[0]
+    for name in ("spec.network", "spec.quota", "spec.runtime", "spec.sandbox", "kubectl logs"):
+        assert name in section, name
+
+
+def notes(tmp_path: Path, values: dict[str, str] | None = None) -> str:
+    """NOTES.txt as `helm install` prints it, rendered offline.
+
+    `helm install --dry-run` needs a cluster and `helm template` prints no notes, so a copy of
+    the chart carries the real NOTES.txt as a named template that a ConfigMap renders.
+    """
+    chart = tmp_path / f"chart-{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(CHART, chart)
+    text = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes_under_test.tpl").write_text(
+        '{{- define "notes-under-test" -}}\n' + text + "\n{{- end -}}\n"
+    )
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "notes-under-test" . | toJson }}\n'
+    )
+    rendered = helm(
+        "template", RELEASE, str(chart), "--namespace", RELEASE_NAMESPACE,
+        "--kube-version", K8S_VERSION, "--show-only", "templates/notes-under-test.yaml",
+        *set_flags(values),
+    ).stdout  # fmt: skip
+    result: str = yaml.safe_load(rendered)["data"]["notes"]
+    return result
+
+
+def test_notes_warn_when_the_admission_policy_is_off(tmp_path: Path) -> None:
+    assert "WARNING" not in notes(tmp_path, {"networkPolicy.apiServer.cidrs[0]": "10.0.0.1/32"})
+    off = " ".join(notes(tmp_path, {"admissionPolicy.enabled": "false"}).split())
+    assert "WARNING: admissionPolicy.enabled=false" in off
+    assert "effectively cluster-admin" in off
+    tenant_off = " ".join(
+        notes(tmp_path, {"admissionPolicy.tenantNamespaces.enabled": "false"}).split()
+    )
+    assert "WARNING: admissionPolicy.tenantNamespaces.enabled=false" in tenant_off
+    # values.yaml and README.md say it where the value is documented.
+    values = (CHART / "values.yaml").read_text()
+    assert "effectively cluster-admin" in " ".join(values.split("admissionPolicy:", 1)[0].split())
+    assert "effectively cluster-admin" in README
+
+
+def test_notes_say_how_to_narrow_the_operators_egress(tmp_path: Path) -> None:
+    unset = " ".join(notes(tmp_path).split())
+    assert "networkPolicy.apiServer.cidrs is not set" in unset
+    assert ", ".join(PRIVATE_RANGES) in unset
+    assert "kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes" in unset
+    assert "helm upgrade tenantry <the chart> -n tenantry-system --reuse-values" in unset
+    narrowed = notes(tmp_path, {"networkPolicy.apiServer.cidrs[0]": "10.0.0.1/32"})
+    assert "networkPolicy.apiServer.cidrs" not in narrowed
+    wide = " ".join(notes(tmp_path, {"networkPolicy.apiServer.cidrs[0]": "0.0.0.0/0"}).split())
+    assert "WARNING: networkPolicy.apiServer.cidrs contains 0.0.0.0/0" in wide
+    assert "networkPolicy.apiServer.cidrs" not in notes(
+        tmp_path, {"networkPolicy.enabled": "false"}
+    )
+
+
+def test_tenant_policy_values_become_operator_flags() -> None:
+    args = operator_container(template())["args"]
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in args)
+    assert flags["image-pull-policy"] == "IfNotPresent"
+    assert flags["tenant-image-pull-policy"] == "Always"
+    assert (flags["max-quota-cpu"], flags["max-quota-memory"], flags["max-quota-pods"]) == (
+        "16",
+        "64Gi",
+        "100",
+    )
+    # Empty values render no flag: the operator's own default applies.
+    for flag in ("allowed-images", "allowed-runtime-classes", "namespace-pattern", "cluster-cidrs"):
+        assert flag not in flags, flag
+    custom = operator_container(
+        template(
+            {
+                "operator.runtimeImagePullPolicy": "Always",
+                "operator.clusterCIDRs": "{10.244.0.0/16,10.96.0.0/12,fd00::/48}",
+                "tenantPolicy.allowedImages": "{registry.example.com/agents/,ghcr.io/acme/runtime:1.2.3}",
+                "tenantPolicy.tenantImagePullPolicy": "IfNotPresent",
+                "tenantPolicy.allowedRuntimeClasses": "{gvisor,kata}",
+                "tenantPolicy.maxQuota.cpu": "32",
+                "tenantPolicy.maxQuota.memory": "128Gi",
+                "tenantPolicy.maxQuota.pods": "250",
+                "tenantPolicy.namespacePattern": "agents-*",
+            }
+        )
+    )["args"]
+    # One argument per flag, a list comma-separated in it.
+    for arg in (
+        "--image-pull-policy=Always",
+        "--cluster-cidrs=10.244.0.0/16,10.96.0.0/12,fd00::/48",
+        "--allowed-images=registry.example.com/agents/,ghcr.io/acme/runtime:1.2.3",
+        "--tenant-image-pull-policy=IfNotPresent",
+        "--allowed-runtime-classes=gvisor,kata",
+        "--max-quota-cpu=32",
+        "--max-quota-memory=128Gi",
+        "--max-quota-pods=250",
+        "--namespace-pattern=agents-*",
+    ):
+        assert custom.count(arg) == 1, (arg, custom)
+    assert len({arg.partition("=")[0] for arg in custom}) == len(custom)

@@ -50,16 +50,19 @@ from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.rbac_v1 import RoleRef, Subject
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.core_v1 import (
     ConfigMap,
     Event,
     Namespace,
     Pod,
     Secret,
+    ServiceAccount,
     ServiceAccountToken,
 )
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
+from lightkube.types import PatchType
 from ports import free_port
 from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
@@ -144,14 +147,14 @@ def release_namespace_settled(kube: Client) -> bool:
     return namespace.metadata is not None and namespace.metadata.deletionTimestamp is None
 
 
-@pytest.fixture(scope="module")
-def sa_kubeconfig(release: Release, kube: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A kubeconfig for the chart's ServiceAccount: the local API server, its CA, a bound token."""
+def account_kubeconfig(release: Release, kube: Client, account: str, directory: Path) -> Path:
+    """A kubeconfig for a ServiceAccount of the release namespace: the local API server, its CA,
+    a bound token."""
     token = kube.create(
         ServiceAccountToken(
             metadata=ObjectMeta(), spec=TokenRequestSpec(audiences=[], expirationSeconds=3600)
         ),
-        RELEASE,
+        account,
         namespace=RELEASE_NAMESPACE,
     )
     admin = yaml.safe_load(release.kubeconfig.read_text())
@@ -169,14 +172,20 @@ def sa_kubeconfig(release: Release, kube: Client, tmp_path_factory: pytest.TempP
                 },
             }
         ],
-        "users": [{"name": RELEASE, "user": {"token": token.status.token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": RELEASE}}],
-        "current-context": "operator",
+        "users": [{"name": account, "user": {"token": token.status.token}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account}}],
+        "current-context": account,
     }
-    path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    path = directory / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(release: Release, kube: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig for the chart's ServiceAccount: the local API server, its CA, a bound token."""
+    return account_kubeconfig(release, kube, RELEASE, tmp_path_factory.mktemp("operator-identity"))
 
 
 @pytest.fixture(scope="module")
@@ -670,3 +679,347 @@ def test_the_documented_crd_upgrade_replaces_an_older_crd(
     (wanted,) = chart_crd["spec"]["versions"]
     assert served["additionalPrinterColumns"] == wanted["additionalPrinterColumns"]
     assert served["schema"] == wanted["schema"]
+
+
+# In tenant namespaces, the chart's second admission policy leaves NetworkPolicies, RBAC, quota
+# and the runtime's and sandbox's label to Tenantry (chart README, "Who may write in a tenant
+# namespace"). People are played by ServiceAccounts of the release namespace, bound in
+# tenant-acme (created by the chart's operator) to the built-in `edit` and `admin` ClusterRoles
+# by the test's admin, who is in system:masters and so exempt.
+EDITOR = "tenant-editor"
+TENANT_ADMIN = "tenant-admin"
+TENANT_POLICY = f"{RELEASE}-tenant-namespaces"
+SANDBOX_LABELS = {"tenantry.dev/tenant": "acme", "tenantry.dev/component": "sandbox"}
+LABEL_REFUSED = "Objects labelled tenantry.dev/component (in their labels or their pod template's)"
+# A pod Pod Security "restricted" admits, so only the tenant-namespace policy can refuse it.
+RESTRICTED_POD_SPEC = {
+    "automountServiceAccountToken": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "containers": [
+        {
+            "name": "main",
+            "image": "registry.example.com/not-the-sandbox:1",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
+    ],
+}
+
+
+@dataclass
+class TenantUser:
+    client: Client
+    kubeconfig: Path
+
+
+@pytest.fixture(scope="module")
+def tenant_users(
+    release: Release, kube: Client, examples: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, TenantUser]]:
+    """An `edit` and an `admin` of tenant-acme, each with a client and a kubeconfig."""
+    users: dict[str, TenantUser] = {}
+    for account, role in ((EDITOR, "edit"), (TENANT_ADMIN, "admin")):
+        kube.apply(
+            ServiceAccount(metadata=ObjectMeta(name=account, namespace=RELEASE_NAMESPACE)),
+            force=True,
+        )
+        kube.apply(
+            RoleBinding(
+                metadata=ObjectMeta(name=account, namespace=TENANT),
+                roleRef=RoleRef(
+                    apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=role
+                ),
+                subjects=[
+                    Subject(kind="ServiceAccount", name=account, namespace=RELEASE_NAMESPACE)
+                ],
+            ),
+            force=True,
+        )
+        path = account_kubeconfig(release, kube, account, tmp_path_factory.mktemp(account))
+        users[account] = TenantUser(
+            Client(config=KubeConfig.from_file(path), field_manager=account), path
+        )
+    yield users
+    for account in users:
+        kube.delete(RoleBinding, account, namespace=TENANT)
+        kube.delete(ServiceAccount, account, namespace=RELEASE_NAMESPACE)
+
+
+def refused_by_tenant_policy(attempt: Callable[[], Any]) -> str:
+    message = denied(attempt)
+    assert f"ValidatingAdmissionPolicy '{TENANT_POLICY}'" in message, message
+    return " ".join(message.split())
+
+
+def test_tenant_namespace_editors_cannot_reopen_the_network_policies(
+    tenant_users: dict[str, TenantUser],
+) -> None:
+    editor = tenant_users[EDITOR].client
+    allow_all = codecs.from_dict(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-all", "namespace": TENANT},
+            "spec": {
+                "podSelector": {},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{}],
+                "egress": [{}],
+            },
+        }
+    )
+    message = refused_by_tenant_policy(lambda: editor.create(allow_all, dry_run=True))
+    assert (
+        f"NetworkPolicies in tenant namespace {TENANT} are written only by Tenantry" in message
+        and "Change spec.network of AgentTenant acme instead." in message
+    ), message
+    # Nor may the tenant's own policies be deleted or loosened.
+    refused_by_tenant_policy(
+        lambda: editor.delete(NetworkPolicy, "default-deny", namespace=TENANT, dry_run=True)
+    )
+    refused_by_tenant_policy(
+        lambda: editor.patch(
+            NetworkPolicy,
+            "sandbox",
+            {"spec": {"egress": [{}]}},
+            namespace=TENANT,
+            patch_type=PatchType.MERGE,
+            dry_run=True,
+        )
+    )
+
+
+def test_tenant_namespace_editors_cannot_pose_as_the_runtime_or_sandbox(
+    kube: Client, kubectl: list[str], tenant_users: dict[str, TenantUser]
+) -> None:
+    editor = tenant_users[EDITOR].client
+    pod = codecs.from_dict(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "fake-sandbox", "namespace": TENANT, "labels": SANDBOX_LABELS},
+            "spec": RESTRICTED_POD_SPEC,
+        }
+    )
+    message = refused_by_tenant_policy(lambda: editor.create(pod, dry_run=True))
+    assert (
+        LABEL_REFUSED in message
+        and "Change spec.runtime or spec.sandbox of AgentTenant acme" in message
+    )
+    replica_set = codecs.from_dict(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "fake-sandbox", "namespace": TENANT},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": SANDBOX_LABELS},
+                "template": {"metadata": {"labels": SANDBOX_LABELS}, "spec": RESTRICTED_POD_SPEC},
+            },
+        }
+    )
+    assert LABEL_REFUSED in refused_by_tenant_policy(
+        lambda: editor.create(replica_set, dry_run=True)
+    )
+    # `kubectl set image` on the tenant's own sandbox: another image with the sandbox's label.
+    sandbox = kube.get(Deployment, "sandbox", namespace=TENANT)
+    (container,) = sandbox.spec.template.spec.containers  # type: ignore[union-attr]
+    patch = {
+        "spec": {
+            "template": {"spec": {"containers": [{"name": container.name, "image": "evil:1"}]}}
+        }
+    }
+    assert LABEL_REFUSED in refused_by_tenant_policy(
+        lambda: editor.patch(Deployment, "sandbox", patch, namespace=TENANT, dry_run=True)
+    )
+    # A shell in the runtime is the runtime.
+    runtime = next(
+        iter(kube.list(Pod, namespace=TENANT, labels={"tenantry.dev/component": "runtime"}))
+    )
+    assert runtime.metadata and runtime.metadata.name
+    shell = run(
+        tool("kubectl"), "--kubeconfig", str(tenant_users[EDITOR].kubeconfig), "exec",
+        "--namespace", TENANT, runtime.metadata.name, "--", "true", check=False,
+    )  # fmt: skip
+    assert shell.returncode != 0
+    assert (
+        f"exec, attach, port-forward and proxy into pods and services of tenant namespace {TENANT} are refused"
+        in " ".join(shell.stderr.split())
+    ), shell.stderr
+
+
+def test_tenant_namespace_rbac_is_left_to_tenantry_and_cluster_admins(
+    tenant_users: dict[str, TenantUser],
+) -> None:
+    role = codecs.from_dict(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "api-access", "namespace": TENANT},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+        }
+    )
+    binding = RoleBinding(
+        metadata=ObjectMeta(name="runtime-api-access", namespace=TENANT),
+        roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+        subjects=[Subject(kind="ServiceAccount", name="runtime", namespace=TENANT)],
+    )
+    # `edit` may not write RBAC at all: RBAC refuses before admission is asked.
+    editor = tenant_users[EDITOR].client
+    assert 'cannot create resource "roles"' in denied(lambda: editor.create(role, dry_run=True))
+    assert 'cannot create resource "rolebindings"' in denied(
+        lambda: editor.create(binding, dry_run=True)
+    )
+    # `admin` may, by RBAC; the policy refuses.
+    admin = tenant_users[TENANT_ADMIN].client
+    for attempt in (
+        lambda: admin.create(role, dry_run=True),
+        lambda: admin.create(binding, dry_run=True),
+        lambda: admin.delete(RoleBinding, "tenantry-operator", namespace=TENANT, dry_run=True),
+    ):
+        message = refused_by_tenant_policy(attempt)
+        assert (
+            f"Roles and RoleBindings in tenant namespace {TENANT} are written only by Tenantry"
+            in message
+        )
+        assert "a cluster administrator (a member of system:masters)" in message
+
+
+def test_tenant_namespace_editors_still_write_plain_objects(
+    kube: Client, tenant_users: dict[str, TenantUser]
+) -> None:
+    editor = tenant_users[EDITOR].client
+    name = f"notes-{uuid.uuid4().hex[:6]}"
+    editor.create(ConfigMap(metadata=ObjectMeta(name=name, namespace=TENANT), data={"a": "b"}))
+    assert kube.get(ConfigMap, name, namespace=TENANT).data == {"a": "b"}
+    editor.delete(ConfigMap, name, namespace=TENANT)
+    # A pod of their own, without the label: Pod Security and quota apply, the policy does not.
+    plain = codecs.from_dict(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": TENANT, "labels": {"app": "debug"}},
+            "spec": RESTRICTED_POD_SPEC,
+        }
+    )
+    editor.create(plain, dry_run=True)
+
+
+def kubectl_as(kubectl: list[str], user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A server-side dry run as `user` (impersonated by the admin): admission runs, nothing is
+    written."""
+    return run(
+        *kubectl, f"--as={user}", "--namespace", TENANT, *args, "--dry-run=server", check=False
+    )
+
+
+def test_the_controllers_still_do_their_jobs_in_tenant_namespaces(
+    kube: Client, kubectl: list[str], examples: list[str], tmp_path: Path
+) -> None:
+    """The built-in controllers, as they authenticate with --use-service-account-credentials.
+
+    The local cluster's kube-controller-manager uses kwok's admin certificate (system:masters,
+    exempt), so the controllers are impersonated here to exercise the policy's allowances.
+    """
+    controller = "system:serviceaccount:kube-system:{}".format
+    pod = tmp_path / "pod.yaml"
+    pod.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "sandbox-abcde", "labels": SANDBOX_LABELS},
+                "spec": RESTRICTED_POD_SPEC,
+            }
+        )
+    )
+    replica_set = tmp_path / "replicaset.yaml"
+    replica_set.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {"name": "sandbox-abcde", "labels": SANDBOX_LABELS},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": SANDBOX_LABELS},
+                    "template": {
+                        "metadata": {"labels": SANDBOX_LABELS},
+                        "spec": RESTRICTED_POD_SPEC,
+                    },
+                },
+            }
+        )
+    )
+    allowed = {
+        "the ReplicaSet controller creates a sandbox pod": (
+            controller("replicaset-controller"), "create", "-f", str(pod)
+        ),
+        "the Deployment controller creates a sandbox ReplicaSet": (
+            controller("deployment-controller"), "create", "-f", str(replica_set)
+        ),
+        "the garbage collector deletes a NetworkPolicy": (
+            controller("generic-garbage-collector"), "delete", "networkpolicy", "default-deny"
+        ),
+        "the garbage collector deletes the operator's RoleBinding": (
+            controller("generic-garbage-collector"), "delete", "rolebinding", "tenantry-operator"
+        ),
+        "the namespace controller deletes a NetworkPolicy": (
+            controller("namespace-controller"), "delete", "networkpolicy", "sandbox"
+        ),
+        "the namespace controller deletes the ResourceQuota": (
+            controller("namespace-controller"), "delete", "resourcequota", "tenant-quota"
+        ),
+    }  # fmt: skip
+    for job, (user, *args) in allowed.items():
+        result = kubectl_as(kubectl, user, *args)
+        assert result.returncode == 0, f"{job}: {result.stderr}"
+    # Each only at its own job: the ReplicaSet controller may update ReplicaSets by RBAC (a
+    # replace; it may not patch them), but not the tenant's.
+    sandbox_rs = next(
+        iter(kube.list(ReplicaSet, namespace=TENANT, labels={"tenantry.dev/component": "sandbox"}))
+    )
+    assert sandbox_rs.metadata and sandbox_rs.metadata.name
+    body = json.loads(
+        run(
+            *kubectl,
+            "get",
+            "replicaset",
+            "--namespace",
+            TENANT,
+            sandbox_rs.metadata.name,
+            "-o",
+            "json",
+        ).stdout
+    )
+    body["metadata"].setdefault("labels", {})["example.com/touched"] = "yes"
+    changed = tmp_path / "changed-replicaset.json"
+    changed.write_text(json.dumps(body))
+    result = kubectl_as(kubectl, controller("replicaset-controller"), "replace", "-f", str(changed))
+    assert result.returncode != 0, (
+        "the ReplicaSet controller changed the tenant's sandbox ReplicaSet"
+    )
+    assert LABEL_REFUSED in " ".join(result.stderr.split()), result.stderr
+
+
+def test_deleting_a_tenant_still_deletes_its_namespace(
+    kube: Client, chart_operator: RunningOperator
+) -> None:
+    """Garbage collection and the namespace controller delete what the policy protects."""
+    name = f"chart-gone-{uuid.uuid4().hex[:6]}"
+    namespace = f"tenant-{name}"
+    tenants.apply(kube, tenants.manifest(name))
+    try:
+        tenants.wait_condition(kube, name, "PoliciesReady", timeout=120)
+        policies = {p.metadata.name for p in kube.list(NetworkPolicy, namespace=namespace)}  # type: ignore[union-attr]
+        assert {"default-deny", "runtime", "sandbox"} <= policies
+        kube.get(RoleBinding, "tenantry-operator", namespace=namespace)
+    finally:
+        tenants.delete(kube, name)
+    wait_until(lambda: tenants.namespace_gone(kube, namespace), f"{namespace} gone", 180)

@@ -63,3 +63,20 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "tenantry.serviceAccou
 {{- define "tenantry.secretsRole" -}}
 {{ include "tenantry.fullname" . }}-tenant-secrets
 {{- end }}
+
+{{/*
+Where the operator may connect to reach the API server, as a JSON list: networkPolicy.apiServer.cidrs,
+or, when that is empty, the private ranges (where the API server's endpoints are on most clusters),
+which leave out the internet and the link-local metadata service.
+*/}}
+{{- define "tenantry.privateCIDRs" -}}
+["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+{{- end -}}
+
+{{- define "tenantry.apiServerCIDRs" -}}
+{{- if .Values.networkPolicy.apiServer.cidrs -}}
+{{- toJson .Values.networkPolicy.apiServer.cidrs -}}
+{{- else -}}
+{{- include "tenantry.privateCIDRs" . -}}
+{{- end -}}
+{{- end -}}
