@@ -24,6 +24,7 @@ RESERVED_TOPIC_PREFIX = "tenantry."
 
 DEFAULT_CONFIG_PATH = "/etc/tenantry/runtime.json"
 DEFAULT_PORT = 8080
+DEFAULT_MAX_TASKS_IN_FLIGHT = 64
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
 
 # A tenant id is a DNS-1123 label, like the AgentTenant's name it comes from.
@@ -88,6 +89,8 @@ class ServeSettings:
     audit_target: str
     host: str | None
     port: int
+    max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT
+    """Tasks waiting for their result at once; POST /v1/tasks beyond it answers 429."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,9 @@ def load_serve_settings(env: Mapping[str, str]) -> ServeSettings:
         audit_target=env.get("TENANTRY_AUDIT_LOG") or "-",
         host=_host_from_env(env),
         port=_port_from_env(env),
+        max_tasks_in_flight=_positive_int_env(
+            env, "TENANTRY_MAX_TASKS_IN_FLIGHT", DEFAULT_MAX_TASKS_IN_FLIGHT
+        ),
     )
 
 
