@@ -298,7 +298,7 @@ class Coder(RoutedAgent):
     async def on_code_request(self, message: CodeRequest, ctx: MessageContext) -> None:
         try:
             result = await self._executor.execute_code_blocks(
-                message.code_blocks, ctx.cancellation_token
+                message.code_blocks, ctx.cancellation_token, task_id=message.task_id
             )
         except asyncio.CancelledError:
             if not ctx.cancellation_token.is_cancelled():

@@ -117,6 +117,8 @@ class SandboxSettings:
     host: str | None
     port: int
     limits: SandboxLimits
+    keep_workspace: bool = False
+    """Files outlive their task (the tenant asked for it); by default each task's go with it."""
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -166,6 +168,15 @@ def _positive_float_env(env: Mapping[str, str], name: str, default: float) -> fl
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name}={raw!r} must be a positive number")
     return value
+
+
+def _bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+    return raw == "true"
 
 
 def read_secret(path: Path, what: str) -> str:
@@ -253,6 +264,7 @@ def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
         host=_host_from_env(env),
         port=_port_from_env(env),
         limits=limits,
+        keep_workspace=_bool_env(env, "TENANTRY_SANDBOX_KEEP_WORKSPACE", False),
     )
 
 

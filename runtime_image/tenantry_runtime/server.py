@@ -171,8 +171,11 @@ async def _post_task(request: web.Request) -> web.Response:
             taskId=task_id,
         )
     finally:
-        # Done, timed out or the server is stopping: nothing more runs for this task.
+        # Done, timed out or the server is stopping: nothing more runs for this task, and
+        # the files its code left in the sandbox go.
         running.pending.forget(task_id)
+        if running.executor is not None:
+            await running.executor.end_task(task_id)
     if result.error is not None:
         return _error(502, result.error, taskId=task_id)
     return web.json_response({"taskId": task_id, "topicType": topic_type, "result": result.content})

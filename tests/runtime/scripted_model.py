@@ -18,7 +18,10 @@ import pytest_asyncio
 from aiohttp import web
 from ports import free_port
 
-CODE = "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
+CODE = (
+    "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
+    "open('scratch.txt', 'w').write('a file of this task')\n"
+)
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
 HUGE_REPLY = "Reply with this many characters: "
 OPENED_FENCE = "```python\n"

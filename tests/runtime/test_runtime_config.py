@@ -218,6 +218,10 @@ def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
     )
     assert settings.limits.timeout_seconds == 2.5
     assert settings.limits.memory_bytes == 128 * 2**20
+    assert settings.keep_workspace is False
+    assert load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "true"}).keep_workspace
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_KEEP_WORKSPACE='yes' must be true or"):
+        load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "yes"})
     for name, value in [
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "-1"),
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "nan"),

@@ -156,6 +156,8 @@ async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
     # The sandbox logged the same run under the same tenant.
     sandbox_runs = [r for r in json_lines(sandbox.stdout) if r["event"] == "code_execution"]
     assert [(r["tenant"], r["sha256"]) for r in sandbox_runs] == [(TENANT, digest)]
+    # The task is over: the file its code wrote went with its workspace.
+    assert list(sandbox_home.workspace.iterdir()) == []
 
     status, health = await call("GET", f"{runtime.url}/healthz")
     assert (status, health["tenant"], health["messages"]) == (
