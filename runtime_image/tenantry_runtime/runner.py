@@ -11,9 +11,9 @@ the server could leave for later runs to read).
 When a run ends in any way (exit, time limit, cancellation) nothing it started may outlive
 it: a process left behind could read later runs' code and files, and hold the uid's share of
 RLIMIT_NPROC. Its process group is killed first; then `sweep()` kills every descendant of the
-server that is not part of a run still in flight. That catches what left the group with
-setsid(), whether its parent died (it was re-parented to this server, a "child subreaper")
-or lives on (it is still a descendant). A process cannot stop being a descendant: orphans go
+server that is not part of a run still in flight (see _strays). That catches what left the
+group with setsid(), whether its parent died (it was re-parented to this server, a "child
+subreaper") or lives on (it is still a descendant). A process cannot stop being a descendant: orphans go
 to the nearest subreaper, and in a pod this server is PID 1 of its PID namespace anyway, so
 the descendants are every process of the pod but those `kubectl exec` started. Outside a
 container (tests) the same walk never touches a process that is not ours. Strays are stopped
@@ -141,8 +141,8 @@ def _reap(zombie: int) -> None:
         os.waitpid(zombie, os.WNOHANG)  # a zombie already: never blocks
 
 
-def _processes() -> Iterator[tuple[int, int, str]]:
-    """(pid, parent pid, state) of every process, read from /proc."""
+def _processes() -> Iterator[tuple[int, int, int, str]]:
+    """(pid, parent pid, session, state) of every process, read from /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -152,15 +152,20 @@ def _processes() -> Iterator[tuple[int, int, str]]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        yield int(entry.name), int(fields[1]), fields[0]
+        yield int(entry.name), int(fields[1]), int(fields[3]), fields[0]
 
 
 def _strays(server: int, in_flight: set[int]) -> list[tuple[int, int, str]]:
-    """(pid, parent, state) of each descendant of `server` that descends from no pid in
-    `in_flight` (the leaders of the runs still going), zombies included."""
-    table = {pid: (parent, state) for pid, parent, state in _processes()}
+    """(pid, parent, state) of each descendant of `server` that is part of no run in flight,
+    zombies included. `in_flight` are the runs' leaders; a run's processes are the leader's
+    descendants and the members of its session (its leader's pid): an orphan that stayed in
+    the session, such as a shell's `&` job, was adopted by the server but is still the run's.
+    Neither can be faked: a process joins no session but its parent's or a new one."""
+    table = {pid: (parent, session, state) for pid, parent, session, state in _processes()}
     found = []
-    for pid, (parent, state) in table.items():
+    for pid, (parent, session, state) in table.items():
+        if session in in_flight:
+            continue
         # Walk up the parents: a run's leader first means the process is that run's; the
         # server first means it belongs to no run; neither means it is not ours at all. (The
         # table is not one atomic snapshot: the step limit guards against a reused pid's loop.)

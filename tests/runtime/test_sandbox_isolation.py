@@ -129,15 +129,19 @@ print("chain of", len((evidence / "pids").read_text().split()))
 
 
 def detach_and_wait(evidence: Path, name: str, wait: bool) -> str:
-    """Code that starts a process in a session of its own, whose parent (the run) stays
-    alive, writes its pid to `name` and, if `wait`, runs on until `release` appears."""
+    """Code that starts two background processes, writes their pids to `name` and, if
+    `wait`, runs on until `release` appears: one in a session of its own whose parent (the
+    run) stays alive; one orphaned in the run's session (a shell's `&`), adopted by the
+    server while the run goes on."""
     return f"""
 import pathlib, subprocess, time
 evidence = pathlib.Path({str(evidence)!r})
 child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+orphan = subprocess.run(["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"],
+                        capture_output=True, text=True, check=True).stdout.strip()
 with open(evidence / "pids", "a") as pids:
-    pids.write(f"{{child.pid}}\\n")
-(evidence / {name!r}).write_text(str(child.pid))
+    pids.write(f"{{child.pid}}\\n{{orphan}}\\n")
+(evidence / {name!r}).write_text(f"{{child.pid}} {{orphan}}")
 deadline = time.monotonic() + 30
 while {wait} and not (evidence / "release").exists() and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -154,16 +158,16 @@ def test_a_run_still_in_flight_keeps_its_processes(
         deadline = time.monotonic() + 30
         while not (evidence / "first").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        first_child = int((evidence / "first").read_text())
+        first_pids = [int(pid) for pid in (evidence / "first").read_text().split()]
         run(sandbox, detach_and_wait(evidence, "second", False))
-        second_left = processes_left([int((evidence / "second").read_text())])
+        second_left = processes_left([int(p) for p in (evidence / "second").read_text().split()])
         # The second run's sweep spared the first run, which is still going.
-        first_kept = processes_left([first_child])
+        first_kept = processes_left(first_pids)
     finally:
         (evidence / "release").touch()
         first.join()
-    assert (second_left, first_kept) == ([], [first_child])
-    assert processes_left([first_child]) == []  # gone with its own run
+    assert (second_left, first_kept) == ([], first_pids)
+    assert processes_left(first_pids) == []  # gone with their own run
 
 
 def test_code_is_never_in_a_command_line(start_sandbox: StartSandbox, evidence: Path) -> None:
