@@ -56,7 +56,7 @@ class Controller:
         self.config = config
         self.tenants: dict[str, dict[str, Any]] = {}
         self.children = ChildCache()
-        self.reconciler = Reconciler(client, config, operator_namespace)
+        self.reconciler = Reconciler(client, config, operator_namespace, self.known_tenants)
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
         self.outcomes: dict[str, str] = {}
@@ -85,6 +85,13 @@ class Controller:
         if name in self.tenants:  # not deleted while the pass ran
             self.outcomes[name] = metrics.outcome(observation)
             metrics.count_tenants(self.outcomes.values())
+
+    def known_tenants(self) -> list[tuple[str, str]]:
+        """(name, creationTimestamp) of every tenant seen: no two may run as one user."""
+        return [
+            (name, body["metadata"].get("creationTimestamp") or "")
+            for name, body in self.tenants.items()
+        ]
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]

@@ -12,7 +12,7 @@ import binascii
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +63,7 @@ from tenantry.render import (
     apply_phase,
     render,
     tenant_namespace,
+    uid_slot,
 )
 from tenantry.status import (
     Correction,
@@ -136,6 +137,22 @@ def owns(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> bool:
     return owned and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name
 
 
+# (name, creationTimestamp) of every tenant this operator knows, for check_uid_slot.
+Neighbours = Callable[[], Iterable[tuple[str, str]]]
+
+
+def check_uid_slot(name: str, created: str, neighbours: Iterable[tuple[str, str]]) -> None:
+    """Refuse a tenant whose pods would run as the users of an older tenant's pods."""
+    slot = uid_slot(name)
+    for other, other_created in neighbours:
+        if other != name and uid_slot(other) == slot and (other_created, other) < (created, name):
+            raise Stall(
+                "UserIdCollision",
+                f"metadata.name: tenant {name!r} would run as the same users as tenant {other!r} "
+                "(their names hash to one uid slot, see docs/security.md): choose another name",
+            )
+
+
 def place(key: ChildKey) -> str:
     _, namespace, name = key
     return f"{namespace}/{name}" if namespace else name
@@ -180,12 +197,14 @@ class Reconciler:
     client: AsyncClient
     config: OperatorConfig
     operator_namespace: str | None = None
+    neighbours: Neighbours = tuple
     # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
     _tokens: dict[str, str] = field(default_factory=dict)
     # The status last written, by tenant uid. The operator is the only writer of status, and a
     # reconcile may run on a tenant body older than its own last write (child events arrive
     # first), so this, not the body, is what a new status is compared with.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _created: dict[str, str] = field(default_factory=dict)  # creationTimestamp by tenant uid
 
     async def reconcile(
         self, body: Mapping[str, Any], live: Mapping[ChildKey, LiveChild]
@@ -194,6 +213,7 @@ class Reconciler:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = self._written.get(meta["uid"], body.get("status"))
+        self._created[meta["uid"]] = meta.get("creationTimestamp") or ""
         try:
             tenant = AgentTenant.model_validate(body)
             observation = await self._converge(tenant, meta["uid"], generation, live, previous)
@@ -223,6 +243,7 @@ class Reconciler:
     ) -> Observation:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
+        check_uid_slot(tenant.name, self._created.get(uid, ""), self.neighbours())
         problems = violations(tenant, self.config)
         if problems:
             raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
@@ -541,6 +562,7 @@ class Reconciler:
         return result
 
     def forget(self, uid: str) -> None:
+        self._created.pop(uid, None)
         self._tokens.pop(uid, None)
         self._written.pop(uid, None)
 

@@ -94,10 +94,16 @@ def tenant_namespace(tenant: AgentTenant, config: OperatorConfig) -> str:
     return f"{config.namespace_prefix}-{tenant.name}"
 
 
+def uid_slot(tenant_name: str) -> int:
+    """Which pair of users a tenant's pods run as. Two names can share a slot (a name can even be
+    searched for that shares another's): the reconcile refuses the younger of two such tenants
+    (reconcile.check_uid_slot), so no two tenants of one operator ever run as one user."""
+    return int(hashlib.sha256(tenant_name.encode()).hexdigest()[:16], 16) % TENANT_UID_SLOTS
+
+
 def tenant_uid(tenant: AgentTenant, component: str) -> int:
     """The user (and group) a tenant's runtime or sandbox runs as: its own, not a shared one."""
-    slot = int(hashlib.sha256(tenant.name.encode()).hexdigest()[:16], 16) % TENANT_UID_SLOTS
-    return TENANT_UID_BASE + 2 * slot + (1 if component == SANDBOX else 0)
+    return TENANT_UID_BASE + 2 * uid_slot(tenant.name) + (1 if component == SANDBOX else 0)
 
 
 class DuplicateChild(ValueError):
@@ -625,8 +631,9 @@ def build_sandbox_deployment(
         "resources": resources(sandbox.resources),
         "securityContext": container_security(tenant_uid(tenant, SANDBOX)),
         "volumeMounts": [
+            # No writable /tmp: code's TMPDIR is its task's own directory in the workspace, so
+            # nothing a task leaves in a temporary file reaches a later task.
             {"name": "workspace", "mountPath": WORKSPACE_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir
             {"name": "sandbox-token", "mountPath": SANDBOX_TOKEN_DIR, "readOnly": True},
         ],
     }
@@ -634,7 +641,6 @@ def build_sandbox_deployment(
         "containers": [container],
         "volumes": [
             memory_volume("workspace", WORKSPACE_SIZE),
-            memory_volume("tmp", TMP_SIZE),
             {"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}},
         ],
     }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from autogen_core import (
@@ -57,7 +57,15 @@ _CODE_HINT = (
     "To run code, reply with one fenced ```python or ```sh block; you will be sent its output "
     "and exit code. Reply without a code block to give your final answer."
 )
-_FENCE_RE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+MAX_REPLY_CHARS = 256 * 1024
+"""The longest model reply a task takes; a longer one ends the task with an error (502).
+
+It bounds what one reply costs: parsing it, keeping it in the task's history and sending that
+history back to the model on every later turn."""
+
+# A fence line: ``` and a language tag opens a block; ``` alone (spaces and tabs aside) closes it.
+_OPENING_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]+)[ \t]*")
+_CLOSING_FENCE_RE = re.compile(r"```[ \t]*")
 
 # For model names autogen does not know (any OpenAI-compatible server's own models): claim
 # nothing beyond plain chat, which is all these agents use.
@@ -70,13 +78,40 @@ _PLAIN_CHAT_MODEL = ModelInfo(
 )
 
 
+def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
+    """(language tag, code) of each fenced block, in one pass over the lines of `text`.
+
+    A block opens on a line that is an opening fence followed by a newline, and ends at the
+    first closing-fence line after it (a block never closed is no block). This is what the
+    regex `^```[ \t]*(tag)[ \t]*\n(.*?)^```[ \t]*$` (multiline, dotall) matched, in linear
+    time: that regex searched to the end of the text from every opening fence, so a reply of
+    many fences that never close took quadratic time on the event loop.
+    """
+    tag: str | None = None  # the open block's tag; None between blocks
+    code_start = line_start = 0
+    while True:
+        newline = text.find("\n", line_start)
+        line = text[line_start:] if newline < 0 else text[line_start:newline]
+        if line.startswith("```"):
+            if tag is None:
+                opening = _OPENING_FENCE_RE.fullmatch(line)
+                if opening is not None and newline >= 0:
+                    tag, code_start = opening.group(1), newline + 1
+            elif _CLOSING_FENCE_RE.fullmatch(line):
+                yield tag, text[code_start:line_start]
+                tag = None
+        if newline < 0:
+            return
+        line_start = newline + 1
+
+
 def extract_code_blocks(text: str) -> list[CodeBlock]:
     """The fenced python and sh/bash blocks of a reply, in order; other fences are prose."""
     blocks = []
-    for match in _FENCE_RE.finditer(text):
-        language = normalize_language(match.group(1))
+    for tag, code in _fenced_blocks(text):
+        language = normalize_language(tag)
         if language is not None:
-            blocks.append(CodeBlock(code=match.group(2), language=language))
+            blocks.append(CodeBlock(code=code, language=language))
     return blocks
 
 
@@ -113,6 +148,10 @@ class PendingTasks:
 
     def __init__(self) -> None:
         self._waiting: dict[str, tuple[asyncio.Future[TaskResult], CancellationToken]] = {}
+
+    def __len__(self) -> int:
+        """Tasks in flight: expected and not yet forgotten."""
+        return len(self._waiting)
 
     def expect(self, task_id: str, token: CancellationToken) -> asyncio.Future[TaskResult]:
         future: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
@@ -217,6 +256,13 @@ class Assistant(RoutedAgent):
         if not isinstance(reply, str):
             await self._finish(task_id, "", error="the model replied with a tool call")
             return
+        if len(reply) > MAX_REPLY_CHARS:
+            error = (
+                f"the model's reply has {len(reply)} characters, more than the runtime takes "
+                f"({MAX_REPLY_CHARS}); the task is refused"
+            )
+            await self._finish(task_id, "", error=error)
+            return
         conversation.history.append(AssistantMessage(content=reply, source=self.id.type))
         blocks = extract_code_blocks(reply)
         if (
@@ -252,7 +298,7 @@ class Coder(RoutedAgent):
     async def on_code_request(self, message: CodeRequest, ctx: MessageContext) -> None:
         try:
             result = await self._executor.execute_code_blocks(
-                message.code_blocks, ctx.cancellation_token
+                message.code_blocks, ctx.cancellation_token, task_id=message.task_id
             )
         except asyncio.CancelledError:
             if not ctx.cancellation_token.is_cancelled():
@@ -344,6 +390,7 @@ async def register_agents(
 
 __all__ = [
     "AGENT_BUILDERS",
+    "MAX_REPLY_CHARS",
     "Assistant",
     "Coder",
     "Dependencies",

@@ -24,6 +24,7 @@ RESERVED_TOPIC_PREFIX = "tenantry."
 
 DEFAULT_CONFIG_PATH = "/etc/tenantry/runtime.json"
 DEFAULT_PORT = 8080
+DEFAULT_MAX_TASKS_IN_FLIGHT = 64
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
 
 # A tenant id is a DNS-1123 label, like the AgentTenant's name it comes from.
@@ -88,6 +89,8 @@ class ServeSettings:
     audit_target: str
     host: str | None
     port: int
+    max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT
+    """Tasks waiting for their result at once; POST /v1/tasks beyond it answers 429."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class SandboxSettings:
     host: str | None
     port: int
     limits: SandboxLimits
+    keep_workspace: bool = False
+    """Files outlive their task (the tenant asked for it); by default each task's go with it."""
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -165,6 +170,15 @@ def _positive_float_env(env: Mapping[str, str], name: str, default: float) -> fl
     return value
 
 
+def _bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name}={raw!r} must be true or false")
+    return raw == "true"
+
+
 def read_secret(path: Path, what: str) -> str:
     """The stripped content of a mounted Secret file; an empty secret is an error."""
     try:
@@ -209,6 +223,9 @@ def load_serve_settings(env: Mapping[str, str]) -> ServeSettings:
         audit_target=env.get("TENANTRY_AUDIT_LOG") or "-",
         host=_host_from_env(env),
         port=_port_from_env(env),
+        max_tasks_in_flight=_positive_int_env(
+            env, "TENANTRY_MAX_TASKS_IN_FLIGHT", DEFAULT_MAX_TASKS_IN_FLIGHT
+        ),
     )
 
 
@@ -247,6 +264,7 @@ def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
         host=_host_from_env(env),
         port=_port_from_env(env),
         limits=limits,
+        keep_workspace=_bool_env(env, "TENANTRY_SANDBOX_KEEP_WORKSPACE", False),
     )
 
 

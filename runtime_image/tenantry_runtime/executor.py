@@ -4,6 +4,10 @@ The runtime never runs code itself; it posts each block to the sandbox with the 
 token and gets back the exit code and output. Blocks run in order and stop at the first
 failure, like autogen's local command-line executor, so later blocks never run on top of a
 broken earlier one.
+
+Each run names its task (`taskId`), so the sandbox keeps one workspace per task: files last
+from one run of a task to the next. `end_task` tells the sandbox a task is over, and its files
+go (docs/runtime-contract.md); an end the sandbox did not get is sent again before the next run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock, CodeExecutor, CodeResult
 
 from .runner import code_digest, normalize_language
-from .sandbox import EXECUTE_PATH
+from .sandbox import EXECUTE_PATH, WORKSPACES_PATH
 
 # The sandbox enforces the time limit itself and then still has to answer; this is how much
 # longer than the limit the runtime waits for that answer before giving up on it.
@@ -49,6 +53,8 @@ class SandboxCodeExecutor(CodeExecutor):
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds + _ANSWER_GRACE_SECONDS)
         self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[str] = set()  # tasks that ran code and have not ended
+        self._unended: set[str] = set()  # ended tasks the sandbox has not heard of yet
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop, so start() stays optional.
@@ -80,8 +86,32 @@ class SandboxCodeExecutor(CodeExecutor):
         except (aiohttp.ClientError, TimeoutError):
             return False
 
-    async def _post(self, block: CodeBlock) -> dict[str, object]:
+    async def end_task(self, task_id: str) -> None:
+        """The task is over: the sandbox removes its files. Never raises; retried if it fails."""
+        if task_id in self._tasks:
+            self._tasks.discard(task_id)
+            self._unended.add(task_id)
+            await self._send_ends()
+
+    async def _send_ends(self) -> None:
+        for task_id in list(self._unended):
+            try:
+                async with self._client().delete(
+                    f"{self._url}{WORKSPACES_PATH}/{task_id}",
+                    timeout=aiohttp.ClientTimeout(total=_ANSWER_GRACE_SECONDS),
+                ) as response:
+                    if response.status == 204:
+                        self._unended.discard(task_id)
+            except (aiohttp.ClientError, TimeoutError):
+                return  # the sandbox is not there now; the next run tries again
+
+    async def _post(self, block: CodeBlock, task_id: str | None) -> dict[str, object]:
         payload = {"language": block.language, "code": block.code}
+        if task_id is not None:
+            payload["taskId"] = task_id
+            self._tasks.add(task_id)
+        if self._unended:
+            await self._send_ends()
         try:
             async with self._client().post(f"{self._url}{EXECUTE_PATH}", json=payload) as response:
                 if response.status != 200:
@@ -98,8 +128,8 @@ class SandboxCodeExecutor(CodeExecutor):
             raise SandboxError("the sandbox answered something other than a JSON object")
         return body
 
-    async def _run(self, block: CodeBlock) -> tuple[SandboxRun, str]:
-        body = await self._post(block)
+    async def _run(self, block: CodeBlock, task_id: str | None) -> tuple[SandboxRun, str]:
+        body = await self._post(block, task_id)
         try:
             run = SandboxRun(
                 language=normalize_language(block.language) or block.language,
@@ -113,8 +143,12 @@ class SandboxCodeExecutor(CodeExecutor):
             raise SandboxError(f"the sandbox's answer is malformed ({exc!r})") from exc
 
     async def execute_code_blocks(
-        self, code_blocks: list[CodeBlock], cancellation_token: CancellationToken
+        self,
+        code_blocks: list[CodeBlock],
+        cancellation_token: CancellationToken,
+        task_id: str | None = None,
     ) -> SandboxCodeResult:
+        """Runs the blocks in `task_id`'s workspace (without a task, each in a fresh one)."""
         result = SandboxCodeResult(exit_code=0, output="")
         outputs: list[str] = []
         for block in code_blocks:
@@ -124,7 +158,7 @@ class SandboxCodeExecutor(CodeExecutor):
                 outputs.append(f"unsupported language {block.language!r}: use python, sh or bash")
                 result.exit_code = 1
                 break
-            task = asyncio.ensure_future(self._run(block))
+            task = asyncio.ensure_future(self._run(block, task_id))
             cancellation_token.link_future(task)
             run, output = await task
             result.runs.append(run)

@@ -1,18 +1,24 @@
 """Running one piece of tenant code in a limited subprocess: the sandbox server's engine.
 
 Each run is a fresh process in a new session, so it leads its own process group, in the
-workspace directory, with an environment built from nothing (the server's env, with its
-token file path, is never inherited), rlimits on CPU, address space, file size, open files,
-processes and core dumps, and a wall-clock limit. When a run ends in any way (exit, time
-limit, cancellation) its whole process group is killed, so nothing it started in the
-background outlives it.
+directory it is given (its task's workspace), with an environment built from nothing (the
+server's env, with its token file path, is never inherited), rlimits on CPU, address space,
+file size, open files, processes and core dumps, and a wall-clock limit. The code reaches the
+interpreter as an anonymous in-memory file (memfd) the run inherits, never through argv
+(every process on the node may read /proc/<pid>/cmdline) nor a file on disk (that a crash of
+the server could leave for later runs to read).
 
-The runner is also the reaper of what runs leave behind. Killed grandchildren are re-parented
-to the nearest "child subreaper", else to PID 1; in a container PID 1 is this server, and a
-process that never reaps its adopted children fills the pod's PID limit (and the user's
-RLIMIT_NPROC) with zombies. So the server marks itself a subreaper (on any host, not only as
-PID 1), and `sweep()` reaps adopted zombies and kills adopted processes that no active run
-owns: among them any that left their run's group with setsid() to dodge the group kill.
+When a run ends in any way (exit, time limit, cancellation) nothing it started may outlive
+it: a process left behind could read later runs' code and files, and hold the uid's share of
+RLIMIT_NPROC. Its process group is killed first; then `sweep()` kills every descendant of the
+server that is not part of a run still in flight (see _strays). That catches what left the
+group with setsid(), whether its parent died (it was re-parented to this server, a "child
+subreaper") or lives on (it is still a descendant). A process cannot stop being a descendant: orphans go
+to the nearest subreaper, and in a pod this server is PID 1 of its PID namespace anyway, so
+the descendants are every process of the pod but those `kubectl exec` started. Outside a
+container (tests) the same walk never touches a process that is not ours. Strays are stopped
+(SIGSTOP) before any is killed, so none can fork again as its relatives die, and the sweep
+repeats until none is left; adopted zombies are reaped, so none fills the PID limit.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ _LANGUAGES.update({"sh": "sh", "shell": "sh", "bash": "bash"})
 # group can hold it open, and a run does not wait for that one longer than this.
 _DRAIN_SECONDS = 2.0
 _PR_SET_CHILD_SUBREAPER = 36
+# A sweep stops strays in rounds until none is left; should some resist (a process of
+# another user cannot be signalled), it gives up after this and the next sweep tries again.
+_SWEEP_GIVE_UP_SECONDS = 5.0
 
 
 def normalize_language(language: str) -> str | None:
@@ -65,20 +74,31 @@ class RunOutcome:
     duration_seconds: float
 
 
-def _command(language: str, code: str) -> list[str]:
+def _command(language: str, code_file: str) -> list[str]:
     if language == "python":
-        # -I: ignore PYTHON* variables and the user site directory; -B: write no bytecode.
-        return [sys.executable, "-I", "-B", "-c", code]
-    return ["/bin/sh" if language == "sh" else "bash", "-c", code]
+        # -I: ignore PYTHON* variables and the user site directory, and put neither the
+        # script's directory nor the cwd on sys.path; -B: write no bytecode.
+        return [sys.executable, "-I", "-B", code_file]
+    return ["/bin/sh" if language == "sh" else "bash", code_file]
+
+
+def _code_fd(code: str) -> int:
+    """An anonymous in-memory file holding `code`: gone once no process holds it open."""
+    fd = os.memfd_create("tenantry-code", os.MFD_CLOEXEC)
+    with open(fd, "wb", closefd=False) as file:
+        file.write(code.encode("utf-8"))
+    return fd
 
 
 def _clean_env(workdir: Path) -> dict[str, str]:
     # The interpreter's directory comes first so that `python` in a shell block is the
-    # interpreter the sandbox runs python blocks with.
+    # interpreter the sandbox runs python blocks with. HOME and TMPDIR are the task's
+    # workspace, so that what code keeps there goes with the task.
     path = os.pathsep.join([os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin"])
     return {
         "PATH": path,
         "HOME": str(workdir),
+        "TMPDIR": str(workdir),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -108,16 +128,21 @@ def _limiter(limits: SandboxLimits) -> Callable[[], None]:
     return apply_limits
 
 
-def _kill(pid: int, *, group: bool) -> None:
+def _signal(pid: int, signum: int, *, group: bool = False) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         if group:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signum)
         else:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
 
 
-def _children(parent: int) -> Iterator[tuple[int, int, str]]:
-    """(pid, process group, state) of each child of `parent`, read from /proc."""
+def _reap(zombie: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(zombie, os.WNOHANG)  # a zombie already: never blocks
+
+
+def _processes() -> Iterator[tuple[int, int, int, str]]:
+    """(pid, parent pid, session, state) of every process, read from /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -127,8 +152,34 @@ def _children(parent: int) -> Iterator[tuple[int, int, str]]:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == parent:
-            yield int(entry.name), int(fields[2]), fields[0]
+        yield int(entry.name), int(fields[1]), int(fields[3]), fields[0]
+
+
+def _strays(server: int, in_flight: set[int]) -> list[tuple[int, int, str]]:
+    """(pid, parent, state) of each descendant of `server` that is part of no run in flight,
+    zombies included. `in_flight` are the runs' leaders; a run's processes are the leader's
+    descendants and the members of its session (its leader's pid): an orphan that stayed in
+    the session, such as a shell's `&` job, was adopted by the server but is still the run's.
+    Neither can be faked: a process joins no session but its parent's or a new one."""
+    table = {pid: (parent, session, state) for pid, parent, session, state in _processes()}
+    found = []
+    for pid, (parent, session, state) in table.items():
+        if session in in_flight:
+            continue
+        # Walk up the parents: a run's leader first means the process is that run's; the
+        # server first means it belongs to no run; neither means it is not ours at all. (The
+        # table is not one atomic snapshot: the step limit guards against a reused pid's loop.)
+        ancestor = pid
+        for _ in range(len(table)):
+            if ancestor in in_flight:
+                break
+            ancestor = table[ancestor][0]
+            if ancestor == server:
+                found.append((pid, parent, state))
+                break
+            if ancestor not in table:
+                break
+    return found
 
 
 class _BoundedOutput:
@@ -185,12 +236,11 @@ def _exit_future(pid: int) -> asyncio.Future[None]:
 
 
 class Runner:
-    """Runs code in `workdir` within `limits`; one per sandbox server."""
+    """Runs code within `limits`, each run in the directory it is given; one per server."""
 
-    def __init__(self, workdir: Path, limits: SandboxLimits) -> None:
-        self.workdir = workdir
+    def __init__(self, limits: SandboxLimits) -> None:
         self.limits = limits
-        self._groups: set[int] = set()  # process groups (= leader pids) of active runs
+        self._leaders: set[int] = set()  # pids (= process groups) of the runs in flight
 
     @staticmethod
     def become_subreaper() -> bool:
@@ -198,42 +248,55 @@ class Runner:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
-    def sweep(self) -> None:
-        """Reap adopted zombies; kill adopted processes that belong to no active run."""
-        for pid, pgid, state in _children(os.getpid()):
-            if state == "Z":
-                # An active run's leader is reaped by that run, after its group is killed.
-                if pid not in self._groups:
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, os.WNOHANG)
-            elif pgid not in self._groups:
-                _kill(pid, group=False)
+    async def sweep(self) -> None:
+        """Kill and reap every process of ours that no run in flight owns (see the top)."""
+        server, give_up = os.getpid(), time.monotonic() + _SWEEP_GIVE_UP_SECONDS
+        while found := _strays(server, self._leaders):
+            alive = [pid for pid, _, state in found if state != "Z"]
+            # All stopped before any dies: a stopped process forks no replacement.
+            for pid in alive:
+                _signal(pid, signal.SIGSTOP)
+            for pid in alive:
+                _signal(pid, signal.SIGKILL)
+            for pid, parent, state in found:
+                if state == "Z" and parent == server:
+                    _reap(pid)
+            if time.monotonic() > give_up:
+                log.warning("%d process(es) left by runs survived a sweep", len(found))
+                return
+            await asyncio.sleep(0.01)  # let the killed die, and the server serve meanwhile
 
-    def _spawn(self, language: str, code: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, language: str, code: str, workdir: Path) -> subprocess.Popen[bytes]:
         # Synchronous on purpose: the child is registered before anything else can run on
         # the event loop, so a concurrent sweep() never takes it for a stray.
-        proc = subprocess.Popen(  # noqa: S603 -- argv is built by _command, no shell parsing
-            _command(language, code),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=_clean_env(self.workdir),
-            start_new_session=True,
-            preexec_fn=_limiter(self.limits),  # noqa: PLW1509 -- rlimits must be set in the child
-        )
-        self._groups.add(proc.pid)
+        code_fd = _code_fd(code)
+        try:
+            proc = subprocess.Popen(  # noqa: S603 -- argv is built by _command, no shell parsing
+                _command(language, f"/dev/fd/{code_fd}"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                env=_clean_env(workdir),
+                pass_fds=(code_fd,),
+                start_new_session=True,
+                preexec_fn=_limiter(self.limits),  # noqa: PLW1509 -- rlimits must be set in the child
+            )
+        finally:
+            os.close(code_fd)  # the run holds its own copy
+        self._leaders.add(proc.pid)
         return proc
 
-    async def run(self, language: str, code: str) -> RunOutcome:
-        """Run `code` (its language already normalized) once."""
+    async def run(self, language: str, code: str, workdir: Path) -> RunOutcome:
+        """Run `code` (its language already normalized) once, in `workdir`."""
         started = time.monotonic()
-        proc = self._spawn(language, code)
+        proc = self._spawn(language, code, workdir)
         try:
             return await self._supervise(proc, started)
         finally:
-            self._groups.discard(proc.pid)
-            self.sweep()
+            # Also when cancelled: the leader (a zombie then) is reaped as a stray.
+            self._leaders.discard(proc.pid)
+            await self.sweep()
 
     async def _supervise(self, proc: subprocess.Popen[bytes], started: float) -> RunOutcome:
         assert proc.stdout is not None
@@ -254,9 +317,12 @@ class Runner:
             # start_new_session made the child a group leader, and it is not reaped yet, so
             # its pid still names its group. The group is killed after a normal exit too:
             # nothing the code started in the background may outlive the run.
-            _kill(proc.pid, group=True)
+            _signal(proc.pid, signal.SIGKILL, group=True)
         await exited
         returncode = proc.wait()  # already exited: reaps at once
+        # What left the group may hold the pipe open: the sweep ends it before the drain.
+        self._leaders.discard(proc.pid)
+        await self.sweep()
         # On timeout wait_for cancels the reader; what it read so far stays in `output`.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reader, _DRAIN_SECONDS)

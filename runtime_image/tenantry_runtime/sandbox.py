@@ -1,17 +1,18 @@
 """The sandbox server: runs a tenant's code for that tenant's runtime, and no one else.
 
-`POST /v1/execute {"language", "code"}` with `Authorization: Bearer <tenant token>` runs the
-code once through `Runner` (runner.py: limits, time limit, process-group kill, reaping) and
-answers `{"exitCode", "output", "timedOut", "truncated", "durationSeconds"}`. The token is
-compared in constant time; anything else gets 401 before the body is read. At most
-`concurrency` runs go at once and more are refused with 429 rather than queued, so a busy
-sandbox says so at once instead of letting its callers time out. `GET /healthz` is open,
-for probes.
+`POST /v1/execute {"language", "code", "taskId"?}` with `Authorization: Bearer <tenant token>`
+runs the code once through `Runner` (runner.py: limits, time limit, killing whatever the run
+left, reaping) in its task's workspace (workspace.py) and answers `{"exitCode", "output",
+"timedOut", "truncated", "durationSeconds"}`. `DELETE /v1/workspaces/<taskId>` says a task
+has ended, and its files go; `DELETE /v1/workspaces` ends every task. The token is compared
+in constant time; anything else gets 401 before the body is read. At most `concurrency` runs
+go at once and more are refused with 429 rather than queued, so a busy sandbox says so at
+once instead of letting its callers time out. `GET /healthz` is open, for probes.
 
 The server holds no model credentials and runs code with an environment built from nothing.
-What it cannot contain on its own (rlimits are per process, RLIMIT_NPROC per user, a
-process can leave its group) is left to the pod around it: its own container, PID and
-memory limits, no network. See docs/runtime.md.
+What it cannot contain on its own (rlimits are per process, RLIMIT_NPROC per user, the
+pod's /tmp) is left to the pod around it: its own container, uid, PID and memory limits, no
+network. See docs/runtime.md.
 """
 
 from __future__ import annotations
@@ -21,23 +22,28 @@ import contextlib
 import hmac
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from .audit import AuditLog
 from .config import SandboxLimits, SandboxSettings
 from .runner import Runner, code_digest, normalize_language
+from .workspace import TASK_ID_RE, TaskEnded, Workspaces
 
 log = logging.getLogger(__name__)
 
 EXECUTE_PATH = "/v1/execute"
+WORKSPACES_PATH = "/v1/workspaces"
 _SWEEP_SECONDS = 1.0
 
 _SETTINGS = web.AppKey("settings", SandboxSettings)
 _RUNNER = web.AppKey("runner", Runner)
 _SLOTS = web.AppKey("slots", asyncio.Semaphore)
 _AUDIT = web.AppKey("audit", AuditLog)
+_WORKSPACES = web.AppKey("workspaces", Workspaces)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -63,17 +69,26 @@ class _Refused(Exception):
         self.status = status
 
 
-async def _read_run(request: web.Request, limits: SandboxLimits) -> tuple[str, str]:
-    """The (normalized language, code) of a run request, or _Refused saying what is wrong."""
+@dataclass(frozen=True)
+class _Run:
+    language: str  # normalized
+    code: str
+    task_id: str | None
+
+
+async def _read_run(request: web.Request, limits: SandboxLimits) -> _Run:
+    """The run a request asks for, or _Refused saying what is wrong."""
     try:
         body = await request.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):
         raise _Refused(400, "the body must be a JSON object")
-    code, language = body.get("code"), body.get("language")
+    code, language, task_id = body.get("code"), body.get("language"), body.get("taskId")
     if not isinstance(code, str) or not isinstance(language, str):
         raise _Refused(400, "'code' and 'language' must be strings")
+    if task_id is not None and not (isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id)):
+        raise _Refused(400, f"'taskId' must match {TASK_ID_RE.pattern}")
     normalized = normalize_language(language)
     if normalized is None:
         raise _Refused(400, f"language {language!r} is not supported: python, sh or bash")
@@ -81,7 +96,7 @@ async def _read_run(request: web.Request, limits: SandboxLimits) -> tuple[str, s
         raise _Refused(400, "code must not contain NUL characters")
     if len(code.encode("utf-8")) > limits.code_bytes:
         raise _Refused(413, f"code is longer than {limits.code_bytes} bytes")
-    return normalized, code
+    return _Run(normalized, code, task_id)
 
 
 async def _execute(request: web.Request) -> web.Response:
@@ -90,22 +105,34 @@ async def _execute(request: web.Request) -> web.Response:
     if not _authorized(request, settings.token):
         return _error(401, "missing or wrong bearer token")
     try:
-        language, code = await _read_run(request, limits)
+        run = await _read_run(request, limits)
     except _Refused as refusal:
         return _error(refusal.status, str(refusal))
-    slots = request.app[_SLOTS]
+    slots, workspaces = request.app[_SLOTS], request.app[_WORKSPACES]
     # Checked and taken with no await in between, so the check cannot go stale.
     if slots.locked():
         return _error(429, f"the sandbox is already running {limits.concurrency} run(s)")
+    # A run without a task is a task of its own, over when the run is.
+    task_id = run.task_id or uuid.uuid4().hex
     async with slots:
-        outcome = await request.app[_RUNNER].run(language, code)
+        try:
+            workdir = workspaces.enter(task_id)
+        except TaskEnded:
+            return _error(409, f"task {task_id!r} has ended; its workspace is gone")
+        try:
+            outcome = await request.app[_RUNNER].run(run.language, run.code, workdir)
+        finally:
+            await workspaces.leave(task_id)
+            if run.task_id is None:
+                await workspaces.end(task_id)
     request.app[_AUDIT].code_execution(
         actor="sandbox",
-        language=language,
-        sha256=code_digest(code),
+        language=run.language,
+        sha256=code_digest(run.code),
         exit_code=outcome.exit_code,
         duration_seconds=outcome.duration_seconds,
         timed_out=outcome.timed_out,
+        task_id=run.task_id,
     )
     return web.json_response(
         {
@@ -118,16 +145,32 @@ async def _execute(request: web.Request) -> web.Response:
     )
 
 
-async def _sweeping(app: web.Application) -> AsyncIterator[None]:
-    """Reaps, now and then, what finished runs left behind (see runner.py)."""
+async def _end_tasks(request: web.Request) -> web.Response:
+    """DELETE /v1/workspaces[/<taskId>]: the task (or every task) has ended."""
+    if not _authorized(request, request.app[_SETTINGS].token):
+        return _error(401, "missing or wrong bearer token")
+    workspaces = request.app[_WORKSPACES]
+    task_id = request.match_info.get("task_id")
+    if task_id is None:
+        await workspaces.end_all()
+    elif TASK_ID_RE.fullmatch(task_id):
+        await workspaces.end(task_id)
+    else:
+        return _error(400, f"a task id must match {TASK_ID_RE.pattern}")
+    return web.Response(status=204)
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Empties the workspace at start; reaps, now and then, what runs left (see runner.py)."""
     runner = app[_RUNNER]
+    await app[_WORKSPACES].wipe()
     if not runner.become_subreaper():
         log.warning("could not become a child subreaper; orphans of runs go to PID 1")
 
     async def sweep_forever() -> None:
         while True:
             await asyncio.sleep(_SWEEP_SECONDS)
-            runner.sweep()
+            await runner.sweep()
 
     task = asyncio.create_task(sweep_forever())
     yield
@@ -140,12 +183,15 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
     # Bodies are bounded before they are parsed; the code limit is checked again after.
     app = web.Application(client_max_size=settings.limits.code_bytes * 2 + 4096)
     app[_SETTINGS] = settings
-    app[_RUNNER] = Runner(settings.workdir, settings.limits)
+    app[_RUNNER] = Runner(settings.limits)
     app[_SLOTS] = asyncio.Semaphore(settings.limits.concurrency)
     app[_AUDIT] = audit
-    app.cleanup_ctx.append(_sweeping)
+    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace)
+    app.cleanup_ctx.append(_housekeeping)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(EXECUTE_PATH, _execute)
+    app.router.add_delete(WORKSPACES_PATH, _end_tasks)
+    app.router.add_delete(WORKSPACES_PATH + "/{task_id}", _end_tasks)
     return app
 
 

@@ -2,6 +2,8 @@
 
 `POST /v1/tasks {"topicType", "content"}` publishes a TaskRequest to the tenant's topic of
 that type and waits (at most taskTimeoutSeconds) for the TaskResult with the same task id.
+At most TENANTRY_MAX_TASKS_IN_FLIGHT tasks wait at once; one more is refused with 429 at once,
+rather than piling up work (model calls, histories) that nobody bounds.
 A request names a topic type and content and nothing else: the tenant is the process's, so
 there is no field, header or path through which a caller could choose another.
 """
@@ -21,7 +23,7 @@ from autogen_core.models import ChatCompletionClient
 
 from .agents import Dependencies, PendingTasks, build_model_client, register_agents
 from .audit import AuditLog
-from .config import RuntimeConfig, Secrets, ServeSettings
+from .config import DEFAULT_MAX_TASKS_IN_FLIGHT, RuntimeConfig, Secrets, ServeSettings
 from .executor import SandboxCodeExecutor
 from .guard import GuardedAgentRuntime, TenantGuard
 from .messages import TaskRequest
@@ -47,6 +49,7 @@ class _State:
 
 
 _CONFIG = web.AppKey("config", RuntimeConfig)
+_MAX_TASKS = web.AppKey("max_tasks_in_flight", int)
 _AUDIT = web.AppKey("audit", AuditLog)
 _SECRETS = web.AppKey("secrets", Secrets)
 _STATE = web.AppKey("state", _State)
@@ -142,6 +145,14 @@ async def _post_task(request: web.Request) -> web.Response:
     if isinstance(fields, web.Response):
         return fields
     topic_type, content = fields
+    # Checked, and the task counted by expect(), with no await in between: no burst gets past.
+    limit = request.app[_MAX_TASKS]
+    if len(running.pending) >= limit:
+        return _error(
+            429,
+            f"the runtime already has {limit} tasks in flight, its limit "
+            "(TENANTRY_MAX_TASKS_IN_FLIGHT); retry later",
+        )
     task_id, token = uuid.uuid4().hex, CancellationToken()
     # Expect the result before publishing, so even an instant answer finds its waiter.
     future = running.pending.expect(task_id, token)
@@ -160,16 +171,25 @@ async def _post_task(request: web.Request) -> web.Response:
             taskId=task_id,
         )
     finally:
-        # Done, timed out or the server is stopping: nothing more runs for this task.
+        # Done, timed out or the server is stopping: nothing more runs for this task, and
+        # the files its code left in the sandbox go.
         running.pending.forget(task_id)
+        if running.executor is not None:
+            await running.executor.end_task(task_id)
     if result.error is not None:
         return _error(502, result.error, taskId=task_id)
     return web.json_response({"taskId": task_id, "topicType": topic_type, "result": result.content})
 
 
-def build_app(config: RuntimeConfig, secrets: Secrets, audit: AuditLog) -> web.Application:
+def build_app(
+    config: RuntimeConfig,
+    secrets: Secrets,
+    audit: AuditLog,
+    max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT,
+) -> web.Application:
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[_CONFIG] = config
+    app[_MAX_TASKS] = max_tasks_in_flight
     app[_SECRETS] = secrets
     app[_AUDIT] = audit
     app[_STATE] = _State()
@@ -183,7 +203,7 @@ def build_app(config: RuntimeConfig, secrets: Secrets, audit: AuditLog) -> web.A
 def serve(settings: ServeSettings, secrets: Secrets) -> None:
     audit = AuditLog.open(settings.config.tenant, settings.audit_target)
     try:
-        app = build_app(settings.config, secrets, audit)
+        app = build_app(settings.config, secrets, audit, settings.max_tasks_in_flight)
         # Shorter than a pod's default 30 s grace period: requests still running then are
         # cancelled, and with them their tasks, rather than killed mid-write.
         web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=20)

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ports import free_port
 from runtime_helpers import (
-    SANDBOX_TOKEN,
-    SANDBOX_UID,
     TENANT,
     SandboxHome,
     Service,
     StartSandbox,
     base_env,
+    make_sandbox_home,
     start_service,
 )
 from scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests
@@ -25,19 +22,9 @@ from scripted_model import model  # noqa: F401 - a fixture shared by the end-to-
 
 @pytest.fixture
 def sandbox_home() -> Iterator[SandboxHome]:
-    # Not pytest's tmp_path: its parents are private to root, and the sandbox user must
-    # reach its workspace.
-    root = Path(tempfile.mkdtemp(prefix="tenantry-sandbox-"))
-    workspace = root / "workspace"
-    workspace.mkdir()
-    token_file = root / "token"
-    token_file.write_text(SANDBOX_TOKEN + "\n")
-    if os.geteuid() == 0:
-        for path in (root, workspace, token_file):
-            os.chown(path, SANDBOX_UID, SANDBOX_UID)
-    token_file.chmod(0o400)
-    yield SandboxHome(root, workspace, token_file)
-    shutil.rmtree(root, ignore_errors=True)
+    home = make_sandbox_home()
+    yield home
+    shutil.rmtree(home.root, ignore_errors=True)
 
 
 @pytest.fixture

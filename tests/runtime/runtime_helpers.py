@@ -135,15 +135,17 @@ def run_module(
     logs: Path,
     *,
     as_sandbox_user: bool = False,
+    uid: int = SANDBOX_UID,
     cwd: Path | None = None,
     python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
+    """Starts `python -m tenantry_runtime <command>`; as_sandbox_user: as `uid` when root."""
     extra_env: dict[str, str] = {}
     user: dict[str, Any] = {}
     if as_sandbox_user:
         python, extra_env = sandbox_python()
         if os.geteuid() == 0:
-            user = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+            user = {"user": uid, "group": uid, "extra_groups": []}
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{command}.out").open("wb") as out, (logs / f"{command}.err").open("wb") as err:
         return subprocess.Popen(
@@ -166,6 +168,28 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
+def sandbox_request(
+    sandbox: Service, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """(status, body) of one request to a sandbox server, with its token.
+
+    The body is parsed when it is JSON, None when empty, else kept as text.
+    """
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=90)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SANDBOX_TOKEN}"}
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        if response.getheader("Content-Type", "").startswith("application/json"):
+            return response.status, json.loads(raw)
+        return response.status, raw.decode(errors="replace") or None
+    finally:
+        connection.close()
+
+
 def wait_healthy(proc: subprocess.Popen[bytes], port: int, err_log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -184,12 +208,15 @@ def start_service(
     logs: Path,
     *,
     as_sandbox_user: bool = False,
+    uid: int = SANDBOX_UID,
     cwd: Path | None = None,
     python: str = sys.executable,
 ) -> Service:
     port = int(env["TENANTRY_PORT"])
     url = f"http://127.0.0.1:{port}"
-    proc = run_module(command, env, logs, as_sandbox_user=as_sandbox_user, cwd=cwd, python=python)
+    proc = run_module(
+        command, env, logs, as_sandbox_user=as_sandbox_user, uid=uid, cwd=cwd, python=python
+    )
     service = Service(proc, url, logs / f"{command}.out", logs / f"{command}.err")
     try:
         wait_healthy(proc, port, service.stderr)
@@ -206,6 +233,24 @@ class SandboxHome:
     root: Path
     workspace: Path
     token_file: Path
+
+
+def make_sandbox_home(uid: int = SANDBOX_UID) -> SandboxHome:
+    """A fresh workspace and token file, owned by `uid` when the tests run as root.
+
+    Not pytest's tmp_path: its parents are private to root, and the sandbox user must reach
+    its workspace. Remove `root` when done.
+    """
+    root = Path(tempfile.mkdtemp(prefix="tenantry-sandbox-"))
+    workspace = root / "workspace"
+    workspace.mkdir()
+    token_file = root / "token"
+    token_file.write_text(SANDBOX_TOKEN + "\n")
+    if os.geteuid() == 0:
+        for path in (root, workspace, token_file):
+            os.chown(path, uid, uid)
+    token_file.chmod(0o400)
+    return SandboxHome(root, workspace, token_file)
 
 
 StartSandbox = Callable[..., Service]

@@ -1,7 +1,9 @@
 """A scripted OpenAI-compatible model server for the runtime's end-to-end tests.
 
 First it answers with CODE_REPLY (a python block); once the last message carries the code's
-output, it answers with that output. Under /slow it never answers (until released).
+output, it answers with that output. Under /slow it never answers (until released). A task
+that starts with HUGE_REPLY and a number gets a reply of that many characters: fences opened
+and never closed, the worst case for a fence parser.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ import pytest_asyncio
 from aiohttp import web
 from ports import free_port
 
-CODE = "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
+CODE = (
+    "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
+    "open('scratch.txt', 'w').write('a file of this task')\n"
+)
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
+HUGE_REPLY = "Reply with this many characters: "
+OPENED_FENCE = "```python\n"
+
+
+def huge_reply(size: int) -> str:
+    return (OPENED_FENCE * (size // len(OPENED_FENCE) + 1))[:size]
 
 
 def completion(model: str, content: str) -> dict[str, Any]:
@@ -59,6 +70,8 @@ class ScriptedModel:
         last = body["messages"][-1]["content"]
         if last.startswith("Output of the code"):
             content = "The code printed:\n" + last.split("\n", 1)[1]
+        elif last.startswith(HUGE_REPLY):
+            content = huge_reply(int(last.removeprefix(HUGE_REPLY)))
         else:
             content = CODE_REPLY
         return web.json_response(completion(body["model"], content))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
 from autogen_core.models import ModelFamily
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tenantry_runtime.agents import (
     AGENT_BUILDERS,
     PendingTasks,
@@ -15,6 +22,7 @@ from tenantry_runtime.agents import (
 )
 from tenantry_runtime.config import AGENT_KINDS, ModelConfig
 from tenantry_runtime.messages import TaskResult
+from tenantry_runtime.runner import normalize_language
 
 
 def test_runnable_fenced_blocks_are_extracted_in_order() -> None:
@@ -37,6 +45,67 @@ def test_other_fences_and_prose_are_not_code_to_run() -> None:
     )
     assert extract_code_blocks(reply) == []
     assert extract_code_blocks("The answer is 42.") == []
+
+
+# The regex extract_code_blocks used before it became a line scanner: the reference for what a
+# fence is. It is quadratic when many fences are opened and none is closed, so it only ever
+# sees the small replies hypothesis makes here.
+_REFERENCE_FENCE_RE = re.compile(
+    r"^```[ \t]*([A-Za-z0-9_+-]+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S
+)
+# Lines that open, close, almost open or almost close a fence, and prose.
+_FENCE_LINES = st.sampled_from(
+    ["```python", "```sh", "``` py ", "```Bash\t", "```js", "```", "```  ", "````", " ```",
+     "```python x", "```\r", "print(1)", "", "x = '```'", "\t```"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(_FENCE_LINES, max_size=12), trailing_newline=st.booleans())
+def test_the_fence_scanner_finds_what_the_reference_regex_finds(
+    lines: list[str], trailing_newline: bool
+) -> None:
+    reply = "\n".join(lines) + ("\n" if trailing_newline else "")
+    expected = [
+        CodeBlock(code=match.group(2), language=language)
+        for match in _REFERENCE_FENCE_RE.finditer(reply)
+        if (language := normalize_language(match.group(1))) is not None
+    ]
+    assert extract_code_blocks(reply) == expected
+
+
+def blocks_found_in_a_child(reply_expression: str) -> list[tuple[str, str]]:
+    """(language, code) of the blocks extract_code_blocks finds in the reply the expression
+    builds, parsed in a child process with a generous deadline for "does it finish at all".
+
+    A child, because a regex that backtracks holds the GIL and never returns to Python: no
+    timeout inside this process could interrupt it (the reference regex takes most of an hour
+    on a megabyte of opened fences).
+    """
+    program = (
+        "import json, sys\n"
+        "from tenantry_runtime.agents import extract_code_blocks\n"
+        f"blocks = extract_code_blocks({reply_expression})\n"
+        "json.dump([(b.language, b.code) for b in blocks], sys.stdout)\n"
+    )
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"extract_code_blocks({reply_expression}) did not finish within 60 s")
+    return [tuple(block) for block in json.loads(child.stdout)]
+
+
+def test_a_megabyte_of_fences_opened_and_never_closed_is_parsed() -> None:
+    assert blocks_found_in_a_child("'```python\\n' * (2**20 // 10)") == []
+    assert blocks_found_in_a_child("'```python\\n' + 'x = 1\\n' * (2**20 // 6)") == []
+
+
+def test_a_megabyte_of_closed_fences_is_parsed() -> None:
+    block = "```python\nprint(1)\n```\nprose\n"
+    found = blocks_found_in_a_child(f"{block!r} * (2**20 // {len(block)})")
+    assert found == [("python", "print(1)\n")] * (2**20 // len(block))
 
 
 def test_every_allowed_kind_has_a_builder_and_nothing_else_does() -> None:

@@ -164,11 +164,19 @@ def test_serve_settings_come_from_the_contract_env(tmp_path: Path) -> None:
     env = {"TENANTRY_TENANT": "acme", "TENANTRY_CONFIG": str(config_file)}
     settings = load_serve_settings(env)
     assert (settings.audit_target, settings.port, settings.host) == ("-", 8080, None)
-    env |= {"TENANTRY_AUDIT_LOG": "/var/log/audit.jsonl", "TENANTRY_PORT": "9000"}
+    assert settings.max_tasks_in_flight == 64
+    env |= {
+        "TENANTRY_AUDIT_LOG": "/var/log/audit.jsonl",
+        "TENANTRY_PORT": "9000",
+        "TENANTRY_MAX_TASKS_IN_FLIGHT": "5",
+    }
     settings = load_serve_settings(env)
     assert (settings.audit_target, settings.port) == ("/var/log/audit.jsonl", 9000)
+    assert settings.max_tasks_in_flight == 5
     with pytest.raises(ConfigError, match="TENANTRY_PORT='http' is not a TCP port"):
         load_serve_settings(env | {"TENANTRY_PORT": "http"})
+    with pytest.raises(ConfigError, match="TENANTRY_MAX_TASKS_IN_FLIGHT='0' must be a positive"):
+        load_serve_settings(env | {"TENANTRY_MAX_TASKS_IN_FLIGHT": "0"})
     config_file.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_serve_settings(env)
@@ -210,6 +218,10 @@ def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
     )
     assert settings.limits.timeout_seconds == 2.5
     assert settings.limits.memory_bytes == 128 * 2**20
+    assert settings.keep_workspace is False
+    assert load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "true"}).keep_workspace
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_KEEP_WORKSPACE='yes' must be true or"):
+        load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "yes"})
     for name, value in [
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "-1"),
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "nan"),

@@ -27,11 +27,12 @@ from runtime_helpers import (
     json_lines,
     start_service,
 )
-from scripted_model import CODE, ScriptedModel
+from scripted_model import CODE, HUGE_REPLY, ScriptedModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 API_KEY = "sk-test-model-key"
+ASSISTANT_ONLY = [{"name": "assistant", "kind": "assistant", "topicType": "default"}]
 
 
 StartRuntime = Callable[..., Service]
@@ -44,7 +45,8 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
     key_file = tmp_path / "api-key"
     key_file.write_text(API_KEY + "\n")
 
-    def start(**changes: Any) -> Service:
+    def start(env: dict[str, str] | None = None, **changes: Any) -> Service:
+        """`env`: more variables for the process; `changes`: runtime.json fields."""
         config = {
             "tenant": TENANT,
             "topicTypes": ["default"],
@@ -67,14 +69,15 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         home = tmp_path / f"runtime-{len(started)}"
         home.mkdir()
         (home / "runtime.json").write_text(json.dumps(config))
-        env = base_env(
+        full_env = base_env(
             TENANTRY_TENANT=TENANT,
             TENANTRY_CONFIG=str(home / "runtime.json"),
             TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
             TENANTRY_HOST="127.0.0.1",
             TENANTRY_PORT=str(free_port()),
+            **(env or {}),
         )
-        service = start_service("serve", env, home)
+        service = start_service("serve", full_env, home)
         service.extra["audit"] = home / "audit.jsonl"
         started.append(service)
         return service
@@ -153,6 +156,8 @@ async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
     # The sandbox logged the same run under the same tenant.
     sandbox_runs = [r for r in json_lines(sandbox.stdout) if r["event"] == "code_execution"]
     assert [(r["tenant"], r["sha256"]) for r in sandbox_runs] == [(TENANT, digest)]
+    # The task is over: the file its code wrote went with its workspace.
+    assert list(sandbox_home.workspace.iterdir()) == []
 
     status, health = await call("GET", f"{runtime.url}/healthz")
     assert (status, health["tenant"], health["messages"]) == (
@@ -217,3 +222,80 @@ async def test_a_task_without_a_result_in_time_gets_504(
     runtime.stop()
     assert runtime.proc.returncode == 0
     assert "Traceback" not in runtime.logs()
+
+
+async def healthz_answers(url: str) -> bool:
+    """Whether /healthz answers 200 within a generous 10 s (a stalled event loop does not)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{url}/healthz") as response,
+        ):
+            return response.status == 200
+    except TimeoutError:
+        return False
+
+
+async def test_a_huge_model_reply_does_not_stall_the_runtime(
+    model: ScriptedModel, start_runtime: StartRuntime
+) -> None:
+    runtime = start_runtime(agents=ASSISTANT_ONLY, model={"baseUrl": f"{model.url}/v1"})
+    tasks = f"{runtime.url}/v1/tasks"
+    # 1 MiB of fences opened and never closed: over the reply limit, refused with a task error.
+    # Under it, 200 KiB of the same is parsed (no code in it) and is the answer.
+    for size, expected_status in [(2**20, 502), (200 * 2**10, 200)]:
+        task = asyncio.create_task(
+            call("POST", tasks, {"topicType": "default", "content": f"{HUGE_REPLY}{size}"})
+        )
+        probes = 0
+        while not task.done():
+            assert await healthz_answers(runtime.url), (
+                f"/healthz went unanswered while the runtime handled a {size}-character reply"
+            )
+            probes += 1
+            await asyncio.sleep(0.05)
+        status, body = await task
+        assert (status, probes > 0) == (expected_status, True), body
+        if status == 502:
+            assert body["error"] == (
+                f"the model's reply has {size} characters, more than the runtime takes "
+                "(262144); the task is refused"
+            )
+        else:
+            assert len(body["result"]) == size
+
+
+async def test_tasks_beyond_the_in_flight_limit_get_429_at_once(
+    model: ScriptedModel, start_runtime: StartRuntime
+) -> None:
+    runtime = start_runtime(
+        env={"TENANTRY_MAX_TASKS_IN_FLIGHT": "2"},
+        agents=ASSISTANT_ONLY,
+        model={"baseUrl": f"{model.url}/slow/v1"},
+        taskTimeoutSeconds=60,
+    )
+    tasks = f"{runtime.url}/v1/tasks"
+    task = {"topicType": "default", "content": "hi"}
+    held = [asyncio.create_task(call("POST", tasks, task)) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while model.stalled < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter
+        await asyncio.sleep(0.05)
+    assert model.stalled == 2, runtime.logs()
+
+    status, body = await call("POST", tasks, task)
+    assert (status, body) == (
+        429,
+        {
+            "error": "the runtime already has 2 tasks in flight, its limit "
+            "(TENANTRY_MAX_TASKS_IN_FLIGHT); retry later"
+        },
+    )
+    # Answered while both tasks are still held: at once, not when one of them ends.
+    assert not any(t.done() for t in held)
+    assert model.stalled == 2  # the refused task never reached the model
+
+    model.release.set()  # the stalled model calls fail: both tasks end with 502
+    assert [status for status, _ in await asyncio.gather(*held)] == [502, 502]
+    # Room again: the next task is taken (and fails at the released model, not with 429).
+    status, body = await call("POST", tasks, task)
+    assert status == 502, body

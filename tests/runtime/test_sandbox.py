@@ -36,6 +36,15 @@ LIMITS = {
 AUTH = {"Authorization": f"Bearer {SANDBOX_TOKEN}"}
 
 
+TASK = "task-1"
+"""The task every run here belongs to, so its files stay in workspace_of(sandbox) between runs."""
+
+
+def workspace_of(sandbox: Service) -> Path:
+    workspace: Path = sandbox.extra["workspace"]
+    return workspace / TASK
+
+
 def execute(
     sandbox: Service, code: str, language: str = "python", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any]]:
@@ -45,7 +54,7 @@ def execute(
         connection.request(
             "POST",
             "/v1/execute",
-            body=json.dumps({"language": language, "code": code}),
+            body=json.dumps({"language": language, "code": code, "taskId": TASK}),
             headers={"Content-Type": "application/json", **(AUTH if headers is None else headers)},
         )
         response = connection.getresponse()
@@ -96,8 +105,9 @@ def test_code_runs_in_the_workspace_with_a_clean_env(sandbox: Service) -> None:
     status, body = execute(sandbox, code)
     assert (status, body["exitCode"], body["timedOut"]) == (200, 0, False)
     seen = json.loads(body["output"])
-    assert Path(seen["cwd"]).resolve() == sandbox.extra["workspace"].resolve()
-    assert set(seen["env"]) == {"PATH", "HOME", "LANG", "LC_ALL", "PYTHONUNBUFFERED"}
+    assert Path(seen["cwd"]).resolve() == workspace_of(sandbox).resolve()
+    assert set(seen["env"]) == {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PYTHONUNBUFFERED"}
+    assert seen["env"]["HOME"] == seen["env"]["TMPDIR"] == seen["cwd"]
     assert "server-env-must-not-leak" not in body["output"]
     assert SANDBOX_TOKEN not in body["output"]
 
@@ -123,7 +133,7 @@ def test_endless_loop_is_killed_with_its_whole_process_group(sandbox: Service) -
     assert body["exitCode"] == 124
     assert "killed after the 2 s time limit" in body["output"]
     assert 2 <= elapsed < 10
-    assert wait_group_gone(group_of(sandbox.extra["workspace"])) == []
+    assert wait_group_gone(group_of(workspace_of(sandbox))) == []
     assert_still_serving(sandbox)
 
 
@@ -131,7 +141,7 @@ def test_background_processes_do_not_outlive_a_normal_run(sandbox: Service) -> N
     code = WRITE_PGID + "import subprocess\nsubprocess.Popen(['sleep', '300'])\nprint('done')\n"
     status, body = execute(sandbox, code)
     assert (status, body["exitCode"], body["timedOut"]) == (200, 0, False)
-    assert wait_group_gone(group_of(sandbox.extra["workspace"])) == []
+    assert wait_group_gone(group_of(workspace_of(sandbox))) == []
 
 
 def test_a_process_that_leaves_its_group_is_still_killed(sandbox: Service) -> None:
@@ -144,7 +154,7 @@ def test_a_process_that_leaves_its_group_is_still_killed(sandbox: Service) -> No
     )
     status, body = execute(sandbox, code)
     assert (status, body["exitCode"]) == (200, 0)
-    escaped = int((sandbox.extra["workspace"] / "escaped").read_text())
+    escaped = int((workspace_of(sandbox) / "escaped").read_text())
     assert wait_group_gone(escaped) == []  # it leads its own group
 
 
@@ -164,7 +174,7 @@ def test_fork_bomb_is_contained(sandbox: Service) -> None:
     assert body["timedOut"] is True
     assert "fork refused" in body["output"]  # RLIMIT_NPROC bound it, not only the timeout
     # Killed and reaped: not even zombies are left to count against the process limit.
-    assert wait_group_gone(group_of(sandbox.extra["workspace"])) == []
+    assert wait_group_gone(group_of(workspace_of(sandbox))) == []
     assert_still_serving(sandbox)
 
 
@@ -186,7 +196,7 @@ def test_output_is_truncated(sandbox: Service) -> None:
 
 
 def test_runs_beyond_the_concurrency_limit_get_429(sandbox: Service) -> None:
-    workspace = sandbox.extra["workspace"]
+    workspace = workspace_of(sandbox)
     first: dict[str, Any] = {}
     slow = "import time\nopen('started', 'w').close()\ntime.sleep(1.5)\nprint('slow done')"
     thread = threading.Thread(target=lambda: first.update(result=execute(sandbox, slow)))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from tenantry.models import RESERVED_NAMESPACES, AgentTenant
-from tenantry.reconcile import Stall, check_namespace_name
+from tenantry.reconcile import Stall, check_namespace_name, check_uid_slot
 
 
 def tenant(spec: dict[str, Any], name: str = "acme") -> AgentTenant:
@@ -185,3 +185,21 @@ def test_egress_outside_or_around_those_ranges_is_accepted(cidr: str) -> None:
 def test_an_ipv4_mapped_range_is_refused_in_favour_of_the_ipv4_one() -> None:
     with pytest.raises(ValidationError, match="IPv4-mapped range: list the IPv4 range"):
         tenant({"network": {"egress": [{"cidr": "::ffff:a9fe:a9fe/128", "ports": [80]}]}})
+
+
+def test_the_younger_of_two_tenants_whose_names_share_a_uid_slot_is_refused() -> None:
+    """A name can be searched for that hashes to another tenant's users (a birthday search over
+    2^29 slots takes a few tens of thousands of names); the younger tenant is stalled."""
+    from tenantry.render import uid_slot  # noqa: PLC0415
+
+    seen: dict[int, str] = {}
+    index = 0
+    while (slot := uid_slot(f"t{index}")) not in seen:
+        seen[slot] = f"t{index}"
+        index += 1
+    older, younger = seen[slot], f"t{index}"
+    neighbours = [(older, "2026-01-01T00:00:00Z"), (younger, "2026-02-01T00:00:00Z"), ("x", "")]
+    check_uid_slot(older, "2026-01-01T00:00:00Z", neighbours)
+    with pytest.raises(Stall, match=f"would run as the same users as tenant '{older}'") as stall:
+        check_uid_slot(younger, "2026-02-01T00:00:00Z", neighbours)
+    assert stall.value.reason == "UserIdCollision"

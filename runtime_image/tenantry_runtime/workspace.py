@@ -1,0 +1,115 @@
+"""The sandbox's workspace: a directory per task, gone when the task ends.
+
+A task of the runtime may run code several times (the coder iterates), so its files must last
+from one run to the next, and no longer: another task, perhaps for another end user of the
+tenant, must not find them. Each run names its task (`taskId` in the execute body) and works
+in `<workspace>/<taskId>`; the runtime says when a task has ended, and then everything in the
+workspace that belongs to no live task goes, whatever the code wrote where (a task's files
+outside its own directory included). A run with no task id is a task of its own, ended when
+the run ends. A task that ended runs no more code: its caller is gone, and its files would
+outlive it. The workspace is emptied when the server starts too (an emptyDir outlives a
+container restart).
+
+With `keep` (TENANTRY_SANDBOX_KEEP_WORKSPACE=true, the tenant asked for persistence), every run
+works in the workspace itself and nothing is removed.
+
+Tasks that overlap in time are not isolated from each other: their code runs as one user,
+which may read and write anything the other can. Nor is anything outside the workspace
+wiped (the pod's /tmp); HOME and TMPDIR of a run point into its task's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+from collections import Counter, OrderedDict
+from pathlib import Path
+
+TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Task ids name directories: no dots or slashes, so never `..` or a path."""
+
+# Ended task ids are remembered, to refuse their late runs, up to this many.
+_ENDED_REMEMBERED = 4096
+
+
+class TaskEnded(Exception):
+    """A run for a task the runtime already ended."""
+
+
+def _remove(path: Path) -> None:
+    """Remove `path`, even where code took its own permissions away (it owns the files)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError):
+        path.chmod(0o700)
+    # Top-down: every directory is made ours again before it is listed. Symlinks are left
+    # alone: chmod would follow them out of the workspace.
+    for parent, directories, _ in os.walk(path):
+        for name in directories:
+            child = os.path.join(parent, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        _remove(path)
+
+
+class Workspaces:
+    """Which directory each run works in, and removing what ended tasks leave behind."""
+
+    def __init__(self, root: Path, keep: bool) -> None:
+        self.root = root
+        self.keep = keep
+        self._live: set[str] = set()  # tasks that have run code and not ended
+        self._running: Counter[str] = Counter()  # runs in flight, per task
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def enter(self, task_id: str) -> Path:
+        """The directory a run of `task_id` works in; TaskEnded if that task has ended."""
+        if task_id in self._ended:
+            raise TaskEnded(task_id)
+        self._live.add(task_id)
+        self._running[task_id] += 1
+        if self.keep:
+            return self.root
+        workdir = self.root / task_id
+        workdir.mkdir(mode=0o700, exist_ok=True)
+        return workdir
+
+    async def leave(self, task_id: str) -> None:
+        """A run of `task_id` is over (its processes are gone)."""
+        self._running[task_id] -= 1
+        if self._running[task_id] <= 0:
+            del self._running[task_id]
+            if task_id in self._ended:
+                await self.wipe()  # it ended while this run was still going
+
+    async def end(self, *task_ids: str) -> None:
+        """These tasks are over: their files go now, or when their last run in flight ends."""
+        for task_id in task_ids:
+            self._live.discard(task_id)
+            self._ended[task_id] = None
+            self._ended.move_to_end(task_id)
+        while len(self._ended) > _ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
+        await self.wipe()
+
+    async def end_all(self) -> None:
+        await self.end(*self._live)
+
+    async def wipe(self) -> None:
+        """Remove everything in the workspace that belongs to no live task, nor to a run."""
+        if self.keep:
+            return
+        kept = self._live | set(self._running)
+        doomed = [entry for entry in self.root.iterdir() if entry.name not in kept]
+        # In a thread: a task may leave many files, and the event loop serves other runs.
+        await asyncio.to_thread(_remove_all, doomed)
