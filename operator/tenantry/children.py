@@ -60,7 +60,8 @@ def summarize(body: Mapping[str, Any]) -> LiveChild:
         {
             entry.get("manager", "")
             for entry in meta.get("managedFields") or []
-            if not entry.get("subresource") and entry.get("manager") not in SYSTEM_MANAGERS
+            # Status is the controllers' to write; any other subresource (a `scale`) is a change.
+            if entry.get("subresource") != "status" and entry.get("manager") not in SYSTEM_MANAGERS
         }
     )
     available, problem = deployment_health(body) if body.get("kind") == "Deployment" else (None, "")

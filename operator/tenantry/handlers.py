@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -64,6 +65,8 @@ class Controller:
         # a tenant created while it listed (it is in the cache, not in the list).
         self.events_seen = 0
         self.last_seen: dict[str, int] = {}
+        # (name -> creationTimestamp) of every tenant the last list found, watched or not yet.
+        self.listed: dict[str, str] = {}
 
     async def reconcile(self, name: str) -> None:
         body = self.tenants.get(name)
@@ -87,11 +90,13 @@ class Controller:
             metrics.count_tenants(self.outcomes.values())
 
     def known_tenants(self) -> list[tuple[str, str]]:
-        """(name, creationTimestamp) of every tenant seen: no two may run as one user."""
-        return [
-            (name, body["metadata"].get("creationTimestamp") or "")
-            for name, body in self.tenants.items()
-        ]
+        """(name, creationTimestamp) of every tenant listed or seen: no two may run as one user.
+        The list counts too: after a start, a younger tenant may be reconciled before the older
+        one's watch event arrives."""
+        known = dict(self.listed)
+        for name, body in self.tenants.items():
+            known[name] = body["metadata"].get("creationTimestamp") or ""
+        return list(known.items())
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]
@@ -131,8 +136,12 @@ class Controller:
         client = self.reconciler.client
         listing_since = self.events_seen
         # All tenants, whatever --tenant-selector says: only the ones cached here are compared.
-        names = {t.metadata.name async for t in client.list(AgentTenantResource)}  # type: ignore[union-attr]
-        self.forget_missing({str(name) for name in names}, listing_since)
+        listed = {
+            str(t.metadata.name): kube_time(t.metadata.creationTimestamp)  # type: ignore[union-attr]
+            async for t in client.list(AgentTenantResource)
+        }
+        self.listed = listed
+        self.forget_missing(set(listed), listing_since)
         fresh = ChildCache()
         for kind, resource in APPLIED_KINDS.items():
             if kind == "Secret" and self.config.scoped_secrets:
@@ -207,6 +216,11 @@ class Controller:
                 logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+def kube_time(moment: datetime | None) -> str:
+    """A timestamp as the API server writes it in a body, so the two compare as strings."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
 def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:

@@ -90,7 +90,10 @@ NEVER_ALLOWED_RANGES = (
     "2001::/32",
     "2002::/16",
     "fe80::/10",
-    "fd00:ec2::254/128",  # AWS metadata over IPv6
+    "192.0.0.0/24",  # IETF protocol assignments; Oracle Cloud's legacy metadata 192.0.0.192
+    "fd00:ec2::/32",  # AWS's IPv6 services: metadata (::254), EKS Pod Identity (::23), DNS
+    "fd20:ce::254/128",  # Google Cloud metadata over IPv6
+    "fd00:c1::a9fe:a9fe/128",  # Oracle Cloud metadata over IPv6
     "ff00::/8",
 )
 NEVER_ALLOWED_MESSAGE = (

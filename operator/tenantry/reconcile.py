@@ -243,10 +243,6 @@ class Reconciler:
     ) -> Observation:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
-        check_uid_slot(tenant.name, self._created.get(uid, ""), self.neighbours())
-        problems = violations(tenant, self.config)
-        if problems:
-            raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
         live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
         cached = live.get(("Namespace", "", namespace))
         if cached is not None and uid in cached.owner_uids:
@@ -264,7 +260,15 @@ class Reconciler:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
             # tenant's, through the RoleBinding it got with its namespace.
             live = {**live, **await self._live_secrets(namespace, uid)}
-        secret_data, secret_types = await self._read_secret_sources(tenant, namespace, live)
+        # Grants first: a revoked Secret is taken back even from a tenant that another check
+        # below stalls (a manifest must not keep its copy by breaking a rule on purpose).
+        secret_data, secret_types = await self._read_secret_sources(
+            tenant, namespace, live if namespace_exists else {}
+        )
+        check_uid_slot(tenant.name, self._created.get(uid, ""), self.neighbours())
+        problems = violations(tenant, self.config)
+        if problems:
+            raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
         token = (
             await self._sandbox_token(uid, namespace, namespace_exists)
             if tenant.spec.sandbox.enabled
@@ -376,9 +380,13 @@ class Reconciler:
         a rollout would keep the old pod until a new one (which cannot start) is ready."""
         first = refused[0]
         stall = Stall(first.reason, first.message)
-        copies = [
-            key for refusal in refused if (key := ("Secret", namespace, refusal.name)) in live
-        ]
+        copies = []
+        for refusal in refused:
+            key = ("Secret", namespace, refusal.name)
+            # A copy not known as ours (someone stripped its owner reference) is there all the
+            # same, in a namespace of ours (`live` is empty for a namespace that is not).
+            if key in live or (live and await self._get(Secret, refusal.name, namespace)):
+                copies.append(key)
         if copies:
             runtime = ("Deployment", namespace, RUNTIME)
             for key in [*copies, runtime]:
@@ -486,7 +494,7 @@ class Reconciler:
         entries = [
             entry
             for entry in live["metadata"].get("managedFields") or []
-            if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource")
+            if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource") == "status"
         ]
         meta = {
             **manifest["metadata"],

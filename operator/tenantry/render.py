@@ -499,15 +499,28 @@ def deployment(
     component: str,
     pod_spec: dict[str, Any],
     template_annotations: Mapping[str, str],
+    sysctls: Mapping[str, str] | None = None,
 ) -> Manifest:
     selector = pod_labels(tenant, component)
     uid = tenant_uid(tenant, component)
+    security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if sysctls:
+        security["sysctls"] = [{"name": name, "value": value} for name, value in sysctls.items()]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(tenant, facts, component, namespace, component),
         "spec": {
             "replicas": 1,
+            # No old ReplicaSets kept: scaled up by hand, one would run a template (an image, a
+            # setting) the tenant no longer has.
+            "revisionHistoryLimit": 0,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": selector, "annotations": dict(template_annotations)},
@@ -515,13 +528,7 @@ def deployment(
                     "serviceAccountName": component,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": uid,
-                        "runAsGroup": uid,
-                        "fsGroup": uid,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": security,
                     **pod_spec,
                 },
             },
@@ -647,7 +654,17 @@ def build_sandbox_deployment(
     if sandbox.runtime_class_name:
         pod_spec["runtimeClassName"] = sandbox.runtime_class_name
     token_hash = digest({"token": facts.sandbox_token})
-    return deployment(tenant, namespace, facts, SANDBOX, pod_spec, {CONFIG_HASH: token_hash})
+    # System V shared memory no process is attached to is removed, so no segment outlives the
+    # run (and the task) that made it. A "safe" sysctl: Pod Security restricted allows it.
+    return deployment(
+        tenant,
+        namespace,
+        facts,
+        SANDBOX,
+        pod_spec,
+        {CONFIG_HASH: token_hash},
+        sysctls={"kernel.shm_rmid_forced": "1"},
+    )
 
 
 def build_service(

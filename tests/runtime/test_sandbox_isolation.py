@@ -223,13 +223,12 @@ def test_files_stay_within_their_task(
 ) -> None:
     sandbox = start_sandbox(**LIMITS)
     write = "open('note.txt', 'w').write('from task a')\nprint('written')"
-    # Looks for the note anywhere in the workspace, not only in its own directory.
+    # Looks for the note anywhere in the workspace (HOME is the task's directory in it), not
+    # only in its own directory. os.walk skips what vanishes meanwhile.
     look = (
-        "import os, pathlib\n"
-        "root = pathlib.Path(os.environ['HOME'])\n"
-        "while root.parent != root and os.access(root.parent, os.W_OK):\n"
-        "    root = root.parent\n"
-        "found = [str(p) for p in root.rglob('note.txt')]\n"
+        "import os\n"
+        "root = os.path.dirname(os.environ['HOME'])\n"
+        "found = [d for d, _, files in os.walk(root) if 'note.txt' in files]\n"
         "print('found' if found else 'nothing')\n"
     )
     assert run(sandbox, write, task="task-a")["output"].strip() == "written"

@@ -165,6 +165,10 @@ NEVER_REACHABLE = [
     "2002:a9fe:a9fe::/48",  # and through 6to4
     "fe80::/64",
     "fd00:ec2::254/128",
+    "fd00:ec2::23/128",  # EKS Pod Identity: IAM credentials
+    "fd20:ce::254/128",
+    "fd00:c1::a9fe:a9fe/128",
+    "192.0.0.192/32",
     "::1/128",
 ]
 
