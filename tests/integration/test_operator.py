@@ -198,7 +198,10 @@ def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
         Deployment, "runtime", namespace=namespace
     ).spec.template.metadata.annotations  # type: ignore[union-attr]
     runtime_pods = {"tenantry.dev/component": "runtime"}
-    replica_sets_before = len(list(kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)))
+    replica_sets_before = {
+        rs.metadata.name  # type: ignore[union-attr]
+        for rs in kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)
+    }
 
     # A changed config rolls the runtime out: a new pod template, so a new ReplicaSet.
     spec["runtime"]["topicTypes"] = ["default", "code", "billing"]
@@ -210,8 +213,19 @@ def test_a_spec_change_rolls_out_and_removed_pieces_are_deleted(
         Deployment, "runtime", namespace=namespace
     ).spec.template.metadata.annotations  # type: ignore[union-attr]
     assert template_after["tenantry.dev/config-hash"] != template_before["tenantry.dev/config-hash"]
-    replica_sets = len(list(kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)))
-    assert replica_sets == replica_sets_before + 1
+    # A new ReplicaSet, and (revisionHistoryLimit 0) no old one kept to be scaled up by hand.
+    replica_sets = {
+        rs.metadata.name  # type: ignore[union-attr]
+        for rs in kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)
+    }
+    assert len(replica_sets - replica_sets_before) == 1
+    wait_until(
+        lambda: {
+            rs.metadata.name  # type: ignore[union-attr]
+            for rs in kube.list(ReplicaSet, namespace=namespace, labels=runtime_pods)
+        }.isdisjoint(replica_sets_before),
+        "the old ReplicaSet to be removed",
+    )
     # The sandbox token is generated once and survives every reconcile.
     assert kube.get(Secret, "sandbox-token", namespace=namespace).data["token"] == token_before  # type: ignore[index]
 
