@@ -20,14 +20,19 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
+from ports import free_port
 from runtime_helpers import (
     SANDBOX_TOKEN,
     SANDBOX_UID,
+    TENANT,
     SandboxHome,
     Service,
     StartSandbox,
+    base_env,
+    http_get,
     sandbox_python,
     sandbox_request,
+    start_service,
 )
 from tenantry_runtime.executor import SandboxCodeExecutor
 
@@ -126,6 +131,159 @@ print("chain of", len((evidence / "pids").read_text().split()))
 
     assert (left_after_the_run, spied) == ([], "")
     assert processes_left(chain) == []
+
+
+# A process whose main thread has ended while another of its threads runs on: /proc shows it
+# as a zombie (state Z), and waitpid cannot reap it while that thread lives. The thread looks,
+# every 0.2 s, for a later run's code (through /proc/<pid>/fd, the memfd the run reads) and
+# for its files (anywhere in the workspace).
+ZOMBIE_LEADER = """
+import ctypes, glob, os, pathlib, platform, threading, time
+evidence = pathlib.Path({evidence!r})
+workspace = pathlib.Path.cwd().parent
+marker = b"SECRET-OF-" + b"A-LATER-RUN"
+SYS_EXIT = {{"x86_64": 60, "aarch64": 93}}[platform.machine()]  # exit(2): this thread only
+
+def spy():
+    stop, reported = time.monotonic() + 60, set()  # a deadline of its own, should it get away
+    while time.monotonic() < stop:
+        seen = []
+        for fd in glob.glob("/proc/[0-9]*/fd/*"):
+            try:
+                if "tenantry-code" in os.readlink(fd):
+                    with open(fd, "rb") as code:
+                        if marker in code.read():
+                            seen.append(f"a later run's code through {{fd}}")
+            except OSError:
+                pass
+        for path in workspace.rglob("*"):
+            try:
+                if path.is_file() and marker in path.read_bytes():
+                    seen.append(f"a later run's file {{path}}")
+            except OSError:
+                pass
+        seen = [what for what in seen if what not in reported]
+        reported.update(seen)
+        if seen:
+            with open(evidence / "spied", "a") as spied:
+                spied.write("\\n".join(seen) + "\\n")
+        time.sleep(0.2)
+
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    threading.Thread(target=spy).start()
+    ctypes.CDLL(None).syscall(SYS_EXIT, 0)
+with open(evidence / "pids", "a") as pids:
+    pids.write(f"{{pid}}\\n")
+state, deadline = "?", time.monotonic() + 10
+while state != "Z" and time.monotonic() < deadline:
+    with open(f"/proc/{{pid}}/stat") as stat:
+        state = stat.read().rsplit(")", 1)[1].split()[0]
+    time.sleep(0.05)
+print("stray in state", state)
+"""
+
+
+def test_a_process_whose_main_thread_exited_does_not_outlive_its_run(
+    start_sandbox: StartSandbox, evidence: Path
+) -> None:
+    sandbox = start_sandbox(**LIMITS)
+    started = time.monotonic()
+    first = run(sandbox, ZOMBIE_LEADER.format(evidence=str(evidence)), task="t")
+    answered_after = time.monotonic() - started
+    left_after_the_run = processes_left(pids_in(evidence))
+    # A later run, of another task, whose code and file a survivor could read.
+    later = (
+        "secret = 'SECRET-OF-A-LATER-RUN'\n"
+        "open('later.txt', 'w').write(secret)\n"
+        "import time\ntime.sleep(1.5)\nprint('later ran')"
+    )
+    assert run(sandbox, later, task="later")["output"].strip() == "later ran"
+    spied = (evidence / "spied").read_text() if (evidence / "spied").exists() else ""
+    report = f"answered after {answered_after:.1f} s; left: {left_after_the_run}; spied:\n{spied}"
+    assert first["output"].strip() == "stray in state Z", first
+    assert (left_after_the_run, spied) == ([], ""), report
+    # The sweep kills it at once: it no longer waits out its give-up time, twice.
+    assert answered_after < 8, report
+
+
+# Started as `-c BOOTSTRAP sandbox`: the real server, except that it cannot signal a process
+# named "immortal", as if that process were another user's (or stuck in the kernel). Only the
+# test can kill it.
+IMMORTAL_BOOTSTRAP = """
+import sys
+import tenantry_runtime.runner as runner
+real_signal = runner._signal
+
+def _signal(pid, signum, *, group=False):
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == "immortal":
+                return
+    except OSError:
+        pass
+    real_signal(pid, signum, group=group)
+
+runner._signal = _signal
+from tenantry_runtime.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+LEAVE_AN_IMMORTAL = """
+import os, pathlib, subprocess, sys, time
+evidence = pathlib.Path({evidence!r})
+name = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'immortal', 0, 0, 0); time.sleep(120)"
+child = subprocess.Popen([sys.executable, "-c", name], start_new_session=True)
+with open(evidence / "pids", "a") as pids:
+    pids.write(f"{{child.pid}}\\n")
+deadline = time.monotonic() + 10
+while open(f"/proc/{{child.pid}}/comm").read().strip() != "immortal":
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+print("left one")
+"""
+
+
+def test_a_process_that_cannot_be_killed_stops_the_sandbox_until_it_is_gone(
+    sandbox_home: SandboxHome, evidence: Path, tmp_path: Path
+) -> None:
+    env = base_env(
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_SANDBOX_TOKEN_FILE=str(sandbox_home.token_file),
+        TENANTRY_SANDBOX_WORKDIR=str(sandbox_home.workspace),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **LIMITS,
+    )
+    sandbox = start_service(
+        "sandbox",
+        env,
+        tmp_path,
+        as_sandbox_user=True,
+        cwd=sandbox_home.root,
+        bootstrap=IMMORTAL_BOOTSTRAP,
+    )
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    body = {"language": "python", "code": LEAVE_AN_IMMORTAL.format(evidence=str(evidence))}
+    try:
+        left = sandbox_request(sandbox, "POST", "/v1/execute", body)
+        health_while_left = http_get(port, "/healthz")[0]
+        refused = sandbox_request(sandbox, "POST", "/v1/execute", {"language": "sh", "code": "id"})
+    finally:
+        for pid in pids_in(evidence):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    # Once it is gone (the server's periodic sweep reaps it), the sandbox runs code again.
+    deadline = time.monotonic() + 20
+    while http_get(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = sandbox_request(sandbox, "POST", "/v1/execute", {"language": "sh", "code": "echo ok"})
+    sandbox.stop()
+    assert (left[0], health_while_left, refused[0]) == (500, 503, 503), (left, refused)
+    assert "could not be killed" in left[1]["error"]
+    assert after[0] == 200 and after[1]["output"].strip() == "ok", after
+    assert "could not be killed" in sandbox.logs()
 
 
 def detach_and_wait(evidence: Path, name: str, wait: bool) -> str:
