@@ -4,7 +4,8 @@
 runs the code once through `Runner` (runner.py: limits, time limit, killing whatever the run
 left, reaping) in its task's workspace (workspace.py) and answers `{"exitCode", "output",
 "timedOut", "truncated", "durationSeconds"}`. `DELETE /v1/workspaces/<taskId>` says a task
-has ended, and its files go; `DELETE /v1/workspaces` ends every task. The token is compared
+has ended, and its files go (and, once no task is live, the IPC objects code left: ipc.py);
+`DELETE /v1/workspaces` ends every task. The token is compared
 in constant time; anything else gets 401 before the body is read. At most `concurrency` runs
 go at once and more are refused with 429 rather than queued, so a busy sandbox says so at
 once instead of letting its callers time out. `GET /healthz` is open, for probes.
@@ -216,7 +217,9 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
     app[_RUNNER] = Runner(settings.limits)
     app[_SLOTS] = asyncio.Semaphore(settings.limits.concurrency)
     app[_AUDIT] = audit
-    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace)
+    # Never as root: root's IPC objects outside a container are every root process's.
+    wipe_ipc = settings.wipe_ipc and os.geteuid() != 0
+    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace, ipc=wipe_ipc)
     app.cleanup_ctx.append(_housekeeping)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(EXECUTE_PATH, _execute)
@@ -227,7 +230,10 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
 
 def serve_sandbox(settings: SandboxSettings) -> None:
     if os.geteuid() == 0:
-        log.warning("running as root: RLIMIT_NPROC does not bind root; run as a non-root user")
+        log.warning(
+            "running as root: RLIMIT_NPROC does not bind root, and IPC objects code leaves "
+            "are not removed; run as a non-root user"
+        )
     audit = AuditLog.open(settings.tenant, "-")
     log.info("sandbox for tenant %s on port %d", settings.tenant, settings.port)
     web.run_app(

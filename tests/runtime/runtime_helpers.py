@@ -3,7 +3,9 @@
 `python -m tenantry_runtime serve | sandbox` are started as subprocesses with only the env
 docs/runtime-contract.md defines. When the tests run as root, the sandbox runs as the
 unprivileged user SANDBOX_UID, as in its pod: RLIMIT_NPROC does not bind root, and a fork
-bomb test that is not bound by it would take the machine down instead of failing.
+bomb test that is not bound by it would take the machine down instead of failing. That uid is
+the tests' own: the sandbox kills its processes and removes its IPC objects (/dev/shm, System
+V). A sandbox that runs as the tester's own user is told to leave IPC objects alone.
 """
 
 from __future__ import annotations
@@ -151,6 +153,10 @@ def run_module(
         python, extra_env = sandbox_python()
         if os.geteuid() == 0:
             user = {"user": uid, "group": uid, "extra_groups": []}
+    if command == "sandbox" and not user:
+        # It runs as the tester: the IPC objects of that user are not the sandbox's to remove
+        # (a desktop's shared memory, say). As root it never removes them anyway.
+        extra_env.setdefault("TENANTRY_SANDBOX_WIPE_IPC", "false")
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{command}.out").open("wb") as out, (logs / f"{command}.err").open("wb") as err:
         return subprocess.Popen(

@@ -8,7 +8,10 @@ where any process on the node can read it; its files must not reach another task
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -29,7 +32,9 @@ from runtime_helpers import (
     Service,
     StartSandbox,
     base_env,
+    free_uids,
     http_get,
+    make_sandbox_home,
     sandbox_python,
     sandbox_request,
     start_service,
@@ -450,3 +455,220 @@ async def test_the_executor_gives_each_task_its_own_workspace(
         await executor.end_task("b")
     assert (seen_in_a.strip(), seen_in_b.strip()) == ("seen", "unseen")
     assert list(sandbox_home.workspace.iterdir()) == []
+
+
+# State that outlives every process, outside the workspace: a file in /dev/shm (what
+# shm_open and sem_open create), a directory there, System V shared memory, a message queue
+# and a semaphore set, and a POSIX message queue where /dev/mqueue is mounted (it is in a
+# container; on this machine perhaps not). The secret goes into each that can hold data.
+PLANT_IPC = """
+import ctypes, json, os, pathlib
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+IPC_CREAT, IPC_PRIVATE = 0o1000, 0
+secret = b"SECRET-OF-TASK-A"
+
+def check(result):
+    if result == -1:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+
+class Message(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 64)]
+
+shm, me = pathlib.Path("/dev/shm"), os.getuid()
+(shm / f"tenantry-test-note-{me}").write_bytes(secret)
+(shm / f"tenantry-test-dir-{me}").mkdir()
+(shm / f"tenantry-test-dir-{me}" / "note").write_bytes(secret)
+shmid = check(libc.shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0o600))
+address = libc.shmat(shmid, None, 0)
+ctypes.memmove(address, secret, len(secret))
+check(libc.shmdt(address))
+msqid = check(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600))
+check(libc.msgsnd(msqid, ctypes.byref(Message(1, secret)), len(secret), 0))
+semid = check(libc.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600))
+made = [f"/dev/shm/tenantry-test-note-{me}", f"/dev/shm/tenantry-test-dir-{me}", "shm", "msg", "sem"]
+if os.path.ismount("/dev/mqueue"):
+    name = f"/tenantry-test-queue-{me}".encode()
+    queue = check(libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None))
+    check(libc.mq_send(queue, secret, len(secret), 0))
+    made.append(f"/dev/mqueue{name.decode()}")
+print(json.dumps(made))
+"""
+
+# What a later task of the same uid finds of it: every such object its uid owns or created,
+# with the secret where it can read it.
+FIND_IPC = """
+import ctypes, json, os, pathlib
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+SHM_RDONLY = 0o10000
+me, found = os.getuid(), []
+for directory in ("/dev/shm", "/dev/mqueue"):
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if entry.stat(follow_symlinks=False).st_uid == me:
+                found.append(f"{directory}/{entry.name}")
+for kind in ("shm", "msg", "sem"):
+    header, *rows = pathlib.Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+    names = header.split()
+    for row in rows:
+        fields = dict(zip(names, row.split()))
+        if me in (int(fields["uid"]), int(fields["cuid"])):
+            ident = int(fields[names[1]])
+            seen = f"sysv {kind} {ident}"
+            if kind == "shm":
+                address = libc.shmat(ident, None, SHM_RDONLY)
+                if address not in (None, ctypes.c_void_p(-1).value):
+                    seen += f" holding {ctypes.string_at(address, 16)!r}"
+            found.append(seen)
+print(json.dumps(found))
+"""
+
+
+def ipc_of(uid: int) -> list[str]:
+    """What `uid` owns (or created) in /dev/shm, /dev/mqueue and System V IPC, as root sees
+    it; independent of the sandbox's own code."""
+    found = []
+    for directory in (Path("/dev/shm"), Path("/dev/mqueue")):  # noqa: S108 - not temp files
+        if directory.is_dir():
+            found += [str(e) for e in directory.iterdir() if e.lstat().st_uid == uid]
+    for kind in ("shm", "msg", "sem"):
+        header, *rows = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+        names = header.split()
+        for row in rows:
+            fields = dict(zip(names, row.split(), strict=False))
+            if uid in (int(fields["uid"]), int(fields["cuid"])):
+                found.append(f"sysv {kind} {fields[names[1]]}")
+    return sorted(found)
+
+
+def remove_ipc_of(uid: int) -> None:
+    """As root: remove what `uid` owns in /dev/shm, /dev/mqueue and System V IPC."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    removers = {"shm": libc.shmctl, "msg": libc.msgctl, "sem": libc.semctl}
+    for found in ipc_of(uid):
+        if found.startswith("sysv "):
+            _, kind, ident = found.split()
+            removers[kind](int(ident), 0, None)  # IPC_RMID
+        elif Path(found).is_dir() and not Path(found).is_symlink():
+            shutil.rmtree(found, ignore_errors=True)
+        else:
+            Path(found).unlink(missing_ok=True)
+
+
+def plant_as(uid: int) -> list[str]:
+    """Runs PLANT_IPC as `uid`, outside any sandbox; what `uid` then owns."""
+    python, extra_env = sandbox_python()
+    subprocess.run(
+        [python, "-c", PLANT_IPC],
+        env=base_env(**extra_env),
+        cwd="/",
+        capture_output=True,
+        check=True,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+    )
+    return ipc_of(uid)
+
+
+@pytest.fixture
+def ipc_uids() -> Iterator[tuple[int, int]]:
+    """Two uids of this test's alone (no process, no IPC object): one for the sandbox, one
+    for a bystander whose objects the sandbox must not touch. Anything left goes after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the sandbox must run under a uid of its own")
+    sandbox_uid, bystander_uid = free_uids(2, first=61000)
+    yield sandbox_uid, bystander_uid
+    for uid in (sandbox_uid, bystander_uid):
+        remove_ipc_of(uid)
+
+
+def start_sandbox_as(uid: int, logs: Path, **env: str) -> tuple[Service, SandboxHome]:
+    home = make_sandbox_home(uid)
+    full_env = base_env(
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_SANDBOX_TOKEN_FILE=str(home.token_file),
+        TENANTRY_SANDBOX_WORKDIR=str(home.workspace),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **LIMITS,
+        **env,
+    )
+    service = start_service("sandbox", full_env, logs, as_sandbox_user=True, uid=uid, cwd=home.root)
+    return service, home
+
+
+def find_ipc(sandbox: Service, task: str | None = None) -> list[str]:
+    found = json.loads(run(sandbox, FIND_IPC, task=task)["output"])
+    assert isinstance(found, list)
+    return found
+
+
+def test_ipc_objects_do_not_outlive_their_task(ipc_uids: tuple[int, int], tmp_path: Path) -> None:
+    uid, bystander = ipc_uids
+    bystanders_objects = plant_as(bystander)
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        in_a_next_run = find_ipc(sandbox, "task-a")
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        in_b = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert len(in_a_next_run) == len(made), (made, in_a_next_run)  # a task keeps its own
+    assert in_b == [], f"task b found {in_b}"
+    # Another user's objects, though the sandbox could see some of them, are left alone.
+    assert len(bystanders_objects) >= 5 and ipc_of(bystander) == bystanders_objects
+
+
+def test_ipc_objects_wait_for_the_last_live_task(ipc_uids: tuple[int, int], tmp_path: Path) -> None:
+    # Nothing tells which task made an IPC object: while another task is live, they stay.
+    uid, _ = ipc_uids
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        run(sandbox, "print('live')", task="task-t")
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        while_t_lives = find_ipc(sandbox, "task-t")
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-t")[0] == 204
+        after_t = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert (len(while_t_lives), after_t) == (len(made), []), (made, while_t_lives, after_t)
+
+
+def test_with_keep_workspace_ipc_objects_outlive_their_task(
+    ipc_uids: tuple[int, int], tmp_path: Path
+) -> None:
+    uid, _ = ipc_uids
+    sandbox, home = start_sandbox_as(uid, tmp_path, TENANTRY_SANDBOX_KEEP_WORKSPACE="true")
+    try:
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        in_b = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert len(in_b) == len(made), (made, in_b)
+
+
+def test_a_restarted_sandbox_starts_with_no_ipc_objects(
+    ipc_uids: tuple[int, int], tmp_path: Path
+) -> None:
+    # Left under the same uid by code of an earlier server (code can kill its server).
+    uid, _ = ipc_uids
+    assert len(plant_as(uid)) >= 5
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        found = find_ipc(sandbox)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert found == [], f"a run of the new server found {found}"
