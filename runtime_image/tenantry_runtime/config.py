@@ -119,6 +119,9 @@ class SandboxSettings:
     limits: SandboxLimits
     keep_workspace: bool = False
     """Files outlive their task (the tenant asked for it); by default each task's go with it."""
+    wipe_ipc: bool = True
+    """With the files, remove the IPC objects the sandbox's uid owns (/dev/shm, /dev/mqueue,
+    System V). Off only to run a sandbox as a user who has other IPC objects (a developer)."""
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -265,6 +268,7 @@ def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
         port=_port_from_env(env),
         limits=limits,
         keep_workspace=_bool_env(env, "TENANTRY_SANDBOX_KEEP_WORKSPACE", False),
+        wipe_ipc=_bool_env(env, "TENANTRY_SANDBOX_WIPE_IPC", True),
     )
 
 

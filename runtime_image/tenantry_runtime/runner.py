@@ -19,6 +19,14 @@ the descendants are every process of the pod but those `kubectl exec` started. O
 container (tests) the same walk never touches a process that is not ours. Strays are stopped
 (SIGSTOP) before any is killed, so none can fork again as its relatives die, and the sweep
 repeats until none is left; adopted zombies are reaped, so none fills the PID limit.
+
+Every stray is signalled, whatever its state. A pid that /proc shows as a zombie (`Z`) may
+be a process whose main thread has exited while its other threads run on: waitpid cannot
+reap it, but a signal to its pid reaches the whole process, so it dies and is reaped in a
+later round. If strays are still there when a sweep gives up (a process the server may not
+signal, one stuck in the kernel), the runner fails closed: it logs an error, the run that
+left them is reported as failed (`ProcessesSurvived`) and no run starts until a later sweep
+finds none (see `survivors`).
 """
 
 from __future__ import annotations
@@ -54,6 +62,21 @@ _PR_SET_CHILD_SUBREAPER = 36
 # A sweep stops strays in rounds until none is left; should some resist (a process of
 # another user cannot be signalled), it gives up after this and the next sweep tries again.
 _SWEEP_GIVE_UP_SECONDS = 5.0
+
+
+class ProcessesSurvived(RuntimeError):
+    """Processes left by runs could not be killed: no code may run until they are gone.
+
+    Raised by `Runner.run` for a run that starts while they are there (`outcome` None) or
+    that ends with them there (`outcome` is what the run itself gave)."""
+
+    def __init__(self, pids: tuple[int, ...], outcome: RunOutcome | None = None) -> None:
+        super().__init__(
+            f"{len(pids)} process(es) left by runs could not be killed (pids "
+            f"{', '.join(map(str, pids))}); the sandbox runs no code until they are gone"
+        )
+        self.pids = pids
+        self.outcome = outcome
 
 
 def normalize_language(language: str) -> str | None:
@@ -241,6 +264,12 @@ class Runner:
     def __init__(self, limits: SandboxLimits) -> None:
         self.limits = limits
         self._leaders: set[int] = set()  # pids (= process groups) of the runs in flight
+        self._survivors: tuple[int, ...] = ()  # strays the latest sweep could not end
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        """Pids of the strays the latest sweep gave up on; while any, no run starts."""
+        return self._survivors
 
     @staticmethod
     def become_subreaper() -> bool:
@@ -252,19 +281,29 @@ class Runner:
         """Kill and reap every process of ours that no run in flight owns (see the top)."""
         server, give_up = os.getpid(), time.monotonic() + _SWEEP_GIVE_UP_SECONDS
         while found := _strays(server, self._leaders):
-            alive = [pid for pid, _, state in found if state != "Z"]
-            # All stopped before any dies: a stopped process forks no replacement.
-            for pid in alive:
+            # Zombies too: a `Z` pid may still have live threads (its main thread exited),
+            # and a signal to the pid reaches them; to a dead process it does nothing. All
+            # are stopped before any dies: a stopped process forks no replacement.
+            for pid, _, _ in found:
                 _signal(pid, signal.SIGSTOP)
-            for pid in alive:
+            for pid, _, _ in found:
                 _signal(pid, signal.SIGKILL)
             for pid, parent, state in found:
                 if state == "Z" and parent == server:
-                    _reap(pid)
+                    _reap(pid)  # not yet, while it has threads: then a later round does
             if time.monotonic() > give_up:
-                log.warning("%d process(es) left by runs survived a sweep", len(found))
+                self._survivors = tuple(sorted(pid for pid, _, _ in found))
+                log.error(
+                    "%d process(es) left by runs could not be killed (pid, state: %s): "
+                    "refusing to run code until they are gone",
+                    len(found),
+                    ", ".join(f"{pid} {state}" for pid, _, state in sorted(found)),
+                )
                 return
             await asyncio.sleep(0.01)  # let the killed die, and the server serve meanwhile
+        if self._survivors:
+            log.warning("the processes runs left are gone: running code again")
+            self._survivors = ()
 
     def _spawn(self, language: str, code: str, workdir: Path) -> subprocess.Popen[bytes]:
         # Synchronous on purpose: the child is registered before anything else can run on
@@ -288,15 +327,26 @@ class Runner:
         return proc
 
     async def run(self, language: str, code: str, workdir: Path) -> RunOutcome:
-        """Run `code` (its language already normalized) once, in `workdir`."""
+        """Run `code` (its language already normalized) once, in `workdir`.
+
+        ProcessesSurvived if processes an earlier run left are still there (nothing is run),
+        or if this run left some that could not be killed (the run is over)."""
+        if self._survivors:
+            raise ProcessesSurvived(self._survivors)
         started = time.monotonic()
         proc = self._spawn(language, code, workdir)
+        outcome = None
         try:
-            return await self._supervise(proc, started)
+            outcome = await self._supervise(proc, started)  # it sweeps before it returns
         finally:
-            # Also when cancelled: the leader (a zombie then) is reaped as a stray.
             self._leaders.discard(proc.pid)
-            await self.sweep()
+            if outcome is None:
+                # Cancelled or failed before it swept: the leader (a zombie then) and what
+                # it left are strays now.
+                await self.sweep()
+        if self._survivors:
+            raise ProcessesSurvived(self._survivors, outcome)
+        return outcome
 
     async def _supervise(self, proc: subprocess.Popen[bytes], started: float) -> RunOutcome:
         assert proc.stdout is not None

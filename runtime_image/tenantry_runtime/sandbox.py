@@ -4,10 +4,15 @@
 runs the code once through `Runner` (runner.py: limits, time limit, killing whatever the run
 left, reaping) in its task's workspace (workspace.py) and answers `{"exitCode", "output",
 "timedOut", "truncated", "durationSeconds"}`. `DELETE /v1/workspaces/<taskId>` says a task
-has ended, and its files go; `DELETE /v1/workspaces` ends every task. The token is compared
+has ended, and its files go (and, once no task is live, the IPC objects code left: ipc.py);
+`DELETE /v1/workspaces` ends every task. The token is compared
 in constant time; anything else gets 401 before the body is read. At most `concurrency` runs
 go at once and more are refused with 429 rather than queued, so a busy sandbox says so at
 once instead of letting its callers time out. `GET /healthz` is open, for probes.
+
+Should a process a run left resist being killed (runner.py), the sandbox fails closed: that
+run is answered 500, later runs 503 without running, and `/healthz` 503 (so the kubelet
+restarts the container, which ends every process in it), until a sweep finds it gone.
 
 The server holds no model credentials and runs code with an environment built from nothing.
 What it cannot contain on its own (rlimits are per process, RLIMIT_NPROC per user, the
@@ -30,7 +35,7 @@ from aiohttp import web
 
 from .audit import AuditLog
 from .config import SandboxLimits, SandboxSettings
-from .runner import Runner, code_digest, normalize_language
+from .runner import ProcessesSurvived, Runner, RunOutcome, code_digest, normalize_language
 from .workspace import TASK_ID_RE, TaskEnded, Workspaces
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,11 @@ def _authorized(request: web.Request, token: str) -> bool:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    survivors = request.app[_RUNNER].survivors
+    if survivors:
+        # Not healthy: the kubelet restarts the container, and every process in it ends.
+        error = f"{len(survivors)} process(es) left by runs could not be killed"
+        return web.json_response({"status": "unclean", "error": error}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -101,39 +111,16 @@ async def _read_run(request: web.Request, limits: SandboxLimits) -> _Run:
 
 async def _execute(request: web.Request) -> web.Response:
     settings = request.app[_SETTINGS]
-    limits = settings.limits
     if not _authorized(request, settings.token):
         return _error(401, "missing or wrong bearer token")
     try:
-        run = await _read_run(request, limits)
+        run = await _read_run(request, settings.limits)
+        outcome, failure = await _run_in_its_task(request.app, run)
     except _Refused as refusal:
         return _error(refusal.status, str(refusal))
-    slots, workspaces = request.app[_SLOTS], request.app[_WORKSPACES]
-    # Checked and taken with no await in between, so the check cannot go stale.
-    if slots.locked():
-        return _error(429, f"the sandbox is already running {limits.concurrency} run(s)")
-    # A run without a task is a task of its own, over when the run is.
-    task_id = run.task_id or uuid.uuid4().hex
-    async with slots:
-        try:
-            workdir = workspaces.enter(task_id)
-        except TaskEnded:
-            return _error(409, f"task {task_id!r} has ended; its workspace is gone")
-        try:
-            outcome = await request.app[_RUNNER].run(run.language, run.code, workdir)
-        finally:
-            await workspaces.leave(task_id)
-            if run.task_id is None:
-                await workspaces.end(task_id)
-    request.app[_AUDIT].code_execution(
-        actor="sandbox",
-        language=run.language,
-        sha256=code_digest(run.code),
-        exit_code=outcome.exit_code,
-        duration_seconds=outcome.duration_seconds,
-        timed_out=outcome.timed_out,
-        task_id=run.task_id,
-    )
+    _audit(request, run, outcome)
+    if failure is not None:
+        return _error(500, f"the run is over, but {failure}")
     return web.json_response(
         {
             "exitCode": outcome.exit_code,
@@ -142,6 +129,50 @@ async def _execute(request: web.Request) -> web.Response:
             "truncated": outcome.truncated,
             "durationSeconds": round(outcome.duration_seconds, 3),
         }
+    )
+
+
+async def _run_in_its_task(
+    app: web.Application, run: _Run
+) -> tuple[RunOutcome, ProcessesSurvived | None]:
+    """The run's outcome, and whether it left processes that could not be killed; or
+    _Refused (nothing was run)."""
+    slots, workspaces, runner = app[_SLOTS], app[_WORKSPACES], app[_RUNNER]
+    if runner.survivors:
+        # Fail closed: they could read this run's code and files.
+        raise _Refused(503, str(ProcessesSurvived(runner.survivors)))
+    # Checked and taken with no await in between, so the check cannot go stale.
+    if slots.locked():
+        concurrency = app[_SETTINGS].limits.concurrency
+        raise _Refused(429, f"the sandbox is already running {concurrency} run(s)")
+    # A run without a task is a task of its own, over when the run is.
+    task_id = run.task_id or uuid.uuid4().hex
+    async with slots:
+        try:
+            workdir = workspaces.enter(task_id)
+        except TaskEnded:
+            raise _Refused(409, f"task {task_id!r} has ended; its workspace is gone") from None
+        try:
+            return await runner.run(run.language, run.code, workdir), None
+        except ProcessesSurvived as survived:
+            if survived.outcome is None:  # (checked above too): nothing ran
+                raise _Refused(503, str(survived)) from None
+            return survived.outcome, survived
+        finally:
+            await workspaces.leave(task_id)
+            if run.task_id is None:
+                await workspaces.end(task_id)
+
+
+def _audit(request: web.Request, run: _Run, outcome: RunOutcome) -> None:
+    request.app[_AUDIT].code_execution(
+        actor="sandbox",
+        language=run.language,
+        sha256=code_digest(run.code),
+        exit_code=outcome.exit_code,
+        duration_seconds=outcome.duration_seconds,
+        timed_out=outcome.timed_out,
+        task_id=run.task_id,
     )
 
 
@@ -186,7 +217,9 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
     app[_RUNNER] = Runner(settings.limits)
     app[_SLOTS] = asyncio.Semaphore(settings.limits.concurrency)
     app[_AUDIT] = audit
-    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace)
+    # Never as root: root's IPC objects outside a container are every root process's.
+    wipe_ipc = settings.wipe_ipc and os.geteuid() != 0
+    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace, ipc=wipe_ipc)
     app.cleanup_ctx.append(_housekeeping)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(EXECUTE_PATH, _execute)
@@ -197,7 +230,10 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
 
 def serve_sandbox(settings: SandboxSettings) -> None:
     if os.geteuid() == 0:
-        log.warning("running as root: RLIMIT_NPROC does not bind root; run as a non-root user")
+        log.warning(
+            "running as root: RLIMIT_NPROC does not bind root, and IPC objects code leaves "
+            "are not removed; run as a non-root user"
+        )
     audit = AuditLog.open(settings.tenant, "-")
     log.info("sandbox for tenant %s on port %d", settings.tenant, settings.port)
     web.run_app(

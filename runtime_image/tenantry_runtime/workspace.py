@@ -13,20 +13,31 @@ container restart).
 With `keep` (TENANTRY_SANDBOX_KEEP_WORKSPACE=true, the tenant asked for persistence), every run
 works in the workspace itself and nothing is removed.
 
+With `ipc`, what code leaves outside the workspace in IPC objects goes with it (ipc.py: the
+entries of /dev/shm and /dev/mqueue the sandbox's uid owns, and its System V shared memory,
+message queues and semaphores). Those name no task, so they go only when no task is live (and
+at start): while tasks overlap, one task's objects wait for the last of them to end.
+
 Tasks that overlap in time are not isolated from each other: their code runs as one user,
-which may read and write anything the other can. Nor is anything outside the workspace
-wiped (the pod's /tmp); HOME and TMPDIR of a run point into its task's directory.
+which may read and write anything the other can. Nothing else outside the workspace is wiped
+(the sandbox pod has no writable /tmp); HOME and TMPDIR of a run point into its task's
+directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
+
+from .ipc import SHARED_DIRECTORIES, SysvObject, owned_entries, remove_sysv, sysv_objects
+
+log = logging.getLogger(__name__)
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Task ids name directories: no dots or slashes, so never `..` or a path."""
@@ -57,17 +68,21 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_all(paths: list[Path]) -> None:
-    for path in paths:
+def _remove_all(paths: list[Path], ipc_entries: list[Path], sysv: list[SysvObject]) -> None:
+    for path in paths + ipc_entries:
         _remove(path)
+    removed = len(ipc_entries) + remove_sysv(sysv)
+    if removed:
+        log.info("removed %d IPC object(s) left by tasks no longer live", removed)
 
 
 class Workspaces:
     """Which directory each run works in, and removing what ended tasks leave behind."""
 
-    def __init__(self, root: Path, keep: bool) -> None:
+    def __init__(self, root: Path, keep: bool, ipc: bool = False) -> None:
         self.root = root
         self.keep = keep
+        self.ipc = ipc  # remove this uid's IPC objects too, when no task is live
         self._live: set[str] = set()  # tasks that have run code and not ended
         self._running: Counter[str] = Counter()  # runs in flight, per task
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -111,5 +126,12 @@ class Workspaces:
             return
         kept = self._live | set(self._running)
         doomed = [entry for entry in self.root.iterdir() if entry.name not in kept]
+        ipc_entries: list[Path] = []
+        sysv: list[SysvObject] = []
+        if self.ipc and not kept:
+            # Listed now, not in the thread: a run that starts meanwhile keeps what it makes.
+            uid = os.geteuid()
+            ipc_entries = [path for d in SHARED_DIRECTORIES for path in owned_entries(d, uid)]
+            sysv = sysv_objects(uid)
         # In a thread: a task may leave many files, and the event loop serves other runs.
-        await asyncio.to_thread(_remove_all, doomed)
+        await asyncio.to_thread(_remove_all, doomed, ipc_entries, sysv)

@@ -3,7 +3,9 @@
 `python -m tenantry_runtime serve | sandbox` are started as subprocesses with only the env
 docs/runtime-contract.md defines. When the tests run as root, the sandbox runs as the
 unprivileged user SANDBOX_UID, as in its pod: RLIMIT_NPROC does not bind root, and a fork
-bomb test that is not bound by it would take the machine down instead of failing.
+bomb test that is not bound by it would take the machine down instead of failing. That uid is
+the tests' own: the sandbox kills its processes and removes its IPC objects (/dev/shm, System
+V). A sandbox that runs as the tester's own user is told to leave IPC objects alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import http.client
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -138,18 +141,26 @@ def run_module(
     uid: int = SANDBOX_UID,
     cwd: Path | None = None,
     python: str = sys.executable,
+    bootstrap: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Starts `python -m tenantry_runtime <command>`; as_sandbox_user: as `uid` when root."""
+    """Starts `python -m tenantry_runtime <command>`; as_sandbox_user: as `uid` when root.
+
+    `bootstrap`, when given, is Python run with `-c` in place of `-m tenantry_runtime` (it
+    gets `command` as its argument): a test's way to change one thing in the server."""
     extra_env: dict[str, str] = {}
     user: dict[str, Any] = {}
     if as_sandbox_user:
         python, extra_env = sandbox_python()
         if os.geteuid() == 0:
             user = {"user": uid, "group": uid, "extra_groups": []}
+    if command == "sandbox" and not user:
+        # It runs as the tester: the IPC objects of that user are not the sandbox's to remove
+        # (a desktop's shared memory, say). As root it never removes them anyway.
+        extra_env.setdefault("TENANTRY_SANDBOX_WIPE_IPC", "false")
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{command}.out").open("wb") as out, (logs / f"{command}.err").open("wb") as err:
         return subprocess.Popen(
-            [python, "-m", "tenantry_runtime", command],
+            [python, *(["-c", bootstrap] if bootstrap else ["-m", "tenantry_runtime"]), command],
             env={**env, **extra_env},
             stdout=out,
             stderr=err,
@@ -211,11 +222,19 @@ def start_service(
     uid: int = SANDBOX_UID,
     cwd: Path | None = None,
     python: str = sys.executable,
+    bootstrap: str | None = None,
 ) -> Service:
     port = int(env["TENANTRY_PORT"])
     url = f"http://127.0.0.1:{port}"
     proc = run_module(
-        command, env, logs, as_sandbox_user=as_sandbox_user, uid=uid, cwd=cwd, python=python
+        command,
+        env,
+        logs,
+        as_sandbox_user=as_sandbox_user,
+        uid=uid,
+        cwd=cwd,
+        python=python,
+        bootstrap=bootstrap,
     )
     service = Service(proc, url, logs / f"{command}.out", logs / f"{command}.err")
     try:
@@ -251,6 +270,43 @@ def make_sandbox_home(uid: int = SANDBOX_UID) -> SandboxHome:
             os.chown(path, uid, uid)
     token_file.chmod(0o400)
     return SandboxHome(root, workspace, token_file)
+
+
+def ipc_owners() -> set[int]:
+    """The uids that own (or created) a System V IPC object, or own an entry of /dev/shm or
+    /dev/mqueue, in this IPC namespace."""
+    owners = set()
+    for kind in ("shm", "msg", "sem"):
+        with contextlib.suppress(OSError):
+            lines = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+            header = lines[0].split() if lines else []
+            for line in lines[1:]:
+                row = dict(zip(header, line.split(), strict=False))
+                owners.update({int(row["uid"]), int(row["cuid"])})
+    for directory in ("/dev/shm", "/dev/mqueue"):  # noqa: S108 - looked at, never written
+        with contextlib.suppress(OSError):
+            owners.update(e.stat(follow_symlinks=False).st_uid for e in os.scandir(directory))
+    return owners
+
+
+def free_uids(count: int, first: int = 62000) -> list[int]:
+    """Uids of `first`..`first`+999 with no /etc/passwd entry, no process on this machine and
+    no IPC object or /dev/shm entry: nothing a sandbox under one of them does or removes can
+    concern anyone else."""
+    in_use = ipc_owners()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # gone in the meantime
+            in_use.add(os.stat(f"/proc/{pid}").st_uid)
+    uids = []
+    for uid in range(first, first + 1000):
+        with contextlib.suppress(KeyError):
+            pwd.getpwuid(uid)
+            continue
+        if uid not in in_use:
+            uids.append(uid)
+        if len(uids) == count:
+            return uids
+    pytest.fail(f"no {count} free uids in {first}-{first + 999}")
 
 
 StartSandbox = Callable[..., Service]

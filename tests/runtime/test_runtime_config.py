@@ -222,6 +222,8 @@ def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
     assert load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "true"}).keep_workspace
     with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_KEEP_WORKSPACE='yes' must be true or"):
         load_sandbox_settings(env | {"TENANTRY_SANDBOX_KEEP_WORKSPACE": "yes"})
+    assert settings.wipe_ipc is True
+    assert not load_sandbox_settings(env | {"TENANTRY_SANDBOX_WIPE_IPC": "false"}).wipe_ipc
     for name, value in [
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "-1"),
         ("TENANTRY_SANDBOX_TIMEOUT_SECONDS", "nan"),

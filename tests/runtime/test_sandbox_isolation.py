@@ -8,7 +8,10 @@ where any process on the node can read it; its files must not reach another task
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,14 +23,21 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
+from ports import free_port
 from runtime_helpers import (
     SANDBOX_TOKEN,
     SANDBOX_UID,
+    TENANT,
     SandboxHome,
     Service,
     StartSandbox,
+    base_env,
+    free_uids,
+    http_get,
+    make_sandbox_home,
     sandbox_python,
     sandbox_request,
+    start_service,
 )
 from tenantry_runtime.executor import SandboxCodeExecutor
 
@@ -126,6 +136,159 @@ print("chain of", len((evidence / "pids").read_text().split()))
 
     assert (left_after_the_run, spied) == ([], "")
     assert processes_left(chain) == []
+
+
+# A process whose main thread has ended while another of its threads runs on: /proc shows it
+# as a zombie (state Z), and waitpid cannot reap it while that thread lives. The thread looks,
+# every 0.2 s, for a later run's code (through /proc/<pid>/fd, the memfd the run reads) and
+# for its files (anywhere in the workspace).
+ZOMBIE_LEADER = """
+import ctypes, glob, os, pathlib, platform, threading, time
+evidence = pathlib.Path({evidence!r})
+workspace = pathlib.Path.cwd().parent
+marker = b"SECRET-OF-" + b"A-LATER-RUN"
+SYS_EXIT = {{"x86_64": 60, "aarch64": 93}}[platform.machine()]  # exit(2): this thread only
+
+def spy():
+    stop, reported = time.monotonic() + 60, set()  # a deadline of its own, should it get away
+    while time.monotonic() < stop:
+        seen = []
+        for fd in glob.glob("/proc/[0-9]*/fd/*"):
+            try:
+                if "tenantry-code" in os.readlink(fd):
+                    with open(fd, "rb") as code:
+                        if marker in code.read():
+                            seen.append(f"a later run's code through {{fd}}")
+            except OSError:
+                pass
+        for path in workspace.rglob("*"):
+            try:
+                if path.is_file() and marker in path.read_bytes():
+                    seen.append(f"a later run's file {{path}}")
+            except OSError:
+                pass
+        seen = [what for what in seen if what not in reported]
+        reported.update(seen)
+        if seen:
+            with open(evidence / "spied", "a") as spied:
+                spied.write("\\n".join(seen) + "\\n")
+        time.sleep(0.2)
+
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    threading.Thread(target=spy).start()
+    ctypes.CDLL(None).syscall(SYS_EXIT, 0)
+with open(evidence / "pids", "a") as pids:
+    pids.write(f"{{pid}}\\n")
+state, deadline = "?", time.monotonic() + 10
+while state != "Z" and time.monotonic() < deadline:
+    with open(f"/proc/{{pid}}/stat") as stat:
+        state = stat.read().rsplit(")", 1)[1].split()[0]
+    time.sleep(0.05)
+print("stray in state", state)
+"""
+
+
+def test_a_process_whose_main_thread_exited_does_not_outlive_its_run(
+    start_sandbox: StartSandbox, evidence: Path
+) -> None:
+    sandbox = start_sandbox(**LIMITS)
+    started = time.monotonic()
+    first = run(sandbox, ZOMBIE_LEADER.format(evidence=str(evidence)), task="t")
+    answered_after = time.monotonic() - started
+    left_after_the_run = processes_left(pids_in(evidence))
+    # A later run, of another task, whose code and file a survivor could read.
+    later = (
+        "secret = 'SECRET-OF-A-LATER-RUN'\n"
+        "open('later.txt', 'w').write(secret)\n"
+        "import time\ntime.sleep(1.5)\nprint('later ran')"
+    )
+    assert run(sandbox, later, task="later")["output"].strip() == "later ran"
+    spied = (evidence / "spied").read_text() if (evidence / "spied").exists() else ""
+    report = f"answered after {answered_after:.1f} s; left: {left_after_the_run}; spied:\n{spied}"
+    assert first["output"].strip() == "stray in state Z", first
+    assert (left_after_the_run, spied) == ([], ""), report
+    # The sweep kills it at once: it no longer waits out its give-up time, twice.
+    assert answered_after < 8, report
+
+
+# Started as `-c BOOTSTRAP sandbox`: the real server, except that it cannot signal a process
+# named "immortal", as if that process were another user's (or stuck in the kernel). Only the
+# test can kill it.
+IMMORTAL_BOOTSTRAP = """
+import sys
+import tenantry_runtime.runner as runner
+real_signal = runner._signal
+
+def _signal(pid, signum, *, group=False):
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == "immortal":
+                return
+    except OSError:
+        pass
+    real_signal(pid, signum, group=group)
+
+runner._signal = _signal
+from tenantry_runtime.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+LEAVE_AN_IMMORTAL = """
+import os, pathlib, subprocess, sys, time
+evidence = pathlib.Path({evidence!r})
+name = "import ctypes, time; ctypes.CDLL(None).prctl(15, b'immortal', 0, 0, 0); time.sleep(120)"
+child = subprocess.Popen([sys.executable, "-c", name], start_new_session=True)
+with open(evidence / "pids", "a") as pids:
+    pids.write(f"{{child.pid}}\\n")
+deadline = time.monotonic() + 10
+while open(f"/proc/{{child.pid}}/comm").read().strip() != "immortal":
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+print("left one")
+"""
+
+
+def test_a_process_that_cannot_be_killed_stops_the_sandbox_until_it_is_gone(
+    sandbox_home: SandboxHome, evidence: Path, tmp_path: Path
+) -> None:
+    env = base_env(
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_SANDBOX_TOKEN_FILE=str(sandbox_home.token_file),
+        TENANTRY_SANDBOX_WORKDIR=str(sandbox_home.workspace),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **LIMITS,
+    )
+    sandbox = start_service(
+        "sandbox",
+        env,
+        tmp_path,
+        as_sandbox_user=True,
+        cwd=sandbox_home.root,
+        bootstrap=IMMORTAL_BOOTSTRAP,
+    )
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    body = {"language": "python", "code": LEAVE_AN_IMMORTAL.format(evidence=str(evidence))}
+    try:
+        left = sandbox_request(sandbox, "POST", "/v1/execute", body)
+        health_while_left = http_get(port, "/healthz")[0]
+        refused = sandbox_request(sandbox, "POST", "/v1/execute", {"language": "sh", "code": "id"})
+    finally:
+        for pid in pids_in(evidence):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    # Once it is gone (the server's periodic sweep reaps it), the sandbox runs code again.
+    deadline = time.monotonic() + 20
+    while http_get(port, "/healthz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = sandbox_request(sandbox, "POST", "/v1/execute", {"language": "sh", "code": "echo ok"})
+    sandbox.stop()
+    assert (left[0], health_while_left, refused[0]) == (500, 503, 503), (left, refused)
+    assert "could not be killed" in left[1]["error"]
+    assert after[0] == 200 and after[1]["output"].strip() == "ok", after
+    assert "could not be killed" in sandbox.logs()
 
 
 def detach_and_wait(evidence: Path, name: str, wait: bool) -> str:
@@ -291,3 +454,220 @@ async def test_the_executor_gives_each_task_its_own_workspace(
         await executor.end_task("b")
     assert (seen_in_a.strip(), seen_in_b.strip()) == ("seen", "unseen")
     assert list(sandbox_home.workspace.iterdir()) == []
+
+
+# State that outlives every process, outside the workspace: a file in /dev/shm (what
+# shm_open and sem_open create), a directory there, System V shared memory, a message queue
+# and a semaphore set, and a POSIX message queue where /dev/mqueue is mounted (it is in a
+# container; on this machine perhaps not). The secret goes into each that can hold data.
+PLANT_IPC = """
+import ctypes, json, os, pathlib
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmdt.argtypes = [ctypes.c_void_p]
+IPC_CREAT, IPC_PRIVATE = 0o1000, 0
+secret = b"SECRET-OF-TASK-A"
+
+def check(result):
+    if result == -1:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return result
+
+class Message(ctypes.Structure):
+    _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 64)]
+
+shm, me = pathlib.Path("/dev/shm"), os.getuid()
+(shm / f"tenantry-test-note-{me}").write_bytes(secret)
+(shm / f"tenantry-test-dir-{me}").mkdir()
+(shm / f"tenantry-test-dir-{me}" / "note").write_bytes(secret)
+shmid = check(libc.shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0o600))
+address = libc.shmat(shmid, None, 0)
+ctypes.memmove(address, secret, len(secret))
+check(libc.shmdt(address))
+msqid = check(libc.msgget(IPC_PRIVATE, IPC_CREAT | 0o600))
+check(libc.msgsnd(msqid, ctypes.byref(Message(1, secret)), len(secret), 0))
+semid = check(libc.semget(IPC_PRIVATE, 1, IPC_CREAT | 0o600))
+made = [f"/dev/shm/tenantry-test-note-{me}", f"/dev/shm/tenantry-test-dir-{me}", "shm", "msg", "sem"]
+if os.path.ismount("/dev/mqueue"):
+    name = f"/tenantry-test-queue-{me}".encode()
+    queue = check(libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None))
+    check(libc.mq_send(queue, secret, len(secret), 0))
+    made.append(f"/dev/mqueue{name.decode()}")
+print(json.dumps(made))
+"""
+
+# What a later task of the same uid finds of it: every such object its uid owns or created,
+# with the secret where it can read it.
+FIND_IPC = """
+import ctypes, json, os, pathlib
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+SHM_RDONLY = 0o10000
+me, found = os.getuid(), []
+for directory in ("/dev/shm", "/dev/mqueue"):
+    if os.path.isdir(directory):
+        for entry in os.scandir(directory):
+            if entry.stat(follow_symlinks=False).st_uid == me:
+                found.append(f"{directory}/{entry.name}")
+for kind in ("shm", "msg", "sem"):
+    header, *rows = pathlib.Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+    names = header.split()
+    for row in rows:
+        fields = dict(zip(names, row.split()))
+        if me in (int(fields["uid"]), int(fields["cuid"])):
+            ident = int(fields[names[1]])
+            seen = f"sysv {kind} {ident}"
+            if kind == "shm":
+                address = libc.shmat(ident, None, SHM_RDONLY)
+                if address not in (None, ctypes.c_void_p(-1).value):
+                    seen += f" holding {ctypes.string_at(address, 16)!r}"
+            found.append(seen)
+print(json.dumps(found))
+"""
+
+
+def ipc_of(uid: int) -> list[str]:
+    """What `uid` owns (or created) in /dev/shm, /dev/mqueue and System V IPC, as root sees
+    it; independent of the sandbox's own code."""
+    found = []
+    for directory in (Path("/dev/shm"), Path("/dev/mqueue")):  # noqa: S108 - not temp files
+        if directory.is_dir():
+            found += [str(e) for e in directory.iterdir() if e.lstat().st_uid == uid]
+    for kind in ("shm", "msg", "sem"):
+        header, *rows = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()
+        names = header.split()
+        for row in rows:
+            fields = dict(zip(names, row.split(), strict=False))
+            if uid in (int(fields["uid"]), int(fields["cuid"])):
+                found.append(f"sysv {kind} {fields[names[1]]}")
+    return sorted(found)
+
+
+def remove_ipc_of(uid: int) -> None:
+    """As root: remove what `uid` owns in /dev/shm, /dev/mqueue and System V IPC."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    removers = {"shm": libc.shmctl, "msg": libc.msgctl, "sem": libc.semctl}
+    for found in ipc_of(uid):
+        if found.startswith("sysv "):
+            _, kind, ident = found.split()
+            removers[kind](int(ident), 0, None)  # IPC_RMID
+        elif Path(found).is_dir() and not Path(found).is_symlink():
+            shutil.rmtree(found, ignore_errors=True)
+        else:
+            Path(found).unlink(missing_ok=True)
+
+
+def plant_as(uid: int) -> list[str]:
+    """Runs PLANT_IPC as `uid`, outside any sandbox; what `uid` then owns."""
+    python, extra_env = sandbox_python()
+    subprocess.run(
+        [python, "-c", PLANT_IPC],
+        env=base_env(**extra_env),
+        cwd="/",
+        capture_output=True,
+        check=True,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+    )
+    return ipc_of(uid)
+
+
+@pytest.fixture
+def ipc_uids() -> Iterator[tuple[int, int]]:
+    """Two uids of this test's alone (no process, no IPC object): one for the sandbox, one
+    for a bystander whose objects the sandbox must not touch. Anything left goes after."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the sandbox must run under a uid of its own")
+    sandbox_uid, bystander_uid = free_uids(2, first=61000)
+    yield sandbox_uid, bystander_uid
+    for uid in (sandbox_uid, bystander_uid):
+        remove_ipc_of(uid)
+
+
+def start_sandbox_as(uid: int, logs: Path, **env: str) -> tuple[Service, SandboxHome]:
+    home = make_sandbox_home(uid)
+    full_env = base_env(
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_SANDBOX_TOKEN_FILE=str(home.token_file),
+        TENANTRY_SANDBOX_WORKDIR=str(home.workspace),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **LIMITS,
+        **env,
+    )
+    service = start_service("sandbox", full_env, logs, as_sandbox_user=True, uid=uid, cwd=home.root)
+    return service, home
+
+
+def find_ipc(sandbox: Service, task: str | None = None) -> list[str]:
+    found = json.loads(run(sandbox, FIND_IPC, task=task)["output"])
+    assert isinstance(found, list)
+    return found
+
+
+def test_ipc_objects_do_not_outlive_their_task(ipc_uids: tuple[int, int], tmp_path: Path) -> None:
+    uid, bystander = ipc_uids
+    bystanders_objects = plant_as(bystander)
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        in_a_next_run = find_ipc(sandbox, "task-a")
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        in_b = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert len(in_a_next_run) == len(made), (made, in_a_next_run)  # a task keeps its own
+    assert in_b == [], f"task b found {in_b}"
+    # Another user's objects, though the sandbox could see some of them, are left alone.
+    assert len(bystanders_objects) >= 5 and ipc_of(bystander) == bystanders_objects
+
+
+def test_ipc_objects_wait_for_the_last_live_task(ipc_uids: tuple[int, int], tmp_path: Path) -> None:
+    # Nothing tells which task made an IPC object: while another task is live, they stay.
+    uid, _ = ipc_uids
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        run(sandbox, "print('live')", task="task-t")
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        while_t_lives = find_ipc(sandbox, "task-t")
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-t")[0] == 204
+        after_t = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert (len(while_t_lives), after_t) == (len(made), []), (made, while_t_lives, after_t)
+
+
+def test_with_keep_workspace_ipc_objects_outlive_their_task(
+    ipc_uids: tuple[int, int], tmp_path: Path
+) -> None:
+    uid, _ = ipc_uids
+    sandbox, home = start_sandbox_as(uid, tmp_path, TENANTRY_SANDBOX_KEEP_WORKSPACE="true")
+    try:
+        made = json.loads(run(sandbox, PLANT_IPC, task="task-a")["output"])
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        in_b = find_ipc(sandbox, "task-b")
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert len(in_b) == len(made), (made, in_b)
+
+
+def test_a_restarted_sandbox_starts_with_no_ipc_objects(
+    ipc_uids: tuple[int, int], tmp_path: Path
+) -> None:
+    # Left under the same uid by code of an earlier server (code can kill its server).
+    uid, _ = ipc_uids
+    assert len(plant_as(uid)) >= 5
+    sandbox, home = start_sandbox_as(uid, tmp_path)
+    try:
+        found = find_ipc(sandbox)
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+    assert found == [], f"a run of the new server found {found}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from runtime_helpers import (
     SandboxHome,
     Service,
     base_env,
+    free_uids,
     make_sandbox_home,
     sandbox_request,
     start_service,
@@ -83,24 +83,6 @@ else:
         child.wait()
     print("forked", len(children))
 """
-
-
-def free_uids(count: int) -> list[int]:
-    """Uids with no /etc/passwd entry and no process on this machine."""
-    in_use = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):  # gone in the meantime
-            in_use.add(os.stat(f"/proc/{pid}").st_uid)
-    uids = []
-    for uid in range(62000, 63000):
-        with contextlib.suppress(KeyError):
-            pwd.getpwuid(uid)
-            continue
-        if uid not in in_use:
-            uids.append(uid)
-        if len(uids) == count:
-            return uids
-    pytest.fail(f"no {count} free uids in 62000-62999")
 
 
 class Tenant:
