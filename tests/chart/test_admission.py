@@ -406,6 +406,8 @@ CASES: dict[str, Case] = {
     "editor: an EndpointSlice for the runtime Service": (E, EG, "CREATE", SLICES, "", RUNTIME_SLICE, None, TENANT, owned_refused("EndpointSlice runtime-abcde")),
     # Where the policy refuses a kind outright, its own message comes first.
     "editor: the sandbox NetworkPolicy, labelled as Tenantry's": (E, EG, "UPDATE", NETPOL, "", TENANT_POLICY_OBJECT, TENANT_POLICY_OBJECT, TENANT, NETWORK_POLICY_REFUSED),
+    "admin: delete the operator's RoleBinding, labelled as Tenantry's": (E, EG, "DELETE", BINDINGS, "", None, relabelled(OPERATOR_BINDING, TENANTRYS), TENANT, RBAC_REFUSED),
+    "editor: set image on Tenantry's sandbox Deployment": (E, EG, "UPDATE", ("apps", "deployments"), "", SANDBOX_DEPLOYMENT, SANDBOX_DEPLOYMENT, TENANT, LABEL_REFUSED),
     # What an editor still may do with objects that are not Tenantry's.
     "editor: change a ConfigMap of their own": (E, EG, "UPDATE", CONFIGMAPS, "", {**CONFIG_MAP, "data": {"a": "b"}}, CONFIG_MAP, TENANT, None),
     "editor: delete a ConfigMap of their own": (E, EG, "DELETE", CONFIGMAPS, "", None, CONFIG_MAP, TENANT, None),
