@@ -57,6 +57,27 @@ SHELL_REFUSED = (
     "of system:masters) may debug."
 )
 
+
+def owned_refused(what: str) -> str:
+    """The refusal of a write to (or of a new) object labelled as one of the operator's own."""
+    return (
+        f"{what} in tenant namespace tenant-acme is written only by Tenantry: it is labelled "
+        "app.kubernetes.io/managed-by=tenantry (before or after this change), the mark of the "
+        "operator's own objects, and the operator cannot tell a change made by someone else from "
+        "its own. Change AgentTenant acme instead, and leave that label off objects of your own."
+    )
+
+
+def scale_refused(what: str) -> str:
+    return (
+        f"Scaling {what} in tenant namespace tenant-acme is refused: a scale request carries no "
+        "labels, so it cannot be told from one that scales the runtime, the sandbox or an old "
+        "ReplicaSet of theirs (whose pods would run a stale template). Tenantry runs the replicas "
+        "AgentTenant acme asks for; for workloads of your own, set spec.replicas (kubectl patch, "
+        "edit or apply) instead of kubectl scale or an autoscaler."
+    )
+
+
 NAMESPACES = [
     {
         "metadata": {
@@ -150,10 +171,130 @@ QUOTA = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta("tenant-q
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("notes")}
 EXEC = {"apiVersion": "v1", "kind": "PodExecOptions", "command": ["sh"]}
 
+# The operator's own children, labelled as tenantry.render.tenant_labels labels them.
+TENANTRYS = {
+    "app.kubernetes.io/managed-by": "tenantry",
+    "app.kubernetes.io/part-of": "tenantry",
+    "app.kubernetes.io/instance": "acme",
+    "tenantry.dev/tenant": "acme",
+}
+
+
+def child(
+    kind: str, api: str, name: str, component: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    labels = {**TENANTRYS, **({"app.kubernetes.io/component": component} if component else {})}
+    return {"apiVersion": api, "kind": kind, "metadata": meta(name, labels), **fields}
+
+
+def relabelled(
+    obj: dict[str, Any], labels: dict[str, str] | None, name: str | None = None
+) -> dict[str, Any]:
+    """obj with other labels (None: none at all), and another name if given."""
+    return {**obj, "metadata": meta(name or obj["metadata"]["name"], labels)}
+
+
+RUNTIME_CONFIG = child(
+    "ConfigMap", "v1", "runtime-config", "runtime",
+    data={"runtime.json": '{"model": {"baseUrl": "https://models.example.com/v1"}}'},
+)  # fmt: skip
+REPOINTED_CONFIG = {
+    **RUNTIME_CONFIG,
+    "data": {"runtime.json": '{"model": {"baseUrl": "https://attacker.example.net/v1"}}'},
+}
+SANDBOX_TOKEN = child(
+    "Secret", "v1", "sandbox-token", "sandbox", type="Opaque", data={"token": "c2VjcmV0"}
+)
+COPIED_SECRET = child(
+    "Secret", "v1", "model-credentials", "runtime", type="Opaque", data={"api-key": "a2V5"}
+)
+RUNTIME_SERVICE = child(
+    "Service", "v1", "runtime", "runtime",
+    spec={"selector": RUNTIME, "ports": [{"name": "http", "port": 8080}]},
+)  # fmt: skip
+RUNTIME_ACCOUNT = child(
+    "ServiceAccount", "v1", "runtime", "runtime", automountServiceAccountToken=False
+)
+TENANT_POLICY_OBJECT = child("NetworkPolicy", "networking.k8s.io/v1", "sandbox", "sandbox")
+SANDBOX_DEPLOYMENT = relabelled(
+    workload("Deployment", "apps/v1", SANDBOX),
+    {**TENANTRYS, "app.kubernetes.io/component": "sandbox"},
+    "sandbox",
+)
+# What the endpoint controllers write for the runtime Service: its labels, copied.
+RUNTIME_ENDPOINTS = relabelled(
+    {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta("runtime"), "subsets": []},
+    {**RUNTIME_SERVICE["metadata"]["labels"], "endpoints.kubernetes.io/managed-by": "endpoint-controller"},
+)  # fmt: skip
+RUNTIME_SLICE = {
+    "apiVersion": "discovery.k8s.io/v1",
+    "kind": "EndpointSlice",
+    "metadata": meta(
+        "runtime-abcde",
+        {
+            **RUNTIME_SERVICE["metadata"]["labels"],
+            "kubernetes.io/service-name": "runtime",
+            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+        },
+    ),
+    "addressType": "IPv4",
+    "endpoints": [],
+}
+# Written by the built-in controllers without Tenantry's label: unaffected.
+ROOT_CA = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {
+        **meta("kube-root-ca.crt"),
+        "annotations": {"kubernetes.io/description": "Contains a CA bundle ..."},
+    },
+    "data": {"ca.crt": "-----BEGIN CERTIFICATE-----"},
+}
+ACCOUNT_TOKEN = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {
+        **meta("build-robot-token"),
+        "annotations": {"kubernetes.io/service-account.name": "build-robot"},
+    },
+    "type": "kubernetes.io/service-account-token",
+}
+DEFAULT_ACCOUNT = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("default")}
+OWN_PVC = {
+    "apiVersion": "v1",
+    "kind": "PersistentVolumeClaim",
+    "metadata": meta("data", TENANTRYS),
+    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+}
+CLUSTER_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "x", "labels": TENANTRYS},
+}
+
+
+def scale(name: str, replicas: int = 1) -> dict[str, Any]:
+    """What admission sees of a scale request: a Scale, which carries no labels."""
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": name, "namespace": TENANT},
+        "spec": {"replicas": replicas},
+    }
+
+
+OLD_RUNTIME_RS = "runtime-5d4f8b9c7"
+
 RS = ("apps", "replicasets")
 PODS = ("", "pods")
 NETPOL = ("networking.k8s.io", "networkpolicies")
 BINDINGS = ("rbac.authorization.k8s.io", "rolebindings")
+CONFIGMAPS = ("", "configmaps")
+SECRETS = ("", "secrets")
+SERVICES = ("", "services")
+ACCOUNTS = ("", "serviceaccounts")
+ENDPOINTS = ("", "endpoints")
+SLICES = ("discovery.k8s.io", "endpointslices")
 
 # name: (user, groups, operation, (group, resource), subresource, object, old object, namespace,
 #        expected message, or None for allowed)
@@ -207,7 +348,7 @@ CASES: dict[str, Case] = {
     "editor: a Deployment of their own": (E, EG, "CREATE", ("apps", "deployments"), "", workload("Deployment", "apps/v1", {"app": "x"}), None, TENANT, None),
     "editor: a CronJob of their own": (E, EG, "CREATE", ("batch", "cronjobs"), "", cron_job({"app": "x"}), None, TENANT, None),
     "editor: delete the sandbox pod": (E, EG, "DELETE", PODS, "", None, pod(SANDBOX), TENANT, None),
-    "editor: delete the sandbox Deployment": (E, EG, "DELETE", ("apps", "deployments"), "", None, workload("Deployment", "apps/v1", SANDBOX), TENANT, None),
+    "editor: delete a Deployment of sandboxes not labelled as Tenantry's": (E, EG, "DELETE", ("apps", "deployments"), "", None, workload("Deployment", "apps/v1", SANDBOX), TENANT, None),
     "editor: a NetworkPolicy elsewhere": (E, EG, "CREATE", NETPOL, "", {**ALLOW_ALL, "metadata": meta("a", {}, "plain")}, None, "plain", None),
     "editor: a labelled pod elsewhere": (E, EG, "CREATE", PODS, "", pod(SANDBOX, "plain"), None, "plain", None),
     "editor: exec elsewhere": (E, EG, "CONNECT", PODS, "exec", EXEC, None, "plain", None),
@@ -245,9 +386,88 @@ CASES: dict[str, Case] = {
     "kube-controller-manager: a NetworkPolicy": (KCM, AUTHENTICATED, "CREATE", NETPOL, "", ALLOW_ALL, None, TENANT, NETWORK_POLICY_REFUSED),
     "kube-controller-manager: a sandbox Deployment": (KCM, AUTHENTICATED, "CREATE", ("apps", "deployments"), "", workload("Deployment", "apps/v1", SANDBOX), None, TENANT, LABEL_REFUSED),
     "kube-controller-manager: exec": (KCM, AUTHENTICATED, "CONNECT", PODS, "exec", EXEC, None, TENANT, SHELL_REFUSED),
+    # The operator's own children (labelled app.kubernetes.io/managed-by=tenantry): its drift
+    # detection trusts field-manager names anyone can choose (`kubectl patch
+    # --field-manager=tenantry`), so only admission keeps others out.
+    "editor: repoint runtime-config's model baseUrl": (E, EG, "UPDATE", CONFIGMAPS, "", REPOINTED_CONFIG, RUNTIME_CONFIG, TENANT, owned_refused("ConfigMap runtime-config")),
+    "editor: unlabel runtime-config": (E, EG, "UPDATE", CONFIGMAPS, "", relabelled(REPOINTED_CONFIG, {}), RUNTIME_CONFIG, TENANT, owned_refused("ConfigMap runtime-config")),
+    "editor: delete runtime-config": (E, EG, "DELETE", CONFIGMAPS, "", None, RUNTIME_CONFIG, TENANT, owned_refused("ConfigMap runtime-config")),
+    "editor: replace the sandbox token": (E, EG, "UPDATE", SECRETS, "", {**SANDBOX_TOKEN, "data": {"token": "a25vd24="}}, SANDBOX_TOKEN, TENANT, owned_refused("Secret sandbox-token")),
+    "editor: change a copied Secret": (E, EG, "UPDATE", SECRETS, "", {**COPIED_SECRET, "data": {"api-key": "b3RoZXI="}}, COPIED_SECRET, TENANT, owned_refused("Secret model-credentials")),
+    "editor: delete a copied Secret": (E, EG, "DELETE", SECRETS, "", None, COPIED_SECRET, TENANT, owned_refused("Secret model-credentials")),
+    "editor: repoint the runtime Service": (E, EG, "UPDATE", SERVICES, "", {**RUNTIME_SERVICE, "spec": {"selector": {"app": "debug"}, "ports": [{"port": 8080}]}}, RUNTIME_SERVICE, TENANT, owned_refused("Service runtime")),
+    "editor: delete the runtime Service": (E, EG, "DELETE", SERVICES, "", None, RUNTIME_SERVICE, TENANT, owned_refused("Service runtime")),
+    "editor: mount tokens of the runtime ServiceAccount": (E, EG, "UPDATE", ACCOUNTS, "", {**RUNTIME_ACCOUNT, "automountServiceAccountToken": True}, RUNTIME_ACCOUNT, TENANT, owned_refused("ServiceAccount runtime")),
+    "editor: delete the sandbox Deployment": (E, EG, "DELETE", ("apps", "deployments"), "", None, SANDBOX_DEPLOYMENT, TENANT, owned_refused("Deployment sandbox")),
+    "editor: plant a ConfigMap labelled as Tenantry's": (E, EG, "CREATE", CONFIGMAPS, "", relabelled(CONFIG_MAP, TENANTRYS), None, TENANT, owned_refused("ConfigMap notes")),
+    "editor: label a ConfigMap of their own as Tenantry's": (E, EG, "UPDATE", CONFIGMAPS, "", relabelled(CONFIG_MAP, TENANTRYS), CONFIG_MAP, TENANT, owned_refused("ConfigMap notes")),
+    "editor: a PersistentVolumeClaim labelled as Tenantry's": (E, EG, "CREATE", ("", "persistentvolumeclaims"), "", OWN_PVC, None, TENANT, owned_refused("PersistentVolumeClaim data")),
+    "editor: a pod labelled as Tenantry's": (E, EG, "CREATE", PODS, "", pod(TENANTRYS), None, TENANT, owned_refused("Pod p")),
+    "editor: an EndpointSlice for the runtime Service": (E, EG, "CREATE", SLICES, "", RUNTIME_SLICE, None, TENANT, owned_refused("EndpointSlice runtime-abcde")),
+    # Where the policy refuses a kind outright, its own message comes first.
+    "editor: the sandbox NetworkPolicy, labelled as Tenantry's": (E, EG, "UPDATE", NETPOL, "", TENANT_POLICY_OBJECT, TENANT_POLICY_OBJECT, TENANT, NETWORK_POLICY_REFUSED),
+    "admin: delete the operator's RoleBinding, labelled as Tenantry's": (E, EG, "DELETE", BINDINGS, "", None, relabelled(OPERATOR_BINDING, TENANTRYS), TENANT, RBAC_REFUSED),
+    "editor: set image on Tenantry's sandbox Deployment": (E, EG, "UPDATE", ("apps", "deployments"), "", SANDBOX_DEPLOYMENT, SANDBOX_DEPLOYMENT, TENANT, LABEL_REFUSED),
+    # What an editor still may do with objects that are not Tenantry's.
+    "editor: change a ConfigMap of their own": (E, EG, "UPDATE", CONFIGMAPS, "", {**CONFIG_MAP, "data": {"a": "b"}}, CONFIG_MAP, TENANT, None),
+    "editor: delete a ConfigMap of their own": (E, EG, "DELETE", CONFIGMAPS, "", None, CONFIG_MAP, TENANT, None),
+    "editor: a ConfigMap labelled as Tenantry's elsewhere": (E, EG, "CREATE", CONFIGMAPS, "", {**CONFIG_MAP, "metadata": meta("notes", TENANTRYS, "plain")}, None, "plain", None),
+    "editor: plant a ConfigMap labelled as Tenantry's, by generateName": (E, EG, "CREATE", CONFIGMAPS, "", {**CONFIG_MAP, "metadata": {"generateName": "notes-", "namespace": TENANT, "labels": TENANTRYS}}, None, TENANT, owned_refused("ConfigMap")),
+    "a tenant Namespace itself is not this policy's": ("someone", AUTHENTICATED, "UPDATE", ("", "namespaces"), "", NAMESPACES[0], NAMESPACES[0], TENANT, None),
+    "kubelet: an Event": ("system:node:node-1", ["system:nodes", *AUTHENTICATED], "CREATE", ("", "events"), "", {"apiVersion": "v1", "kind": "Event", "metadata": meta("runtime.1"), "involvedObject": {"kind": "Pod", "name": "runtime-x"}}, None, TENANT, None),
+    "a cluster-scoped object labelled as Tenantry's is not this policy's": ("someone", AUTHENTICATED, "CREATE", ("rbac.authorization.k8s.io", "clusterroles"), "", CLUSTER_ROLE, None, "", None),
+    "operator: repoint runtime-config": (OPERATOR, EG, "UPDATE", CONFIGMAPS, "", REPOINTED_CONFIG, RUNTIME_CONFIG, TENANT, None),
+    "operator: delete a copied Secret": (OPERATOR, EG, "DELETE", SECRETS, "", None, COPIED_SECRET, TENANT, None),
+    "system:masters: change runtime-config": ("admin", ["system:masters", *AUTHENTICATED], "UPDATE", CONFIGMAPS, "", REPOINTED_CONFIG, RUNTIME_CONFIG, TENANT, None),
+    # The built-in controllers that write Tenantry's children, each at its own job.
+    "garbage collector: delete runtime-config": (*controller("generic-garbage-collector"), "DELETE", CONFIGMAPS, "", None, RUNTIME_CONFIG, TENANT, None),
+    "garbage collector: orphan the runtime Service": (*controller("generic-garbage-collector"), "UPDATE", SERVICES, "", RUNTIME_SERVICE, RUNTIME_SERVICE, TENANT, None),
+    "namespace controller: delete the sandbox token": (*controller("namespace-controller"), "DELETE", SECRETS, "", None, SANDBOX_TOKEN, TENANT, None),
+    "namespace controller: change runtime-config": (*controller("namespace-controller"), "UPDATE", CONFIGMAPS, "", REPOINTED_CONFIG, RUNTIME_CONFIG, TENANT, owned_refused("ConfigMap runtime-config")),
+    "storage version migrator: rewrite the sandbox token": (*controller("storage-version-migrator-controller"), "UPDATE", SECRETS, "", SANDBOX_TOKEN, SANDBOX_TOKEN, TENANT, None),
+    "Deployment controller: the sandbox Deployment's status": (*controller("deployment-controller"), "UPDATE", ("apps", "deployments"), "status", SANDBOX_DEPLOYMENT, SANDBOX_DEPLOYMENT, TENANT, None),
+    "ResourceQuota controller: the quota's status": (*controller("resourcequota-controller"), "UPDATE", ("", "resourcequotas"), "status", child("ResourceQuota", "v1", "tenant-quota"), child("ResourceQuota", "v1", "tenant-quota"), TENANT, None),
+    "Deployment controller: delete an old sandbox ReplicaSet": (*controller("deployment-controller"), "DELETE", RS, "", None, workload("ReplicaSet", "apps/v1", SANDBOX), TENANT, None),
+    "ReplicaSet controller: delete a sandbox pod": (*controller("replicaset-controller"), "DELETE", PODS, "", None, pod(SANDBOX), TENANT, None),
+    "kubelet: delete a sandbox pod": ("system:node:node-1", ["system:nodes", *AUTHENTICATED], "DELETE", PODS, "", None, pod(SANDBOX), TENANT, None),
+    "endpoints controller: the runtime Service's Endpoints": (*controller("endpoint-controller"), "CREATE", ENDPOINTS, "", RUNTIME_ENDPOINTS, None, TENANT, None),
+    "endpoints controller: update them": (*controller("endpoint-controller"), "UPDATE", ENDPOINTS, "", RUNTIME_ENDPOINTS, RUNTIME_ENDPOINTS, TENANT, None),
+    "endpoints controller: delete them": (*controller("endpoint-controller"), "DELETE", ENDPOINTS, "", None, RUNTIME_ENDPOINTS, TENANT, None),
+    "EndpointSlice controller: the runtime Service's slice": (*controller("endpointslice-controller"), "CREATE", SLICES, "", RUNTIME_SLICE, None, TENANT, None),
+    "EndpointSlice controller: update it": (*controller("endpointslice-controller"), "UPDATE", SLICES, "", RUNTIME_SLICE, RUNTIME_SLICE, TENANT, None),
+    "EndpointSlice controller: delete it": (*controller("endpointslice-controller"), "DELETE", SLICES, "", None, RUNTIME_SLICE, TENANT, None),
+    "kube-controller-manager: the runtime Service's slice": (KCM, AUTHENTICATED, "CREATE", SLICES, "", RUNTIME_SLICE, None, TENANT, None),
+    "endpoints controller: runtime-config": (*controller("endpoint-controller"), "UPDATE", CONFIGMAPS, "", REPOINTED_CONFIG, RUNTIME_CONFIG, TENANT, owned_refused("ConfigMap runtime-config")),
+    "EndpointSlice controller: the runtime Service's Endpoints": (*controller("endpointslice-controller"), "UPDATE", ENDPOINTS, "", RUNTIME_ENDPOINTS, RUNTIME_ENDPOINTS, TENANT, owned_refused("Endpoints runtime")),
+    # Controllers that write objects without Tenantry's label are unaffected.
+    "root CA publisher: kube-root-ca.crt": (*controller("root-ca-cert-publisher"), "CREATE", CONFIGMAPS, "", ROOT_CA, None, TENANT, None),
+    "root CA publisher: update kube-root-ca.crt": (*controller("root-ca-cert-publisher"), "UPDATE", CONFIGMAPS, "", ROOT_CA, ROOT_CA, TENANT, None),
+    "tokens controller: a service-account token": (KCM, AUTHENTICATED, "UPDATE", SECRETS, "", {**ACCOUNT_TOKEN, "data": {"token": "dA=="}}, ACCOUNT_TOKEN, TENANT, None),
+    "service account controller: the default ServiceAccount": (*controller("service-account-controller"), "CREATE", ACCOUNTS, "", DEFAULT_ACCOUNT, None, TENANT, None),
+    # Scale requests (`kubectl scale`, autoscalers): a Scale carries no labels, so all of them.
+    "editor: scale up an old runtime ReplicaSet": (E, EG, "UPDATE", RS, "scale", scale(OLD_RUNTIME_RS), scale(OLD_RUNTIME_RS, 0), TENANT, scale_refused(f"replicasets/{OLD_RUNTIME_RS}")),
+    "editor: scale the runtime Deployment": (E, EG, "UPDATE", ("apps", "deployments"), "scale", scale("runtime", 3), scale("runtime"), TENANT, scale_refused("deployments/runtime")),
+    "editor: scale the sandbox to zero": (E, EG, "UPDATE", ("apps", "deployments"), "scale", scale("sandbox", 0), scale("sandbox"), TENANT, scale_refused("deployments/sandbox")),
+    "editor: scale a StatefulSet": (E, EG, "UPDATE", ("apps", "statefulsets"), "scale", scale("sandbox-db", 2), scale("sandbox-db"), TENANT, scale_refused("statefulsets/sandbox-db")),
+    "editor: scale a ReplicationController": (E, EG, "UPDATE", ("", "replicationcontrollers"), "scale", scale("runtime-1", 2), scale("runtime-1"), TENANT, scale_refused("replicationcontrollers/runtime-1")),
+    "editor: scale a Deployment of their own": (E, EG, "UPDATE", ("apps", "deployments"), "scale", scale("debug", 2), scale("debug"), TENANT, scale_refused("deployments/debug")),
+    "autoscaler: scale up an old runtime ReplicaSet": (*controller("horizontal-pod-autoscaler"), "UPDATE", RS, "scale", scale(OLD_RUNTIME_RS), scale(OLD_RUNTIME_RS, 0), TENANT, scale_refused(f"replicasets/{OLD_RUNTIME_RS}")),
+    "kube-controller-manager (an editor's autoscaler): scale an old runtime ReplicaSet": (KCM, AUTHENTICATED, "UPDATE", RS, "scale", scale(OLD_RUNTIME_RS), scale(OLD_RUNTIME_RS, 0), TENANT, scale_refused(f"replicasets/{OLD_RUNTIME_RS}")),
+    "garbage collector: scale the runtime Deployment": (*controller("generic-garbage-collector"), "UPDATE", ("apps", "deployments"), "scale", scale("runtime", 3), scale("runtime"), TENANT, scale_refused("deployments/runtime")),
+    "Deployment controller: scale an old runtime ReplicaSet": (*controller("deployment-controller"), "UPDATE", RS, "scale", scale(OLD_RUNTIME_RS), scale(OLD_RUNTIME_RS, 0), TENANT, scale_refused(f"replicasets/{OLD_RUNTIME_RS}")),
+    "editor: set spec.replicas of a Deployment of their own": (E, EG, "UPDATE", ("apps", "deployments"), "", workload("Deployment", "apps/v1", {"app": "x"}), workload("Deployment", "apps/v1", {"app": "x"}), TENANT, None),
+    "editor: scale elsewhere": (E, EG, "UPDATE", ("apps", "deployments"), "scale", {**scale("runtime", 3), "metadata": {"name": "runtime", "namespace": "plain"}}, None, "plain", None),
+    "operator: scale the runtime Deployment": (OPERATOR, EG, "UPDATE", ("apps", "deployments"), "scale", scale("runtime", 1), scale("runtime", 0), TENANT, None),
+    "system:masters: scale the runtime Deployment": ("admin", ["system:masters", *AUTHENTICATED], "UPDATE", ("apps", "deployments"), "scale", scale("runtime", 1), scale("runtime", 0), TENANT, None),
     # The operator's own policy (tenantry-writes) is still there.
     "operator: a NetworkPolicy in kube-system": (OPERATOR, EG, "CREATE", NETPOL, "", {**ALLOW_ALL, "metadata": meta("a", {}, "kube-system")}, None, "kube-system", "the Tenantry operator may write only in namespaces it manages, and namespace kube-system"),
 }  # fmt: skip
+
+
+def object_name(obj: dict[str, Any]) -> str:
+    """The request's name, as the API server has it: none yet for a create by generateName."""
+    metadata = obj.get("metadata") or {}
+    return str(metadata.get("name", "" if "generateName" in metadata else "x"))
 
 
 def request(name: str, case: Case) -> dict[str, Any]:
@@ -261,7 +481,7 @@ def request(name: str, case: Case) -> dict[str, Any]:
         "resource": resource,
         "subResource": subresource,
         "namespace": namespace,
-        "objectName": "x",
+        "objectName": object_name(new or old or {}),
         "object": new,
         "oldObject": old,
     }

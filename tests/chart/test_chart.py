@@ -437,6 +437,8 @@ CONTROLLERS = {
     "garbage collector": "system:serviceaccount:kube-system:generic-garbage-collector",
     "namespace-controller": "system:serviceaccount:kube-system:namespace-controller",
     "storage version migrator": "system:serviceaccount:kube-system:storage-version-migrator-controller",
+    "endpoint-controller": "system:serviceaccount:kube-system:endpoint-controller",
+    "endpointslice-controller": "system:serviceaccount:kube-system:endpointslice-controller",
     # The same controllers without --use-service-account-credentials.
     "kube-controller-manager": "system:kube-controller-manager",
 }
@@ -472,6 +474,9 @@ def test_the_tenant_namespace_policy_covers_policies_rbac_quota_workloads_and_sh
     covered: dict[tuple[str, str], set[str]] = {}
     for rule in policy["spec"]["matchConstraints"]["resourceRules"]:
         assert rule["apiVersions"] == ["*"], rule
+        # Every namespaced resource (no subresource: "*" matches none), for Tenantry's label; not
+        # cluster-scoped ones, which a namespace selector never skips.
+        assert rule.get("scope") == ("Namespaced" if rule["resources"] == ["*"] else None), rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 covered.setdefault((group, resource), set()).update(rule["operations"])
@@ -502,7 +507,19 @@ def test_the_tenant_namespace_policy_covers_policies_rbac_quota_workloads_and_sh
                 "services/proxy",
             )
         },
-    }
+        # A Scale carries no labels: every scale request.
+        **{("apps", f"{kind}/scale"): {"UPDATE"} for kind in ("deployments", "replicasets", "statefulsets")},
+        ("", "replicationcontrollers/scale"): {"UPDATE"},
+        # Anything labelled as Tenantry's own, before or after.
+        ("*", "*"): every_write,
+    }  # fmt: skip
+    (tenantrys,) = [
+        v["expression"] for v in policy["spec"]["variables"] if v["name"] == "tenantrys"
+    ]
+    assert "[object, oldObject]" in tenantrys
+    assert 'o.?metadata.?labels[?"app.kubernetes.io/managed-by"].orValue("") == "tenantry"' in (
+        " ".join(tenantrys.split())
+    )
     # Workloads are refused by the label in their own labels or in their pod template's (a
     # CronJob's is one level deeper), before or after the change.
     (labelled_variable,) = [
@@ -529,17 +546,26 @@ def test_the_tenant_namespace_policy_spares_tenantry_controllers_and_break_glass
     controllers = match_condition(policy, "not-a-controller-at-its-job")
     for name, user in CONTROLLERS.items():
         assert f'"{user}"' in controllers, name
-    # Each controller only at its own job (compared without blanks).
+    # Each controller only at its own job (compared without blanks), and none on a subresource
+    # (a scale, ephemeral containers): the whole exemption is under that condition.
     compact = "".join(controllers.split())
-    rs, deploy, gc, ns, migrator, kcm = (f'"{user}"' for user in CONTROLLERS.values())
+    guard = '!(request.?subResource.orValue("")==""&&('
+    assert compact.startswith(guard) and compact.endswith("))"), compact
+    rs, deploy, gc, ns, migrator, endpoints, slices, kcm = (
+        f'"{user}"' for user in CONTROLLERS.values()
+    )
     for job in (
-        f'request.resource.resource=="pods"&&request.?subResource.orValue("")==""'
+        f'request.resource.resource=="pods"'
         f'&&request.operation in["CREATE","UPDATE"]&&request.userInfo.username in[{rs},{kcm}]',
         f'request.resource.resource=="replicasets"&&request.operation in["CREATE","UPDATE"]'
         f"&&request.userInfo.username in[{deploy},{kcm}]",
         f'request.operation in["UPDATE","DELETE"]&&request.userInfo.username in[{gc},{kcm}]',
         f'request.operation=="DELETE"&&request.userInfo.username in[{ns},{kcm}]',
         f'request.operation=="UPDATE"&&request.userInfo.username in[{migrator},{kcm}]',
+        f'request.resource.group==""&&request.resource.resource=="endpoints"'
+        f"&&request.userInfo.username in[{endpoints},{kcm}]",
+        f'request.resource.group=="discovery.k8s.io"&&request.resource.resource=="endpointslices"'
+        f"&&request.userInfo.username in[{slices},{kcm}]",
     ):
         assert "".join(job.split()) in compact, job
     # Other exemptions, and another operator identity.
@@ -598,6 +624,12 @@ def test_the_tenant_namespace_policy_says_what_was_refused_why_and_what_to_do() 
             "would act as the tenant's runtime or sandbox",
             "kubectl logs",
         ),
+        ('"Scaling "', "a scale request carries no labels", "set spec.replicas"),
+        (
+            "is written only by Tenantry",
+            "the operator cannot tell a change made by someone else from its own",
+            "leave that label off objects of your own",
+        ),
     ]
     assert len(messages) == len(expected)
     for message, (what, why, instead) in zip(messages, expected, strict=True):
@@ -607,7 +639,15 @@ def test_the_tenant_namespace_policy_says_what_was_refused_why_and_what_to_do() 
     assert '"tenantry.dev/tenant"' in tenant and "namespaceObject" in tenant
     # README.md documents the same messages.
     section = README.split("### Who may write in a tenant namespace", 1)[1].split("\n## ", 1)[0]
-    for name in ("spec.network", "spec.quota", "spec.runtime", "spec.sandbox", "kubectl logs"):
+    for name in (
+        "spec.network",
+        "spec.quota",
+        "spec.runtime",
+        "spec.sandbox",
+        "kubectl logs",
+        "app.kubernetes.io/managed-by=tenantry",
+        "spec.replicas",
+    ):
         assert name in section, name
 
 

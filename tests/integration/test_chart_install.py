@@ -57,6 +57,7 @@ from lightkube.resources.core_v1 import (
     Namespace,
     Pod,
     Secret,
+    Service,
     ServiceAccount,
     ServiceAccountToken,
 )
@@ -911,6 +912,157 @@ def test_tenant_namespace_editors_still_write_plain_objects(
     editor.create(plain, dry_run=True)
 
 
+# The operator's own children carry app.kubernetes.io/managed-by=tenantry; its drift detection
+# knows its own writes by field-manager name, which any client may choose.
+OWNED_REFUSED = "is written only by Tenantry: it is labelled app.kubernetes.io/managed-by=tenantry"
+CHANGE_THE_TENANT = "Change AgentTenant acme instead, and leave that label off objects of your own."
+TENANTRYS = {"app.kubernetes.io/managed-by": "tenantry", "tenantry.dev/tenant": "acme"}
+
+
+def test_tenant_namespace_editors_cannot_change_tenantrys_own_objects(
+    kube: Client, tenant_users: dict[str, TenantUser]
+) -> None:
+    editor = tenant_users[EDITOR].client
+    # `kubectl patch --field-manager=tenantry`: the runtime's model baseUrl, as the operator.
+    repointed = json.dumps({"model": {"baseUrl": "https://attacker.example.net/v1"}})
+    patched = run(
+        tool("kubectl"), "--kubeconfig", str(tenant_users[EDITOR].kubeconfig), "patch",
+        "--namespace", TENANT, "configmap", "runtime-config", "--type=merge",
+        "--patch", json.dumps({"data": {"runtime.json": repointed}}),
+        "--field-manager=tenantry", "--dry-run=server", check=False,
+    )  # fmt: skip
+    assert patched.returncode != 0, "an editor repointed the runtime's model"
+    message = " ".join(patched.stderr.split())
+    assert f"ValidatingAdmissionPolicy '{TENANT_POLICY}'" in message, patched.stderr
+    assert (
+        f"ConfigMap runtime-config in tenant namespace {TENANT} {OWNED_REFUSED}" in message
+        and CHANGE_THE_TENANT in message
+    ), message
+    # The other children, by patch, server-side apply (as the operator's field manager) and
+    # delete.
+    attempts: dict[str, Callable[[], Any]] = {
+        "ConfigMap runtime-config": lambda: editor.apply(
+            ConfigMap(
+                metadata=ObjectMeta(name="runtime-config", namespace=TENANT),
+                data={"runtime.json": repointed},
+            ),
+            field_manager="tenantry",
+            force=True,
+            dry_run=True,
+        ),
+        "Secret sandbox-token": lambda: editor.patch(
+            Secret, "sandbox-token", {"stringData": {"token": "known-to-the-editor"}},
+            namespace=TENANT, patch_type=PatchType.MERGE, field_manager="tenantry", dry_run=True,
+        ),
+        "Secret model-credentials": lambda: editor.delete(
+            Secret, "model-credentials", namespace=TENANT, dry_run=True
+        ),
+        "Service runtime": lambda: editor.patch(
+            Service, "runtime", {"spec": {"selector": {"app": "debug"}}},
+            namespace=TENANT, patch_type=PatchType.MERGE, dry_run=True,
+        ),
+        "ServiceAccount runtime": lambda: editor.patch(
+            ServiceAccount, "runtime", {"automountServiceAccountToken": True},
+            namespace=TENANT, patch_type=PatchType.MERGE, dry_run=True,
+        ),
+        "Deployment sandbox": lambda: editor.delete(
+            Deployment, "sandbox", namespace=TENANT, dry_run=True
+        ),
+        # Nor may an editor plant an object labelled as Tenantry's.
+        "ConfigMap runtime-config-extra": lambda: editor.create(
+            ConfigMap(
+                metadata=ObjectMeta(name="runtime-config-extra", namespace=TENANT, labels=TENANTRYS)
+            ),
+            dry_run=True,
+        ),
+    }  # fmt: skip
+    for what, attempt in attempts.items():
+        message = refused_by_tenant_policy(attempt)
+        assert f"{what} in tenant namespace {TENANT} {OWNED_REFUSED}" in message, message
+        assert CHANGE_THE_TENANT in message, message
+    # ... or label one of their own so.
+    name = f"notes-{uuid.uuid4().hex[:6]}"
+    editor.create(ConfigMap(metadata=ObjectMeta(name=name, namespace=TENANT), data={"a": "b"}))
+    try:
+        message = refused_by_tenant_policy(
+            lambda: editor.patch(
+                ConfigMap, name, {"metadata": {"labels": TENANTRYS}}, namespace=TENANT,
+                patch_type=PatchType.MERGE, dry_run=True,
+            )
+        )  # fmt: skip
+        assert f"ConfigMap {name} in tenant namespace {TENANT} {OWNED_REFUSED}" in message
+        # Their own objects stay theirs.
+        editor.patch(
+            ConfigMap, name, {"data": {"a": "c"}}, namespace=TENANT, patch_type=PatchType.MERGE
+        )
+    finally:
+        editor.delete(ConfigMap, name, namespace=TENANT)
+    # Pods are never labelled as Tenantry's own: deleting one (the Deployment restores it) stays
+    # allowed.
+    runtime = next(
+        iter(kube.list(Pod, namespace=TENANT, labels={"tenantry.dev/component": "runtime"}))
+    )
+    assert runtime.metadata and runtime.metadata.name
+    editor.delete(Pod, runtime.metadata.name, namespace=TENANT, dry_run=True)
+
+
+def test_tenant_namespace_editors_cannot_scale_workloads(
+    kube: Client, tenant_users: dict[str, TenantUser]
+) -> None:
+    """A Scale carries no labels: every scale request in a tenant namespace is refused, the
+    runtime's, an old ReplicaSet's (whose pods would run a stale template) and an editor's own."""
+    editor = tenant_users[EDITOR].client
+
+    def scale(target: str, replicas: int) -> str:
+        result = run(
+            tool("kubectl"), "--kubeconfig", str(tenant_users[EDITOR].kubeconfig), "scale",
+            "--namespace", TENANT, target, f"--replicas={replicas}", "--dry-run=server",
+            check=False,
+        )  # fmt: skip
+        assert result.returncode != 0, f"an editor scaled {target}"
+        message = " ".join(result.stderr.split())
+        assert f"ValidatingAdmissionPolicy '{TENANT_POLICY}'" in message, result.stderr
+        assert "a scale request carries no labels" in message, message
+        assert "set spec.replicas (kubectl patch, edit or apply)" in message, message
+        return message
+
+    runtime_rs = next(
+        iter(kube.list(ReplicaSet, namespace=TENANT, labels={"tenantry.dev/component": "runtime"}))
+    )
+    assert runtime_rs.metadata and runtime_rs.metadata.name
+    name = runtime_rs.metadata.name
+    assert f"Scaling replicasets/{name} in tenant namespace {TENANT} is refused" in scale(
+        f"replicaset/{name}", 2
+    )
+    assert "Scaling deployments/runtime" in scale("deployment/runtime", 2)
+    assert "Scaling deployments/sandbox" in scale("deployment/sandbox", 0)
+    # An editor's own Deployment (no pods: replicas 0) is scaled by spec.replicas instead.
+    own = f"debug-{uuid.uuid4().hex[:6]}"
+    labels = {"app": own}
+    editor.create(
+        codecs.from_dict(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": own, "namespace": TENANT},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": RESTRICTED_POD_SPEC},
+                },
+            }
+        )
+    )
+    try:
+        assert f"Scaling deployments/{own}" in scale(f"deployment/{own}", 1)
+        editor.patch(
+            Deployment, own, {"spec": {"replicas": 1}}, namespace=TENANT,
+            patch_type=PatchType.MERGE, dry_run=True,
+        )  # fmt: skip
+    finally:
+        editor.delete(Deployment, own, namespace=TENANT)
+
+
 def kubectl_as(kubectl: list[str], user: str, *args: str) -> subprocess.CompletedProcess[str]:
     """A server-side dry run as `user` (impersonated by the admin): admission runs, nothing is
     written."""
@@ -1006,6 +1158,98 @@ def test_the_controllers_still_do_their_jobs_in_tenant_namespaces(
         "the ReplicaSet controller changed the tenant's sandbox ReplicaSet"
     )
     assert LABEL_REFUSED in " ".join(result.stderr.split()), result.stderr
+
+
+def test_the_controllers_still_write_tenantrys_own_objects_in_tenant_namespaces(
+    kube: Client, kubectl: list[str], examples: list[str], tmp_path: Path
+) -> None:
+    """Objects labelled app.kubernetes.io/managed-by=tenantry, written by the built-in
+    controllers at their jobs (impersonated, as above: the local kube-controller-manager is
+    exempt), and never a scale."""
+    controller = "system:serviceaccount:kube-system:{}".format
+
+    def touched(kind: str, name: str) -> str:
+        """kind/name as it is plus one annotation, for a replace (the controllers' RBAC has
+        update, not always patch); unconditional, so a concurrent status write is no conflict."""
+        body = json.loads(
+            run(*kubectl, "get", kind, "--namespace", TENANT, name, "-o", "json").stdout
+        )
+        body["metadata"].pop("resourceVersion", None)
+        body["metadata"].setdefault("annotations", {})["example.com/touched"] = "yes"
+        path = tmp_path / f"{kind}-{name}.json"
+        path.write_text(json.dumps(body))
+        return str(path)
+
+    # The endpoint controllers copy the Service's labels, Tenantry's included.
+    def runtime_slice() -> dict[str, Any] | None:
+        found = json.loads(
+            run(
+                *kubectl, "get", "endpointslices", "--namespace", TENANT,
+                "-l", "kubernetes.io/service-name=runtime", "-o", "json",
+            ).stdout
+        )["items"]  # fmt: skip
+        return found[0] if found else None
+
+    endpoint_slice = wait_until(runtime_slice, "an EndpointSlice of the runtime Service")
+    assert endpoint_slice["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "tenantry"
+    slice_name = endpoint_slice["metadata"]["name"]
+    endpoints = json.loads(
+        run(*kubectl, "get", "endpoints", "--namespace", TENANT, "runtime", "-o", "json").stdout
+    )
+    assert endpoints["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "tenantry"
+    allowed = {
+        "the endpoints controller updates the runtime's Endpoints": (
+            controller("endpoint-controller"), "replace", "-f", touched("endpoints", "runtime")
+        ),
+        "the EndpointSlice controller updates the runtime's slice": (
+            controller("endpointslice-controller"), "replace", "-f",
+            touched("endpointslice", slice_name),
+        ),
+        "the EndpointSlice controller deletes it": (
+            controller("endpointslice-controller"), "delete", "endpointslice", slice_name
+        ),
+        "the Deployment controller writes the runtime Deployment's status": (
+            controller("deployment-controller"), "replace", "--subresource=status", "-f",
+            touched("deployment", "runtime"),
+        ),
+        "the ResourceQuota controller writes the quota's status": (
+            controller("resourcequota-controller"), "replace", "--subresource=status", "-f",
+            touched("resourcequota", "tenant-quota"),
+        ),
+        "the garbage collector updates the runtime Service": (
+            controller("generic-garbage-collector"), "replace", "-f", touched("service", "runtime")
+        ),
+        "the garbage collector deletes runtime-config": (
+            controller("generic-garbage-collector"), "delete", "configmap", "runtime-config"
+        ),
+        "the namespace controller deletes the sandbox token": (
+            controller("namespace-controller"), "delete", "secret", "sandbox-token"
+        ),
+        "the root CA publisher updates kube-root-ca.crt": (
+            controller("root-ca-cert-publisher"), "replace", "-f",
+            touched("configmap", "kube-root-ca.crt"),
+        ),
+    }  # fmt: skip
+    for job, (user, *args) in allowed.items():
+        result = kubectl_as(kubectl, user, *args)
+        assert result.returncode == 0, f"{job}: {result.stderr}"
+    # Only at their jobs: the Deployment controller may write the runtime Deployment by RBAC,
+    # but not the object itself; the garbage collector may scale anything by RBAC (and without
+    # --use-service-account-credentials it is also the autoscaler), but not here.
+    refused = {
+        "the Deployment controller changes the runtime Deployment": (
+            controller("deployment-controller"), "replace", "-f", touched("deployment", "runtime")
+        ),
+        "the garbage collector scales the runtime Deployment": (
+            controller("generic-garbage-collector"), "scale", "deployment/runtime", "--replicas=2"
+        ),
+    }  # fmt: skip
+    for job, (user, *args) in refused.items():
+        result = kubectl_as(kubectl, user, *args)
+        assert result.returncode != 0, f"{job} was allowed"
+        assert f"ValidatingAdmissionPolicy '{TENANT_POLICY}'" in " ".join(result.stderr.split()), (
+            f"{job}: {result.stderr}"
+        )
 
 
 def test_deleting_a_tenant_still_deletes_its_namespace(
