@@ -83,7 +83,10 @@ def main() -> None:
     kubectl("wait", "--for=condition=Established", "crd/agenttenants.tenantry.dev", "--timeout=60s")
     say("starting the operator")
     start_operator()
-    say("applying examples/")
+    # The secret source first: a tenant applied before the Secret it copies would meet a
+    # SecretNotFound warning first, and only then become Ready.
+    say("applying examples/secret-source.yaml, then the tenants in examples/")
+    kubectl("apply", "-f", str(REPO / "examples" / "secret-source.yaml"))
     kubectl("apply", "-f", str(REPO / "examples"))
     say("waiting for every tenant to be Ready")
     kubectl("wait", "--for=condition=Ready", "agenttenants", "--all", "--timeout=180s")
