@@ -12,7 +12,8 @@ import binascii
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -160,6 +161,20 @@ def place(key: ChildKey) -> str:
 
 def label(key: ChildKey) -> str:
     return f"{key[0]} {place(key)}"
+
+
+@contextmanager
+def refusals_stall(key: ChildKey) -> Iterator[None]:
+    """An API server that refuses a child as invalid (400, 422) stalls the tenant: a retry
+    would be refused the same way until a human changes the spec."""
+    try:
+        yield
+    except ApiError as error:
+        if error.status.code in (400, 422):
+            raise Stall(
+                "Rejected", f"the API server rejected {label(key)}: {error.status.message}"
+            ) from None
+        raise
 
 
 async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
@@ -458,7 +473,7 @@ class Reconciler:
 
     async def _apply(self, manifest: Manifest) -> None:
         kind, namespace, name = child_key(manifest)
-        try:
+        with refusals_stall((kind, namespace, name)):
             await self.client.patch(
                 APPLIED_KINDS[kind],
                 name,
@@ -468,13 +483,6 @@ class Reconciler:
                 field_manager=FIELD_MANAGER,
                 force=True,
             )
-        except ApiError as error:
-            if error.status.code in (400, 422):
-                raise Stall(
-                    "Rejected",
-                    f"the API server rejected {label((kind, namespace, name))}: {error.status.message}",
-                ) from None
-            raise
 
     async def _replace(self, manifest: Manifest) -> None:
         """Make a child exactly what we render, dropping what others added to it.
@@ -501,18 +509,12 @@ class Reconciler:
             "resourceVersion": live["metadata"]["resourceVersion"],
             "managedFields": entries or [{}],
         }
-        try:
+        # A 404 or 409 (changed meanwhile) is raised as it is: the queue's retry looks again.
+        with refusals_stall((kind, namespace, name)):
             await self.client.replace(
                 APPLIED_KINDS[kind].from_dict({**manifest, "metadata": meta}),
                 field_manager=FIELD_MANAGER,
             )
-        except ApiError as error:
-            if error.status.code in (400, 422):
-                raise Stall(
-                    "Rejected",
-                    f"the API server rejected {label((kind, namespace, name))}: {error.status.message}",
-                ) from None
-            raise  # 404 or 409: changed meanwhile; the queue's retry looks again
 
     async def _prune(
         self, wanted: set[ChildKey], live: Mapping[ChildKey, LiveChild], tenant: str
