@@ -76,10 +76,24 @@ class TenantGuard:
             recipient=recipient,
             message_type=type(message).__name__,
             decision="delivered" if reason is None else "dropped",
-            task_id=getattr(message, "task_id", None),
+            task_id=audited_task_id(message),
             reason=reason,
         )
         return reason is None
+
+
+_TASK_ID_CHARS = 128
+
+
+def audited_task_id(message: Any) -> str | None:
+    """A message's task id as the audit records it: text of a bounded length, whatever the
+    message holds (a uuid.UUID, a huge string, a property that raises). The guard and its
+    audit never fail on a message's contents: the message would be lost with them."""
+    try:
+        value = getattr(message, "task_id", None)
+        return None if value is None else str(value)[:_TASK_ID_CHARS]
+    except Exception:  # any error of the message's own code: audit without it
+        return None
 
 
 class GuardedAgentRuntime(SingleThreadedAgentRuntime):
@@ -90,9 +104,11 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
     at the caller, again as autogen does.
     """
 
-    def __init__(self, guard: TenantGuard) -> None:
-        # No intervention handlers: the guard runs before queueing, see the module docstring.
-        super().__init__()
+    def __init__(self, guard: TenantGuard, **options: Any) -> None:
+        # The stock runtime's options (tracer_provider, intervention_handlers,
+        # ignore_unhandled_exceptions) pass through. Intervention handlers run only on what the
+        # guard admitted, since the guard judges before a message is queued (module docstring).
+        super().__init__(**options)
         self.guard = guard
 
     @property

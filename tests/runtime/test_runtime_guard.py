@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from autogen_core import (
     AgentId,
+    DefaultInterventionHandler,
     MessageContext,
     RoutedAgent,
     TopicId,
@@ -22,6 +24,7 @@ from autogen_core import (
 from autogen_core.exceptions import MessageDroppedException
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 from tenantry_runtime.audit import AuditLog
 from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard
 
@@ -234,3 +237,87 @@ async def inject(injections: list[Injection]) -> None:
 @given(st.lists(INJECTIONS, min_size=1, max_size=12))
 def test_no_foreign_message_is_ever_delivered(injections: list[Injection]) -> None:
     asyncio.run(inject(injections))
+
+
+# --- messages the guard has never seen -------------------------------------------------------
+
+
+class Odd(BaseModel):
+    """A custom agent's message, as pydantic models usually are (autogen serializes them)."""
+
+    n: int
+    task_id: Any = None
+
+
+class Exploding:
+    n = 0
+
+    @property
+    def task_id(self) -> str:
+        raise RuntimeError("a property of the message's own code")
+
+
+@pytest.mark.parametrize(
+    ("task_id", "recorded"),
+    [
+        (uuid.UUID(int=7), str(uuid.UUID(int=7))),
+        ("x" * 10_000, "x" * 128),
+        (12345, "12345"),
+    ],
+)
+async def test_a_task_id_of_any_type_is_audited_and_the_message_delivered(
+    task_id: Any, recorded: str
+) -> None:
+    """A same-tenant message whose task_id is a uuid.UUID made publish_message raise TypeError
+    in the audit, and the message was lost."""
+    guard, stream = new_guard()
+    runtime = GuardedAgentRuntime(guard)
+    received: list[Any] = []
+
+    class Sink(RoutedAgent):
+        def __init__(self) -> None:
+            super().__init__("sink")
+
+        @event
+        async def on_odd(self, message: Odd, ctx: MessageContext) -> None:
+            received.append(message.task_id)
+
+    await Sink.register(runtime, "sink", Sink, skip_class_subscriptions=True)
+    await runtime.add_subscription(TypeSubscription("default", "sink"))
+    runtime.start()
+    await runtime.publish_message(Odd(n=1, task_id=task_id), runtime.topic("default"))
+    await runtime.stop_when_idle()
+    assert received == [task_id]
+    (record,) = records(stream)
+    assert (record["decision"], record["taskId"]) == ("delivered", recorded)
+
+
+def test_a_message_whose_task_id_raises_is_still_judged() -> None:
+    guard, stream = new_guard()
+    assert guard.admit_publish(Exploding(), TopicId("default", TENANT), None)
+    assert not guard.admit_publish(Exploding(), TopicId("default", "globex"), None)
+    assert [r["decision"] for r in records(stream)] == ["delivered", "dropped"]
+    assert all("taskId" not in r for r in records(stream))
+
+
+async def test_the_stock_runtimes_options_are_accepted_and_the_guard_still_judges_first() -> None:
+    seen_by_handler: list[str] = []
+
+    class Watcher(DefaultInterventionHandler):
+        async def on_publish(self, message: Any, *, message_context: Any) -> Any:
+            seen_by_handler.append(message_context.topic_id.source)
+            return message
+
+    guard, _ = new_guard()
+    runtime = GuardedAgentRuntime(
+        guard,
+        intervention_handlers=[Watcher()],
+        tracer_provider=None,
+        ignore_unhandled_exceptions=False,
+    )
+    runtime.start()
+    await runtime.publish_message(Ping(1), TopicId("default", "globex"))
+    await runtime.publish_message(Ping(2), runtime.topic("default"))
+    await runtime.stop_when_idle()
+    assert seen_by_handler == [TENANT]  # the foreign publish never reached the handler
+    assert (guard.delivered, guard.dropped) == (1, 1)
