@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
+.PHONY: help venv toolchain images cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ venv: $(VENV_STAMP) ## create the virtualenv with every dependency
 toolchain: ## build (or reuse) the control plane and the chart tools (helm, kubeconform, kube-score, kstatus) from Go modules
 	@start=$$SECONDS; bash e2e/toolchain/build.sh >/dev/null && \
 	  echo "make toolchain: $$((SECONDS - start))s"
+
+# No registry is needed: the base comes from Debian packages (mmdebstrap) and buildah builds the
+# two Dockerfiles on it; the OCI archives are cached per user, keyed by what makes them. Needs root
+# (it installs buildah, mmdebstrap and runc with apt-get when missing). Not part of `make test`.
+images: ## build (or reuse) the runtime and operator images as OCI archives; `python3 e2e/images.py verify` runs them
+	@start=$$SECONDS; $(PYTHON) e2e/images.py && echo "make images: $$((SECONDS - start))s"
 
 cluster-up: venv ## start the local control plane (or reuse it); kubeconfig in .cache/cluster/kubeconfig
 	@$(BIN)/python e2e/cluster.py up
