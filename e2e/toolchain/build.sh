@@ -6,6 +6,9 @@
 #   build.sh cluster      etcd, Kubernetes and kwok: what e2e/cluster.py needs
 #   build.sh tools        helm, kubeconform, kube-score, and the kstatus and vapcheck programs
 #                         (tests/chart)
+#   build.sh node         what a real node runs: kubelet and kube-proxy (the control plane's
+#                         version), CoreDNS, kube-router and our pause program. Not part of
+#                         "everything": only asked for by name (make node-toolchain).
 #
 # Binaries live in a per-user cache keyed by component, version and the hash of the wrapper
 # module's files (go.mod, go.sum and any source of our own), so every clone on this machine
@@ -101,6 +104,25 @@ build_tools() {
   build netpol "$NETPOL_VERSION" "" github.com/np-guard/netpol-analyzer/cmd/netpolicy
 }
 
+# The real node (issue 11). kubelet and kube-proxy come from the same k8s.io/kubernetes version as
+# the control plane, through a wrapper module of their own (e2e/toolchain/node) so that the
+# control plane's cache key stays what it was; Go's build cache shares the packages they have in
+# common. Every binary is static (CGO_ENABLED=0, as kube-router's own release builds are).
+build_node() {
+  build node "$K8S_VERSION" "$(k8s_ldflags)" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+  # CoreDNS prints its GitCommit in -version; the release tag stands in for it.
+  build coredns "$COREDNS_VERSION" \
+    "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" github.com/coredns/coredns
+  # kube-router's own release build stamps Version and BuildDate; the date is fixed, as in
+  # k8s_ldflags, so that the cache key (module files only) still says everything about the binary.
+  local kr=github.com/cloudnativelabs/kube-router/v2
+  build kube-router "$KUBE_ROUTER_VERSION" "-X $kr/pkg/version.Version=$KUBE_ROUTER_VERSION \
+    -X $kr/pkg/version.BuildDate=1970-01-01T00:00:00Z" "$kr/cmd/kube-router"
+  # Our own program, the sandbox image's only file.
+  build pause "$PAUSE_VERSION" "-X main.version=$PAUSE_VERSION" .
+}
+
 total_started=$SECONDS
 groups=("$@")
 [[ ${#groups[@]} -gt 0 ]] || groups=(cluster tools)
@@ -108,8 +130,9 @@ for group in "${groups[@]}"; do
   case $group in
     cluster) build_cluster ;;
     tools) build_tools ;;
+    node) build_node ;;
     *)
-      log "unknown group '$group': use cluster, tools or nothing (both)"
+      log "unknown group '$group': use cluster, tools, node or nothing (cluster and tools)"
       exit 2
       ;;
   esac
