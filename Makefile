@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain images cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
+.PHONY: help venv toolchain node-toolchain images cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,11 @@ venv: $(VENV_STAMP) ## create the virtualenv with every dependency
 toolchain: ## build (or reuse) the control plane and the chart tools (helm, kubeconform, kube-score, kstatus) from Go modules
 	@start=$$SECONDS; bash e2e/toolchain/build.sh >/dev/null && \
 	  echo "make toolchain: $$((SECONDS - start))s"
+
+# Not part of `toolchain` (nor of `make test`) yet: the real node's programs (issue 11).
+node-toolchain: ## build (or reuse) the real node's kubelet, kube-proxy, CoreDNS, kube-router and pause from Go modules
+	@start=$$SECONDS; bash e2e/toolchain/build.sh node >/dev/null && \
+	  echo "make node-toolchain: $$((SECONDS - start))s"
 
 # No registry is needed: the base comes from Debian packages (mmdebstrap) and buildah builds the
 # two Dockerfiles on it; the OCI archives are cached per user, keyed by what makes them. Needs root
