@@ -122,6 +122,9 @@ class SandboxSettings:
     wipe_ipc: bool = True
     """With the files, remove the IPC objects the sandbox's uid owns (/dev/shm, /dev/mqueue,
     System V). Off only to run a sandbox as a user who has other IPC objects (a developer)."""
+    termination_log: Path | None = Path("/dev/termination-log")
+    """The container's termination message file: the kubelet makes it writable by any user,
+    so code could leave a note there for a later task. Emptied with the files ("" for none)."""
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -269,6 +272,10 @@ def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
         limits=limits,
         keep_workspace=_bool_env(env, "TENANTRY_SANDBOX_KEEP_WORKSPACE", False),
         wipe_ipc=_bool_env(env, "TENANTRY_SANDBOX_WIPE_IPC", True),
+        # The pod's terminationMessagePath, where it is not the default.
+        termination_log=Path(path)
+        if (path := env.get("TENANTRY_SANDBOX_TERMINATION_LOG", "/dev/termination-log"))
+        else None,
     )
 
 

@@ -219,7 +219,12 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
     app[_AUDIT] = audit
     # Never as root: root's IPC objects outside a container are every root process's.
     wipe_ipc = settings.wipe_ipc and os.geteuid() != 0
-    app[_WORKSPACES] = Workspaces(settings.workdir, keep=settings.keep_workspace, ipc=wipe_ipc)
+    app[_WORKSPACES] = Workspaces(
+        settings.workdir,
+        keep=settings.keep_workspace,
+        ipc=wipe_ipc,
+        termination_log=settings.termination_log,
+    )
     app.cleanup_ctx.append(_housekeeping)
     app.router.add_get("/healthz", _healthz)
     app.router.add_post(EXECUTE_PATH, _execute)

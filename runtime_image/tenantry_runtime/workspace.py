@@ -18,6 +18,9 @@ entries of /dev/shm and /dev/mqueue the sandbox's uid owns, and its System V sha
 message queues and semaphores). Those name no task, so they go only when no task is live (and
 at start): while tasks overlap, one task's objects wait for the last of them to end.
 
+The container's termination-message file (/dev/termination-log, which the kubelet makes
+writable by every user) is emptied on the same rule as the IPC objects.
+
 Tasks that overlap in time are not isolated from each other: their code runs as one user,
 which may read and write anything the other can. Nothing else outside the workspace is wiped
 (the sandbox pod has no writable /tmp); HOME and TMPDIR of a run point into its task's
@@ -68,6 +71,15 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _empty(path: Path) -> None:
+    """Empty a file code may write to but must not pass notes through (it stays: the kubelet
+    reads it when the container ends)."""
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size:
+            path.write_bytes(b"")
+            log.info("emptied %s, written by a task no longer live", path)
+
+
 def _remove_all(paths: list[Path], ipc_entries: list[Path], sysv: list[SysvObject]) -> None:
     for path in paths + ipc_entries:
         _remove(path)
@@ -79,10 +91,13 @@ def _remove_all(paths: list[Path], ipc_entries: list[Path], sysv: list[SysvObjec
 class Workspaces:
     """Which directory each run works in, and removing what ended tasks leave behind."""
 
-    def __init__(self, root: Path, keep: bool, ipc: bool = False) -> None:
+    def __init__(
+        self, root: Path, keep: bool, ipc: bool = False, termination_log: Path | None = None
+    ) -> None:
         self.root = root
         self.keep = keep
         self.ipc = ipc  # remove this uid's IPC objects too, when no task is live
+        self.termination_log = termination_log  # emptied too, when no task is live
         self._live: set[str] = set()  # tasks that have run code and not ended
         self._running: Counter[str] = Counter()  # runs in flight, per task
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -133,5 +148,7 @@ class Workspaces:
             uid = os.geteuid()
             ipc_entries = [path for d in SHARED_DIRECTORIES for path in owned_entries(d, uid)]
             sysv = sysv_objects(uid)
+        if self.termination_log is not None and not kept:
+            _empty(self.termination_log)
         # In a thread: a task may leave many files, and the event loop serves other runs.
         await asyncio.to_thread(_remove_all, doomed, ipc_entries, sysv)

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -671,3 +672,30 @@ def test_a_restarted_sandbox_starts_with_no_ipc_objects(
         sandbox.stop()
         shutil.rmtree(home.root, ignore_errors=True)
     assert found == [], f"a run of the new server found {found}"
+
+
+def test_the_termination_log_carries_nothing_from_one_task_to_the_next(
+    ipc_uids: tuple[int, int], tmp_path: Path
+) -> None:
+    """The kubelet makes a container's /dev/termination-log writable by every user: code of one
+    task could leave a note there for the next. It is emptied with the task's files."""
+    uid, _ = ipc_uids
+    # Where the sandbox's user can reach it (pytest's tmp_path is root's alone).
+    log_dir = Path(tempfile.mkdtemp(prefix="tenantry-termination-"))
+    log_dir.chmod(0o755)
+    log_file = log_dir / "termination-log"
+    log_file.touch()
+    log_file.chmod(0o666)  # as the kubelet makes it
+    sandbox, home = start_sandbox_as(uid, tmp_path, TENANTRY_SANDBOX_TERMINATION_LOG=str(log_file))
+    leave = f"open({str(log_file)!r}, 'w').write('SECRET-OF-TASK-A')\nprint('left')"
+    read = f"print(repr(open({str(log_file)!r}).read()))"
+    try:
+        assert run(sandbox, leave, task="task-a")["output"].strip() == "left"
+        in_a = run(sandbox, read, task="task-a")["output"].strip()
+        assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+        in_b = run(sandbox, read, task="task-b")["output"].strip()
+    finally:
+        sandbox.stop()
+        shutil.rmtree(home.root, ignore_errors=True)
+        shutil.rmtree(log_dir, ignore_errors=True)
+    assert (in_a, in_b) == ("'SECRET-OF-TASK-A'", "''")
