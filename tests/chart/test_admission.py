@@ -58,6 +58,14 @@ SHELL_REFUSED = (
 )
 
 
+TOKEN_REFUSED = (
+    "Tokens for ServiceAccounts of tenant namespace tenant-acme are refused: the tenant's runtime "
+    "and sandbox run with no token at all, and a token minted for their accounts (or any other "
+    "here) would be an identity nobody reviewed. Pods that mount a projected token still get one "
+    "from their kubelet; a cluster administrator (a member of system:masters) may mint one."
+)
+
+
 def owned_refused(what: str) -> str:
     """The refusal of a write to (or of a new) object labelled as one of the operator's own."""
     return (
@@ -310,7 +318,19 @@ Case = tuple[
     "str | None",
 ]
 E, EG = EDITOR, ACCOUNT_GROUPS
+TOKEN = {
+    "apiVersion": "authentication.k8s.io/v1",
+    "kind": "TokenRequest",
+    "metadata": {"name": "runtime"},
+}
+KUBELET, KUBELET_GROUPS = "system:node:node-1", ["system:nodes", *AUTHENTICATED]
 CASES: dict[str, Case] = {
+    # `edit` may mint tokens for any account of the namespace (serviceaccounts/token).
+    "editor: a token for the runtime's account": (E, EG, "CREATE", ACCOUNTS, "token", TOKEN, None, TENANT, TOKEN_REFUSED),
+    "editor: a token for an account of their own": (E, EG, "CREATE", ACCOUNTS, "token", {**TOKEN, "metadata": {"name": "ci"}}, None, TENANT, TOKEN_REFUSED),
+    "kubelet: a projected token for a pod": (KUBELET, KUBELET_GROUPS, "CREATE", ACCOUNTS, "token", TOKEN, None, TENANT, None),
+    "editor: a token elsewhere": (E, EG, "CREATE", ACCOUNTS, "token", TOKEN, None, "plain", None),
+    "system:masters: a token": ("admin", ["system:masters", *AUTHENTICATED], "CREATE", ACCOUNTS, "token", TOKEN, None, TENANT, None),
     # What a user of the namespace may not do (RBAC decides who gets this far: `edit` writes
     # NetworkPolicies and workloads, `admin` RBAC too, custom roles quota).
     "editor: an allow-all NetworkPolicy": (E, EG, "CREATE", NETPOL, "", ALLOW_ALL, None, TENANT, NETWORK_POLICY_REFUSED),

@@ -510,6 +510,8 @@ def test_the_tenant_namespace_policy_covers_policies_rbac_quota_workloads_and_sh
         # A Scale carries no labels: every scale request.
         **{("apps", f"{kind}/scale"): {"UPDATE"} for kind in ("deployments", "replicasets", "statefulsets")},
         ("", "replicationcontrollers/scale"): {"UPDATE"},
+        # A TokenRequest carries no labels: every token but a kubelet's.
+        ("", "serviceaccounts/token"): {"CREATE"},
         # Anything labelled as Tenantry's own, before or after.
         ("*", "*"): every_write,
     }  # fmt: skip
@@ -625,6 +627,11 @@ def test_the_tenant_namespace_policy_says_what_was_refused_why_and_what_to_do() 
             "kubectl logs",
         ),
         ('"Scaling "', "a scale request carries no labels", "set spec.replicas"),
+        (
+            "Tokens for ServiceAccounts of tenant namespace",
+            "run with no token at all",
+            "may mint one",
+        ),
         (
             "is written only by Tenantry",
             "the operator cannot tell a change made by someone else from its own",

@@ -1267,3 +1267,17 @@ def test_deleting_a_tenant_still_deletes_its_namespace(
     finally:
         tenants.delete(kube, name)
     wait_until(lambda: tenants.namespace_gone(kube, namespace), f"{namespace} gone", 180)
+
+
+def test_tenant_namespace_editors_cannot_mint_tokens(tenant_users: dict[str, TenantUser]) -> None:
+    """`edit` may create serviceaccounts/token: a token for the runtime's account would be an
+    identity its pods never hold. Only kubelets (for projected tokens) and admins mint them."""
+    for account in ("runtime", "sandbox", "default"):
+        result = run(
+            tool("kubectl"), "--kubeconfig", str(tenant_users[EDITOR].kubeconfig), "create",
+            "token", account, "--namespace", TENANT, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0, f"an editor minted a token for {account}"
+        message = " ".join(result.stderr.split())
+        assert f"ValidatingAdmissionPolicy '{TENANT_POLICY}'" in message, result.stderr
+        assert f"Tokens for ServiceAccounts of tenant namespace {TENANT} are refused" in message
