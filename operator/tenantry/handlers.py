@@ -12,7 +12,6 @@ import asyncio
 import logging
 import random
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -27,7 +26,7 @@ from tenantry.config import OperatorConfig
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import GROUP, PLURAL, VERSION
 from tenantry.queue import ReconcileQueue
-from tenantry.reconcile import Reconciler, TenantGone
+from tenantry.reconcile import Reconciler, TenantGone, kube_time
 from tenantry.render import MANAGED_BY, OPERATOR
 
 logger = logging.getLogger("tenantry.handlers")
@@ -216,11 +215,6 @@ class Controller:
                 logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
-
-
-def kube_time(moment: datetime | None) -> str:
-    """A timestamp as the API server writes it in a body, so the two compare as strings."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
 
 
 def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:

@@ -97,9 +97,8 @@ class Stall(Exception):
 
 @dataclass(frozen=True)
 class SourceRefusal:
-    """A Secret the tenant may not copy (any more): spec.secrets[index]."""
+    """A Secret the tenant may not copy (any more), by its name in the tenant namespace."""
 
-    index: int
     name: str
     reason: str
     message: str
@@ -116,8 +115,13 @@ def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:
     return uid in child.owner_uids and where == namespace
 
 
+def kube_time(moment: datetime | None) -> str:
+    """A timestamp as the API server writes it in a body, so that two compare as strings."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return kube_time(datetime.now(UTC))
 
 
 def describe(error: ValidationError) -> str:
@@ -219,7 +223,6 @@ class Reconciler:
     # reconcile may run on a tenant body older than its own last write (child events arrive
     # first), so this, not the body, is what a new status is compared with.
     _written: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _created: dict[str, str] = field(default_factory=dict)  # creationTimestamp by tenant uid
 
     async def reconcile(
         self, body: Mapping[str, Any], live: Mapping[ChildKey, LiveChild]
@@ -228,10 +231,11 @@ class Reconciler:
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = self._written.get(meta["uid"], body.get("status"))
-        self._created[meta["uid"]] = meta.get("creationTimestamp") or ""
         try:
             tenant = AgentTenant.model_validate(body)
-            observation = await self._converge(tenant, meta["uid"], generation, live, previous)
+            observation = await self._converge(
+                tenant, meta["uid"], meta.get("creationTimestamp") or "", generation, live, previous
+            )
         except ValidationError as error:
             observation = self._stalled(body, generation, "InvalidSpec", describe(error))
         except Stall as stall:
@@ -252,6 +256,7 @@ class Reconciler:
         self,
         tenant: AgentTenant,
         uid: str,
+        created: str,
         generation: int,
         live: Mapping[ChildKey, LiveChild],
         previous: Mapping[str, Any] | None,
@@ -259,8 +264,7 @@ class Reconciler:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
         live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
-        cached = live.get(("Namespace", "", namespace))
-        if cached is not None and uid in cached.owner_uids:
+        if ("Namespace", "", namespace) in live:
             namespace_exists = True  # ours, as the watch last saw it: no need to read it
         else:
             existing = await self._get(Namespace, namespace)
@@ -280,7 +284,7 @@ class Reconciler:
         secret_data, secret_types = await self._read_secret_sources(
             tenant, namespace, live if namespace_exists else {}
         )
-        check_uid_slot(tenant.name, self._created.get(uid, ""), self.neighbours())
+        check_uid_slot(tenant.name, created, self.neighbours())
         problems = violations(tenant, self.config)
         if problems:
             raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
@@ -349,7 +353,6 @@ class Reconciler:
             if source is None:
                 refused.append(
                     SourceRefusal(
-                        index,
                         ref.name,
                         "SecretNotFound",
                         f"{field_path}: Secret {ref.from_!r} does not exist in namespace {source_namespace!r}: "
@@ -362,7 +365,6 @@ class Reconciler:
             if tenant.name not in allowed:
                 refused.append(
                     SourceRefusal(
-                        index,
                         ref.name,
                         "SecretNotAllowed",
                         f"{field_path}: Secret {source_namespace}/{ref.from_} does not allow tenant {tenant.name!r}: "
@@ -572,7 +574,6 @@ class Reconciler:
         return result
 
     def forget(self, uid: str) -> None:
-        self._created.pop(uid, None)
         self._tokens.pop(uid, None)
         self._written.pop(uid, None)
 
