@@ -7,14 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ports import free_port
 from runtime_helpers import (
-    TENANT,
     SandboxHome,
     Service,
     StartSandbox,
-    base_env,
     make_sandbox_home,
+    sandbox_env,
     start_service,
 )
 from scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests
@@ -33,14 +31,7 @@ def start_sandbox(sandbox_home: SandboxHome, tmp_path: Path) -> Iterator[StartSa
     started: list[Service] = []
 
     def start(**env: str) -> Service:
-        full_env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_SANDBOX_TOKEN_FILE=str(sandbox_home.token_file),
-            TENANTRY_SANDBOX_WORKDIR=str(sandbox_home.workspace),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-            **env,
-        )
+        full_env = sandbox_env(sandbox_home, **env)
         logs = tmp_path / f"sandbox-{len(started)}"
         service = start_service(
             "sandbox", full_env, logs, as_sandbox_user=True, cwd=sandbox_home.root

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65532
@@ -252,6 +253,19 @@ class SandboxHome:
     root: Path
     workspace: Path
     token_file: Path
+
+
+def sandbox_env(home: SandboxHome, **extra: str) -> dict[str, str]:
+    """The env a sandbox server of `home` starts with, on a free loopback port; `extra` adds
+    to it or overrides."""
+    return base_env(
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_SANDBOX_TOKEN_FILE=str(home.token_file),
+        TENANTRY_SANDBOX_WORKDIR=str(home.workspace),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **extra,
+    )
 
 
 def make_sandbox_home(uid: int = SANDBOX_UID) -> SandboxHome:

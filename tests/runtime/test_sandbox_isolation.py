@@ -24,11 +24,9 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
-from ports import free_port
 from runtime_helpers import (
     SANDBOX_TOKEN,
     SANDBOX_UID,
-    TENANT,
     SandboxHome,
     Service,
     StartSandbox,
@@ -36,6 +34,7 @@ from runtime_helpers import (
     free_uids,
     http_get,
     make_sandbox_home,
+    sandbox_env,
     sandbox_python,
     sandbox_request,
     start_service,
@@ -254,14 +253,7 @@ print("left one")
 def test_a_process_that_cannot_be_killed_stops_the_sandbox_until_it_is_gone(
     sandbox_home: SandboxHome, evidence: Path, tmp_path: Path
 ) -> None:
-    env = base_env(
-        TENANTRY_TENANT=TENANT,
-        TENANTRY_SANDBOX_TOKEN_FILE=str(sandbox_home.token_file),
-        TENANTRY_SANDBOX_WORKDIR=str(sandbox_home.workspace),
-        TENANTRY_HOST="127.0.0.1",
-        TENANTRY_PORT=str(free_port()),
-        **LIMITS,
-    )
+    env = sandbox_env(sandbox_home, **LIMITS)
     sandbox = start_service(
         "sandbox",
         env,
@@ -590,15 +582,7 @@ def ipc_uids() -> Iterator[tuple[int, int]]:
 
 def start_sandbox_as(uid: int, logs: Path, **env: str) -> tuple[Service, SandboxHome]:
     home = make_sandbox_home(uid)
-    full_env = base_env(
-        TENANTRY_TENANT=TENANT,
-        TENANTRY_SANDBOX_TOKEN_FILE=str(home.token_file),
-        TENANTRY_SANDBOX_WORKDIR=str(home.workspace),
-        TENANTRY_HOST="127.0.0.1",
-        TENANTRY_PORT=str(free_port()),
-        **LIMITS,
-        **env,
-    )
+    full_env = sandbox_env(home, **{**LIMITS, **env})
     service = start_service("sandbox", full_env, logs, as_sandbox_user=True, uid=uid, cwd=home.root)
     return service, home
 

@@ -24,14 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ports import free_port
 from runtime_helpers import (
-    TENANT,
     SandboxHome,
     Service,
-    base_env,
     free_uids,
     make_sandbox_home,
+    sandbox_env,
     sandbox_request,
     start_service,
 )
@@ -94,15 +92,7 @@ class Tenant:
         self.evidence = self.home.root / "evidence"
         self.evidence.mkdir()
         os.chown(self.evidence, uid, uid)
-        full_env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_SANDBOX_TOKEN_FILE=str(self.home.token_file),
-            TENANTRY_SANDBOX_WORKDIR=str(self.home.workspace),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-            TENANTRY_SANDBOX_TIMEOUT_SECONDS="60",
-            **env,
-        )
+        full_env = sandbox_env(self.home, TENANTRY_SANDBOX_TIMEOUT_SECONDS="60", **env)
         self.server: Service = start_service(
             "sandbox", full_env, logs, as_sandbox_user=True, uid=uid, cwd=self.home.root
         )
