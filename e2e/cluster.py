@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import node
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache"
 # The tests' and the demo's cluster is "tenantry"; `make bench` starts its own, beside it.
@@ -63,12 +65,34 @@ def versions() -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def build_toolchain() -> None:
+def wants_real_node() -> bool:
+    """The real node runs beside the kwok nodes of the tests' cluster wherever it can.
+
+    TENANTRY_REAL_NODE=0 never starts it (the benchmarks' cluster never has one); =1 requires it;
+    unset, it starts when this machine can run it and says why not otherwise."""
+    setting = os.environ.get("TENANTRY_REAL_NODE", "")
+    if setting == "0" or CLUSTER_NAME != "tenantry":
+        return False
+    problems = node.missing()
+    if problems and setting == "1":
+        raise SystemExit(
+            "[cluster] TENANTRY_REAL_NODE=1, but this machine lacks:\n  " + "\n  ".join(problems)
+        )
+    if problems:
+        log("no real node (kwok nodes only): this machine lacks " + "; ".join(problems))
+    return not problems
+
+
+def build_toolchain(real_node: bool) -> None:
     started = time.monotonic()
     # Only the control plane: the chart tools (`build.sh tools`) are built by `make toolchain`.
     subprocess.run(
         ["bash", str(TOOLCHAIN / "build.sh"), "cluster"], check=True, stdout=subprocess.DEVNULL
     )
+    if real_node:
+        subprocess.run(
+            ["bash", str(TOOLCHAIN / "build.sh"), "node"], check=True, stdout=subprocess.DEVNULL
+        )
     log(f"toolchain step took {time.monotonic() - started:.1f}s")
 
 
@@ -139,14 +163,26 @@ def controllers_running(env: dict[str, str]) -> bool:
 
 def up() -> None:
     started = time.monotonic()
-    build_toolchain()
     env = environment()
+    # Built first: `missing()` asks for the node's programs.
+    build_toolchain(
+        real_node=os.environ.get("TENANTRY_REAL_NODE") != "0"
+        and CLUSTER_NAME == "tenantry"
+        and os.geteuid() == 0
+    )
+    real_node = wants_real_node()
+    config = REPO / "e2e" / "kwok.yaml"
     if answers(env):
         log(f"reusing the running cluster ({KUBECONFIG})")
     else:
         # A stale cluster (processes gone, state left) would make kwokctl refuse to create.
         down(quiet=True, env=env)
         KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+        if real_node:
+            # Before the control plane: its certificate names every address the machine has.
+            node.network_up()
+            config = CLUSTER_STATE / "kwok-node.yaml"
+            config.write_text((REPO / "e2e" / "kwok.yaml").read_text() + node.kwok_config_patch())
         step = time.monotonic()
         subprocess.run(
             [
@@ -154,7 +190,7 @@ def up() -> None:
                 "create",
                 "cluster",
                 "--config",
-                str(REPO / "e2e" / "kwok.yaml"),
+                str(config),
                 "--name",
                 CLUSTER_NAME,
                 "--runtime",
@@ -208,12 +244,16 @@ def up() -> None:
     )
     wait_for(f"{NODE_COUNT} Ready nodes", lambda: ready_nodes(env) >= NODE_COUNT, 120)
     wait_for("kube-controller-manager", lambda: controllers_running(env), 120)
+    if real_node:
+        node.up()
     log(f"cluster up in {time.monotonic() - started:.1f}s; KUBECONFIG={KUBECONFIG}")
 
 
 def down(quiet: bool = False, env: dict[str, str] | None = None) -> None:
     if env is None:
         env = environment()
+    if CLUSTER_NAME == "tenantry":
+        node.down(quiet=quiet)
     if shutil.which("kwokctl", path=env["PATH"]) is None:
         if not quiet:
             log("kwokctl is not built: nothing to stop")

@@ -3,6 +3,7 @@
     python3 e2e/images.py [build]   # build what is missing (else say "cached"); prints REF ARCHIVE
     python3 e2e/images.py paths     # print REF ARCHIVE for the current sources; exit 1 if unbuilt
     python3 e2e/images.py verify    # run the built images with buildah and runc (no cluster)
+    python3 e2e/images.py node      # the real node's pause and CoreDNS images (from the toolchain)
 
 No registry is reachable here, so nothing starts FROM python:3.11-slim. The base is made from
 Debian packages with mmdebstrap (bookworm, Python 3.11 with venv and pip, `python` on PATH,
@@ -518,6 +519,87 @@ def remove_image(image_id: str) -> None:
     subprocess.run(["buildah", "rmi", image_id], capture_output=True, check=False)
 
 
+# --- the node's own images ------------------------------------------------------------------------
+
+# The real node (e2e/node.py) runs two programs of the toolchain as containers: our pause as
+# containerd's sandbox image, CoreDNS as the cluster DNS pod (tenant policies allow DNS to pods
+# labelled k8s-app=kube-dns in kube-system, so it must be a pod). Each image is one static binary
+# on an empty root, run as a numeric non-root user.
+NODE_IMAGES = {
+    "pause": ("PAUSE_VERSION", ["/pause"]),
+    "coredns": ("COREDNS_VERSION", ["/coredns"]),
+}
+
+
+def toolchain_versions() -> dict[str, str]:
+    lines = (REPO / "e2e" / "toolchain" / "versions.env").read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def node_image_plan() -> list[tuple[str, str, Path, Path]]:
+    """(name, ref, binary, archive) of each node image; the key is the binary's digest."""
+    versions = toolchain_versions()
+    plan = []
+    for name, (version_key, entrypoint) in NODE_IMAGES.items():
+        ref = f"localhost/tenantry/{name}:{versions[version_key]}"
+        binary = CACHE_ROOT / "bin" / name
+        if not binary.exists():
+            raise SystemExit(f"[images] {binary} is missing: run `make node-toolchain` first")
+        recipe = {"ref": ref, "entrypoint": entrypoint, "binary": file_digest(binary)}
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+        plan.append((name, ref, binary, archive_path(name, key)))
+    return plan
+
+
+def build_node_images() -> dict[str, Path]:
+    plan = node_image_plan()
+    todo = [item for item in plan if not item[3].exists()]
+    for name, _ref, _binary, archive in plan:
+        if archive.exists():
+            touch(archive)
+            log(f"{name}: cached ({archive.name})")
+    if todo:
+        ensure_prerequisites()
+        with cache_lock(), buildah_session():
+            for name, ref, binary, archive in todo:
+                started = time.monotonic()
+                container = run(["buildah", "from", "--quiet", "scratch"]).strip()
+                try:
+                    target = NODE_IMAGES[name][1][0]
+                    run(
+                        [
+                            "buildah",
+                            "copy",
+                            "--quiet",
+                            "--chmod=0555",
+                            container,
+                            str(binary),
+                            target,
+                        ]
+                    )
+                    entrypoint = json.dumps(NODE_IMAGES[name][1])
+                    run(
+                        [
+                            "buildah",
+                            "config",
+                            "--entrypoint",
+                            entrypoint,
+                            "--user",
+                            "65532:65532",
+                            container,
+                        ]
+                    )
+                    image_id = run(["buildah", "commit", "--quiet", "--format=oci", container, ref])
+                finally:
+                    subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
+                save(image_id.strip(), ref, archive, {"binary": file_digest(binary)})
+                remove_image(image_id.strip())
+                prune(name)
+                log(f"{name}: built in {time.monotonic() - started:.1f}s -> {archive}")
+    return {ref: archive for _name, ref, _binary, archive in plan}
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -852,12 +934,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", nargs="?", default="build", choices=["build", "paths", "verify"])
+    parser.add_argument(
+        "command", nargs="?", default="build", choices=["build", "paths", "verify", "node"]
+    )
     command = parser.parse_args().command
     if command == "verify":
         verify()
         return
-    for ref, archive in (build() if command == "build" else paths()).items():
+    if command == "node":
+        built = build_node_images()
+    else:
+        built = build() if command == "build" else paths()
+    for ref, archive in built.items():
         print(ref, archive)
 
 
