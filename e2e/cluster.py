@@ -227,6 +227,11 @@ def up() -> None:
             # Fake kubelets report this version, so `kubectl get nodes` matches the control plane.
             "--param",
             f'.nodeInfo.kubeletVersion="{versions()["K8S_VERSION"]}"',
+            # Loopback, not kwok's default of 192.0.2.1 (TEST-NET-1, which is this machine's own
+            # network here): the API server connects to a node's InternalIP for logs and exec,
+            # and must never send a packet off this machine for a fake node.
+            "--param",
+            '.nodeIPs=["127.0.0.1"]',
             # Real kubelets report ephemeral storage; without it no pod that requests some (the
             # chart's operator pods) could be scheduled.
             "--param",

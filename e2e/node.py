@@ -436,6 +436,8 @@ def kubelet_config() -> str:
                 "imagefs.available": "1%",
             },
             "maxPods": 60,
+            # A fork bomb in one pod stops at its own limit, whatever a runtime's rlimits say.
+            "podPidsLimit": 1024,
             "serializeImagePulls": False,
         },
         indent=2,
@@ -527,6 +529,26 @@ def image_archives() -> dict[str, Path]:
     return archives
 
 
+def import_images(archives: dict[str, Path]) -> None:
+    """Import each archive whose image containerd does not hold yet (same name, same digest)."""
+    step = time.monotonic()
+    held = {
+        line.split()[0]: line.split()[2]
+        for line in ctr("images", "list").splitlines()[1:]
+        if len(line.split()) > 2
+    }
+    imported = 0
+    for ref, archive in archives.items():
+        digest = json.loads(archive.with_suffix(".json").read_text())["manifestDigest"]
+        if held.get(ref) == digest:
+            continue
+        ctr("images", "import", str(archive))
+        if ref not in ctr("images", "list", "--quiet").split():
+            raise SystemExit(f"[node] importing {archive} did not give the image {ref}")
+        imported += 1
+    log(f"imported {imported} of {len(archives)} images in {time.monotonic() - step:.1f}s")
+
+
 def node_ready() -> bool:
     out = kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
     if not out:
@@ -538,7 +560,7 @@ def node_ready() -> bool:
 def coredns_manifests(image: str) -> str:
     labels = {"k8s-app": "kube-dns"}
     corefile = (
-        ".:1053 {\n    errors\n    health 127.0.0.1:8080\n    ready :8181\n"
+        ".:53 {\n    errors\n    health 127.0.0.1:8080\n    ready :8181\n"
         "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n"
         "        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n    }\n"
         "    cache 30\n    loop\n}\n"
@@ -598,6 +620,11 @@ def coredns_manifests(image: str) -> str:
                         "nodeSelector": {"kubernetes.io/hostname": NODE_NAME},
                         "tolerations": [{"key": REAL_NODE_TAINT, "operator": "Exists"}],
                         "securityContext": {
+                            # Port 53 without root or a capability: tenant policies allow DNS to
+                            # the pod's port 53, as they see it after service translation.
+                            "sysctls": [
+                                {"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}
+                            ],
                             "runAsNonRoot": True,
                             "runAsUser": 65532,
                             "seccompProfile": {"type": "RuntimeDefault"},
@@ -609,8 +636,8 @@ def coredns_manifests(image: str) -> str:
                                 "imagePullPolicy": "Never",
                                 "args": ["-conf", "/etc/coredns/Corefile"],
                                 "ports": [
-                                    {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
-                                    {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"},
+                                    {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                                 ],
                                 "readinessProbe": {
                                     "httpGet": {"path": "/ready", "port": 8181},
@@ -641,8 +668,8 @@ def coredns_manifests(image: str) -> str:
                 "clusterIP": DNS_IP,
                 "selector": labels,
                 "ports": [
-                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                    {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"},
                 ],
             },
         },
@@ -674,6 +701,8 @@ def up() -> None:
         )
     if node_ready() and (STATE / "kubelet.pid").exists():
         log(f"reusing the running node {NODE_NAME}")
+        # The sources may have changed since it started: its images follow them.
+        import_images(image_archives())
         return
     install_packages()
     STATE.mkdir(parents=True, exist_ok=True)
@@ -698,12 +727,7 @@ def up() -> None:
         ),
         60,
     )
-    step = time.monotonic()
-    for ref, archive in archives.items():
-        ctr("images", "import", str(archive))
-        if ref not in ctr("images", "list", "--quiet"):
-            raise SystemExit(f"[node] importing {archive} did not give the image {ref}")
-    log(f"imported {len(archives)} images in {time.monotonic() - step:.1f}s")
+    import_images(archives)
     start(
         "kubelet",
         [
@@ -742,6 +766,47 @@ def up() -> None:
     kubectl("apply", "-f", "-", stdin=coredns_manifests(coredns_ref))
     wait_for("CoreDNS Ready", coredns_ready, 120)
     log(f"node {NODE_NAME} up in {time.monotonic() - started:.1f}s")
+
+
+# --- stand-ins for the world outside the cluster -------------------------------------------------
+
+# Answers every connection with one line naming its address, then closes it.
+LISTENER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(128)
+while True:
+    connection, _ = server.accept()
+    connection.sendall(b"stand-in " + sys.argv[1].encode() + b"\\n")
+    connection.close()
+"""
+
+
+def claim(address: str) -> None:
+    """Give the outside namespace ADDRESS, so that nothing else on any network can own it here."""
+    if f" {address}/32 " not in run(["ip", "-n", OUTSIDE_NETNS, "-o", "addr", "show", "dev", "lo"]):
+        run(["ip", "-n", OUTSIDE_NETNS, "addr", "add", f"{address}/32", "dev", "lo"])
+
+
+def stand_in(address: str, port: int, argv: Sequence[str] | None = None) -> subprocess.Popen[bytes]:
+    """A listener on ADDRESS:PORT in the outside namespace (ARGV, or one that names itself).
+
+    The address is claimed, and the listener answering, before this returns: no probe can
+    ever reach past it."""
+    claim(address)
+    command = argv or [sys.executable, "-c", LISTENER, address, str(port)]
+    process = subprocess.Popen(
+        in_outside(command), stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while f"{address}:{port} " not in run(in_outside(["ss", "-Hltn"])):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit(f"[node] the stand-in on {address}:{port} did not start")
+        time.sleep(0.1)
+    return process
 
 
 # --- down ---------------------------------------------------------------------------------------

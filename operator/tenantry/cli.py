@@ -208,6 +208,7 @@ def command_audit(args: argparse.Namespace) -> None:
 def command_run(args: argparse.Namespace) -> None:
     # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
     import kopf  # noqa: PLC0415
+    from kopf._core.engines.peering import Identity  # noqa: PLC0415
 
     from tenantry.handlers import register_children  # noqa: PLC0415 - importing registers the rest
     from tenantry.leader import Timings  # noqa: PLC0415
@@ -244,6 +245,7 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
     at its next try instead of a lease duration later.
     """
     import kopf  # noqa: PLC0415
+    from kopf._core.engines.peering import Identity  # noqa: PLC0415
     from lightkube import AsyncClient  # noqa: PLC0415
 
     from tenantry import metrics  # noqa: PLC0415
@@ -271,6 +273,9 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
             kopf.operator(
                 clusterwide=True,
                 standalone=True,
+                # Kopf's own default asks the password database for the user's name, and the
+                # images run as a numeric uid that has no entry there (KeyError at start).
+                identity=Identity(default_identity()),
                 memo=memo,
                 liveness_endpoint=args.liveness,
                 stop_flag=stopping,

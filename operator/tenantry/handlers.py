@@ -9,9 +9,12 @@ timers add a finalizer).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -258,6 +261,31 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
         # Tenants it does not select never reach this process: their children's events and source
         # Secrets then concern no tenant it knows, so another operator may own them (sharding).
         settings.watching.label_selectors[GROUP, PLURAL] = tenant_selector
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server's URL in a pod: the `kubernetes` Service's address from the environment the
+    kubelet sets, as client-go and lightkube find it; None outside a pod."""
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return None
+    port = environ.get("KUBERNETES_SERVICE_PORT") or "443"
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Kopf's own logins, but in a pod by the Service's address, not by name.
+
+    Kopf's service-account login names https://kubernetes.default.svc, which needs DNS; the
+    chart's NetworkPolicy lets the operator reach the API server and nothing else, so on a
+    cluster that enforces it the name never resolved (seen on the real node: "Temporary failure
+    in name resolution" until the pod was restarted forever)."""
+    in_pod = kopf.login_with_service_account(**kwargs)
+    server = in_cluster_server(os.environ)
+    if in_pod is not None and server is not None:
+        return dataclasses.replace(in_pod, server=server)
+    return kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

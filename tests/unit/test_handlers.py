@@ -7,6 +7,7 @@ import inspect
 import kopf
 from tenantry.config import OperatorConfig
 from tenantry.handlers import (
+    in_cluster_server,
     CHILD_RESOURCES,
     CHILD_SELECTOR,
     Controller,
@@ -92,3 +93,14 @@ async def test_only_a_tenants_own_children_wake_it() -> None:
     assert not woken({"namespace": "tenant-globex", "ownerReferences": [{"uid": "uid-other"}]})
     assert woken({"namespace": "tenant-globex", "ownerReferences": [{"uid": "uid-acme"}]})
     assert woken({"namespace": "tenant-acme"})  # a child whose owner reference was removed
+
+
+def test_in_a_pod_the_api_server_is_reached_by_the_services_address_not_by_name() -> None:
+    """Finding (real node): Kopf's own login named https://kubernetes.default.svc, which the
+    chart's NetworkPolicy, allowing the API server alone and no DNS, never let resolve."""
+    assert in_cluster_server({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == "https://10.0.0.1:443"
+    assert (
+        in_cluster_server({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"})
+        == "https://[fd00::1]:6443"
+    )
+    assert in_cluster_server({}) is None

@@ -1,0 +1,208 @@
+"""Fixtures for the tests on the real node: real containers from the built images, real packets.
+
+The node (e2e/node.py) runs beside the kwok nodes whenever the machine can run it; cluster.py
+starts both. For this directory's tests new pods go to the real node alone (`node.py place
+real`), and back to the kwok nodes afterwards. A machine that cannot run the node fails these
+tests with what it lacks: a skipped test would be counted as a pass.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from chartkit import CHART, RELEASE, RELEASE_NAMESPACE, helm, set_flags
+from nodekit import (
+    API_KEY,
+    INSIDE_ACME_EGRESS,
+    KUBECTL,
+    METADATA,
+    MODEL,
+    OUTSIDE_EVERY_EGRESS,
+    REPO,
+    SECRET_SOURCE,
+    TENANTS,
+    Chart,
+    Outside,
+    apply,
+    diagnosis,
+    kubectl,
+    neighbour,
+    node,
+    pods,
+    ready,
+    tenant_manifest,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="session")
+def real_node(kubeconfig: Path) -> str:
+    """The real node's name, once it is Ready; a clear failure where this machine cannot run it."""
+    problems = node.missing()
+    if problems:
+        pytest.fail(
+            "the real node cannot run on this machine; it lacks:\n  " + "\n  ".join(problems)
+        )
+    if not node.node_ready():
+        pytest.fail(
+            "the real node is not Ready: see the [node] lines of `python3 e2e/cluster.py up` "
+            f"and the logs in {node.STATE / 'logs'}"
+        )
+    return node.NODE_NAME
+
+
+@pytest.fixture(scope="module")
+def on_real_node(real_node: str) -> Iterator[str]:
+    """New pods go to the real node alone while the module runs."""
+    subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
+    node.place("real")
+    try:
+        yield real_node
+    finally:
+        node.place("kwok")
+
+
+@pytest.fixture(scope="module")
+def outside(on_real_node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
+    model_log = tmp_path_factory.mktemp("model") / "requests.jsonl"
+    processes = []
+    try:
+        host, port = MODEL
+        processes.append(
+            node.stand_in(
+                host,
+                port,
+                [
+                    sys.executable,
+                    str(REPO / "e2e" / "model_server.py"),
+                    host,
+                    str(port),
+                    str(model_log),
+                ],
+            )
+        )
+        for address, port in (INSIDE_ACME_EGRESS, OUTSIDE_EVERY_EGRESS, METADATA):
+            processes.append(node.stand_in(address, port))
+        yield Outside(model_log, processes)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def neighbours(on_real_node: str) -> Iterator[dict[str, str]]:
+    """A gateway namespace that acme admits, and an outsider nobody admits."""
+    apply(
+        *neighbour("e2e-gateway", "edge", {"tenantry.dev/gateway": "true"}),
+        *neighbour("e2e-outsider", "intruder", {}),
+    )
+    wait_until(
+        lambda: (
+            all(ready(p) for ns in ("e2e-gateway", "e2e-outsider") for p in pods(ns))
+            and len(pods("e2e-gateway")) == len(pods("e2e-outsider")) == 1
+        ),
+        "the gateway and outsider pods",
+    )
+    try:
+        yield {"gateway": "e2e-gateway", "outsider": "e2e-outsider"}
+    finally:
+        kubectl("delete", "namespace", "e2e-gateway", "e2e-outsider", "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def chart_operator(on_real_node: str) -> Iterator[Chart]:
+    """The operator from the built operator image, installed by the Helm chart, running as the
+    chart's least-privilege identity; the API server's address is the one the node reaches."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    wait_until(
+        lambda: (
+            kubectl("get", "namespace", RELEASE_NAMESPACE, check=False) == ""
+            or "Terminating" not in kubectl("get", "namespace", RELEASE_NAMESPACE, check=False)
+        ),
+        f"namespace {RELEASE_NAMESPACE} to finish terminating",
+    )
+    apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": RELEASE_NAMESPACE,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+            },
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SECRET_SOURCE}},
+    )
+    values = {
+        # The chart's documented setting: where the API server is, as NetworkPolicy sees it.
+        "networkPolicy.apiServer.cidrs[0]": f"{node.HOST_IP}/32",
+        "networkPolicy.apiServer.ports[0]": str(node.api_port()),
+        # The images were imported into the node's containerd: nothing can be pulled here.
+        "image.pullPolicy": "Never",
+        "operator.runtimeImagePullPolicy": "Never",
+        "operator.driftIntervalSeconds": "30",
+    }
+    helm(
+        "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
+        *set_flags(values), "--wait", "--timeout", "180s", kubeconfig=node.KUBECONFIG,
+    )  # fmt: skip
+    running = pods(RELEASE_NAMESPACE)
+    try:
+        yield Chart(RELEASE_NAMESPACE, running[0], values)
+    finally:
+        helm(
+            "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait",
+            kubeconfig=node.KUBECONFIG, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tenants(
+    chart_operator: Chart, outside: Outside, neighbours: dict[str, str]
+) -> Iterator[list[str]]:
+    """acme (admits the gateway, egress to 203.0.113.0/24) and globex (egress to the model only),
+    both Ready through the chart's operator; deleted, namespaces and all, at the end."""
+    apply(
+        *(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": f"{name}-model",
+                    "namespace": SECRET_SOURCE,
+                    "annotations": {"tenantry.dev/allowed-tenants": name},
+                },
+                "stringData": {"api-key": API_KEY},
+            }
+            for name in TENANTS
+        ),
+        *(tenant_manifest(name, cidr) for name, cidr in TENANTS.items()),
+    )
+    try:
+        for name in TENANTS:
+            waited = subprocess.run(
+                [KUBECTL, "--kubeconfig", str(node.KUBECONFIG), "wait", "--for=condition=Ready",
+                 f"agenttenant/{name}", "--timeout=240s"],
+                capture_output=True, text=True, timeout=260, check=False,
+            )  # fmt: skip
+            if waited.returncode != 0:
+                pytest.fail(
+                    f"{name} did not become Ready:\n"
+                    + diagnosis([f"tenant-{t}" for t in TENANTS] + ["tenantry-system"])
+                )
+        yield list(TENANTS)
+    finally:
+        kubectl("delete", "agenttenants", *TENANTS, "--wait=false", check=False)
+        wait_until(
+            lambda: (
+                not any(
+                    kubectl("get", "namespace", f"tenant-{name}", check=False) for name in TENANTS
+                )
+            ),
+            "the tenants' namespaces to go",
+            240,
+        )
