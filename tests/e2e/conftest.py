@@ -180,7 +180,7 @@ def tenants(
             }
             for name in TENANTS
         ),
-        *(tenant_manifest(name, cidr) for name, cidr in TENANTS.items()),
+        *(tenant_manifest(name, egress) for name, egress in TENANTS.items()),
     )
     try:
         for name in TENANTS:

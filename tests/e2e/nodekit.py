@@ -141,7 +141,7 @@ class Chart:
     values: dict[str, str]
 
 
-def tenant_manifest(name: str, egress_cidr: str) -> dict[str, Any]:
+def tenant_manifest(name: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
     host, port = MODEL
     return {
         "apiVersion": "tenantry.dev/v1alpha1",
@@ -173,13 +173,22 @@ def tenant_manifest(name: str, egress_cidr: str) -> dict[str, Any]:
                 ]
                 if name == "acme"
                 else [],
-                "egress": [{"cidr": egress_cidr, "ports": [port]}],
+                "egress": egress,
             },
         },
     }
 
 
-TENANTS = {"acme": "203.0.113.0/24", "globex": f"{MODEL[0]}/32"}
+# acme reaches one documentation range; globex the model alone, and anything on port 80, which
+# the operator narrows by `except` (metadata, private and cluster ranges): the stand-in metadata
+# endpoint listens on port 80, so the packets show whether the enforcer honours `except`.
+TENANTS: dict[str, list[dict[str, Any]]] = {
+    "acme": [{"cidr": "203.0.113.0/24", "ports": [MODEL[1]]}],
+    "globex": [
+        {"cidr": f"{MODEL[0]}/32", "ports": [MODEL[1]]},
+        {"cidr": "0.0.0.0/0", "ports": [METADATA[1]]},
+    ],
+}
 
 
 def tenant_pod(tenant: str, component: str) -> dict[str, Any]:
