@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from chartkit import CHART, RELEASE, RELEASE_NAMESPACE, helm, set_flags
 from nodekit import (
+    WAIT_FOR_URL,
+    exec_python,
     API_KEY,
     INSIDE_ACME_EGRESS,
     KUBECTL,
@@ -194,6 +196,12 @@ def tenants(
                     f"{name} did not become Ready:\n"
                     + diagnosis([f"tenant-{t}" for t in TENANTS] + ["tenantry-system"])
                 )
+        # Ready means every replica is available; kube-proxy programs the new Service a moment
+        # later (until then its address has no route: "Network is unreachable"), as on any
+        # cluster. The gateway waits for the Service before the tests send tasks through it.
+        (gateway,) = pods(neighbours["gateway"])
+        exec_python(neighbours["gateway"], gateway["metadata"]["name"], WAIT_FOR_URL,
+                    "http://runtime.tenant-acme.svc.cluster.local:8080/readyz", timeout=90)  # fmt: skip
         yield list(TENANTS)
     finally:
         kubectl("delete", "agenttenants", *TENANTS, "--wait=false", check=False)

@@ -197,24 +197,51 @@ def tenant_pod(tenant: str, component: str) -> dict[str, Any]:
     return found[0]
 
 
+# Polls a URL from inside a pod until it answers 200 (60 s at most).
+WAIT_FOR_URL = (
+    "import sys, time, urllib.request\n"
+    "for _ in range(120):\n"
+    "    try:\n"
+    "        urllib.request.urlopen(sys.argv[1], timeout=2).close()\n"
+    "        sys.exit(0)\n"
+    "    except OSError:\n"
+    "        time.sleep(0.5)\n"
+    "sys.exit('no answer from ' + sys.argv[1])\n"
+)
+
+TASK = (
+    "import json, sys, urllib.error, urllib.request\n"
+    "request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method='POST',"
+    " headers={'Content-Type': 'application/json'})\n"
+    "try:\n"
+    "    with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:\n"
+    "        print(json.dumps({'status': response.status, 'body': json.load(response)}))\n"
+    "except urllib.error.HTTPError as error:\n"
+    "    print(json.dumps({'status': error.code, 'body': json.load(error)}))\n"
+)
+
+
 def post_task(gateway_pod: str, tenant: str, content: str, timeout: float = 120) -> dict[str, Any]:
     """POST a task to the tenant's runtime Service from the gateway pod; the status and body."""
-    script = (
-        "import json, sys, urllib.error, urllib.request\n"
-        "request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method='POST',"
-        " headers={'Content-Type': 'application/json'})\n"
-        "try:\n"
-        "    with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:\n"
-        "        print(json.dumps({'status': response.status, 'body': json.load(response)}))\n"
-        "except urllib.error.HTTPError as error:\n"
-        "    print(json.dumps({'status': error.code, 'body': json.load(error)}))\n"
-    )
     url = f"http://runtime.tenant-{tenant}.svc.cluster.local:8080/v1/tasks"
+    return send_task("e2e-gateway", gateway_pod, url, content, timeout)
+
+
+def post_task_inside(tenant: str, content: str, timeout: float = 120) -> dict[str, Any]:
+    """POST a task to a tenant's runtime from its own pod (tenants that admit no gateway)."""
+    pod = tenant_pod(tenant, "runtime")["metadata"]["name"]
+    return send_task(f"tenant-{tenant}", pod, "http://127.0.0.1:8080/v1/tasks", content, timeout)
+
+
+def send_task(namespace: str, pod: str, url: str, content: str, timeout: float) -> dict[str, Any]:
     body = json.dumps({"topicType": "default", "content": content})
-    out = exec_python(
-        "e2e-gateway", gateway_pod, script, url, body, str(timeout), timeout=timeout + 30
-    )
+    out = exec_python(namespace, pod, TASK, url, body, str(timeout), timeout=timeout + 30)
     return dict(json.loads(out))
+
+
+def fenced(code: str) -> str:
+    """A task whose model (e2e/model_server.py) answers with CODE for the sandbox to run."""
+    return f"Please run this:\n```python\n{code}```\n"
 
 
 def diagnosis(namespaces: list[str]) -> str:

@@ -209,7 +209,7 @@ def test_measured_connectivity_equals_the_computed_matrix(
     measured: dict[tuple[str, str], bool] = {}
     expected: dict[tuple[str, str], bool] = {}
     for source in sources:
-        others = [t for t in targets if not t.host == source.ip]
+        others = [t for t in targets if t.host != source.ip]
         for target, reached in zip(others, measure(source, others), strict=True):
             measured[source.label, target.label] = reached
             expected[source.label, target.label] = computed(connections, source, target)
