@@ -748,21 +748,7 @@ def up() -> None:
         "kube-proxy",
         [str(BIN_DIR / "kube-proxy"), f"--config={STATE / 'kube-proxy.json'}", "--v=1"],
     )
-    start(
-        "kube-router",
-        [
-            str(BIN_DIR / "kube-router"),
-            f"--kubeconfig={STATE / 'kubeconfig'}",
-            f"--hostname-override={NODE_NAME}",
-            "--run-firewall=true",
-            "--run-router=false",
-            "--run-service-proxy=false",
-            "--enable-cni=false",
-            "--metrics-port=0",
-            "--health-port=20244",
-            "--v=1",
-        ],
-    )
+    start("kube-router", kube_router_argv())
     kubectl("apply", "-f", "-", stdin=coredns_manifests(coredns_ref))
     wait_for("CoreDNS Ready", coredns_ready, 120)
     log(f"node {NODE_NAME} up in {time.monotonic() - started:.1f}s")
@@ -810,6 +796,34 @@ def stand_in(address: str, port: int, argv: Sequence[str] | None = None) -> subp
 
 
 # --- down ---------------------------------------------------------------------------------------
+
+
+def kube_router_argv() -> list[str]:
+    """The NetworkPolicy enforcer alone: no routing, no service proxy (kube-proxy's job), no CNI
+    configuration (the bridge's)."""
+    return [
+        str(BIN_DIR / "kube-router"),
+        f"--kubeconfig={STATE / 'kubeconfig'}",
+        f"--hostname-override={NODE_NAME}",
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--enable-cni=false",
+        "--metrics-port=0",
+        "--health-port=20244",
+        "--v=1",
+    ]
+
+
+def kill_enforcer() -> None:
+    """SIGKILL kube-router, as a crash would (a fault for the tests); its rules stay behind."""
+    pid_file = STATE / "kube-router.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    pid_file.unlink()
+
+
+def start_enforcer() -> None:
+    start("kube-router", kube_router_argv())
 
 
 def pid_alive(pid: int) -> bool:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from chartkit import CHART, RELEASE, RELEASE_NAMESPACE, helm, set_flags
-from nodekit import (
-    WAIT_FOR_URL,
-    exec_python,
+
+from realnode.nodekit import (
     API_KEY,
     INSIDE_ACME_EGRESS,
     KUBECTL,
@@ -27,10 +26,12 @@ from nodekit import (
     REPO,
     SECRET_SOURCE,
     TENANTS,
+    WAIT_FOR_URL,
     Chart,
     Outside,
     apply,
     diagnosis,
+    exec_python,
     kubectl,
     neighbour,
     node,
@@ -57,7 +58,7 @@ def real_node(kubeconfig: Path) -> str:
     return node.NODE_NAME
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def on_real_node(real_node: str) -> Iterator[str]:
     """New pods go to the real node alone while the module runs."""
     subprocess.run([sys.executable, str(REPO / "e2e" / "demo.py"), "down"], check=True)
@@ -68,7 +69,7 @@ def on_real_node(real_node: str) -> Iterator[str]:
         node.place("kwok")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def outside(on_real_node: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
     model_log = tmp_path_factory.mktemp("model") / "requests.jsonl"
     processes = []
@@ -96,7 +97,7 @@ def outside(on_real_node: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             process.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def neighbours(on_real_node: str) -> Iterator[dict[str, str]]:
     """A gateway namespace that acme admits, and an outsider nobody admits."""
     apply(
@@ -116,7 +117,7 @@ def neighbours(on_real_node: str) -> Iterator[dict[str, str]]:
         kubectl("delete", "namespace", "e2e-gateway", "e2e-outsider", "--wait=false", check=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def chart_operator(on_real_node: str) -> Iterator[Chart]:
     """The operator from the built operator image, installed by the Helm chart, running as the
     chart's least-privilege identity; the API server's address is the one the node reaches."""
@@ -162,7 +163,7 @@ def chart_operator(on_real_node: str) -> Iterator[Chart]:
         )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def tenants(
     chart_operator: Chart, outside: Outside, neighbours: dict[str, str]
 ) -> Iterator[list[str]]:

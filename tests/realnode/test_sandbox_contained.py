@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodekit import (
+from realnode.nodekit import (
     API_KEY,
     MODEL,
     exec_python,

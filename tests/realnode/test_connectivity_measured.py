@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from nodekit import (
+from realnode.nodekit import (
     INSIDE_ACME_EGRESS,
     METADATA,
     MODEL,

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 
-from nodekit import (
+from tenantry.models import AgentTenant
+from tenantry.render import RUNTIME, SANDBOX, tenant_uid
+
+from realnode.nodekit import (
     API_KEY,
     Chart,
     Outside,
@@ -17,8 +20,6 @@ from nodekit import (
     post_task,
     tenant_pod,
 )
-from tenantry.models import AgentTenant
-from tenantry.render import RUNTIME, SANDBOX, tenant_uid
 
 WHO_AM_I = (
     "import json, os\n"

@@ -1,4 +1,4 @@
-"""Helpers for the tests on the real node (tests/e2e): kubectl, stand-ins, tenants and tasks."""
+"""Helpers for the tests on the real node (tests/realnode): kubectl, stand-ins, tenants and tasks."""
 
 from __future__ import annotations
 
