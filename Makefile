@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The venv is rebuilt when the dependencies change.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: help venv toolchain node-toolchain images cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
+.PHONY: help venv toolchain node-toolchain images node-prerequisites e2e cluster-up cluster-down demo demo-down crd operator-lock lint test test-unit bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,21 +26,36 @@ toolchain: ## build (or reuse) the control plane and the chart tools (helm, kube
 	@start=$$SECONDS; bash e2e/toolchain/build.sh >/dev/null && \
 	  echo "make toolchain: $$((SECONDS - start))s"
 
-# Not part of `toolchain` (nor of `make test`) yet: the real node's programs (issue 11).
+# The real node's programs (docs/real-node.md); `make test` builds them where the node can run.
 node-toolchain: ## build (or reuse) the real node's kubelet, kube-proxy, CoreDNS, kube-router and pause from Go modules
 	@start=$$SECONDS; bash e2e/toolchain/build.sh node >/dev/null && \
 	  echo "make node-toolchain: $$((SECONDS - start))s"
 
 # No registry is needed: the base comes from Debian packages (mmdebstrap) and buildah builds the
-# two Dockerfiles on it; the OCI archives are cached per user, keyed by what makes them. Needs root
-# (it installs buildah, mmdebstrap and runc with apt-get when missing). Not part of `make test`.
-images: ## build (or reuse) the runtime and operator images as OCI archives; `python3 e2e/images.py verify` runs them
-	@start=$$SECONDS; $(PYTHON) e2e/images.py && echo "make images: $$((SECONDS - start))s"
+# two Dockerfiles on it; the node's pause and CoreDNS images hold one binary each. The OCI archives
+# are cached per user, keyed by what makes them. Needs root (it installs buildah, mmdebstrap and
+# runc with apt-get when missing).
+images: ## build (or reuse) the runtime, operator, pause and CoreDNS images as OCI archives; `python3 e2e/images.py verify` runs the first two
+	@start=$$SECONDS; $(PYTHON) e2e/images.py >/dev/null && $(PYTHON) e2e/images.py node >/dev/null && \
+	  echo "make images: $$((SECONDS - start))s"
 
-cluster-up: venv ## start the local control plane (or reuse it); kubeconfig in .cache/cluster/kubeconfig
+# Built before pytest starts (minutes when cold, not timed as a test) wherever the real node can
+# run: root on Linux, unless TENANTRY_REAL_NODE=0. Elsewhere tests/realnode fails saying what
+# this machine lacks; it is never skipped.
+node-prerequisites:
+	@if [ "$$(id -u)" = 0 ] && [ "$$(uname -s)" = Linux ] && [ "$${TENANTRY_REAL_NODE:-}" != 0 ]; then \
+	  $(MAKE) --no-print-directory node-toolchain images; \
+	else echo "make test: no real node here (it needs root on Linux): tests/realnode will fail saying so"; fi
+
+e2e: venv toolchain node-prerequisites ## the real node's tests alone: builds what is missing, brings the node up (root)
+	@$(BIN)/python e2e/cluster.py up
+	@start=$$SECONDS; $(BIN)/pytest tests/realnode; status=$$?; \
+	  echo "make e2e: pytest took $$((SECONDS - start))s"; exit $$status
+
+cluster-up: venv ## start the local control plane and, as root on Linux, the real node (or reuse them); kubeconfig in .cache/cluster/kubeconfig
 	@$(BIN)/python e2e/cluster.py up
 
-cluster-down: ## stop the local control plane (and a demo operator), leaving no process behind
+cluster-down: ## stop the control plane, the real node (and a demo operator), leaving no process, mount, namespace or rule behind
 	@$(PYTHON) e2e/demo.py down
 	@$(PYTHON) e2e/cluster.py down
 	@TENANTRY_CLUSTER_NAME=tenantry-bench $(PYTHON) e2e/cluster.py down
@@ -74,7 +89,7 @@ lint: venv ## ruff, mypy (strict) and import-linter
 	$(BIN)/lint-imports
 
 # The toolchain is built before pytest starts, so a cold build (minutes) is not timed as a test.
-test: lint toolchain ## every test; starts the local control plane when it is not running
+test: lint toolchain node-prerequisites ## every test; starts the local control plane (and the real node) when not running
 	@start=$$SECONDS; $(BIN)/pytest; status=$$?; \
 	  echo "make test: pytest took $$((SECONDS - start))s"; exit $$status
 

@@ -145,8 +145,8 @@ def ready_nodes(env: dict[str, str]) -> int:
     if result.returncode != 0:
         return 0
     count = 0
-    for node in json.loads(result.stdout)["items"]:
-        conditions = node.get("status", {}).get("conditions", [])
+    for item in json.loads(result.stdout)["items"]:
+        conditions = item.get("status", {}).get("conditions", [])
         if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
             count += 1
     return count

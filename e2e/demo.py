@@ -1,13 +1,19 @@
 """`make demo`: the operator on the local cluster with the example tenants.
 
 Installs the CRD, (re)starts `tenantry run` in the background (log in .cache/demo/), applies
-examples/, waits for every tenant to be Ready and shows what each one got. The cluster and
-the operator stay up for exploring; `make demo-down` stops the operator, `make cluster-down`
+examples/, waits for every tenant to be Ready and shows what each one got. On a machine that runs
+the real node (e2e/node.py: root, Linux) the tenants' pods are real containers there, and the
+demo ends by sending one task to acme from a gateway pod: the scripted model (e2e/model_server.py,
+on a stand-in address outside the cluster: no model provider is reachable here) writes a
+program, acme's sandbox pod runs it, and the answer and the audit lines it produced are printed.
+Elsewhere the pods are kwok's stand-ins and the demo says why. The cluster and the operator stay
+up for exploring; `make demo-down` stops the operator and the model, `make cluster-down`
 everything.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import node
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "demo"
 PID_FILE = STATE / "operator.pid"
+MODEL_PID_FILE = STATE / "model.pid"
+# acme's egress allows 203.0.113.0/24 on 443 (examples/acme.yaml): the model stands in there.
+MODEL_ADDRESS, MODEL_PORT = "203.0.113.10", 443
+GATEWAY = "demo-gateway"
 LOG_FILE = STATE / "operator.log"
 KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
 BIN_DIR = (
@@ -43,9 +55,14 @@ def kubectl(*args: str) -> None:
 
 
 def stop_operator() -> None:
-    if not PID_FILE.exists():
+    stop(PID_FILE, "operator")
+    stop(MODEL_PID_FILE, "scripted model")
+
+
+def stop(pid_file: Path, what: str) -> None:
+    if not pid_file.exists():
         return
-    pid = int(PID_FILE.read_text())
+    pid = int(pid_file.read_text())
     try:
         os.kill(pid, signal.SIGTERM)
         for _ in range(50):
@@ -54,8 +71,8 @@ def stop_operator() -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    PID_FILE.unlink(missing_ok=True)
-    print("operator stopped")
+    pid_file.unlink(missing_ok=True)
+    print(f"{what} stopped")
 
 
 def start_operator() -> None:
@@ -74,20 +91,95 @@ def start_operator() -> None:
     print(f"operator running as pid {process.pid}; log: {LOG_FILE.relative_to(REPO)}")
 
 
+def capture(*args: str) -> str:
+    return subprocess.run(
+        ["kubectl", *args], env=ENV, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def start_model() -> None:
+    """The scripted model on its stand-in address, in the node's `outside` namespace."""
+    argv = [sys.executable, str(REPO / "e2e" / "model_server.py"), MODEL_ADDRESS, str(MODEL_PORT),
+            str(STATE / "model-requests.jsonl")]  # fmt: skip
+    process = node.stand_in(MODEL_ADDRESS, MODEL_PORT, argv)
+    MODEL_PID_FILE.write_text(str(process.pid))
+
+
+def apply_tenants(real_node: bool) -> None:
+    """examples/, the secret source first; on the real node acme's model is the stand-in."""
+    import yaml  # noqa: PLC0415 - the venv's; `demo.py down` runs before any venv exists
+
+    kubectl("apply", "-f", str(REPO / "examples" / "secret-source.yaml"))
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        if example.name == "secret-source.yaml":
+            continue
+        documents = [d for d in yaml.safe_load_all(example.read_text()) if d]
+        for document in documents:
+            if real_node and document["metadata"]["name"] == "acme":
+                model = document["spec"]["runtime"]["model"]
+                print(f"acme's model: {model['baseUrl']} -> the scripted stand-in "
+                      f"http://{MODEL_ADDRESS}:{MODEL_PORT}/v1 (no model provider is reachable here)")  # fmt: skip
+                model["baseUrl"] = f"http://{MODEL_ADDRESS}:{MODEL_PORT}/v1"
+        subprocess.run(["kubectl", "apply", "-f", "-"], env=ENV, check=True,
+                       input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
+                       text=True)  # fmt: skip
+
+
+def send_a_task() -> None:
+    """One task to acme from a gateway pod, its answer and the audit lines it left."""
+    say(f"a gateway namespace ({GATEWAY}, labelled tenantry.dev/gateway=true) with one pod")
+    image = "docker.io/tenantry/runtime:0.1.0"
+    manifests = node.listener_pod(GATEWAY, "edge", {"tenantry.dev/gateway": "true"}, image)
+    subprocess.run(["kubectl", "apply", "-f", "-"], env=ENV, check=True, text=True,
+                   input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))  # fmt: skip
+    kubectl("wait", "--for=condition=Ready", "pod/edge", "-n", GATEWAY, "--timeout=120s")
+    task = {"topicType": "default", "content": "What is 7 times the sum of 1 to 100?"}
+    say(f"POST http://runtime.tenant-acme.svc.cluster.local:8080/v1/tasks {json.dumps(task)}")
+    script = (
+        "import sys, time, urllib.request\n"
+        "for attempt in range(60):\n"
+        "    try:\n"
+        "        request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),"
+        " headers={'Content-Type': 'application/json'})\n"
+        "        print(urllib.request.urlopen(request, timeout=120).read().decode()); break\n"
+        "    except OSError:\n"
+        "        time.sleep(1)  # the Service is programmed a moment after the tenant is Ready\n"
+    )
+    url = "http://runtime.tenant-acme.svc.cluster.local:8080/v1/tasks"
+    answer = json.loads(capture("exec", "-n", GATEWAY, "edge", "--", "python", "-c", script,
+                                url, json.dumps(task)))  # fmt: skip
+    print(f"answer (task {answer['taskId']}):\n{answer['result']}")
+    say("the audit lines of that task (kubectl logs -n tenant-acme deploy/runtime)")
+    for line in capture("logs", "-n", "tenant-acme", "deploy/runtime").splitlines():
+        if answer["taskId"] in line:
+            print(line)
+
+
 def main() -> None:
     if sys.argv[1:] == ["down"]:
         stop_operator()
+        if node.node_ready():
+            node.place("kwok")  # new pods (other operators', the tests') go to kwok's nodes again
         return
+    real_node = node.node_ready()
+    if real_node:
+        say(f"the real node {node.NODE_NAME} runs the tenants' pods (kwok's nodes are cordoned)")
+        node.place("real")
+    else:
+        lacking = node.missing() or ["a Ready node: see `python3 e2e/cluster.py up`"]
+        say("no real node, so kwok's stand-in pods (no containers, no task); this machine lacks: "
+            + "; ".join(lacking))  # fmt: skip
     say("installing the AgentTenant CRD")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     kubectl("wait", "--for=condition=Established", "crd/agenttenants.tenantry.dev", "--timeout=60s")
     say("starting the operator")
     start_operator()
+    if real_node:
+        start_model()
     # The secret source first: a tenant applied before the Secret it copies would meet a
     # SecretNotFound warning first, and only then become Ready.
     say("applying examples/secret-source.yaml, then the tenants in examples/")
-    kubectl("apply", "-f", str(REPO / "examples" / "secret-source.yaml"))
-    kubectl("apply", "-f", str(REPO / "examples"))
+    apply_tenants(real_node)
     say("waiting for every tenant to be Ready")
     kubectl("wait", "--for=condition=Ready", "agenttenants", "--all", "--timeout=180s")
     say("kubectl get agenttenants -o wide")
@@ -114,6 +206,8 @@ def main() -> None:
             "-n",
             namespace,
         )
+    if real_node:
+        send_a_task()
     print(
         f"""
 The cluster and the operator keep running. Try:

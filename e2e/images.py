@@ -941,10 +941,8 @@ def main() -> None:
     if command == "verify":
         verify()
         return
-    if command == "node":
-        built = build_node_images()
-    else:
-        built = build() if command == "build" else paths()
+    builders = {"build": build, "paths": paths, "node": build_node_images}
+    built = builders[command]()
     for ref, archive in built.items():
         print(ref, archive)
 

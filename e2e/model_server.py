@@ -60,7 +60,7 @@ def completion(model: str, content: str) -> dict[str, Any]:
 class Handler(BaseHTTPRequestHandler):
     log_path: Path
 
-    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_POST(self) -> None:  # the name http.server calls
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if not self.path.endswith("/chat/completions"):
             self.send_error(404)
@@ -75,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+    def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
         pass
 
 

@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,7 +254,9 @@ def host_firewall_up(port: int | None = None) -> None:
         run(["iptables", "-w", *rule])
     for hook in ("INPUT", "FORWARD"):
         if subprocess.run(
-            ["iptables", "-w", "-C", hook, "-j", HOST_CHAIN], capture_output=True
+            ["iptables", "-w", "-C", hook, "-j", HOST_CHAIN],
+            capture_output=True,
+            check=False,
         ).returncode:
             run(["iptables", "-w", "-I", hook, "1", "-j", HOST_CHAIN])
 
@@ -262,7 +265,7 @@ def host_firewall_down() -> None:
     for hook in ("INPUT", "FORWARD"):
         while (
             subprocess.run(
-                ["iptables", "-w", "-D", hook, "-j", HOST_CHAIN], capture_output=True
+                ["iptables", "-w", "-D", hook, "-j", HOST_CHAIN], capture_output=True, check=False
             ).returncode
             == 0
         ):
@@ -550,6 +553,8 @@ def import_images(archives: dict[str, Path]) -> None:
 
 
 def node_ready() -> bool:
+    if not KUBECONFIG.exists() or not (BIN_DIR / "kubectl").exists():
+        return False
     out = kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
     if not out:
         return False
@@ -721,7 +726,9 @@ def up() -> None:
         "containerd",
         lambda: (
             subprocess.run(
-                ["ctr", "--address", str(CONTAINERD_SOCKET), "version"], capture_output=True
+                ["ctr", "--address", str(CONTAINERD_SOCKET), "version"],
+                capture_output=True,
+                check=False,
             ).returncode
             == 0
         ),
@@ -793,6 +800,55 @@ def stand_in(address: str, port: int, argv: Sequence[str] | None = None) -> subp
             raise SystemExit(f"[node] the stand-in on {address}:{port} did not start")
         time.sleep(0.1)
     return process
+
+
+# A pod that listens on 8080 and answers "hello": the demo's gateway, the tests' gateway and
+# outsider (probe sources and targets). The runtime image has the Python it needs.
+LISTENER_POD_SCRIPT = (
+    "import socket\ns = socket.socket()\ns.bind(('', 8080))\ns.listen(64)\n"
+    "while True:\n    c, _ = s.accept()\n    c.sendall(b'hello')\n    c.close()\n"
+)
+
+
+def listener_pod(
+    namespace: str, name: str, labels: dict[str, str], image: str
+) -> list[dict[str, object]]:
+    """A namespace (with LABELS) and one restricted, token-less pod in it listening on 8080."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": labels},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 1,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [
+                    {
+                        "name": name,
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", LISTENER_POD_SCRIPT],
+                        "ports": [{"containerPort": 8080}],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
+                ],
+            },
+        },
+    ]
 
 
 # --- down ---------------------------------------------------------------------------------------
@@ -920,19 +976,14 @@ def remove_cgroups() -> None:
             tree.rmdir()
 
 
-def down(quiet: bool = False) -> None:
-    before_file = STATE / "before.json"
-    if not before_file.exists() and not netns_exists(NETNS):
-        if not quiet:
-            log("no real node: nothing to stop")
-        return
-    before = json.loads(before_file.read_text()) if before_file.exists() else {}
+def stop_processes() -> None:
+    """The node's programs, then every container process, the shims that watched them and
+    containerd; then anything still in the node's network namespaces."""
     for name in PROCESSES[:-1]:
         pid_file = STATE / f"{name}.pid"
         if pid_file.exists():
             stop_pid(int(pid_file.read_text()))
             pid_file.unlink()
-    # Pods: every container process, then the shims that watched them, then containerd.
     kill_all(kubepods_processes, "pod processes")
     kill_all(shim_processes, "containerd shims")
     pid_file = STATE / "containerd.pid"
@@ -940,17 +991,26 @@ def down(quiet: bool = False) -> None:
         stop_pid(int(pid_file.read_text()))
         pid_file.unlink()
     kill_all(node_processes, "processes in the node's network namespaces")
-    unmount_all()
-    for entry in sorted(os.listdir("/run/netns")) if Path("/run/netns").exists() else []:
+
+
+def remove_namespaces(before: dict[str, Any]) -> None:
+    """Pod namespaces containerd made, then the node's and the outside's (with their links,
+    routes, iptables rules and ipsets); the host's end of the node's link and its route go with
+    them. Then the host's firewall chain."""
+    existing = sorted(os.listdir("/run/netns")) if Path("/run/netns").exists() else []
+    for entry in existing:
         if entry.startswith("cni-") and entry not in before.get("netns", []):
             subprocess.run(["ip", "netns", "delete", entry], capture_output=True, check=False)
             Path(f"/run/netns/{entry}").unlink(missing_ok=True)
     for name in (NETNS, OUTSIDE_NETNS):
         if netns_exists(name):
             run(["ip", "netns", "delete", name])
-    # The host's end of the node's link went with the namespace; its route went with the link.
     run(["ip", "link", "delete", HOST_LINK], check=False)
     host_firewall_down()
+
+
+def remove_files(before: dict[str, Any]) -> None:
+    """Cgroups, sysctls, and every path the node made outside and inside its roots."""
     remove_cgroups()
     for key, value in before.get("sysctls", {}).items():
         run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
@@ -959,6 +1019,19 @@ def down(quiet: bool = False) -> None:
             shutil.rmtree(path, ignore_errors=True)
     for root in (VAR_ROOT, RUN_ROOT):
         shutil.rmtree(root, ignore_errors=True)
+
+
+def down(quiet: bool = False) -> None:
+    before_file = STATE / "before.json"
+    if not before_file.exists() and not netns_exists(NETNS):
+        if not quiet:
+            log("no real node: nothing to stop")
+        return
+    before = json.loads(before_file.read_text()) if before_file.exists() else {}
+    stop_processes()
+    unmount_all()
+    remove_namespaces(before)
+    remove_files(before)
     for name in PROCESSES:
         (STATE / f"{name}.pid").unlink(missing_ok=True)
     before_file.unlink(missing_ok=True)

@@ -208,7 +208,6 @@ def command_audit(args: argparse.Namespace) -> None:
 def command_run(args: argparse.Namespace) -> None:
     # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
     import kopf  # noqa: PLC0415
-    from kopf._core.engines.peering import Identity  # noqa: PLC0415
 
     from tenantry.handlers import register_children  # noqa: PLC0415 - importing registers the rest
     from tenantry.leader import Timings  # noqa: PLC0415
@@ -245,6 +244,8 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
     at its next try instead of a lease duration later.
     """
     import kopf  # noqa: PLC0415
+
+    # Not exported by kopf: its type of operator identities (a str).
     from kopf._core.engines.peering import Identity  # noqa: PLC0415
     from lightkube import AsyncClient  # noqa: PLC0415
 

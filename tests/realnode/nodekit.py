@@ -93,45 +93,7 @@ def ready(pod: dict[str, Any]) -> bool:
 
 def neighbour(namespace: str, name: str, labels: dict[str, str]) -> list[dict[str, Any]]:
     """A namespace with one pod that listens on 8080 (a probe target, and a probe source)."""
-    listener = (
-        "import socket\ns = socket.socket()\ns.bind(('', 8080))\ns.listen(64)\n"
-        "while True:\n    c, _ = s.accept()\n    c.sendall(b'hello')\n    c.close()\n"
-    )
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": labels},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-            "spec": {
-                "automountServiceAccountToken": False,
-                "terminationGracePeriodSeconds": 1,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": 65532,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [
-                    {
-                        "name": name,
-                        "image": PROBE_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["python", "-c", listener],
-                        "ports": [{"containerPort": 8080}],
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                    }
-                ],
-            },
-        },
-    ]
+    return node.listener_pod(namespace, name, labels, PROBE_IMAGE)
 
 
 @dataclass

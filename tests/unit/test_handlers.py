@@ -7,12 +7,12 @@ import inspect
 import kopf
 from tenantry.config import OperatorConfig
 from tenantry.handlers import (
-    in_cluster_server,
     CHILD_RESOURCES,
     CHILD_SELECTOR,
     Controller,
     child_event,
     configure,
+    in_cluster_server,
     tenant_event,
     watched_children,
 )
