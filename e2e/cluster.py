@@ -172,16 +172,24 @@ def up() -> None:
     )
     real_node = wants_real_node()
     config = REPO / "e2e" / "kwok.yaml"
+    node_config = CLUSTER_STATE / "kwok-node.yaml"
     if answers(env):
         log(f"reusing the running cluster ({KUBECONFIG})")
+        if real_node and not node_config.exists():
+            # Its API server listens on loopback alone: no node can reach it.
+            log(
+                "this cluster was started without the real node: `make cluster-down` and start again"
+            )
+            real_node = False
     else:
         # A stale cluster (processes gone, state left) would make kwokctl refuse to create.
         down(quiet=True, env=env)
         KUBECONFIG.parent.mkdir(parents=True, exist_ok=True)
+        node_config.unlink(missing_ok=True)
         if real_node:
             # Before the control plane: its certificate names every address the machine has.
             node.network_up()
-            config = CLUSTER_STATE / "kwok-node.yaml"
+            config = node_config
             config.write_text((REPO / "e2e" / "kwok.yaml").read_text() + node.kwok_config_patch())
         step = time.monotonic()
         subprocess.run(

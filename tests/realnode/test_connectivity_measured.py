@@ -14,6 +14,7 @@ import ipaddress
 import json
 import re
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +161,13 @@ def measure(source: Peer, targets: list[Target]) -> list[bool]:
 
 def matrix_targets(peers: list[Peer]) -> list[Target]:
     dns = next(p for p in peers if p.workload == "coredns")
+    replicas = Counter(p.label for p in peers)
+
+    def name(p: Peer) -> str:  # the operator has two pods of one workload
+        return p.label if replicas[p.label] == 1 else f"{p.label} ({p.pod})"
+
     targets = [
-        Target(f"{p.label}:{port}/{protocol}", p.ip, port, protocol, p.label)
+        Target(f"{name(p)}:{port}/{protocol}", p.ip, port, protocol, p.label)
         for p in peers
         for port, protocol in p.ports
         if p is not dns
@@ -218,7 +224,7 @@ def test_measured_connectivity_equals_the_computed_matrix(
         f"  {'allowed' if measured[key] else 'blocked':8} {'(computed: ' + ('allowed' if expected[key] else 'blocked') + ')' if measured[key] != expected[key] else '':22} {key[0]} -> {key[1]}"
         for key in sorted(measured)
     ]
-    print("measured matrix:\n" + "\n".join(rows))
+    print(f"measured matrix ({len(measured)} probes):\n" + "\n".join(rows))
     differences = [key for key in measured if measured[key] != expected[key]]
     assert not differences, (
         f"{len(differences)} probe(s) differ from netpol-analyzer's matrix:\n"
