@@ -193,6 +193,9 @@ def network_up() -> None:
     (kwokctl puts every address of the machine in it)."""
     if netns_exists(NETNS):
         return
+    STATE.mkdir(parents=True, exist_ok=True)
+    if not (STATE / "before.json").exists():
+        record_foreign_state()
     log(f"network namespace {NETNS}: {HOST_IP} (host) <-> {NODE_IP} (node), pods {POD_CIDR}")
     for name in (NETNS, OUTSIDE_NETNS):
         run(["ip", "netns", "add", name])
@@ -692,6 +695,9 @@ def record_foreign_state() -> None:
     before = {
         "paths": [str(path) for path in FOREIGN_PATHS if path.exists()],
         "netns": sorted(os.listdir("/run/netns")) if Path("/run/netns").exists() else [],
+        # `ip netns add` makes /run/netns a mount point (a bind of itself) the first time.
+        "netns_dir": Path("/run/netns").exists(),
+        "netns_mount": "/run/netns" in mount_points(),
         "sysctls": {key: run(["sysctl", "-n", key]).strip() for key in SYSCTLS},
     }
     (STATE / "before.json").write_text(json.dumps(before, indent=2))
@@ -944,14 +950,16 @@ def kill_all(pids: Callable[[], Iterator[int]], what: str) -> None:
     raise SystemExit(f"[node] {what} survive SIGKILL: {list(pids())}")
 
 
+def mount_points() -> list[str]:
+    return [
+        line.split()[4].replace("\\040", " ")
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    ]
+
+
 def our_mounts() -> list[str]:
     roots = (str(VAR_ROOT), str(RUN_ROOT), "/run/netns/cni-", "/var/run/netns/cni-")
-    mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(roots):
-            mounts.append(point)
-    return mounts
+    return [point for point in mount_points() if point.startswith(roots)]
 
 
 def unmount_all() -> None:
@@ -1007,6 +1015,13 @@ def remove_namespaces(before: dict[str, Any]) -> None:
             run(["ip", "netns", "delete", name])
     run(["ip", "link", "delete", HOST_LINK], check=False)
     host_firewall_down()
+    netns_dir = Path("/run/netns")
+    if netns_dir.exists() and not os.listdir(netns_dir):
+        if not before.get("netns_mount", False) and str(netns_dir) in mount_points():
+            subprocess.run(["umount", str(netns_dir)], capture_output=True, check=False)
+        if not before.get("netns_dir", False):
+            with contextlib.suppress(OSError):
+                netns_dir.rmdir()
 
 
 def remove_files(before: dict[str, Any]) -> None:
@@ -1019,6 +1034,30 @@ def remove_files(before: dict[str, Any]) -> None:
             shutil.rmtree(path, ignore_errors=True)
     for root in (VAR_ROOT, RUN_ROOT):
         shutil.rmtree(root, ignore_errors=True)
+
+
+def leftovers() -> list[str]:
+    """Whatever of the node is still on this machine after `down`: each is a bug to fix."""
+    left = [f"mount {point}" for point in our_mounts()]
+    left += [f"network namespace {name}" for name in (NETNS, OUTSIDE_NETNS) if netns_exists(name)]
+    if (
+        subprocess.run(
+            ["ip", "link", "show", HOST_LINK], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        left.append(f"link {HOST_LINK}")
+    if (
+        subprocess.run(
+            ["iptables", "-w", "-S", HOST_CHAIN], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
+        left.append(f"iptables chain {HOST_CHAIN}")
+    left += [f"cgroup {tree}" for tree in Path("/sys/fs/cgroup").glob("*/kubepods")]
+    left += [f"process {pid}" for pid in shim_processes() if pid != os.getpid()]
+    left += [f"path {root}" for root in (VAR_ROOT, RUN_ROOT) if root.exists()]
+    return left
 
 
 def down(quiet: bool = False) -> None:
@@ -1035,9 +1074,9 @@ def down(quiet: bool = False) -> None:
     for name in PROCESSES:
         (STATE / f"{name}.pid").unlink(missing_ok=True)
     before_file.unlink(missing_ok=True)
-    leftovers = our_mounts()
-    if leftovers:
-        raise SystemExit(f"[node] mounts left behind: {leftovers}")
+    left = leftovers()
+    if left:
+        raise SystemExit("[node] left behind:\n  " + "\n  ".join(left))
     if not quiet:
         log(
             "node stopped; its namespaces, links, firewall chain, mounts, cgroups and files are gone"
