@@ -337,11 +337,12 @@ def run(argv: Sequence[str], env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def missing_packages() -> list[str]:
+def missing_packages(packages: Sequence[str] = APT_PACKAGES) -> list[str]:
+    """The Debian packages of PACKAGES that are not installed."""
     if shutil.which("dpkg-query") is None:
-        return list(APT_PACKAGES)
+        return list(packages)
     result = subprocess.run(
-        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status}\n", *APT_PACKAGES],
+        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status}\n", *packages],
         capture_output=True,
         text=True,
         check=False,
@@ -349,7 +350,18 @@ def missing_packages() -> list[str]:
     installed = {
         line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")
     }
-    return [package for package in APT_PACKAGES if package not in installed]
+    return [package for package in packages if package not in installed]
+
+
+def apt_install(packages: Sequence[str]) -> None:
+    """Install PACKAGES with apt-get (root); waits for another apt-get holding dpkg's lock."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock_wait = "-oDPkg::Lock::Timeout=600"
+    run(["apt-get", lock_wait, "update"], env=env)
+    run(["apt-get", lock_wait, "install", "-y", "--no-install-recommends", *packages], env=env)
+    still = missing_packages(packages)
+    if still:
+        raise SystemExit(f"apt-get did not install {', '.join(still)}")
 
 
 def ensure_prerequisites() -> None:
@@ -370,14 +382,7 @@ def ensure_prerequisites() -> None:
             "apt-get (Debian or Ubuntu expected)"
         )
     log(f"installing {' '.join(missing)} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Another apt-get on the machine (the real node's setup) may hold dpkg's lock for a while.
-    lock_wait = "-oDPkg::Lock::Timeout=600"
-    run(["apt-get", lock_wait, "update"], env=env)
-    run(["apt-get", lock_wait, "install", "-y", "--no-install-recommends", *missing], env=env)
-    still = missing_packages()
-    if still:
-        raise SystemExit(f"[images] apt-get did not install {', '.join(still)}")
+    apt_install(missing)
 
 
 def pip_mounts(workdir: Path) -> list[str]:

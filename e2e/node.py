@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import images
+
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "node"
 CACHE_ROOT = Path(
@@ -141,30 +143,11 @@ def missing() -> list[str]:
     return problems
 
 
-def missing_packages() -> list[str]:
-    result = subprocess.run(
-        ["dpkg-query", "--show", "--showformat=${Package} ${db:Status-Status}\n", *APT_PACKAGES],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    installed = {
-        line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")
-    }
-    return [package for package in APT_PACKAGES if package not in installed]
-
-
 def install_packages() -> None:
-    if shutil.which("dpkg-query") is None:
-        return
-    needed = missing_packages()
-    if not needed:
-        return
-    log(f"installing {' '.join(needed)} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock_wait = "-oDPkg::Lock::Timeout=600"
-    run(["apt-get", lock_wait, "update"], env=env)
-    run(["apt-get", lock_wait, "install", "-y", "--no-install-recommends", *needed], env=env)
+    needed = images.missing_packages(APT_PACKAGES)
+    if needed and shutil.which("apt-get") is not None:
+        log(f"installing {' '.join(needed)} with apt-get")
+        images.apt_install(needed)
 
 
 # --- the network --------------------------------------------------------------------------------

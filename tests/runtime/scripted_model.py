@@ -9,14 +9,20 @@ and never closed, the worst case for a fence parser.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
 from ports import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
+# One OpenAI chat-completion shape for every scripted model (the real node's too).
+from model_server import completion
 
 CODE = (
     "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
@@ -29,24 +35,6 @@ OPENED_FENCE = "```python\n"
 
 def huge_reply(size: int) -> str:
     return (OPENED_FENCE * (size // len(OPENED_FENCE) + 1))[:size]
-
-
-def completion(model: str, content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-    }
 
 
 @dataclass
