@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tenantry.config import OperatorConfig
+from tenantry.kinds import apply_phase
 from tenantry.models import AgentTenant
-from tenantry.render import ClusterFacts, apply_phase, render
+from tenantry.render import ClusterFacts, render
 
 from bench.harness import (
     KUBECONFIG,

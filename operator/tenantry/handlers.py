@@ -26,6 +26,7 @@ from lightkube.types import OnErrorAction, OnErrorResult
 from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
+from tenantry.kinds import CHILD_KINDS
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import GROUP, PLURAL, VERSION
 from tenantry.queue import ReconcileQueue
@@ -35,18 +36,7 @@ from tenantry.render import MANAGED_BY, OPERATOR
 logger = logging.getLogger("tenantry.handlers")
 
 # The kinds of children, as (group, version, plural); their watches are filtered server-side.
-CHILD_RESOURCES = (
-    ("", "v1", "namespaces"),
-    ("", "v1", "resourcequotas"),
-    ("", "v1", "limitranges"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "secrets"),
-    ("", "v1", "configmaps"),
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-)
+CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 
 

@@ -42,6 +42,7 @@ from tenantry.children import (
     summarize,
 )
 from tenantry.config import OperatorConfig
+from tenantry.kinds import apply_phase
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import (
     API_VERSION,
@@ -61,7 +62,6 @@ from tenantry.render import (
     ClusterFacts,
     DuplicateChild,
     Manifest,
-    apply_phase,
     render,
     tenant_namespace,
     uid_slot,

@@ -681,17 +681,6 @@ def build_service(
     }
 
 
-def apply_phase(kind: str) -> int:
-    """When a child may be written: every child of one phase at once, phase after phase.
-
-    The namespace must exist before anything in it, and the operator's RoleBinding before the
-    Secrets it lets the operator write (scoped-secrets mode). Workloads come last, so their pods
-    never start before the accounts, Secrets and policies they depend on exist: a pod created
-    before its ServiceAccount is refused, and the ReplicaSet retries it only after a backoff.
-    """
-    return {"Namespace": 0, "RoleBinding": 1, "Deployment": 3, "Service": 3}.get(kind, 2)
-
-
 def render(
     tenant: AgentTenant, config: OperatorConfig, facts: ClusterFacts | None = None
 ) -> list[Manifest]:

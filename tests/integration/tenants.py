@@ -12,17 +12,10 @@ from typing import Any
 from lightkube import Client, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_global_resource
-from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import (
-    ConfigMap,
-    LimitRange,
     Namespace,
-    ResourceQuota,
-    Secret,
-    Service,
-    ServiceAccount,
 )
-from lightkube.resources.networking_v1 import NetworkPolicy
+from tenantry.kinds import CHILD_KINDS as KINDS
 from waiting import wait_until
 
 SECRET_SOURCE_NAMESPACE = "tenantry-secrets"
@@ -30,16 +23,8 @@ SECRET_SOURCE_NAMESPACE = "tenantry-secrets"
 DRIFT_INTERVAL_SECONDS = 3
 
 AgentTenant = create_global_resource("tenantry.dev", "v1alpha1", "AgentTenant", "agenttenants")
-CHILD_KINDS = (
-    ResourceQuota,
-    LimitRange,
-    NetworkPolicy,
-    ServiceAccount,
-    Secret,
-    ConfigMap,
-    Deployment,
-    Service,
-)
+# Every namespaced kind of child, from the operator's own table (RoleBinding included).
+CHILD_KINDS = tuple(child.resource for child in KINDS if child.kind != "Namespace")
 MANAGED = {"app.kubernetes.io/managed-by": "tenantry"}
 # Tests that run operators of their own label their tenants with this key, each with a value of
 # its own, and select them with --tenant-selector; the shared `operator` fixture selects only

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from tenantry.cli import dump_all, load_tenants
 from tenantry.config import OperatorConfig
+from tenantry.kinds import BY_KIND, apply_phase
 from tenantry.models import AgentTenant
-from tenantry.render import ClusterFacts, apply_phase, render
+from tenantry.render import ClusterFacts, render
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -349,3 +350,12 @@ def test_no_tenant_namespace_is_ever_among_a_runtimes_callers() -> None:
                 "operator": "NotIn",
                 "values": ["tenantry"],
             } in peer["namespaceSelector"]["matchExpressions"]
+
+
+def test_the_table_of_child_kinds_is_exactly_what_render_produces() -> None:
+    """kinds.CHILD_KINDS feeds the watches, the writes and the prunes: a kind rendered but
+    missing there would never be watched or pruned, one there but never rendered is dead."""
+    scoped = OperatorConfig(service_account="tenantry-system/tenantry")
+    tenant = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
+    rendered = {m["kind"] for config in (OperatorConfig(), scoped) for m in render(tenant, config)}
+    assert rendered == set(BY_KIND)
