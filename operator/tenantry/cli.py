@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from tenantry.config import OperatorConfig
 from tenantry.crd import build_crd
-from tenantry.models import KIND, AgentTenant
+from tenantry.models import KIND, AgentTenant, human_errors
 from tenantry.render import render
 from tenantry.render import tenant_namespace as render_namespace
 
@@ -96,7 +96,8 @@ def operator_config(args: argparse.Namespace, **extra: Any) -> OperatorConfig:
     try:
         return OperatorConfig(**values, **extra)
     except ValidationError as error:
-        raise SystemExit(f"tenantry: invalid configuration: {error}") from None
+        problems = "\n".join(f"  {problem}" for problem in human_errors(error))
+        raise SystemExit(f"tenantry: invalid configuration:\n{problems}") from None
 
 
 def boolean(text: str) -> bool:
@@ -121,10 +122,7 @@ def load_tenants(path: str) -> list[AgentTenant]:
         try:
             tenants.append(AgentTenant.model_validate(document))
         except ValidationError as error:
-            problems = "\n".join(
-                f"  {'.'.join(str(p) for p in item['loc']) or '(document)'}: {item['msg']}"
-                for item in error.errors()
-            )
+            problems = "\n".join(f"  {problem}" for problem in human_errors(error))
             raise SystemExit(
                 f"tenantry: {path}: document {index + 1} is not a valid {KIND}:\n{problems}"
             ) from None

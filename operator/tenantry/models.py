@@ -12,7 +12,14 @@ import ipaddress
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 GROUP: Final = "tenantry.dev"
 VERSION: Final = "v1alpha1"
@@ -33,6 +40,40 @@ LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/
 LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
 HTTP_URL = r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+$"
+SECRET_KEY = r"^[-._A-Za-z0-9]+$"  # noqa: S105 - the pattern of a key in a Secret
+
+# What each pattern means, in words: pydantic's own message shows the regular expression.
+PATTERN_MEANINGS: Final = {
+    DNS_LABEL: "must be a DNS-1123 label: lowercase letters, digits and '-', starting and "
+    "ending with a letter or digit",
+    DNS_SUBDOMAIN: "must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', each "
+    "part starting and ending with a letter or digit",
+    QUANTITY: "must be a Kubernetes quantity such as 500m, 2 or 8Gi",
+    PRINTABLE: "must be printable text: no line breaks, tabs or other control characters",
+    LABEL_KEY: "must be a label key: an optional DNS subdomain and '/', then letters, digits, "
+    "'-', '_' and '.', starting and ending with a letter or digit",
+    LABEL_VALUE: "must be a label value: letters, digits, '-', '_' and '.', starting and ending "
+    "with a letter or digit",
+    IMAGE: "must be an image reference such as registry.example.com/team/agent:1.2",
+    HTTP_URL: "must be an http:// or https:// URL",
+    SECRET_KEY: "must be a Secret key: letters, digits, '-', '_' and '.'",
+}
+
+
+def human_errors(error: ValidationError) -> list[str]:
+    """Each problem of a validation error as "field.path: what is wrong", in words people read:
+    the one place the CLI, the operator's Stalled messages and its flags turn errors into text."""
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "string_pattern_mismatch":
+            meaning = PATTERN_MEANINGS.get((item.get("ctx") or {}).get("pattern", ""))
+            if meaning is not None:
+                message = f"{meaning} (got {str(item['input'])[:80]!r})"
+        problems.append(f"{path}: {message}" if path else message)
+    return problems
+
 
 DnsLabel = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
 DnsSubdomain = Annotated[
@@ -181,7 +222,7 @@ class ModelEndpoint(Model):
         description="The name of one of `spec.secrets` that holds the API key; only the runtime mounts it.",
     )
     credentials_key: Annotated[
-        str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._A-Za-z0-9]+$")
+        str, StringConstraints(min_length=1, max_length=253, pattern=SECRET_KEY)
     ] = Field(
         "api-key", alias="credentialsKey", description="The key of the API key in that Secret."
     )

@@ -49,6 +49,7 @@ from tenantry.models import (
     KIND,
     RESERVED_NAMESPACES,
     AgentTenant,
+    human_errors,
 )
 from tenantry.policy import violations
 from tenantry.render import (
@@ -126,11 +127,7 @@ def now() -> str:
 
 def describe(error: ValidationError) -> str:
     """A pydantic error as a human reads it: the field path and what is wrong."""
-    parts = []
-    for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"])
-        parts.append(f"{path}: {item['msg']}" if path else item["msg"])
-    return "; ".join(parts)
+    return "; ".join(human_errors(error))
 
 
 def owns(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> bool:

@@ -91,3 +91,16 @@ def test_leader_election_is_read_from_the_environment_too() -> None:
     result = run("run", env={"TENANTRY_LEADER_ELECTION": "maybe"})
     assert result.returncode == 2
     assert "argument --leader-election: 'maybe' is neither true nor false" in result.stderr
+
+
+def test_render_explains_a_pattern_in_words_not_a_regular_expression() -> None:
+    bad = "apiVersion: tenantry.dev/v1alpha1\nkind: AgentTenant\nmetadata: {name: Acme_Corp}\nspec: {quota: {memory: 8 gigs}}\n"
+    result = run("render", "-", stdin=bad)
+    assert result.returncode != 0
+    assert "metadata.name: must be a DNS-1123 label: lowercase letters, digits and '-'" in (
+        result.stderr
+    )
+    assert (
+        "spec.quota.memory: must be a Kubernetes quantity such as 500m, 2 or 8Gi" in result.stderr
+    )
+    assert "should match pattern" not in result.stderr and "^[" not in result.stderr

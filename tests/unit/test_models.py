@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from tenantry.models import RESERVED_NAMESPACES, AgentTenant
+from tenantry.models import PATTERN_MEANINGS, RESERVED_NAMESPACES, AgentTenant, human_errors
 from tenantry.reconcile import Stall, check_namespace_name, check_uid_slot
 
 
@@ -207,3 +207,35 @@ def test_the_younger_of_two_tenants_whose_names_share_a_uid_slot_is_refused() ->
     with pytest.raises(Stall, match=f"would run as the same users as tenant '{older}'") as stall:
         check_uid_slot(younger, "2026-02-01T00:00:00Z", neighbours)
     assert stall.value.reason == "UserIdCollision"
+
+
+def patterns(schema: object) -> set[str]:
+    if isinstance(schema, dict):
+        found = {schema["pattern"]} if isinstance(schema.get("pattern"), str) else set()
+        return found.union(*(patterns(value) for value in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(patterns(value) for value in schema))
+    return set()
+
+
+def test_every_pattern_a_manifest_meets_is_explained_in_words() -> None:
+    """A person who mistypes a name reads what a name may be, not a regular expression."""
+    definitions = AgentTenant.model_json_schema(by_alias=True)["$defs"]
+    # The status is the operator's to write, never a person's.
+    spec_patterns = patterns(
+        [
+            schema
+            for name, schema in definitions.items()
+            if name not in ("AgentTenantStatus", "Condition")
+        ]
+    )
+    assert spec_patterns <= set(PATTERN_MEANINGS), spec_patterns - set(PATTERN_MEANINGS)
+    try:
+        tenant({"namespace": "UPPER", "quota": {"cpu": "lots"}})
+    except ValidationError as error:
+        problems = human_errors(error)
+    assert problems == [
+        "spec.namespace: must be a DNS-1123 label: lowercase letters, digits and '-', starting "
+        "and ending with a letter or digit (got 'UPPER')",
+        "spec.quota.cpu: must be a Kubernetes quantity such as 500m, 2 or 8Gi (got 'lots')",
+    ]
