@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import images
 import node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,24 +46,11 @@ NODE_ALLOCATABLE = dict(
 )
 TOOLCHAIN = REPO / "e2e" / "toolchain"
 # The same per-user cache that e2e/toolchain/build.sh fills.
-CACHE_ROOT = Path(
-    os.environ.get("TENANTRY_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tenantry"
-)
-BIN_DIR = CACHE_ROOT / "bin"
+BIN_DIR = images.CACHE_ROOT / "bin"
 
 
 def log(message: str) -> None:
     print(f"[cluster] {message}", file=sys.stderr, flush=True)
-
-
-def versions() -> dict[str, str]:
-    pairs = (
-        line.split("=", 1)
-        for line in (TOOLCHAIN / "versions.env").read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    )
-    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def wants_real_node() -> bool:
@@ -101,7 +89,7 @@ def environment() -> dict[str, str]:
     # kwokctl runs `kubectl` from PATH: ours must win over any older one on the machine.
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env["KWOK_WORKDIR"] = str(KWOK_WORKDIR)
-    env["KWOK_KUBE_VERSION"] = versions()["K8S_VERSION"]
+    env["KWOK_KUBE_VERSION"] = images.toolchain_versions()["K8S_VERSION"]
     env["KUBECONFIG"] = str(KUBECONFIG)
     return env
 
@@ -234,7 +222,7 @@ def up() -> None:
             str(NODE_COUNT),
             # Fake kubelets report this version, so `kubectl get nodes` matches the control plane.
             "--param",
-            f'.nodeInfo.kubeletVersion="{versions()["K8S_VERSION"]}"',
+            f'.nodeInfo.kubeletVersion="{images.toolchain_versions()["K8S_VERSION"]}"',
             # Loopback, not kwok's default of 192.0.2.1 (TEST-NET-1, which is this machine's own
             # network here): the API server connects to a node's InternalIP for logs and exec,
             # and must never send a packet off this machine for a fake node.

@@ -537,8 +537,11 @@ NODE_IMAGES = {
 
 
 def toolchain_versions() -> dict[str, str]:
+    """e2e/toolchain/versions.env as a dict (cluster.py reads it through here too)."""
     lines = (REPO / "e2e" / "toolchain" / "versions.env").read_text().splitlines()
-    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 

@@ -44,11 +44,7 @@ import images
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "node"
-CACHE_ROOT = Path(
-    os.environ.get("TENANTRY_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tenantry"
-)
-BIN_DIR = CACHE_ROOT / "bin"
+BIN_DIR = images.CACHE_ROOT / "bin"
 KWOK_CLUSTER = REPO / ".cache" / "kwok" / "clusters" / "tenantry"
 KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
 
@@ -110,6 +106,11 @@ def run(argv: Sequence[str], check: bool = True, **kwargs: object) -> str:
         sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
         raise SystemExit(f"[node] failed ({result.returncode}): {' '.join(map(str, argv))}")
     return str(result.stdout)
+
+
+def succeeds(argv: Sequence[str]) -> bool:
+    """Whether ARGV exits 0 (its output discarded): for checks, not for work."""
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
 def in_node(argv: Sequence[str]) -> list[str]:
@@ -239,22 +240,13 @@ def host_firewall_up(port: int | None = None) -> None:
     for rule in host_firewall_rules(port):
         run(["iptables", "-w", *rule])
     for hook in ("INPUT", "FORWARD"):
-        if subprocess.run(
-            ["iptables", "-w", "-C", hook, "-j", HOST_CHAIN],
-            capture_output=True,
-            check=False,
-        ).returncode:
+        if not succeeds(["iptables", "-w", "-C", hook, "-j", HOST_CHAIN]):
             run(["iptables", "-w", "-I", hook, "1", "-j", HOST_CHAIN])
 
 
 def host_firewall_down() -> None:
     for hook in ("INPUT", "FORWARD"):
-        while (
-            subprocess.run(
-                ["iptables", "-w", "-D", hook, "-j", HOST_CHAIN], capture_output=True, check=False
-            ).returncode
-            == 0
-        ):
+        while succeeds(["iptables", "-w", "-D", hook, "-j", HOST_CHAIN]):
             pass
     run(["iptables", "-w", "-F", HOST_CHAIN], check=False)
     run(["iptables", "-w", "-X", HOST_CHAIN], check=False)
@@ -713,14 +705,7 @@ def up() -> None:
     start("containerd", ["containerd", "--config", str(STATE / "containerd.toml")])
     wait_for(
         "containerd",
-        lambda: (
-            subprocess.run(
-                ["ctr", "--address", str(CONTAINERD_SOCKET), "version"],
-                capture_output=True,
-                check=False,
-            ).returncode
-            == 0
-        ),
+        lambda: succeeds(["ctr", "--address", str(CONTAINERD_SOCKET), "version"]),
         60,
     )
     import_images(archives)
@@ -1023,19 +1008,9 @@ def leftovers() -> list[str]:
     """Whatever of the node is still on this machine after `down`: each is a bug to fix."""
     left = [f"mount {point}" for point in our_mounts()]
     left += [f"network namespace {name}" for name in (NETNS, OUTSIDE_NETNS) if netns_exists(name)]
-    if (
-        subprocess.run(
-            ["ip", "link", "show", HOST_LINK], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
+    if succeeds(["ip", "link", "show", HOST_LINK]):
         left.append(f"link {HOST_LINK}")
-    if (
-        subprocess.run(
-            ["iptables", "-w", "-S", HOST_CHAIN], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
+    if succeeds(["iptables", "-w", "-S", HOST_CHAIN]):
         left.append(f"iptables chain {HOST_CHAIN}")
     left += [f"cgroup {tree}" for tree in Path("/sys/fs/cgroup").glob("*/kubepods")]
     left += [f"process {pid}" for pid in shim_processes() if pid != os.getpid()]
