@@ -13,16 +13,8 @@ from typing import Any
 
 from tenantry.config import OperatorConfig
 from tenantry.models import KIND, AgentTenant
-from tenantry.render import (
-    RUNTIME,
-    SANDBOX,
-    SANDBOX_TOKEN_SECRET,
-    SECRET_SOURCE,
-    TENANT_LABEL,
-    ClusterFacts,
-    render,
-    tenant_namespace,
-)
+from tenantry.names import RUNTIME, SANDBOX, SANDBOX_TOKEN_SECRET, SECRET_SOURCE, TENANT_LABEL
+from tenantry.render import ClusterFacts, render, tenant_namespace
 
 # Objects the cluster itself puts in every namespace.
 CLUSTER_MADE = frozenset({("ConfigMap", "kube-root-ca.crt")})

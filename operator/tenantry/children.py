@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenantry.render import APPLIED_HASH, MANAGED_BY, OPERATOR, TENANT_LABEL, Manifest
+from tenantry.names import APPLIED_HASH, MANAGED_BY, OPERATOR, TENANT_LABEL
+from tenantry.render import Manifest
 
 FIELD_MANAGER = "tenantry"
 # Managers that legitimately write to our children: the Deployment controller stamps a revision

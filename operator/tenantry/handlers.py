@@ -29,9 +29,9 @@ from tenantry.config import OperatorConfig
 from tenantry.kinds import CHILD_KINDS
 from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import GROUP, PLURAL, VERSION
+from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler, TenantGone, kube_time
-from tenantry.render import MANAGED_BY, OPERATOR
 
 logger = logging.getLogger("tenantry.handlers")
 

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from tenantry import names
+
 GROUP: Final = "tenantry.dev"
 VERSION: Final = "v1alpha1"
 KIND: Final = "AgentTenant"
@@ -88,20 +90,24 @@ TopicType = Annotated[str, StringConstraints(min_length=1, max_length=63, patter
 # Namespaces the operator never uses for a tenant, whatever the manifest says.
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
-# The names of the children the operator renders in a tenant namespace (render.py uses them;
-# tests/unit/test_render.py keeps the two in step). A Secret the manifest names is copied under
-# its own name, so it must never take one of these: `sandbox-token` is what the sandbox mounts,
-# and a model key copied under that name would land in the sandbox's filesystem. The prefix
-# keeps room for children to come.
-OPERATOR_CHILD_NAMES = (
-    "default",
-    "default-deny",
-    "runtime",
-    "runtime-config",
-    "sandbox",
-    "sandbox-token",
-    "tenant-defaults",
-    "tenant-quota",
+# The names of the children the operator renders in a tenant namespace (from tenantry.names,
+# which the render uses too). A Secret the manifest names is copied under its own name, so it
+# must never take one of these: `sandbox-token` is what the sandbox mounts, and a model key
+# copied under that name would land in the sandbox's filesystem. The prefix keeps room for
+# children to come (and covers the operator's RoleBinding, `tenantry-operator`).
+OPERATOR_CHILD_NAMES = tuple(
+    sorted(
+        {
+            names.DEFAULT_ACCOUNT,
+            names.DEFAULT_DENY,
+            names.RUNTIME,
+            names.RUNTIME_CONFIG,
+            names.SANDBOX,
+            names.SANDBOX_TOKEN_SECRET,
+            names.LIMITS,
+            names.QUOTA,
+        }
+    )
 )
 RESERVED_NAME_PREFIX = "tenantry-"
 RESERVED_SECRET_NAME_MESSAGE = (

@@ -51,8 +51,7 @@ from tenantry.models import (
     AgentTenant,
     human_errors,
 )
-from tenantry.policy import violations
-from tenantry.render import (
+from tenantry.names import (
     ALLOWED_TENANTS,
     MANAGED_BY,
     OPERATOR,
@@ -60,6 +59,9 @@ from tenantry.render import (
     SANDBOX,
     SANDBOX_TOKEN_SECRET,
     TENANT_LABEL,
+)
+from tenantry.policy import violations
+from tenantry.render import (
     ClusterFacts,
     DuplicateChild,
     Manifest,

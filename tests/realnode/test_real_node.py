@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from tenantry.models import AgentTenant
-from tenantry.render import RUNTIME, SANDBOX, tenant_uid
+from tenantry.names import RUNTIME, SANDBOX
+from tenantry.render import tenant_uid
 
 from realnode.nodekit import (
     API_KEY,

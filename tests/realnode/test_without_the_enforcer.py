@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tenantry.render import COMPONENT_LABEL
+from tenantry.names import COMPONENT_LABEL
 
 from realnode.nodekit import KUBECTL, WAIT_FOR_URL, exec_python, kubectl, node, pods, wait_until
 from realnode.test_connectivity_measured import Peer, Target, live_peers, measure, peer

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tenantry.children import apply_reason, deployment_health, summarize
-from tenantry.render import APPLIED_HASH
+from tenantry.names import APPLIED_HASH
 from tenantry.status import (
     Correction,
     GroupState,

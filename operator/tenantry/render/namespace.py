@@ -1,0 +1,80 @@
+"""The tenant's namespace and what comes with it: quota, default limits, and (scoped-secrets
+mode) the operator's own RoleBinding there.
+"""
+
+from __future__ import annotations
+
+from tenantry.config import OperatorConfig
+from tenantry.models import AgentTenant
+from tenantry.names import DISPLAY_NAME, LIMITS, OPERATOR_BINDING, QUOTA
+from tenantry.render.tenant import ClusterFacts, Manifest, metadata, tenant_namespace
+
+
+def build_namespace(tenant: AgentTenant, config: OperatorConfig, facts: ClusterFacts) -> Manifest:
+    psa = {
+        f"pod-security.kubernetes.io/{mode}{suffix}": value
+        for mode in ("enforce", "audit", "warn")
+        for suffix, value in (("", "restricted"), ("-version", "latest"))
+    }
+    annotations = {DISPLAY_NAME: tenant.spec.display_name} if tenant.spec.display_name else None
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": metadata(
+            tenant, facts, tenant_namespace(tenant, config), None, None, annotations, psa
+        ),
+    }
+
+
+def build_operator_binding(
+    tenant: AgentTenant, namespace: str, facts: ClusterFacts, config: OperatorConfig
+) -> Manifest:
+    """The operator's own access to Secrets in this namespace, and nowhere else (see config)."""
+    account_namespace, _, account = config.service_account.partition("/")
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(tenant, facts, OPERATOR_BINDING, namespace),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": config.secrets_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_namespace}],
+    }
+
+
+def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+    quota = tenant.spec.quota
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": metadata(tenant, facts, QUOTA, namespace),
+        "spec": {
+            "hard": {
+                "requests.cpu": quota.cpu,
+                "limits.cpu": quota.cpu,
+                "requests.memory": quota.memory,
+                "limits.memory": quota.memory,
+                "pods": str(quota.pods),
+            }
+        },
+    }
+
+
+def build_limit_range(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+    # Containers that name no resources (for example a debug pod) still fit the quota.
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": metadata(tenant, facts, LIMITS, namespace),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
+                    "default": {"cpu": "500m", "memory": "512Mi"},
+                }
+            ]
+        },
+    }

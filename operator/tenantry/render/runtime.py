@@ -1,0 +1,140 @@
+"""The tenant's AutoGen runtime: its `runtime.json` (docs/runtime-contract.md), the ConfigMap that
+carries it, and its Deployment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tenantry.config import OperatorConfig
+from tenantry.models import AgentTenant
+from tenantry.names import (
+    CONFIG_DIR,
+    CONFIG_HASH,
+    HTTP_PORT,
+    RUNTIME,
+    RUNTIME_CONFIG,
+    SANDBOX,
+    SANDBOX_TOKEN_DIR,
+    SANDBOX_TOKEN_SECRET,
+    SECRETS_DIR,
+    TASK_TIMEOUT_SECONDS,
+)
+from tenantry.render.tenant import ClusterFacts, Manifest, digest, metadata, tenant_uid
+from tenantry.render.workloads import (
+    container_security,
+    deployment,
+    env,
+    http_probe,
+    image_and_pull_policy,
+    memory_volume,
+    resources,
+)
+
+TMP_SIZE = "64Mi"
+
+
+def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
+    """The runtime's `runtime.json` (docs/runtime-contract.md)."""
+    spec = tenant.spec
+    model = spec.runtime.model
+    return {
+        "tenant": tenant.name,
+        "topicTypes": list(spec.runtime.topic_types),
+        "agents": [
+            {
+                "name": agent.name,
+                "kind": agent.kind.value,
+                "topicType": agent.topic_type,
+                "systemMessage": agent.system_message,
+            }
+            for agent in spec.runtime.agents
+        ],
+        "model": (
+            {
+                "model": model.model,
+                "baseUrl": model.base_url,
+                "apiKeyFile": f"{SECRETS_DIR}/secrets/{model.credentials_secret}/{model.credentials_key}",
+            }
+            if model
+            else None
+        ),
+        "sandbox": (
+            {
+                "url": f"http://{SANDBOX}:{HTTP_PORT}",
+                "tokenFile": f"{SANDBOX_TOKEN_DIR}/token",
+                "timeoutSeconds": spec.sandbox.timeout_seconds,
+            }
+            if spec.sandbox.enabled
+            else None
+        ),
+        "taskTimeoutSeconds": TASK_TIMEOUT_SECONDS,
+    }
+
+
+def build_runtime_config(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(tenant, facts, RUNTIME_CONFIG, namespace, RUNTIME),
+        "data": {"runtime.json": json.dumps(runtime_config(tenant), indent=2, sort_keys=True)},
+    }
+
+
+def build_runtime_deployment(
+    tenant: AgentTenant, namespace: str, facts: ClusterFacts, config: OperatorConfig
+) -> Manifest:
+    spec = tenant.spec
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, the only writable path
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": RUNTIME_CONFIG}},
+        memory_volume("tmp", TMP_SIZE),
+    ]
+    for index, secret in enumerate(spec.secrets):
+        volume = f"secret-{index}"
+        volumes.append({"name": volume, "secret": {"secretName": secret.name}})
+        mounts.append(
+            {"name": volume, "mountPath": f"{SECRETS_DIR}/secrets/{secret.name}", "readOnly": True}
+        )
+    if spec.sandbox.enabled:
+        volumes.append({"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}})
+        mounts.append({"name": "sandbox-token", "mountPath": SANDBOX_TOKEN_DIR, "readOnly": True})
+    # The pod template changes, and so the runtime restarts, whenever its config or secrets do.
+    config_hash = digest(
+        {
+            "config": runtime_config(tenant),
+            "secrets": facts.secret_data,
+            "token": facts.sandbox_token,
+        }
+    )
+    container = {
+        "name": RUNTIME,
+        **image_and_pull_policy(spec.runtime.image, config.runtime_image, config),
+        "args": ["serve"],
+        "env": env(
+            {
+                "TENANTRY_TENANT": tenant.name,
+                "TENANTRY_CONFIG": f"{CONFIG_DIR}/runtime.json",
+                "TENANTRY_AUDIT_LOG": "-",
+                "TENANTRY_PORT": str(HTTP_PORT),
+            }
+        ),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": http_probe("/readyz"),
+        "livenessProbe": http_probe("/healthz"),
+        "resources": resources(spec.runtime.resources),
+        "securityContext": container_security(tenant_uid(tenant, RUNTIME)),
+        "volumeMounts": mounts,
+    }
+    return deployment(
+        tenant,
+        namespace,
+        facts,
+        RUNTIME,
+        {"containers": [container], "volumes": volumes},
+        {CONFIG_HASH: config_hash},
+    )

@@ -1,0 +1,81 @@
+"""The tenant's code executor: its Deployment (no egress, no credentials, a tmpfs workspace)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tenantry.config import OperatorConfig
+from tenantry.models import AgentTenant
+from tenantry.names import (
+    CONFIG_HASH,
+    HTTP_PORT,
+    SANDBOX,
+    SANDBOX_TOKEN_DIR,
+    SANDBOX_TOKEN_SECRET,
+    WORKSPACE_DIR,
+)
+from tenantry.render.tenant import ClusterFacts, Manifest, digest, tenant_uid
+from tenantry.render.workloads import (
+    container_security,
+    deployment,
+    env,
+    http_probe,
+    image_and_pull_policy,
+    memory_volume,
+    resources,
+)
+
+WORKSPACE_SIZE = "256Mi"
+
+
+def build_sandbox_deployment(
+    tenant: AgentTenant, namespace: str, facts: ClusterFacts, config: OperatorConfig
+) -> Manifest:
+    sandbox = tenant.spec.sandbox
+    container = {
+        "name": SANDBOX,
+        **image_and_pull_policy(sandbox.image, config.sandbox_image, config),
+        "args": ["sandbox"],
+        "env": env(
+            {
+                "TENANTRY_TENANT": tenant.name,
+                "TENANTRY_SANDBOX_TOKEN_FILE": f"{SANDBOX_TOKEN_DIR}/token",
+                "TENANTRY_SANDBOX_WORKDIR": WORKSPACE_DIR,
+                "TENANTRY_SANDBOX_TIMEOUT_SECONDS": str(sandbox.timeout_seconds),
+                "TENANTRY_SANDBOX_KEEP_WORKSPACE": "true" if sandbox.keep_workspace else "false",
+                "TENANTRY_PORT": str(HTTP_PORT),
+            }
+        ),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": http_probe("/healthz"),
+        "livenessProbe": http_probe("/healthz"),
+        "resources": resources(sandbox.resources),
+        "securityContext": container_security(tenant_uid(tenant, SANDBOX)),
+        "volumeMounts": [
+            # No writable /tmp: code's TMPDIR is its task's own directory in the workspace, so
+            # nothing a task leaves in a temporary file reaches a later task.
+            {"name": "workspace", "mountPath": WORKSPACE_DIR},
+            {"name": "sandbox-token", "mountPath": SANDBOX_TOKEN_DIR, "readOnly": True},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            memory_volume("workspace", WORKSPACE_SIZE),
+            {"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}},
+        ],
+    }
+    if sandbox.runtime_class_name:
+        pod_spec["runtimeClassName"] = sandbox.runtime_class_name
+    token_hash = digest({"token": facts.sandbox_token})
+    # System V shared memory no process is attached to is removed, so no segment outlives the
+    # run (and the task) that made it. A "safe" sysctl: Pod Security restricted allows it.
+    return deployment(
+        tenant,
+        namespace,
+        facts,
+        SANDBOX,
+        pod_spec,
+        {CONFIG_HASH: token_hash},
+        sysctls={"kernel.shm_rmid_forced": "1"},
+    )
