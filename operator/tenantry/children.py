@@ -27,6 +27,17 @@ def child_key(manifest: Mapping[str, Any]) -> ChildKey:
     return (manifest["kind"], meta.get("namespace") or "", meta["name"])
 
 
+def child_path(key: ChildKey) -> str:
+    """ "namespace/name", or the name of a cluster-scoped child: where it is, for messages."""
+    _, namespace, name = key
+    return f"{namespace}/{name}" if namespace else name
+
+
+def describe_child(key: ChildKey) -> str:
+    """ "Kind namespace/name", as logs, events and Stalled messages name a child."""
+    return f"{key[0]} {child_path(key)}"
+
+
 @dataclass(frozen=True)
 class LiveChild:
     """The facts about one child object that the reconcile needs."""

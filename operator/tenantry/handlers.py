@@ -31,7 +31,8 @@ from tenantry.live import APPLIED_KINDS, AgentTenantResource
 from tenantry.models import GROUP, PLURAL, VERSION
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.queue import ReconcileQueue
-from tenantry.reconcile import Reconciler, TenantGone, kube_time
+from tenantry.reconcile import Reconciler
+from tenantry.report import TenantGone, kube_time
 
 logger = logging.getLogger("tenantry.handlers")
 

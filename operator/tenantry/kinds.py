@@ -1,9 +1,14 @@
 """The one table of the kinds of children: what the operator renders, applies, watches and prunes.
 
 Each row names a manifest's `kind`, the lightkube class that reads and writes it, and the phase
-it is written in. The watch list (handlers), the classes for writes and deletes (reconcile), the
-apply phases (render, the benchmarks) and the tests' list of child kinds all come from here, so
-a kind is added in one place.
+it is written in; whether a kind is namespaced comes from its class. The watch list (handlers),
+the classes for writes and deletes (reconcile), the apply phases and what is pruned (plan), how a
+live child is recognised as a tenant's (plan.ours), and the tests' list of child kinds all come
+from here, so a kind is added in one place.
+
+The one cluster-scoped kind is the tenant's own namespace: a child is recognised as the tenant's
+by the namespace it is in, the namespace by its name; it is created rather than applied the first
+time, and never pruned (it goes with the tenant, by garbage collection).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lightkube.core.resource import NamespacedResource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import (
     ConfigMap,
@@ -35,6 +41,10 @@ class ChildKind:
     # Secrets and policies they depend on exist (a pod created before its ServiceAccount is
     # refused, and its ReplicaSet retries only after a backoff).
     phase: int
+
+    @property
+    def namespaced(self) -> bool:
+        return issubclass(self.resource, NamespacedResource)
 
     @property
     def watched(self) -> tuple[str, str, str]:

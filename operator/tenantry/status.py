@@ -14,8 +14,10 @@ from typing import Any
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
-# One condition per child group, in the order a tenant converges.
-GROUPS = ("NamespaceReady", "PoliciesReady", "SecretsReady", "RuntimeReady", "SandboxReady")
+# One condition per child group that has a state of its own (plan.group_states), in the order a
+# tenant converges. The namespace, quota, policies and accounts have none beyond being applied,
+# which `Ready` (and `Stalled`, when they cannot be) already says.
+GROUPS = ("SecretsReady", "RuntimeReady", "SandboxReady")
 
 
 @dataclass(frozen=True)

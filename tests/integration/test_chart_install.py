@@ -1260,7 +1260,7 @@ def test_deleting_a_tenant_still_deletes_its_namespace(
     namespace = f"tenant-{name}"
     tenants.apply(kube, tenants.manifest(name))
     try:
-        tenants.wait_condition(kube, name, "PoliciesReady", timeout=120)
+        tenants.wait_condition(kube, name, "SecretsReady", timeout=120)
         policies = {p.metadata.name for p in kube.list(NetworkPolicy, namespace=namespace)}  # type: ignore[union-attr]
         assert {"default-deny", "runtime", "sandbox"} <= policies
         kube.get(RoleBinding, "tenantry-operator", namespace=namespace)

@@ -120,8 +120,6 @@ def test_a_tenant_becomes_ready_with_every_child_labelled_owned_and_admitted(
         "Ready",
         "Reconciling",
         "Stalled",
-        "NamespaceReady",
-        "PoliciesReady",
         "SecretsReady",
         "RuntimeReady",
         "SandboxReady",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from tenantry.models import PATTERN_MEANINGS, RESERVED_NAMESPACES, AgentTenant, human_errors
-from tenantry.reconcile import Stall, check_namespace_name, check_uid_slot
+from tenantry.plan import Stall, check_namespace_name, check_uid_slot
 
 
 def tenant(spec: dict[str, Any], name: str = "acme") -> AgentTenant:

@@ -13,7 +13,7 @@ from tenantry.status import (
     events_for,
 )
 
-ALL_GOOD = {kind: GroupState(True, "Fine") for kind in ("NamespaceReady", "RuntimeReady")}
+ALL_GOOD = {kind: GroupState(True, "Fine") for kind in ("SecretsReady", "RuntimeReady")}
 
 
 def conditions(status: dict[str, object]) -> dict[str, dict[str, object]]:
@@ -66,7 +66,7 @@ def test_transition_times_move_only_with_the_status() -> None:
     broken = {**ALL_GOOD, "RuntimeReady": GroupState(False, "Unavailable", "0 of 1")}
     later = build_status(Observation(1, "ns", "acme", groups=broken), first, "T3")
     assert conditions(later)["Ready"]["lastTransitionTime"] == "T3"
-    assert conditions(later)["NamespaceReady"]["lastTransitionTime"] == "T1"
+    assert conditions(later)["SecretsReady"]["lastTransitionTime"] == "T1"
 
 
 def test_events_for_transitions_only() -> None:

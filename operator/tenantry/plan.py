@@ -1,0 +1,184 @@
+"""The decisions of a reconcile, as pure functions: which live children are this tenant's, which
+refusals stall it, what to write (and how), what to prune, which writes correct drift, and the
+state of each child group. No I/O: tests/unit/test_plan.py exercises each decision without a
+cluster; tenantry.reconcile reads the facts these take and carries out the plan they return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tenantry.children import ChildKey, LiveChild, apply_reason, child_key, child_path
+from tenantry.kinds import BY_KIND
+from tenantry.models import KIND, AgentTenant
+from tenantry.names import RUNTIME, SANDBOX, TENANT_LABEL
+from tenantry.render import Manifest, uid_slot
+from tenantry.status import Correction, GroupState
+
+
+class Stall(Exception):
+    """The tenant cannot converge until a human changes something; nothing was written, unless
+    the stall revoked what the tenant may no longer hold (`revoked`, the groups it changed)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.revoked: tuple[str, ...] = ()
+        self.groups: dict[str, GroupState] = {}
+
+
+def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:
+    """A child of this tenant: owned by its uid, and in its namespace (or that namespace itself).
+
+    Labels alone never decide it: anyone who may label an object could otherwise file one under
+    another tenant, have it pruned on that tenant's behalf, or hide a tampered child from it.
+    """
+    kind, child_namespace, name = key
+    where = child_namespace if BY_KIND[kind].namespaced else name
+    return uid in child.owner_uids and where == namespace
+
+
+def owns(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> bool:
+    """Whether a live Namespace object is this tenant's: owned by its uid and labelled with it."""
+    meta = namespace.get("metadata", {})
+    owned = any(
+        ref.get("kind") == KIND and ref.get("uid") == uid
+        for ref in meta.get("ownerReferences") or []
+    )
+    return owned and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name
+
+
+def check_namespace_name(namespace: str, reserved: frozenset[str]) -> None:
+    """Refuse namespaces no tenant may have, whatever the manifest or the prefix says."""
+    if namespace in reserved or namespace.startswith("kube-"):
+        raise Stall(
+            "ReservedNamespace",
+            f"namespace {namespace!r} is reserved for the cluster or the operator: set spec.namespace "
+            "to a namespace of the tenant's own",
+        )
+    if len(namespace) > 63:
+        raise Stall(
+            "InvalidNamespace",
+            f"the default namespace {namespace!r} is longer than 63 characters: set spec.namespace, "
+            "or use a shorter tenant name",
+        )
+
+
+def check_uid_slot(name: str, created: str, neighbours: Iterable[tuple[str, str]]) -> None:
+    """Refuse a tenant whose pods would run as the users of an older tenant's pods."""
+    slot = uid_slot(name)
+    for other, other_created in neighbours:
+        if other != name and uid_slot(other) == slot and (other_created, other) < (created, name):
+            raise Stall(
+                "UserIdCollision",
+                f"metadata.name: tenant {name!r} would run as the same users as tenant {other!r} "
+                "(their names hash to one uid slot, see docs/security.md): choose another name",
+            )
+
+
+# How a child is written: created (the tenant's namespace, the first time: a server-side apply
+# would silently take over a namespace that appeared since we looked), replaced whole (someone
+# else wrote fields to it, which a forced apply would leave), or applied server-side.
+WriteMethod = Literal["create", "replace", "apply"]
+
+
+@dataclass(frozen=True)
+class Write:
+    key: ChildKey
+    manifest: Manifest
+    reason: str  # "missing", "changed", or "changed by <managers>"
+    method: WriteMethod
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one pass does: its writes phase by phase, what it prunes, and what it will report."""
+
+    phases: tuple[tuple[Write, ...], ...]  # in order; every write of one phase at once
+    prune: tuple[ChildKey, ...]
+    corrected: tuple[Correction, ...]
+    groups: Mapping[str, GroupState]
+
+    @property
+    def writes(self) -> tuple[Write, ...]:
+        return tuple(write for phase in self.phases for write in phase)
+
+
+def write_method(
+    key: ChildKey, live: Mapping[ChildKey, LiveChild], namespace_exists: bool
+) -> WriteMethod:
+    if not BY_KIND[key[0]].namespaced:
+        return "apply" if namespace_exists else "create"
+    child = live.get(key)
+    return "replace" if child is not None and child.foreign_managers else "apply"
+
+
+def plan(
+    tenant: AgentTenant,
+    namespace: str,
+    desired: Iterable[Manifest],
+    live: Mapping[ChildKey, LiveChild],
+    namespace_exists: bool,
+    was_ready: bool,
+) -> Plan:
+    """Compare the rendered children with the live ones (this tenant's only, see `ours`)."""
+    desired = list(desired)
+    writes = [
+        Write(key, manifest, reason, write_method(key, live, namespace_exists))
+        for manifest in desired
+        if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
+    ]
+    phases = sorted({BY_KIND[write.key[0]].phase for write in writes})
+    # A change to the spec is not drift; what a Ready tenant lost or had changed by someone is.
+    corrected = tuple(
+        Correction(write.key[0], child_path(write.key), write.reason)
+        for write in writes
+        if was_ready and write.reason != "changed"
+    )
+    wanted = {child_key(manifest) for manifest in desired}
+    return Plan(
+        phases=tuple(
+            tuple(write for write in writes if BY_KIND[write.key[0]].phase == phase)
+            for phase in phases
+        ),
+        # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
+        # by garbage collection, never because a pass did not render it.
+        prune=tuple(key for key in sorted(set(live) - wanted) if BY_KIND[key[0]].namespaced),
+        corrected=corrected,
+        groups=group_states(tenant, namespace, {write.key for write in writes}, live),
+    )
+
+
+def group_states(
+    tenant: AgentTenant,
+    namespace: str,
+    written: set[ChildKey],
+    live: Mapping[ChildKey, LiveChild],
+) -> dict[str, GroupState]:
+    """The state of each child group after a pass that wrote `written` (it did not stall).
+
+    The namespace, quota, policies and accounts have no state of their own beyond being applied,
+    which a pass that did not stall has done: `Ready` covers them. The workloads do: available
+    only once their Deployment's controller says so, never merely because they were applied.
+    """
+
+    def workload(component: str) -> GroupState:
+        key = ("Deployment", namespace, component)
+        child = live.get(key)
+        if key in written or child is None:
+            return GroupState(False, "RollingOut", f"the {component} Deployment is rolling out")
+        if not child.available:
+            return GroupState(False, "Unavailable", f"{component}: {child.problem}")
+        return GroupState(True, "Available")
+
+    return {
+        # False only when a stall revokes a copy (reconcile.Reconciler._revoke).
+        "SecretsReady": GroupState(True, "Copied", f"{len(tenant.spec.secrets)} secret(s) copied"),
+        "RuntimeReady": workload(RUNTIME),
+        "SandboxReady": workload(SANDBOX)
+        if tenant.spec.sandbox.enabled
+        else GroupState(True, "Disabled", "the sandbox is disabled"),
+    }

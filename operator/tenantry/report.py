@@ -1,0 +1,105 @@
+"""Telling what a reconcile observed: the tenant's status, written only when it changed, and the
+events for its transitions (both computed by tenantry.status; this module writes them)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event as KubeEvent
+from lightkube.types import PatchType
+
+from tenantry.live import AgentTenantResource
+from tenantry.models import API_VERSION, KIND
+from tenantry.status import Observation, build_status, comparable, events_for
+
+logger = logging.getLogger("tenantry.reconcile")
+
+
+class TenantGone(Exception):
+    """The AgentTenant no longer exists (its status could not be written)."""
+
+
+def kube_time(moment: datetime | None) -> str:
+    """A timestamp as the API server writes it in a body, so that two compare as strings."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def now() -> str:
+    return kube_time(datetime.now(UTC))
+
+
+@dataclass
+class StatusReporter:
+    client: AsyncClient
+    # The status last written, by tenant uid. The operator is the only writer of status, and a
+    # reconcile may run on a tenant body older than its own last write (child events arrive
+    # first), so this, not the body, is what a new status is compared with.
+    _written: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def previous(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The status this tenant has now, as far as this operator knows."""
+        written = self._written.get(body["metadata"]["uid"])
+        return written if written is not None else body.get("status")
+
+    def forget(self, uid: str) -> None:
+        self._written.pop(uid, None)
+
+    async def report(
+        self, body: Mapping[str, Any], previous: Mapping[str, Any] | None, observation: Observation
+    ) -> None:
+        status = build_status(observation, previous, now())
+        if comparable(status) != comparable(previous):
+            try:
+                await self.client.patch(
+                    AgentTenantResource.Status,
+                    body["metadata"]["name"],
+                    {"status": status},
+                    patch_type=PatchType.MERGE,
+                )
+            except ApiError as error:
+                if error.status.code == 404:
+                    raise TenantGone(body["metadata"]["name"]) from None
+                raise
+            self._written[body["metadata"]["uid"]] = status
+        for event in events_for(observation, previous, status):
+            await self.post_event(body, event.type, event.reason, event.message)
+
+    async def post_event(
+        self, body: Mapping[str, Any], kind: str, reason: str, message: str
+    ) -> None:
+        meta = body["metadata"]
+        timestamp = datetime.now(UTC)
+        event = KubeEvent(
+            metadata=ObjectMeta(
+                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace="default"
+            ),
+            involvedObject=ObjectReference(
+                apiVersion=API_VERSION, kind=KIND, name=meta["name"], uid=meta["uid"]
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=kind,
+            source=EventSource(component="tenantry"),
+            firstTimestamp=timestamp,
+            lastTimestamp=timestamp,
+            count=1,
+        )
+        try:
+            await self.client.create(event)
+        except ApiError as error:  # events are best effort: never fail a reconcile for one
+            logger.warning(
+                "could not post event %s: %s",
+                reason,
+                error.status.message,
+                extra={"tenant": meta["name"]},
+            )
+        logger.info("event %s %s: %s", kind, reason, message, extra={"tenant": meta["name"]})

@@ -1,0 +1,131 @@
+"""The operator's reads and writes of children, each as the API asks: one client, one field manager.
+
+Which child to write and how is decided by tenantry.plan; this module only carries it out, and
+turns the API server's answers into what the reconcile acts on (a refusal as invalid stalls the
+tenant, a 404 on a read is None, a 404 on a delete is done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Namespace
+from lightkube.types import PatchType
+
+from tenantry.children import FIELD_MANAGER, SYSTEM_MANAGERS, ChildKey, child_key, describe_child
+from tenantry.kinds import BY_KIND
+from tenantry.plan import Stall
+from tenantry.render import Manifest
+
+
+@contextmanager
+def refusals_stall(key: ChildKey) -> Iterator[None]:
+    """An API server that refuses a child as invalid (400, 422) stalls the tenant: a retry
+    would be refused the same way until a human changes the spec."""
+    try:
+        yield
+    except ApiError as error:
+        if error.status.code in (400, 422):
+            raise Stall(
+                "Rejected", f"the API server rejected {describe_child(key)}: {error.status.message}"
+            ) from None
+        raise
+
+
+async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
+    """Await every write, even when one fails, then raise the first failure.
+
+    asyncio.gather would return at the first failure and leave the other writes running
+    unawaited past the end of the reconcile.
+    """
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+@dataclass
+class ChildWriter:
+    client: AsyncClient
+
+    async def get(
+        self, resource: Any, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            obj = await self.client.get(resource, name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
+        result: dict[str, Any] = obj.to_dict()
+        return result
+
+    async def create_namespace(self, manifest: Manifest) -> bool:
+        """Create the tenant's namespace; False when one of that name appeared meanwhile (the
+        caller decides whether it is the tenant's, see plan.owns)."""
+        try:
+            await self.client.create(Namespace.from_dict(manifest), field_manager=FIELD_MANAGER)  # type: ignore[call-overload]
+        except ApiError as error:
+            if error.status.code != 409:
+                raise
+            return False
+        return True
+
+    async def apply(self, manifest: Manifest) -> None:
+        kind, namespace, name = key = child_key(manifest)
+        with refusals_stall(key):
+            await self.client.patch(
+                BY_KIND[kind].resource,
+                name,
+                manifest,
+                namespace=namespace or None,
+                patch_type=PatchType.APPLY,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
+
+    async def replace(self, manifest: Manifest) -> None:
+        """Make a child exactly what we render, dropping what others added to it.
+
+        A forced apply takes back the fields we own, but leaves fields another manager added (a
+        label added to a policy's podSelector narrows it to nothing). A replace drops them; the
+        managedFields it sends keep only our own entries (and the status writers'), so their
+        managers go too. Clearing managedFields outright would not do: the next apply would file
+        every field it does not set (the API server's defaults) under "before-first-apply", a
+        manager of nobody's, and the child would look tampered with forever.
+        """
+        kind, namespace, name = key = child_key(manifest)
+        resource = BY_KIND[kind].resource
+        live = await self.get(resource, name, namespace or None)
+        if live is None:
+            await self.apply(manifest)  # deleted meanwhile: put it back
+            return
+        entries = [
+            entry
+            for entry in live["metadata"].get("managedFields") or []
+            if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource") == "status"
+        ]
+        meta = {
+            **manifest["metadata"],
+            "resourceVersion": live["metadata"]["resourceVersion"],
+            "managedFields": entries or [{}],
+        }
+        # A 404 or 409 (changed meanwhile) is raised as it is: the queue's retry looks again.
+        with refusals_stall(key):
+            await self.client.replace(
+                resource.from_dict({**manifest, "metadata": meta}), field_manager=FIELD_MANAGER
+            )
+
+    async def delete(self, key: ChildKey) -> None:
+        kind, namespace, name = key
+        try:
+            await self.client.delete(BY_KIND[kind].resource, name, namespace=namespace or None)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise

@@ -1,0 +1,193 @@
+"""The reconcile's decisions, without a cluster: what is the tenant's, what to write and how,
+what to prune, what counts as drift corrected, and each child group's state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tenantry.children import ChildKey, LiveChild, child_key, summarize
+from tenantry.cli import load_tenants
+from tenantry.config import OperatorConfig
+from tenantry.kinds import BY_KIND
+from tenantry.models import AgentTenant
+from tenantry.plan import Plan, Stall, check_namespace_name, ours, owns, plan
+from tenantry.render import ClusterFacts, render
+
+REPO = Path(__file__).resolve().parents[2]
+UID = "00000000-0000-0000-0000-000000000001"
+NAMESPACE = "tenant-acme"
+FACTS = ClusterFacts(
+    uid=UID,
+    secret_data={"model-credentials": {"api-key": "c2stdGVzdA=="}},
+    sandbox_token="token-1",
+)
+
+
+def acme(**spec_changes: Any) -> AgentTenant:
+    tenant = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
+    if not spec_changes:
+        return tenant
+    spec = tenant.spec.model_copy(update=spec_changes)
+    return tenant.model_copy(update={"spec": spec})
+
+
+def desired(tenant: AgentTenant | None = None) -> list[dict[str, Any]]:
+    return render(tenant or acme(), OperatorConfig(), FACTS)
+
+
+def as_live(
+    manifests: list[dict[str, Any]], managers: Mapping[ChildKey, str] = {}, available: bool = True
+) -> dict[ChildKey, LiveChild]:
+    """The live children the watch would report for these manifests, as applied by us (and by
+    the managers given, per child), with every Deployment available or not."""
+    live = {}
+    for manifest in manifests:
+        key = child_key(manifest)
+        entries = [{"manager": "tenantry", "operation": "Apply"}]
+        if key in managers:
+            entries.append({"manager": managers[key], "operation": "Update"})
+        body = {
+            **manifest,
+            "metadata": {**manifest["metadata"], "uid": f"uid-{key[2]}", "managedFields": entries},
+        }
+        if manifest["kind"] == "Deployment":
+            replicas = 1 if available else 0
+            body["status"] = {
+                "updatedReplicas": 1,
+                "availableReplicas": replicas,
+                "observedGeneration": 0,
+            }
+        live[key] = summarize(body)
+    return live
+
+
+def written(decided: Plan) -> dict[ChildKey, tuple[str, str]]:
+    return {write.key: (write.method, write.reason) for write in decided.writes}
+
+
+def test_a_new_tenant_writes_every_child_phase_by_phase_creating_its_namespace() -> None:
+    children = desired()
+    decided = plan(acme(), NAMESPACE, children, {}, namespace_exists=False, was_ready=False)
+    assert set(written(decided)) == {child_key(m) for m in children}
+    assert written(decided)[("Namespace", "", NAMESPACE)] == ("create", "missing")
+    assert {method for method, _ in written(decided).values()} == {"create", "apply"}
+    phases = [{BY_KIND[write.key[0]].phase for write in phase} for phase in decided.phases]
+    assert all(len(kinds) == 1 for kinds in phases)
+    assert [min(kinds) for kinds in phases] == sorted({BY_KIND[m["kind"]].phase for m in children})
+    assert decided.prune == () and decided.corrected == ()
+    assert decided.groups["RuntimeReady"].reason == "RollingOut"
+    assert not decided.groups["RuntimeReady"].ok
+
+
+def test_an_unchanged_tenant_writes_nothing_and_is_ready() -> None:
+    children = desired()
+    decided = plan(acme(), NAMESPACE, children, as_live(children), True, was_ready=True)
+    assert decided.writes == () and decided.prune == () and decided.corrected == ()
+    assert all(state.ok for state in decided.groups.values()), decided.groups
+
+
+def test_a_workload_that_is_not_available_keeps_its_group_false_with_the_reason() -> None:
+    children = desired()
+    decided = plan(acme(), NAMESPACE, children, as_live(children, available=False), True, True)
+    assert decided.writes == ()
+    assert decided.groups["RuntimeReady"].reason == "Unavailable"
+    assert "0 of 1 replicas available" in decided.groups["RuntimeReady"].message
+
+
+def test_a_tenant_without_a_sandbox_reports_it_disabled() -> None:
+    tenant = acme(sandbox=acme().spec.sandbox.model_copy(update={"enabled": False}))
+    children = desired(tenant)
+    decided = plan(tenant, NAMESPACE, children, as_live(children), True, True)
+    assert decided.groups["SandboxReady"].reason == "Disabled" and decided.groups["SandboxReady"].ok
+
+
+def test_drift_on_a_ready_tenant_is_corrected_and_reported() -> None:
+    children = desired()
+    policy = ("NetworkPolicy", NAMESPACE, "runtime")
+    secret = ("Secret", NAMESPACE, "model-credentials")
+    live = as_live(children, managers={policy: "kubectl-edit"})
+    del live[secret]
+    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
+    # Someone else's fields on a child: replaced whole, so what they added goes too.
+    assert written(decided) == {
+        policy: ("replace", "changed by kubectl-edit"),
+        secret: ("apply", "missing"),
+    }
+    assert sorted(str(c) for c in decided.corrected) == [
+        "NetworkPolicy tenant-acme/runtime (changed by kubectl-edit)",
+        "Secret tenant-acme/model-credentials (missing)",
+    ]
+
+
+def test_a_change_to_the_spec_is_written_but_is_not_drift() -> None:
+    before = as_live(desired())
+    quota = acme().spec.quota.model_copy(update={"pods": 7})
+    decided = plan(acme(quota=quota), NAMESPACE, desired(acme(quota=quota)), before, True, True)
+    assert written(decided) == {("ResourceQuota", NAMESPACE, "tenant-quota"): ("apply", "changed")}
+    assert decided.corrected == ()
+
+
+def test_nothing_is_drift_before_the_tenant_was_ready() -> None:
+    children = desired()
+    live = as_live(children)
+    del live[("Service", NAMESPACE, "runtime")]
+    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=False)
+    assert written(decided) == {("Service", NAMESPACE, "runtime"): ("apply", "missing")}
+    assert decided.corrected == ()
+
+
+def test_the_namespace_is_applied_not_replaced_when_someone_else_wrote_to_it() -> None:
+    """Replacing a namespace would drop what the namespace controller and admins legitimately
+    keep on it (finalizers, labels of their own); our fields are taken back by a forced apply."""
+    children = desired()
+    key = ("Namespace", "", NAMESPACE)
+    decided = plan(acme(), NAMESPACE, children, as_live(children, {key: "kubectl"}), True, True)
+    assert written(decided) == {key: ("apply", "changed by kubectl")}
+
+
+def test_what_the_spec_no_longer_wants_is_pruned_but_never_the_namespace() -> None:
+    children = desired()
+    stale_secret = ("Secret", NAMESPACE, "old-credentials")
+    live = as_live(children)
+    live[stale_secret] = live[("Secret", NAMESPACE, "model-credentials")]
+    # A namespace of this tenant that the render no longer names (spec.namespace changed).
+    live[("Namespace", "", "tenant-acme-old")] = live[("Namespace", "", NAMESPACE)]
+    decided = plan(acme(), NAMESPACE, children, live, True, True)
+    assert decided.prune == (stale_secret,)
+
+
+def test_a_child_is_the_tenants_only_when_owned_by_its_uid_in_its_namespace() -> None:
+    live = as_live(desired())
+    secret = ("Secret", NAMESPACE, "model-credentials")
+    namespace = ("Namespace", "", NAMESPACE)
+    assert ours(secret, live[secret], UID, NAMESPACE)
+    assert ours(namespace, live[namespace], UID, NAMESPACE)
+    # Labelled as acme's, but owned by another uid: another tenant's, or a forgery.
+    assert not ours(secret, live[secret], "another-uid", NAMESPACE)
+    # Owned by acme, but in a namespace that is not acme's (an owner reference can be copied).
+    assert not ours(("Secret", "elsewhere", "model-credentials"), live[secret], UID, NAMESPACE)
+    assert not ours(("Namespace", "", "elsewhere"), live[namespace], UID, NAMESPACE)
+
+
+def test_a_namespace_is_the_tenants_only_with_its_owner_reference_and_its_label() -> None:
+    manifest = next(m for m in desired() if m["kind"] == "Namespace")
+    assert owns(manifest, acme(), UID)
+    assert not owns(manifest, acme(), "another-uid")
+    relabelled = {
+        **manifest,
+        "metadata": {**manifest["metadata"], "labels": {"tenantry.dev/tenant": "globex"}},
+    }
+    assert not owns(relabelled, acme(), UID)
+
+
+@pytest.mark.parametrize(
+    "namespace", ["kube-system", "kube-anything", "default", "tenantry-system"]
+)
+def test_reserved_namespaces_stall(namespace: str) -> None:
+    with pytest.raises(Stall) as stalled:
+        check_namespace_name(namespace, frozenset({"default", "kube-system", "tenantry-system"}))
+    assert stalled.value.reason == "ReservedNamespace"
+    assert "spec.namespace" in stalled.value.message
