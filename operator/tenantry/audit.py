@@ -16,8 +16,6 @@ from tenantry.models import KIND, AgentTenant
 from tenantry.names import RUNTIME, SANDBOX, SANDBOX_TOKEN_SECRET, SECRET_SOURCE, TENANT_LABEL
 from tenantry.render import ClusterFacts, render, tenant_namespace
 
-# Objects the cluster itself puts in every namespace.
-CLUSTER_MADE = frozenset({("ConfigMap", "kube-root-ca.crt")})
 # Kinds that run code; each must be one Tenantry rendered, or owned by one.
 WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "Pod", "StatefulSet", "DaemonSet", "Job", "CronJob")
 # Kinds the audit compares, with the spec fields that must equal the rendered ones.

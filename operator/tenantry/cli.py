@@ -1,4 +1,4 @@
-"""`tenantry run | crd | render`: the operator's command line."""
+"""`tenantry run | crd | render | audit`: the operator's command line."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def flag_default(value: Any) -> Any:
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by `run` and `render`; each also reads a TENANTRY_* environment variable."""
+    """Flags shared by `run`, `render` and `audit`; each also reads a TENANTRY_* environment variable."""
     defaults = OperatorConfig()
     for name, help_text in (
         ("namespace_prefix", 'tenant namespaces are "<prefix>-<name>" unless the tenant names one'),
@@ -161,7 +161,7 @@ def command_audit(args: argparse.Namespace) -> None:
     from lightkube.resources.core_v1 import Namespace  # noqa: PLC0415
 
     from tenantry.audit import audit_tenant, table  # noqa: PLC0415
-    from tenantry.live import AUDITED_KINDS, AgentTenantResource  # noqa: PLC0415
+    from tenantry.resources import AUDITED_KINDS, AgentTenantResource  # noqa: PLC0415
 
     config = operator_config(args)
     client = Client(field_manager="tenantry-audit")

@@ -119,7 +119,7 @@ RESERVED_SECRET_NAME_MESSAGE = (
 # Destinations no tenant may ever reach, listed or not: cloud metadata and link-local addresses,
 # "this network", loopback, multicast and reserved space, and the IPv6 ranges that carry an IPv4
 # address to wherever it points (NAT64, 6to4, Teredo). A listed CIDR inside one is refused; a
-# broader one is carved around it (render.egress_ip_block). IPv4-mapped IPv6 (::ffff:0:0/96) is
+# broader one is carved around it (render.policies.egress_ip_block). IPv4-mapped IPv6 (::ffff:0:0/96) is
 # refused outright instead: Kubernetes reads such a CIDR as the IPv4 range it maps (so it cannot
 # be carved out of ::/0), and a socket sends to it over IPv4, where the IPv4 rules apply.
 NEVER_ALLOWED_RANGES = (

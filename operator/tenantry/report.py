@@ -17,11 +17,11 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event as KubeEvent
 from lightkube.types import PatchType
 
-from tenantry.live import AgentTenantResource
 from tenantry.models import API_VERSION, KIND
+from tenantry.resources import AgentTenantResource
 from tenantry.status import Observation, build_status, comparable, events_for
 
-logger = logging.getLogger("tenantry.reconcile")
+logger = logging.getLogger("tenantry.report")
 
 
 class TenantGone(Exception):

@@ -6,10 +6,10 @@ import inspect
 
 import kopf
 from tenantry.config import OperatorConfig
+from tenantry.controller import Controller
 from tenantry.handlers import (
     CHILD_RESOURCES,
     CHILD_SELECTOR,
-    Controller,
     child_event,
     configure,
     in_cluster_server,

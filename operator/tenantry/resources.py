@@ -1,4 +1,5 @@
-"""The lightkube resource classes for what the operator and the audit read and write."""
+"""The lightkube resource classes beyond the child kinds (those are in tenantry.kinds): the
+AgentTenant itself, and everything `tenantry audit` inspects in a tenant namespace."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from tenantry.models import GROUP, KIND, PLURAL, VERSION
 
 AgentTenantResource = create_global_resource(GROUP, VERSION, KIND, PLURAL)
 
-# The kinds the operator applies, by the `kind` of a rendered manifest.
-APPLIED_KINDS: dict[str, Any] = {child.kind: child.resource for child in CHILD_KINDS}
-# Everything in a tenant namespace that `tenantry audit` inspects.
+# Everything in a tenant namespace that `tenantry audit` inspects: what we render there, and
+# every other kind that runs code or grants access.
 AUDITED_KINDS: tuple[Any, ...] = (
-    *(kind for name, kind in APPLIED_KINDS.items() if name != "Namespace"),
+    *(child.resource for child in CHILD_KINDS if child.namespaced),
     ReplicaSet,
     Pod,
     StatefulSet,
