@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from .config import ConfigError, load_sandbox_settings, load_secrets, load_serve_settings
+from .refusals import ConfigError
 
 
 def _configure_logging() -> None:
@@ -29,16 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("sandbox", help="run the tenant's code-execution server")
     args = parser.parse_args(argv)
     _configure_logging()
-    # Imported here so that each entrypoint loads only what it runs: the sandbox never
-    # imports autogen or the model client.
+    # Imported here so that each process loads only its own side: the runtime never loads
+    # the sandbox's server or runner, the sandbox never autogen, the model client or
+    # runtime.json (tests/runtime/test_entrypoints.py checks both; import-linter too).
     try:
         if args.command == "serve":
+            from .serve_settings import load_secrets, load_serve_settings  # noqa: PLC0415
             from .server import serve  # noqa: PLC0415
 
             settings = load_serve_settings(os.environ)
             serve(settings, load_secrets(settings.config))
         else:
             from .sandbox import serve_sandbox  # noqa: PLC0415
+            from .sandbox_settings import load_sandbox_settings  # noqa: PLC0415
 
             serve_sandbox(load_sandbox_settings(os.environ))
     except ConfigError as exc:

@@ -40,11 +40,11 @@ from autogen_ext.models.openai import OpenAIChatCompletionClient
 from autogen_ext.models.openai.config import OpenAIClientConfiguration
 
 from .audit import AuditLog
-from .config import AGENT_KINDS, AgentConfig, ModelConfig, RuntimeConfig
 from .executor import SandboxCodeExecutor, SandboxError
 from .guard import GuardedAgentRuntime
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
-from .runner import normalize_language
+from .protocol import normalize_language
+from .runtime_json import AGENT_KINDS, AgentConfig, ModelConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ message is never delivered without its record (fail closed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -18,6 +19,12 @@ Decision = Literal["delivered", "dropped"]
 # One encoder for every line: json.dumps(..., separators=...) builds a new JSONEncoder per
 # call, which was an eighth of the audit's cost per message (bench/runtime.py measures it).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def code_digest(code: str) -> str:
+    """What a code run's record holds of the code: its SHA-256, never the code itself. The
+    runtime and the sandbox each record a run; the same digest ties the two records together."""
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 class AuditLog:

@@ -1,7 +1,8 @@
 """`SandboxCodeExecutor`: autogen-core's `CodeExecutor`, backed by the tenant's sandbox pod.
 
 The runtime never runs code itself; it posts each block to the sandbox with the tenant's
-token and gets back the exit code and output. Blocks run in order and stop at the first
+token and gets back the exit code and output (the exchange is protocol.py's: this process
+never loads the sandbox's server or runner). Blocks run in order and stop at the first
 failure, like autogen's local command-line executor, so later blocks never run on top of a
 broken earlier one.
 
@@ -19,8 +20,16 @@ import aiohttp
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock, CodeExecutor, CodeResult
 
-from .runner import code_digest, normalize_language
-from .sandbox import EXECUTE_PATH, WORKSPACES_PATH
+from .audit import code_digest
+from .protocol import (
+    AUTHORIZATION,
+    EXECUTE_PATH,
+    HEALTHZ_PATH,
+    WORKSPACES_PATH,
+    ExecuteRequest,
+    bearer,
+    normalize_language,
+)
 
 # The sandbox enforces the time limit itself and then still has to answer; this is how much
 # longer than the limit the runtime waits for that answer before giving up on it.
@@ -60,7 +69,7 @@ class SandboxCodeExecutor(CodeExecutor):
         # Created on first use, inside the running event loop, so start() stays optional.
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self._token}"}, timeout=self._timeout
+                headers={AUTHORIZATION: bearer(self._token)}, timeout=self._timeout
             )
         return self._session
 
@@ -80,7 +89,7 @@ class SandboxCodeExecutor(CodeExecutor):
         """Whether the sandbox answers its health check (for the runtime's /readyz)."""
         try:
             async with self._client().get(
-                f"{self._url}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+                f"{self._url}{HEALTHZ_PATH}", timeout=aiohttp.ClientTimeout(total=2)
             ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -106,7 +115,7 @@ class SandboxCodeExecutor(CodeExecutor):
                 return  # the sandbox is not there now; the next run tries again
 
     async def _post(self, block: CodeBlock, task_id: str | None) -> dict[str, object]:
-        payload = {"language": block.language, "code": block.code}
+        payload: ExecuteRequest = {"language": block.language, "code": block.code}
         if task_id is not None:
             payload["taskId"] = task_id
             self._tasks.add(task_id)

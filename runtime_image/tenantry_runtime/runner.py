@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import logging
 import os
 import resource
@@ -46,15 +45,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SandboxLimits
+from .sandbox_settings import SandboxLimits
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_EXIT_CODE = 124
 """Reported for a run killed at the time limit, as `timeout(1)` does."""
 
-_LANGUAGES = {"python": "python", "py": "python", "python3": "python"}
-_LANGUAGES.update({"sh": "sh", "shell": "sh", "bash": "bash"})
 # After the run's group is killed the pipe closes at once; only a process that left the
 # group can hold it open, and a run does not wait for that one longer than this.
 _DRAIN_SECONDS = 2.0
@@ -77,15 +74,6 @@ class ProcessesSurvived(RuntimeError):
         )
         self.pids = pids
         self.outcome = outcome
-
-
-def normalize_language(language: str) -> str | None:
-    """The sandbox's name for a code block's language, or None if it cannot run it."""
-    return _LANGUAGES.get(language.strip().lower())
-
-
-def code_digest(code: str) -> str:
-    return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

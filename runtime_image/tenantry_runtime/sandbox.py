@@ -8,7 +8,8 @@ has ended, and its files go (and, once no task is live, the IPC objects code lef
 `DELETE /v1/workspaces` ends every task. The token is compared
 in constant time; anything else gets 401 before the body is read. At most `concurrency` runs
 go at once and more are refused with 429 rather than queued, so a busy sandbox says so at
-once instead of letting its callers time out. `GET /healthz` is open, for probes.
+once instead of letting its callers time out. `GET /healthz` is open, for probes. Paths,
+header and bodies are protocol.py's, shared with the runtime's client (executor.py).
 
 Should a process a run left resist being killed (runner.py), the sandbox fails closed: that
 run is answered 500, later runs 503 without running, and `/healthz` 503 (so the kubelet
@@ -33,15 +34,24 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .audit import AuditLog
-from .config import SandboxLimits, SandboxSettings
-from .runner import ProcessesSurvived, Runner, RunOutcome, code_digest, normalize_language
-from .workspace import TASK_ID_RE, TaskEnded, Workspaces
+from .audit import AuditLog, code_digest
+from .protocol import (
+    AUTHORIZATION,
+    BEARER,
+    EXECUTE_PATH,
+    HEALTHZ_PATH,
+    TASK_ID_RE,
+    WORKSPACES_PATH,
+    ExecuteResponse,
+    normalize_language,
+)
+from .refusals import pattern_refusal
+from .runner import ProcessesSurvived, Runner, RunOutcome
+from .sandbox_settings import SandboxLimits, SandboxSettings
+from .workspace import TaskEnded, Workspaces
 
 log = logging.getLogger(__name__)
 
-EXECUTE_PATH = "/v1/execute"
-WORKSPACES_PATH = "/v1/workspaces"
 _SWEEP_SECONDS = 1.0
 
 _SETTINGS = web.AppKey("settings", SandboxSettings)
@@ -56,10 +66,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _authorized(request: web.Request, token: str) -> bool:
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, presented = request.headers.get(AUTHORIZATION, "").partition(" ")
     # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold any byte
     # (aiohttp keeps undecodable ones as surrogates).
-    return scheme.lower() == "bearer" and hmac.compare_digest(
+    return scheme.lower() == BEARER.lower() and hmac.compare_digest(
         presented.strip().encode("utf-8", "surrogateescape"), token.encode()
     )
 
@@ -98,7 +108,7 @@ async def _read_run(request: web.Request, limits: SandboxLimits) -> _Run:
     if not isinstance(code, str) or not isinstance(language, str):
         raise _Refused(400, "'code' and 'language' must be strings")
     if task_id is not None and not (isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id)):
-        raise _Refused(400, f"'taskId' must match {TASK_ID_RE.pattern}")
+        raise _Refused(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
     normalized = normalize_language(language)
     if normalized is None:
         raise _Refused(400, f"language {language!r} is not supported: python, sh or bash")
@@ -121,15 +131,14 @@ async def _execute(request: web.Request) -> web.Response:
     _audit(request, run, outcome)
     if failure is not None:
         return _error(500, f"the run is over, but {failure}")
-    return web.json_response(
-        {
-            "exitCode": outcome.exit_code,
-            "output": outcome.output,
-            "timedOut": outcome.timed_out,
-            "truncated": outcome.truncated,
-            "durationSeconds": round(outcome.duration_seconds, 3),
-        }
-    )
+    answer: ExecuteResponse = {
+        "exitCode": outcome.exit_code,
+        "output": outcome.output,
+        "timedOut": outcome.timed_out,
+        "truncated": outcome.truncated,
+        "durationSeconds": round(outcome.duration_seconds, 3),
+    }
+    return web.json_response(answer)
 
 
 async def _run_in_its_task(
@@ -187,7 +196,7 @@ async def _end_tasks(request: web.Request) -> web.Response:
     elif TASK_ID_RE.fullmatch(task_id):
         await workspaces.end(task_id)
     else:
-        return _error(400, f"a task id must match {TASK_ID_RE.pattern}")
+        return _error(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
     return web.Response(status=204)
 
 
@@ -226,7 +235,7 @@ def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Applica
         termination_log=settings.termination_log,
     )
     app.cleanup_ctx.append(_housekeeping)
-    app.router.add_get("/healthz", _healthz)
+    app.router.add_get(HEALTHZ_PATH, _healthz)
     app.router.add_post(EXECUTE_PATH, _execute)
     app.router.add_delete(WORKSPACES_PATH, _end_tasks)
     app.router.add_delete(WORKSPACES_PATH + "/{task_id}", _end_tasks)

@@ -23,10 +23,11 @@ from autogen_core.models import ChatCompletionClient
 
 from .agents import Dependencies, PendingTasks, build_model_client, register_agents
 from .audit import AuditLog
-from .config import DEFAULT_MAX_TASKS_IN_FLIGHT, RuntimeConfig, Secrets, ServeSettings
 from .executor import SandboxCodeExecutor
 from .guard import GuardedAgentRuntime, TenantGuard
 from .messages import TaskRequest
+from .runtime_json import RuntimeConfig
+from .serve_settings import DEFAULT_MAX_TASKS_IN_FLIGHT, Secrets, ServeSettings
 
 log = logging.getLogger(__name__)
 

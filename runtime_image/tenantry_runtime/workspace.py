@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -41,9 +40,6 @@ from pathlib import Path
 from .ipc import SHARED_DIRECTORIES, SysvObject, owned_entries, remove_sysv, sysv_objects
 
 log = logging.getLogger(__name__)
-
-TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""Task ids name directories: no dots or slashes, so never `..` or a path."""
 
 # Ended task ids are remembered, to refuse their late runs, up to this many.
 _ENDED_REMEMBERED = 4096
@@ -103,7 +99,9 @@ class Workspaces:
         self._ended: OrderedDict[str, None] = OrderedDict()
 
     def enter(self, task_id: str) -> Path:
-        """The directory a run of `task_id` works in; TaskEnded if that task has ended."""
+        """The directory a run of `task_id` works in; TaskEnded if that task has ended.
+
+        `task_id` names a directory: the server lets only protocol.TASK_ID_RE through."""
         if task_id in self._ended:
             raise TaskEnded(task_id)
         self._live.add(task_id)

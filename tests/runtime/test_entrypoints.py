@@ -7,13 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_helpers import TENANT, base_env
+from runtime_helpers import REPO, TENANT, base_env
+
+# This checkout's package first, whatever the interpreter has installed (an editable install
+# may point at another checkout).
+PACKAGE_PATH = str(REPO / "runtime_image")
 
 
 def run(command: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tenantry_runtime", command],
-        env=base_env(**env),
+        env=base_env(PYTHONPATH=PACKAGE_PATH, **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -54,3 +58,79 @@ def test_serve_refuses_a_secret_it_cannot_read(tmp_path: Path) -> None:
     result = run("serve", TENANTRY_TENANT=TENANT, TENANTRY_CONFIG=str(config))
     assert result.returncode == 2
     assert f"model.apiKeyFile {missing}: cannot read it" in result.stderr
+
+
+def test_serve_refuses_an_agent_name_in_words_not_a_pattern(tmp_path: Path) -> None:
+    config = tmp_path / "runtime.json"
+    agent = {"name": "ev.il", "kind": "coder", "topicType": "code"}
+    sandbox = {"url": "http://127.0.0.1:9", "tokenFile": str(tmp_path / "token")}
+    config.write_text(
+        json.dumps(
+            {"tenant": TENANT, "topicTypes": ["code"], "agents": [agent], "sandbox": sandbox}
+        )
+    )
+    result = run("serve", TENANTRY_TENANT=TENANT, TENANTRY_CONFIG=str(config))
+    assert result.returncode == 2
+    assert (
+        "tenantry_runtime serve: refusing to start: agent 'ev.il'.name='ev.il' is not an agent "
+        "name: letters, digits, '-' and '_', starting with a letter or digit, at most 63 "
+        "characters\n"
+    ) in result.stderr
+    assert "[A-Za-z0-9]" not in result.stderr
+
+
+def loaded_modules(command: str) -> set[str]:
+    """The modules `python -m tenantry_runtime <command>` has loaded once it has read its
+    settings (here it refuses to start, right after: no tenant is set)."""
+    script = (
+        "import json, sys\n"
+        "from tenantry_runtime.__main__ import main\n"
+        f"assert main([{command!r}]) == 2\n"
+        "print(json.dumps([sys.modules['tenantry_runtime'].__file__, sorted(sys.modules)]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=base_env(PYTHONPATH=PACKAGE_PATH),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    package, modules = json.loads(result.stdout)
+    assert package.startswith(PACKAGE_PATH)
+    return set(modules)
+
+
+# The process boundary: each pod's process loads its own side of the package and the shared
+# modules (protocol, audit, settings parsing), nothing of the other's.
+SANDBOX_SIDE = {
+    "tenantry_runtime.sandbox",
+    "tenantry_runtime.runner",
+    "tenantry_runtime.workspace",
+    "tenantry_runtime.ipc",
+    "tenantry_runtime.sandbox_settings",
+}
+RUNTIME_SIDE = {
+    "tenantry_runtime.server",
+    "tenantry_runtime.agents",
+    "tenantry_runtime.guard",
+    "tenantry_runtime.executor",
+    "tenantry_runtime.messages",
+    "tenantry_runtime.runtime_json",
+    "tenantry_runtime.serve_settings",
+    "autogen_core",
+    "autogen_ext",
+    "openai",
+}
+
+
+def test_serve_loads_nothing_of_the_sandbox_side() -> None:
+    loaded = loaded_modules("serve")
+    assert "tenantry_runtime.server" in loaded
+    assert loaded & SANDBOX_SIDE == set()
+
+
+def test_sandbox_loads_nothing_of_the_runtime_side() -> None:
+    loaded = loaded_modules("sandbox")
+    assert "tenantry_runtime.sandbox" in loaded
+    assert loaded & RUNTIME_SIDE == set()

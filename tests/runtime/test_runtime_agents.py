@@ -20,9 +20,9 @@ from tenantry_runtime.agents import (
     build_model_client,
     extract_code_blocks,
 )
-from tenantry_runtime.config import AGENT_KINDS, ModelConfig
 from tenantry_runtime.messages import TaskResult
-from tenantry_runtime.runner import normalize_language
+from tenantry_runtime.protocol import normalize_language
+from tenantry_runtime.runtime_json import AGENT_KINDS, ModelConfig
 
 
 def test_runnable_fenced_blocks_are_extracted_in_order() -> None:

@@ -10,16 +10,11 @@ from typing import Any
 
 import pytest
 from runtime_helpers import REPO
-from tenantry_runtime.config import (
-    AGENT_KINDS,
-    ConfigError,
-    SandboxLimits,
-    load_sandbox_settings,
-    load_secrets,
-    load_serve_settings,
-    parse_runtime_config,
-    tenant_from_env,
-)
+from tenantry_runtime.env import tenant_from_env
+from tenantry_runtime.refusals import ConfigError
+from tenantry_runtime.runtime_json import AGENT_KINDS, parse_runtime_config
+from tenantry_runtime.sandbox_settings import SandboxLimits, load_sandbox_settings
+from tenantry_runtime.serve_settings import load_secrets, load_serve_settings
 
 
 def contract_example() -> dict[str, Any]:
@@ -148,6 +143,68 @@ def test_invalid_top_level_fields_are_refused(change: dict[str, Any], expected: 
 )
 def test_invalid_agents_are_refused(agents: list[Any], expected: str) -> None:
     assert expected in refusal(variant(agents=agents))
+
+
+# What a rule means, in words: a refusal never shows the regular expression behind it.
+AGENT_NAME_WORDS = (
+    "is not an agent name: letters, digits, '-' and '_', starting with a letter or digit, "
+    "at most 63 characters"
+)
+TOPIC_TYPE_WORDS = (
+    "is not a valid topic type: letters, digits, '-', '_' and '.', starting with a letter or "
+    "digit, at most 63 characters"
+)
+# The operator's words for the same rule (tenantry.models.PATTERN_MEANINGS), and its length.
+DNS_LABEL_WORDS = (
+    "is not a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a "
+    "letter or digit, at most 63 characters"
+)
+
+
+@pytest.mark.parametrize(
+    ("agents", "topic_types", "expected"),
+    [
+        (
+            [{"name": "ev.il", "kind": "coder", "topicType": "code"}],
+            ["default"],
+            f"agent 'ev.il'.name='ev.il' {AGENT_NAME_WORDS}",
+        ),
+        (
+            [{"name": "a", "kind": "coder", "topicType": "no:colons"}],
+            ["default"],
+            f"agent 'a'.topicType='no:colons' {TOPIC_TYPE_WORDS}",
+        ),
+        ([], ["default", "no spaces"], f"topicTypes[1]='no spaces' {TOPIC_TYPE_WORDS}"),
+        ([], ["default", 7], f"topicTypes[1]=7 {TOPIC_TYPE_WORDS}"),
+    ],
+)
+def test_a_value_breaking_its_pattern_is_refused_in_words(
+    agents: list[Any], topic_types: list[Any], expected: str
+) -> None:
+    message = refusal(variant(agents=agents, topicTypes=topic_types))
+    assert message == expected
+    assert "[A-Za-z0-9]" not in message
+
+
+def test_a_tenant_that_is_no_dns_label_is_refused_in_the_operators_words() -> None:
+    with pytest.raises(ConfigError) as raised:
+        tenant_from_env({"TENANTRY_TENANT": "Acme_Corp"})
+    assert str(raised.value) == f"TENANTRY_TENANT='Acme_Corp' {DNS_LABEL_WORDS}"
+
+
+def test_a_hostile_agent_name_is_refused_on_one_short_line() -> None:
+    hostile = "x\nERROR: forged log line\x1b[31m" + "y" * 100_000
+    message = refusal(variant(agents=[{"name": hostile, "kind": "coder", "topicType": "t"}]))
+    assert "\n" not in message and "\x1b" not in message
+    assert len(message) < 400
+    assert message.startswith("agent 'x\\nERROR: forged log line\\x1b[31myyy")
+    assert message.endswith(AGENT_NAME_WORDS)
+
+
+def test_a_hostile_unknown_field_is_refused_on_one_line() -> None:
+    message = refusal(variant(**{"x\nERROR: forged": 1, "extra": 2}))
+    assert "\n" not in message
+    assert "unknown field(s) extra, 'x\\nERROR: forged'; allowed: " in message
 
 
 def test_a_missing_tenant_is_refused_naming_the_variable() -> None:

@@ -21,6 +21,7 @@ from runtime_helpers import (
     Service,
     StartSandbox,
     http_get,
+    sandbox_request,
     wait_group_gone,
 )
 from tenantry_runtime.executor import SandboxCodeExecutor, SandboxError
@@ -120,6 +121,15 @@ def test_shell_code_and_exit_codes(sandbox: Service) -> None:
     status, body = execute(sandbox, "print(1)", language="ruby")
     assert status == 400
     assert "not supported" in body["error"]
+
+
+def test_a_task_id_that_could_name_a_path_is_refused_in_words(sandbox: Service) -> None:
+    words = "is not a task id: 1 to 64 letters, digits, '-' and '_'"
+    body = {"language": "python", "code": "print(1)", "taskId": "../up"}
+    status, answer = sandbox_request(sandbox, "POST", "/v1/execute", body)
+    assert (status, answer) == (400, {"error": f"taskId='../up' {words}"})
+    status, answer = sandbox_request(sandbox, "DELETE", "/v1/workspaces/a.b")
+    assert (status, answer) == (400, {"error": f"taskId='a.b' {words}"})
 
 
 def test_endless_loop_is_killed_with_its_whole_process_group(sandbox: Service) -> None:

@@ -1,0 +1,232 @@
+"""The tenant's `runtime.json`: its models, and the strict parser that builds them.
+
+docs/runtime-contract.md is the source of truth for every field read here. Parsing is strict:
+a key this module does not know is an error, because a typo that is silently ignored would
+leave a tenant running with defaults nobody chose. Tenant-written config is only ever read
+as data: agent kinds come from a fixed allowlist and nothing here imports a named module.
+Every refusal names the field and says in words what it must be (refusals.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .refusals import (
+    AGENT_NAME_RE,
+    TOPIC_TYPE_RE,
+    ConfigError,
+    pattern_refusal,
+    shown,
+    shown_name,
+)
+
+AGENT_KINDS = ("assistant", "coder")
+"""The only agent kinds a config may name; agents.py maps each to the class that builds it."""
+
+RESERVED_TOPIC_PREFIX = "tenantry."
+"""Topic types starting with this are the runtime's own (task results)."""
+
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    kind: str
+    topic_type: str
+    system_message: str = DEFAULT_SYSTEM_MESSAGE
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str
+    base_url: str
+    api_key_file: Path
+
+
+@dataclass(frozen=True)
+class SandboxClientConfig:
+    url: str
+    token_file: Path
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    tenant: str
+    topic_types: tuple[str, ...]
+    agents: tuple[AgentConfig, ...]
+    model: ModelConfig | None
+    sandbox: SandboxClientConfig | None
+    task_timeout_seconds: float = 120.0
+
+    def agents_of_kind(self, kind: str) -> tuple[AgentConfig, ...]:
+        return tuple(agent for agent in self.agents if agent.kind == kind)
+
+    @property
+    def task_topic_types(self) -> frozenset[str]:
+        """Topic types a task may be posted to: served, and with an assistant to answer."""
+        answered = {agent.topic_type for agent in self.agents_of_kind("assistant")}
+        return frozenset(answered.intersection(self.topic_types))
+
+
+class _Fields:
+    """Typed, strict access to one JSON object; every error names where it is."""
+
+    def __init__(self, data: object, where: str, allowed: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a JSON object")
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            names = ", ".join(shown_name(str(name)) for name in unknown)
+            raise ConfigError(f"{where}: unknown field(s) {names}; allowed: {', '.join(allowed)}")
+        self._data: dict[str, Any] = data
+        self._where = where
+
+    def has(self, key: str) -> bool:
+        return self._data.get(key) is not None
+
+    def raw(self, key: str) -> object:
+        return self._data.get(key)
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None) -> str:
+        value = self._data.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self._where}.{key} must be a non-empty string")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ConfigError(pattern_refusal(f"{self._where}.{key}", value, pattern))
+        return value
+
+    def url(self, key: str) -> str:
+        value = self.text(key)
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{self._where}.{key}={shown(value)} must be an http(s) URL")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self._data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{self._where}.{key} must be a positive number of seconds")
+        if not math.isfinite(value):
+            raise ConfigError(f"{self._where}.{key} must be finite")
+        return float(value)
+
+    def items(self, key: str) -> list[object]:
+        value = self._data.get(key)
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._where}.{key} must be a list")
+        return value
+
+
+def _checked_topic_type(value: object, where: str) -> str:
+    """`value` if it may be a tenant's topic type: a string of the pattern, not reserved."""
+    if not isinstance(value, str) or not TOPIC_TYPE_RE.fullmatch(value):
+        raise ConfigError(pattern_refusal(where, value, TOPIC_TYPE_RE))
+    if value.startswith(RESERVED_TOPIC_PREFIX):
+        raise ConfigError(f"{where}={value!r}: topic types starting with 'tenantry.' are reserved")
+    return value
+
+
+def _parse_agent(data: object, index: int) -> AgentConfig:
+    where = f"agents[{index}]"
+    if isinstance(data, dict) and isinstance(data.get("name"), str):
+        where = f"agent {shown(data['name'])}"
+    # The kind is checked before anything else so that a config written for another runtime
+    # (or an attempt to name an arbitrary component) gets the clearest possible refusal.
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in AGENT_KINDS:
+        raise ConfigError(
+            f"{where}: kind {shown(kind)} is not allowed; allowed kinds: {', '.join(AGENT_KINDS)}"
+        )
+    fields = _Fields(data, where, ("name", "kind", "topicType", "systemMessage"))
+    name = fields.text("name", AGENT_NAME_RE)
+    topic_type = _checked_topic_type(fields.text("topicType"), f"{where}.topicType")
+    # The operator renders systemMessage for every agent (null when unset); only an
+    # assistant has a use for it.
+    if fields.has("systemMessage"):
+        system_message = fields.text("systemMessage")
+        if kind == "assistant":
+            return AgentConfig(name, kind, topic_type, system_message)
+    return AgentConfig(name, kind, topic_type)
+
+
+def _parse_model(data: object) -> ModelConfig | None:
+    if data is None:
+        return None
+    fields = _Fields(data, "model", ("model", "baseUrl", "apiKeyFile"))
+    return ModelConfig(fields.text("model"), fields.url("baseUrl"), Path(fields.text("apiKeyFile")))
+
+
+def _parse_sandbox(data: object) -> SandboxClientConfig | None:
+    if data is None:
+        return None
+    fields = _Fields(data, "sandbox", ("url", "tokenFile", "timeoutSeconds"))
+    return SandboxClientConfig(
+        fields.url("url").rstrip("/"),
+        Path(fields.text("tokenFile")),
+        fields.seconds("timeoutSeconds", 30.0),
+    )
+
+
+def _check_agents(config: RuntimeConfig) -> None:
+    seen_names: set[str] = set()
+    by_topic: dict[str, str] = {}
+    for agent in config.agents:
+        if agent.name in seen_names:
+            raise ConfigError(f"agent {agent.name!r} is declared twice")
+        seen_names.add(agent.name)
+        # One agent per topic type keeps every task's path deterministic: a publish has exactly
+        # one subscriber, so there is one answer and one code run per request.
+        if agent.topic_type in by_topic:
+            raise ConfigError(
+                f"agents {by_topic[agent.topic_type]!r} and {agent.name!r} both subscribe to "
+                f"topic type {agent.topic_type!r}; give each agent its own topic type"
+            )
+        by_topic[agent.topic_type] = agent.name
+        if agent.kind == "assistant" and config.model is None:
+            raise ConfigError(
+                f"agent {agent.name!r} of kind assistant needs a model, but model is null"
+            )
+        if agent.kind == "coder" and config.sandbox is None:
+            raise ConfigError(
+                f"agent {agent.name!r} of kind coder needs a sandbox, but sandbox is null"
+            )
+    coders = config.agents_of_kind("coder")
+    if len(coders) > 1:
+        names = ", ".join(repr(agent.name) for agent in coders)
+        raise ConfigError(f"at most one agent of kind coder is allowed, found {names}")
+
+
+def parse_runtime_config(data: object, tenant: str) -> RuntimeConfig:
+    """Validate runtime.json for `tenant` (the process's TENANTRY_TENANT)."""
+    fields = _Fields(
+        data,
+        "runtime.json",
+        ("tenant", "topicTypes", "agents", "model", "sandbox", "taskTimeoutSeconds"),
+    )
+    named = fields.text("tenant")
+    if named != tenant:
+        raise ConfigError(
+            f"runtime.json is for tenant {shown(named)} but TENANTRY_TENANT is {tenant!r}; refusing "
+            "to serve one tenant with another's configuration"
+        )
+    topic_types = tuple(
+        _checked_topic_type(item, f"topicTypes[{i}]")
+        for i, item in enumerate(fields.items("topicTypes"))
+    )
+    if not topic_types:
+        raise ConfigError("runtime.json.topicTypes must name at least one topic type")
+    config = RuntimeConfig(
+        tenant=tenant,
+        topic_types=topic_types,
+        agents=tuple(_parse_agent(item, i) for i, item in enumerate(fields.items("agents"))),
+        model=_parse_model(fields.raw("model")),
+        sandbox=_parse_sandbox(fields.raw("sandbox")),
+        task_timeout_seconds=fields.seconds("taskTimeoutSeconds", 120.0),
+    )
+    _check_agents(config)
+    return config
