@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_helpers import TENANT, base_env
+from tests.support.runtime_services import TENANT, base_env
 
 
 def run(command: str, **env: str) -> subprocess.CompletedProcess[str]:

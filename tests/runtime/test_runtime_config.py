@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import REPO
 from tenantry_runtime.config import (
     AGENT_KINDS,
     ConfigError,
@@ -20,6 +19,8 @@ from tenantry_runtime.config import (
     parse_runtime_config,
     tenant_from_env,
 )
+
+from tests.support.runtime_services import REPO
 
 
 def contract_example() -> dict[str, Any]:
