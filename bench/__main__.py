@@ -25,6 +25,7 @@ from typing import Any
 from bench import control_plane, report
 from bench import runtime as runtime_section
 from bench.harness import REPO, cluster, log
+from e2e.images import toolchain_versions
 
 RESULTS = REPO / "docs" / "bench"
 WORKDIR = REPO / ".cache" / "bench"
@@ -42,11 +43,7 @@ def environment() -> dict[str, Any]:
         platform.processor(),
     )
     memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    versions = dict(
-        line.split("=", 1)
-        for line in (REPO / "e2e" / "toolchain" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+    versions = toolchain_versions()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,

@@ -17,7 +17,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +29,11 @@ from typing import Any, ClassVar
 
 from tenantry.children import deployment_health
 from tenantry.crd import build_crd
-from tenantry.models import API_VERSION, KIND
 
 from bench.kube import Kube
+from tests.support import processes
+from tests.support.examples import example
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_NAME = "tenantry-bench"
@@ -116,31 +117,13 @@ def tenant_names(count: int) -> list[str]:
 
 
 def tenant(name: str) -> dict[str, Any]:
-    """A tenant like examples/acme.yaml: two agents, a model key to copy, a sandbox, a quota.
-    16 children: namespace, quota, limits, 3 policies, 3 accounts, 2 Secrets, a ConfigMap,
-    2 Deployments and 2 Services."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "runtime": {
-                "topicTypes": ["default", "code"],
-                "agents": [
-                    {"name": "assistant", "kind": "assistant", "topicType": "default"},
-                    {"name": "coder", "kind": "coder", "topicType": "code"},
-                ],
-                "model": {
-                    "model": "gpt-4.1-mini",
-                    "baseUrl": "https://api.example.com/v1",
-                    "credentialsSecret": "model-credentials",
-                    "credentialsKey": "api-key",
-                },
-            },
-            "secrets": [{"name": "model-credentials", "from": SOURCE_SECRET}],
-            "quota": {"cpu": "4", "memory": "8Gi", "pods": 10},
-        },
-    }
+    """examples/acme.yaml under another name, its model key copied from the bench's Secret: two
+    agents, a sandbox, a quota. 16 children: namespace, quota, limits, 3 policies, 3 accounts,
+    2 Secrets, a ConfigMap, 2 Deployments and 2 Services."""
+    body = example("acme")
+    body["metadata"]["name"] = name
+    body["spec"]["secrets"] = [{"name": "model-credentials", "from": SOURCE_SECRET}]
+    return body
 
 
 def tenant_ready(body: Mapping[str, Any]) -> bool:
@@ -280,13 +263,6 @@ def writes(counts: Mapping[str, int]) -> int:
 # ---- the operator --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Operator:
     """`tenantry run` against the bench cluster, as a user runs it (default flags but these)."""
 
@@ -343,12 +319,7 @@ class Operator:
         if self.profiler is not None:
             self.profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             self.profiler.wait(timeout=60)
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        processes.stop(self.process, timeout=30)
 
     @staticmethod
     def stop_all() -> None:

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from bench import runtime as runtime_section
+from bench.stats import percentile
 
 PAGE_HEADER = """# Benchmarks
 
@@ -54,12 +55,6 @@ def spread(values: Iterable[float], fmt: str = "{:.2f}") -> str:
 
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -16,7 +16,8 @@ The model is the one stand-in: no model hub is reachable, so an OpenAI-compatibl
 a fixed script answers (the runtime talks to it through autogen-ext's OpenAI client, as it
 would to a real one). Its answers take microseconds, so the round trips show our overhead.
 
-Run alone: `python bench/runtime.py --rounds 5 --out /tmp/runtime.json` prints the markdown.
+Run alone, from the repository root: `python -m bench.runtime --rounds 5 --out /tmp/runtime.json`
+prints the markdown.
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import json
 import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -39,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -61,7 +60,15 @@ from tenantry_runtime.audit import AuditLog
 from tenantry_runtime.executor import SandboxCodeExecutor
 from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.stats import percentile
+from e2e.model_server import completion  # the one reply shape of every scripted model
+
+# How the runtime tests start `serve` and `sandbox`, reused rather than copied: as root the
+# sandbox runs as its unprivileged user, with its packages staged where that user can read
+# them, and that staging is not small.
+from tests.support import runtime_services
+from tests.support.ports import free_port
+
 COMMAND = "make bench SECTIONS=runtime"
 TENANT = "acme"
 TARGET_OVERHEAD = 0.05
@@ -221,18 +228,6 @@ async def measure_messages(rounds: int, messages: int, workdir: Path) -> dict[st
 # --- 2. HTTP task round trip ----------------------------------------------------------------
 
 
-def _completion(model: str, content: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": content}
-    return {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-    }
-
-
 async def _scripted_model(request: web.Request) -> web.Response:
     """The model's stand-in: code for CODE_PROMPT, then the code's output; else an answer."""
     body = await request.json()
@@ -243,29 +238,7 @@ async def _scripted_model(request: web.Request) -> web.Response:
         content = f"Let me compute that.\n```python\n{CODE}```\n"
     else:
         content = "The answer is 42."
-    return web.json_response(_completion(body["model"], content))
-
-
-def _helpers() -> ModuleType:
-    """tests/runtime/runtime_helpers.py: how the runtime tests start `serve` and `sandbox`.
-
-    Reused rather than copied: as root the sandbox runs as its unprivileged user, with its
-    packages staged where that user can read them, and that staging is not small.
-    """
-    sys.path.insert(0, str(REPO / "tests" / "runtime"))
-    try:
-        return importlib.import_module("runtime_helpers")
-    finally:
-        sys.path.pop(0)
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return web.json_response(completion(body["model"], content))
 
 
 @dataclass(frozen=True)
@@ -281,13 +254,12 @@ class _Stack:
 @contextlib.asynccontextmanager
 async def _services(workdir: Path) -> AsyncIterator[_Stack]:
     """The scripted model, a sandbox and a runtime process; all stopped on the way out."""
-    helpers = _helpers()
     async with contextlib.AsyncExitStack() as stack:
         model = web.AppRunner(web.Application())
         model.app.router.add_post("/v1/chat/completions", _scripted_model)
         await model.setup()
         stack.push_async_callback(model.cleanup)
-        model_port = _free_port()
+        model_port = free_port()
         await web.TCPSite(model, "127.0.0.1", model_port).start()
 
         # Not under workdir: the sandbox user must reach its workspace and token.
@@ -298,16 +270,16 @@ async def _services(workdir: Path) -> AsyncIterator[_Stack]:
         (home / "token").write_text(token + "\n")
         if os.geteuid() == 0:
             for path in (home, home / "workspace", home / "token"):
-                os.chown(path, helpers.SANDBOX_UID, helpers.SANDBOX_UID)
-        sandbox_env = helpers.base_env(
+                os.chown(path, runtime_services.SANDBOX_UID, runtime_services.SANDBOX_UID)
+        sandbox_env = runtime_services.base_env(
             TENANTRY_TENANT=TENANT,
             TENANTRY_SANDBOX_TOKEN_FILE=str(home / "token"),
             TENANTRY_SANDBOX_WORKDIR=str(home / "workspace"),
             TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(_free_port()),
+            TENANTRY_PORT=str(free_port()),
         )
         sandbox = await asyncio.to_thread(
-            helpers.start_service,
+            runtime_services.start_service,
             "sandbox",
             sandbox_env,
             workdir / "sandbox",
@@ -333,20 +305,20 @@ async def _services(workdir: Path) -> AsyncIterator[_Stack]:
             "sandbox": {"url": sandbox.url, "tokenFile": str(home / "token")},
         }
         (workdir / "runtime.json").write_text(json.dumps(config))
-        serve_env = helpers.base_env(
+        serve_env = runtime_services.base_env(
             TENANTRY_TENANT=TENANT,
             TENANTRY_CONFIG=str(workdir / "runtime.json"),
             TENANTRY_AUDIT_LOG=str(workdir / "serve" / "audit.jsonl"),
             TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(_free_port()),
+            TENANTRY_PORT=str(free_port()),
             # The tenantry_runtime this process imported, not whichever one is installed.
             PYTHONPATH=str(Path(tenantry_runtime.__file__).parents[1]),
         )
         runtime = await asyncio.to_thread(
-            helpers.start_service, "serve", serve_env, workdir / "serve"
+            runtime_services.start_service, "serve", serve_env, workdir / "serve"
         )
         stack.callback(runtime.stop)
-        python, _ = helpers.sandbox_python()
+        python, _ = runtime_services.sandbox_python()
         yield _Stack(str(runtime.url), str(sandbox.url), token, str(python))
 
 
@@ -464,12 +436,13 @@ async def run(rounds: int, workdir: Path) -> dict[str, Any]:
 # --- the report -----------------------------------------------------------------------------
 
 
-def _p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20, method="inclusive")[-1]
-
-
 def _row(label: str, values: list[float], fmt: str, *, p95: bool = False) -> str:
-    cells = [min(values), statistics.median(values), *([_p95(values)] if p95 else []), max(values)]
+    cells = [
+        min(values),
+        statistics.median(values),
+        *([percentile(values, 0.95)] if p95 else []),
+        max(values),
+    ]
     return f"| {label} | {len(values)} | " + " | ".join(format(v, fmt) for v in cells) + " |"
 
 

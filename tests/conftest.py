@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tally
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "e2e" / "cluster.py"
 KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
@@ -44,8 +46,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The totals compliance teams ask for: faults survived, bad inputs tried, objects lost."""
-    import tally  # noqa: PLC0415 - tests/ is on sys.path once this conftest is loaded
-
     if tally.counts:
         terminalreporter.section("isolation evidence")
         terminalreporter.write_line(

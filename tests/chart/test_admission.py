@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 import pytest
-from chartkit import run, template_text, tool
+
+from tests.support.chartkit import run, template_text, tool
 
 OPERATOR = "system:serviceaccount:tenantry-system:tenantry"
 EDITOR = "system:serviceaccount:tenantry-system:tenant-editor"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import ARGOCD_HEALTH, CHART, argocd_health
+
+from tests.support.chartkit import ARGOCD_HEALTH, CHART, argocd_health
 
 
 def tenant(generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:

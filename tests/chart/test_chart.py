@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import (
+from tenantry.config import OperatorConfig
+from tenantry.handlers import CHILD_RESOURCES, watched_children
+
+from tests.support.chartkit import (
     CHART,
     K8S_VERSION,
     RELEASE,
@@ -31,8 +34,6 @@ from chartkit import (
     template_text,
     tool,
 )
-from tenantry.config import OperatorConfig
-from tenantry.handlers import CHILD_RESOURCES, watched_children
 
 README = (CHART / "README.md").read_text()
 

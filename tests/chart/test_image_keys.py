@@ -13,8 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from chartkit import REPO
 from tenantry.config import OperatorConfig
+
+from tests.support.chartkit import REPO
 
 
 def load_script() -> ModuleType:

@@ -16,9 +16,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from chartkit import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.support.chartkit import REPO
 
 IMAGE = REPO / "operator_image"
 DOCKERFILE = (IMAGE / "Dockerfile").read_text()

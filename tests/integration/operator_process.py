@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tenants import DRIFT_INTERVAL_SECONDS, OPERATOR_LABEL, SECRET_SOURCE_NAMESPACE
 
+from tests.support import processes
+
 
 class OperatorProcess:
     """`tenantry run` as a child process, which fault tests may kill and start again."""
@@ -53,11 +55,5 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            processes.stop(self.process, timeout=15)

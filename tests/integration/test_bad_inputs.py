@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import snapshots
-import tally
 import tenants
 import yaml
 from lightkube import Client
@@ -23,6 +22,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Secret
 from operator_process import OperatorProcess
 from tenants import SECRET_SOURCE_NAMESPACE
+
+from tests.support import tally
 
 pytestmark = pytest.mark.cluster
 CORPUS = yaml.safe_load((Path(__file__).parent / "bad_inputs.yaml").read_text())

@@ -30,20 +30,6 @@ import pytest
 import schemas
 import tenants
 import yaml
-from chartkit import (
-    CHART,
-    RELEASE,
-    RELEASE_NAMESPACE,
-    REPO,
-    argocd_health,
-    find,
-    helm,
-    run,
-    set_flags,
-    template,
-    template_text,
-    tool,
-)
 from lightkube import Client, KubeConfig, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import TokenRequestSpec
@@ -64,9 +50,25 @@ from lightkube.resources.core_v1 import (
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import RoleBinding
 from lightkube.types import PatchType
-from ports import free_port
 from tenants import SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
+
+from tests.support import processes
+from tests.support.chartkit import (
+    CHART,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    REPO,
+    argocd_health,
+    find,
+    helm,
+    run,
+    set_flags,
+    template,
+    template_text,
+    tool,
+)
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -256,12 +258,7 @@ def chart_operator(release: Release, sa_kubeconfig: Path) -> Iterator[RunningOpe
     try:
         yield RunningOperator(log_path, dropped)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        processes.stop(process, timeout=15)
 
 
 @pytest.fixture(autouse=True)

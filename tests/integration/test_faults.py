@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import snapshots
-import tally
 import tenants
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
@@ -27,6 +26,8 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from operator_process import OperatorProcess
 from waiting import wait_until
+
+from tests.support import tally
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]

@@ -26,11 +26,13 @@ from lightkube import AsyncClient, Client, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.networking_v1 import NetworkPolicy
-from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from tenantry.leader import LEASE_NAME, LeaderElector, Timings
 from tenants import OPERATOR_LABEL
 from waiting import wait_until
+
+from tests.support import processes
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -96,13 +98,7 @@ def start_operator(
 
     yield start
     for operator in started:
-        if operator.process.poll() is None:
-            operator.process.terminate()
-            try:
-                operator.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                operator.process.kill()
-                operator.process.wait()
+        processes.stop(operator.process, timeout=15)
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for operator in started:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chartkit import CHART, RELEASE, RELEASE_NAMESPACE, helm, set_flags
 
 from realnode.nodekit import (
     API_KEY,
@@ -41,6 +40,7 @@ from realnode.nodekit import (
     tenant_manifest,
     wait_until,
 )
+from tests.support.chartkit import CHART, RELEASE, RELEASE_NAMESPACE, helm, set_flags
 
 
 @pytest.fixture(scope="session")

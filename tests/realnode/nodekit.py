@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from tenantry.names import COMPONENT_LABEL
 
+from tests.support.chartkit import run
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e"))
 import node  # noqa: E402 - e2e/ is not a package; its scripts run before any venv exists
@@ -30,17 +32,10 @@ PROBE_IMAGE = "docker.io/tenantry/runtime:0.1.0"
 
 
 def kubectl(*args: str, check: bool = True, stdin: str | None = None, timeout: float = 120) -> str:
-    result = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(node.KUBECONFIG), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-    return result.stdout
+    kubeconfig = str(node.KUBECONFIG)
+    return run(
+        KUBECTL, "--kubeconfig", kubeconfig, *args, check=check, input=stdin, timeout=timeout
+    ).stdout
 
 
 def get(*args: str) -> Any:

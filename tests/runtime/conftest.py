@@ -1,4 +1,4 @@
-"""Fixtures for the tenant runtime's tests (helpers live in runtime_helpers.py)."""
+"""Fixtures for the tenant runtime's tests (helpers live in tests/support/runtime_services.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runtime_helpers import (
+
+from tests.support.runtime_services import (
     SandboxHome,
     Service,
     StartSandbox,
@@ -15,7 +16,7 @@ from runtime_helpers import (
     sandbox_env,
     start_service,
 )
-from scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests
+from tests.support.scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests
 
 
 @pytest.fixture

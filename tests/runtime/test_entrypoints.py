@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_helpers import REPO, TENANT, base_env
+from tests.support.runtime_services import REPO, TENANT, base_env
 
 # This checkout's package first, whatever the interpreter has installed (an editable install
 # may point at another checkout).

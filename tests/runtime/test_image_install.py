@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ports import free_port
-from runtime_helpers import REPO, TENANT, base_env, start_service
+from tests.support.ports import free_port
+from tests.support.runtime_services import REPO, TENANT, base_env, start_service
 
 DOCKERFILE = REPO / "runtime_image" / "Dockerfile"
 CONSTRAINTS = REPO / "runtime_image" / "constraints.txt"

@@ -21,9 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from ports import free_port
-from runtime_helpers import SANDBOX_UID, Service, base_env, json_lines, start_service
-from scripted_model import ScriptedModel
+
+from tests.support.ports import free_port
+from tests.support.runtime_services import SANDBOX_UID, Service, base_env, json_lines, start_service
+from tests.support.scripted_model import ScriptedModel
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.asyncio(loop_scope="session")

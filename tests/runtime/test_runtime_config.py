@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import REPO
 from tenantry_runtime.env import tenant_from_env
 from tenantry_runtime.refusals import ConfigError
 from tenantry_runtime.runtime_json import AGENT_KINDS, parse_runtime_config
 from tenantry_runtime.sandbox_settings import SandboxLimits, load_sandbox_settings
 from tenantry_runtime.serve_settings import load_secrets, load_serve_settings
+
+from tests.support.runtime_services import REPO
 
 
 def contract_example() -> dict[str, Any]:

@@ -17,8 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ports import free_port
-from runtime_helpers import (
+
+from tests.support.ports import free_port
+from tests.support.runtime_services import (
     TENANT,
     SandboxHome,
     Service,
@@ -27,7 +28,7 @@ from runtime_helpers import (
     json_lines,
     start_service,
 )
-from scripted_model import CODE, HUGE_REPLY, ScriptedModel
+from tests.support.scripted_model import CODE, HUGE_REPLY, ScriptedModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

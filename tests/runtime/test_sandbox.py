@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
-from ports import free_port
-from runtime_helpers import (
+from tenantry_runtime.executor import SandboxCodeExecutor, SandboxError
+from tenantry_runtime.runner import poll_exit
+
+from tests.support.ports import free_port
+from tests.support.runtime_services import (
     SANDBOX_TOKEN,
     Service,
     StartSandbox,
@@ -24,8 +27,6 @@ from runtime_helpers import (
     sandbox_request,
     wait_group_gone,
 )
-from tenantry_runtime.executor import SandboxCodeExecutor, SandboxError
-from tenantry_runtime.runner import poll_exit
 
 LIMITS = {
     "TENANTRY_SANDBOX_TIMEOUT_SECONDS": "2",

@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
-from runtime_helpers import (
+from tenantry_runtime.executor import SandboxCodeExecutor
+
+from tests.support.runtime_services import (
     SANDBOX_TOKEN,
     SANDBOX_UID,
     SandboxHome,
@@ -39,7 +41,6 @@ from runtime_helpers import (
     sandbox_request,
     start_service,
 )
-from tenantry_runtime.executor import SandboxCodeExecutor
 
 LIMITS = {"TENANTRY_SANDBOX_TIMEOUT_SECONDS": "20", "TENANTRY_SANDBOX_CONCURRENCY": "2"}
 

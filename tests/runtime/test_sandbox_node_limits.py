@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_helpers import (
+
+from tests.support.runtime_services import (
     SandboxHome,
     Service,
     free_uids,

@@ -1,4 +1,4 @@
-"""Helpers for the tenant runtime's tests: real processes on 127.0.0.1, no mocks.
+"""The tenant runtime's processes for tests and benchmarks: real ones on 127.0.0.1, no mocks.
 
 `python -m tenantry_runtime serve | sandbox` are started as subprocesses with only the env
 docs/runtime-contract.md defines. When the tests run as root, the sandbox runs as the
@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ports import free_port
+
+from tests.support.ports import free_port
+from tests.support.processes import stop
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65532
@@ -59,13 +61,7 @@ class Service:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=10)
 
     def logs(self) -> str:
         return self.stderr.read_text(errors="replace")

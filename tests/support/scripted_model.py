@@ -9,20 +9,18 @@ and never closed, the worst case for a fence parser.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 from aiohttp import web
-from ports import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "e2e"))
-# One OpenAI chat-completion shape for every scripted model (the real node's too).
-from model_server import completion
+# One OpenAI chat-completion shape for every scripted model: the real node's (e2e/, which runs
+# with the standard library alone, before any venv exists) is its home.
+from e2e.model_server import completion
+from tests.support.ports import free_port
 
 CODE = (
     "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"

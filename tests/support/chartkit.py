@@ -14,28 +14,17 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from e2e.images import CACHE_ROOT, toolchain_versions
+
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tenantry"
-CACHE_ROOT = Path(
-    os.environ.get("TENANTRY_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tenantry"
-)
 BIN_DIR = CACHE_ROOT / "bin"
 RELEASE = "tenantry"
 RELEASE_NAMESPACE = "tenantry-system"
 
 
-def versions() -> dict[str, str]:
-    pairs = (
-        line.split("=", 1)
-        for line in (REPO / "e2e" / "toolchain" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.lstrip().startswith("#")
-    )
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
 # Unstamped, helm assumes Kubernetes 1.20: every template and lint says which version it targets.
-K8S_VERSION = versions()["K8S_VERSION"]
+K8S_VERSION = toolchain_versions()["K8S_VERSION"]
 
 
 def tool(name: str) -> str:
