@@ -44,6 +44,7 @@ KEPT_KEYS = frozenset(
         "x-kubernetes-validations",
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
+        "x-kubernetes-preserve-unknown-fields",
     }
 )
 

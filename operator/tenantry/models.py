@@ -9,6 +9,7 @@ and by pydantic when the operator or `tenantry render` reads it. CEL rules are a
 from __future__ import annotations
 
 import ipaddress
+import json
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -192,17 +193,28 @@ class Resources(Model):
     )
 
 
-class AgentKind(StrEnum):
-    assistant = "assistant"
-    coder = "coder"
+# The agent kinds built into the runtime image; an image built FROM it may add more, which a
+# manifest names the same way (docs/agents.md).
+ASSISTANT: Final = "assistant"
+CODER: Final = "coder"
+# An agent's config is validated by its kind in the runtime; here only its size is bounded.
+MAX_AGENT_CONFIG_BYTES = 16 * 1024
 
 
 class Agent(Model):
-    """A declarative agent of an allowed kind, subscribed to one topic type of this tenant."""
+    """A declarative agent of a kind the runtime image has, on one topic type of this tenant."""
 
     name: DnsLabel = Field(description="The agent type name, unique in the tenant.")
-    kind: AgentKind = Field(
-        description="The kind of agent: `assistant` (a model) or `coder` (runs code in the sandbox)."
+    kind: DnsLabel = Field(
+        description="The name of an agent kind installed in the runtime image: `assistant` (a model) "
+        "and `coder` (runs code in the sandbox) are built in; `python -m tenantry_runtime kinds` "
+        "lists the kinds of an image. A name, never a module: the runtime refuses a kind it does not have."
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="The agent's configuration, an object its kind validates when the runtime starts "
+        f"(at most {MAX_AGENT_CONFIG_BYTES // 1024} KiB of JSON); the kinds command prints each kind's schema.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 64},
     )
     topic_type: TopicType = Field(
         "default",
@@ -514,17 +526,24 @@ class AgentTenantSpec(Model):
         model = self.runtime.model
         if model and model.credentials_secret not in {s.name for s in self.secrets}:
             raise ValueError(MODEL_SECRET_LISTED["message"])
-        if not self.sandbox.enabled and any(a.kind is AgentKind.coder for a in self.runtime.agents):
+        if not self.sandbox.enabled and any(a.kind == CODER for a in self.runtime.agents):
             raise ValueError(CODER_NEEDS_SANDBOX["message"])
         agents = self.runtime.agents
-        if not model and any(a.kind is AgentKind.assistant for a in agents):
+        if not model and any(a.kind == ASSISTANT for a in agents):
             raise ValueError(ASSISTANT_NEEDS_MODEL["message"])
         if len({a.name for a in agents}) != len(agents):
             raise ValueError("spec.runtime.agents: agent names must be unique")
         if len({a.topic_type for a in agents}) != len(agents):
             raise ValueError(AGENT_TOPICS_UNIQUE["message"])
-        if sum(a.kind is AgentKind.coder for a in agents) > 1:
+        if sum(a.kind == CODER for a in agents) > 1:
             raise ValueError(ONE_CODER["message"])
+        for index, agent in enumerate(agents):
+            size = len(json.dumps(agent.config, separators=(",", ":")))
+            if size > MAX_AGENT_CONFIG_BYTES:
+                raise ValueError(
+                    f"spec.runtime.agents[{index}].config: {size} bytes of JSON, more than the "
+                    f"{MAX_AGENT_CONFIG_BYTES} a config may have: move large data to a Secret or the image"
+                )
         secret_names = [s.name for s in self.secrets]
         if len(secret_names) != len(set(secret_names)):
             raise ValueError("spec.secrets: secret names must be unique")

@@ -1,8 +1,10 @@
-"""`python -m tenantry_runtime serve | sandbox`: the entrypoints of the two tenant pods."""
+"""`python -m tenantry_runtime serve | sandbox | kinds`: the entrypoints of the two tenant pods,
+and the list of the agent kinds installed in the image."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -27,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the tenant's agent runtime and its HTTP API")
     commands.add_parser("sandbox", help="run the tenant's code-execution server")
+    commands.add_parser(
+        "kinds",
+        help="print the agent kinds installed in this image, with their config schemas (JSON)",
+    )
     args = parser.parse_args(argv)
     _configure_logging()
     # Imported here so that each process loads only its own side: the runtime never loads
@@ -39,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
             settings = load_serve_settings(os.environ)
             serve(settings, load_secrets(settings.config))
+        elif args.command == "kinds":
+            from . import agent_kinds  # noqa: PLC0415
+
+            print(json.dumps(agent_kinds.describe(agent_kinds.installed()), indent=2))
         else:
             from .sandbox import serve_sandbox  # noqa: PLC0415
             from .sandbox_settings import load_sandbox_settings  # noqa: PLC0415

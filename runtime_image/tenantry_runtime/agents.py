@@ -1,8 +1,9 @@
 """The agent kinds a tenant may declare, and how they are wired into the runtime.
 
-A config names a kind; `AGENT_BUILDERS` maps each allowed kind to code in this module. No
-config value ever reaches autogen's `load_component` (which imports whatever module a config
-names) or a `FunctionTool` (whose config runs `exec`).
+A config names a kind, found among the kinds installed in the image (agent_kinds.py; the two
+built-in kinds are in builtin_kinds.py, their agents here). No config value ever reaches
+autogen's `load_component` (which imports whatever module a config names) or a `FunctionTool`
+(whose config runs `exec`).
 
 Every agent is registered by type and subscribed with a `TypeSubscription`, so the runtime
 creates one instance per topic source: `AgentId(<name>, key=<tenant>)`. Agents address each
@@ -39,12 +40,13 @@ from autogen_core.models import (
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from autogen_ext.models.openai.config import OpenAIClientConfiguration
 
+from .agent_kinds import AgentContext
 from .audit import AuditLog
 from .executor import SandboxCodeExecutor, SandboxError
 from .guard import GuardedAgentRuntime
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
 from .protocol import normalize_language
-from .runtime_json import AGENT_KINDS, AgentConfig, ModelConfig, RuntimeConfig
+from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -332,29 +334,24 @@ class Dependencies:
     executor: SandboxCodeExecutor | None = None
 
 
-_Factory = Callable[[AgentConfig, RuntimeConfig, Dependencies], Callable[[], RoutedAgent]]
-
-
-def _assistant(
-    agent: AgentConfig, config: RuntimeConfig, deps: Dependencies
-) -> Callable[[], RoutedAgent]:
-    coders = config.agents_of_kind("coder")
-    code_topic = coders[0].topic_type if coders else None
-    model = deps.model
-    assert model is not None  # config validation requires a model for assistants
-    return lambda: Assistant(model, agent.system_message, code_topic)
-
-
-def _coder(
-    agent: AgentConfig, config: RuntimeConfig, deps: Dependencies
-) -> Callable[[], RoutedAgent]:
-    executor = deps.executor
-    assert executor is not None  # config validation requires a sandbox for coders
-    return lambda: Coder(executor, deps.audit)
-
-
-AGENT_BUILDERS: dict[str, _Factory] = {"assistant": _assistant, "coder": _coder}
-assert set(AGENT_BUILDERS) == set(AGENT_KINDS), "every allowed kind needs a builder"
+def agent_context(agent: AgentConfig, config: RuntimeConfig, deps: Dependencies) -> AgentContext:
+    """What one agent's kind is handed: read-only facts, the clients it needs, and the
+    directories of the Secrets its own config names (only those)."""
+    assert agent.spec is not None and agent.settings is not None  # parse_runtime_config did
+    named = tuple(agent.spec.secrets(agent.settings))
+    secrets_dir = config.secrets_dir
+    return AgentContext(
+        tenant=config.tenant,
+        name=agent.name,
+        topic_type=agent.topic_type,
+        agents=tuple(other.info for other in config.agents),
+        topic_types=config.topic_types,
+        system_message=agent.system_message,
+        model=deps.model if agent.spec.needs_model else None,
+        executor=deps.executor if agent.spec.needs_sandbox else None,
+        secret_dirs={name: secrets_dir / name for name in named} if secrets_dir else {},
+        audit=deps.audit,
+    )
 
 
 async def _register(
@@ -384,12 +381,12 @@ async def register_agents(
     pending = deps.pending
     await _register(runtime, COLLECTOR_TYPE, RESULT_TOPIC_TYPE, lambda: ResultCollector(pending))
     for agent in config.agents:
-        factory = AGENT_BUILDERS[agent.kind](agent, config, deps)
+        assert agent.spec is not None and agent.settings is not None  # parse_runtime_config did
+        factory = agent.spec.build(agent_context(agent, config, deps), agent.settings)
         await _register(runtime, agent.name, agent.topic_type, factory)
 
 
 __all__ = [
-    "AGENT_BUILDERS",
     "MAX_REPLY_CHARS",
     "Assistant",
     "Coder",

@@ -102,3 +102,26 @@ class AuditLog:
         if task_id is not None:
             fields["taskId"] = task_id
         self._write("code_execution", fields)
+
+    def tool_call(
+        self,
+        *,
+        actor: str,
+        tool: str,
+        arguments_sha256: str,
+        duration_seconds: float,
+        outcome: Literal["ok", "error"],
+        task_id: str | None = None,
+    ) -> None:
+        """One tool call of an agent: which tool, a digest of its arguments (never the
+        arguments: they may hold the tenant's data), how long it took, how it ended."""
+        fields: dict[str, Any] = {
+            "actor": actor,
+            "tool": tool,
+            "argumentsSha256": arguments_sha256,
+            "durationSeconds": round(duration_seconds, 3),
+            "outcome": outcome,
+        }
+        if task_id is not None:
+            fields["taskId"] = task_id
+        self._write("tool_call", fields)

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
 
 DNS_LABEL_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A tenant id, like the AgentTenant's name it comes from."""
+AGENT_KIND_RE: Final = DNS_LABEL_RE
+"""An agent kind's name, as a package registers it and a manifest names it: a DNS-1123 label
+(a kind refused is refused by name, with the kinds installed: runtime_json._parse_agent)."""
 AGENT_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 """Agent names become autogen agent types; no dot, so they never collide with internal types."""
 TOPIC_TYPE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")

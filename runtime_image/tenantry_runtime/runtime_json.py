@@ -3,7 +3,8 @@
 docs/runtime-contract.md is the source of truth for every field read here. Parsing is strict:
 a key this module does not know is an error, because a typo that is silently ignored would
 leave a tenant running with defaults nobody chose. Tenant-written config is only ever read
-as data: agent kinds come from a fixed allowlist and nothing here imports a named module.
+as data: an agent's kind is a name looked up among the kinds installed in the image
+(agent_kinds.py), never a module, and its `config` is validated by that kind's own model.
 Every refusal names the field and says in words what it must be (refusals.py).
 """
 
@@ -11,11 +12,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from . import agent_kinds
+from .agent_kinds import AgentInfo, AgentKind
 from .refusals import (
+    AGENT_KIND_RE,
     AGENT_NAME_RE,
     TOPIC_TYPE_RE,
     ConfigError,
@@ -25,7 +33,8 @@ from .refusals import (
 )
 
 AGENT_KINDS = ("assistant", "coder")
-"""The only agent kinds a config may name; agents.py maps each to the class that builds it."""
+"""The kinds that ship with Tenantry (builtin_kinds.py). A config may name any kind installed in
+the image (agent_kinds.installed()): these, and whatever a platform team's package adds."""
 
 RESERVED_TOPIC_PREFIX = "tenantry."
 """Topic types starting with this are the runtime's own (task results)."""
@@ -39,6 +48,14 @@ class AgentConfig:
     kind: str
     topic_type: str
     system_message: str = DEFAULT_SYSTEM_MESSAGE
+    spec: AgentKind | None = field(default=None, compare=False, repr=False)
+    """The kind, loaded from its entry point; None only before parse_runtime_config resolved it."""
+    settings: BaseModel | None = field(default=None, compare=False, repr=False)
+    """The agent's `config`, validated by its kind's model."""
+
+    @property
+    def info(self) -> AgentInfo:
+        return AgentInfo(self.name, self.kind, self.topic_type)
 
 
 @dataclass(frozen=True)
@@ -64,13 +81,18 @@ class RuntimeConfig:
     sandbox: SandboxClientConfig | None
     task_timeout_seconds: float = 120.0
 
+    secrets_dir: Path | None = None
+    """Where the tenant's Secrets are mounted, one directory each (by their spec.secrets name)."""
+
     def agents_of_kind(self, kind: str) -> tuple[AgentConfig, ...]:
         return tuple(agent for agent in self.agents if agent.kind == kind)
 
     @property
     def task_topic_types(self) -> frozenset[str]:
-        """Topic types a task may be posted to: served, and with an assistant to answer."""
-        answered = {agent.topic_type for agent in self.agents_of_kind("assistant")}
+        """Topic types a task may be posted to: served, and with an agent that answers tasks."""
+        answered = {
+            agent.topic_type for agent in self.agents if agent.spec and agent.spec.answers_tasks
+        }
         return frozenset(answered.intersection(self.topic_types))
 
 
@@ -131,27 +153,44 @@ def _checked_topic_type(value: object, where: str) -> str:
     return value
 
 
-def _parse_agent(data: object, index: int) -> AgentConfig:
+def _parse_agent(data: object, index: int, installed: Mapping[str, EntryPoint]) -> AgentConfig:
     where = f"agents[{index}]"
     if isinstance(data, dict) and isinstance(data.get("name"), str):
         where = f"agent {shown(data['name'])}"
     # The kind is checked before anything else so that a config written for another runtime
     # (or an attempt to name an arbitrary component) gets the clearest possible refusal.
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in AGENT_KINDS:
+    if not isinstance(kind, str) or not AGENT_KIND_RE.fullmatch(kind) or kind not in installed:
         raise ConfigError(
-            f"{where}: kind {shown(kind)} is not allowed; allowed kinds: {', '.join(AGENT_KINDS)}"
+            f"{where}: kind {shown(kind)} is not allowed; allowed kinds: {', '.join(sorted(installed))} "
+            "(the kinds installed in this image: `python -m tenantry_runtime kinds` lists them)"
         )
-    fields = _Fields(data, where, ("name", "kind", "topicType", "systemMessage"))
+    fields = _Fields(data, where, ("name", "kind", "topicType", "systemMessage", "config"))
     name = fields.text("name", AGENT_NAME_RE)
     topic_type = _checked_topic_type(fields.text("topicType"), f"{where}.topicType")
-    # The operator renders systemMessage for every agent (null when unset); only an
-    # assistant has a use for it.
-    if fields.has("systemMessage"):
-        system_message = fields.text("systemMessage")
-        if kind == "assistant":
-            return AgentConfig(name, kind, topic_type, system_message)
-    return AgentConfig(name, kind, topic_type)
+    spec = agent_kinds.load(installed[kind])
+    settings = _validated(spec, fields.raw("config"), f"{where}.config")
+    # The operator renders systemMessage for every agent (null when unset).
+    system_message = fields.text("systemMessage") if fields.has("systemMessage") else None
+    return AgentConfig(
+        name, kind, topic_type, system_message or DEFAULT_SYSTEM_MESSAGE, spec, settings
+    )
+
+
+def _validated(spec: AgentKind, data: object, where: str) -> BaseModel:
+    """An agent's `config` as its kind's model reads it; refused in the model's own words."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object")
+    try:
+        return spec.config_model.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{where}.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            if error["loc"]
+            else f"{where}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(problems) from None
 
 
 def _parse_model(data: object) -> ModelConfig | None:
@@ -187,26 +226,37 @@ def _check_agents(config: RuntimeConfig) -> None:
                 f"topic type {agent.topic_type!r}; give each agent its own topic type"
             )
         by_topic[agent.topic_type] = agent.name
-        if agent.kind == "assistant" and config.model is None:
+        assert agent.spec is not None and agent.settings is not None  # resolved by _parse_agent
+        if agent.spec.needs_model and config.model is None:
             raise ConfigError(
-                f"agent {agent.name!r} of kind assistant needs a model, but model is null"
+                f"agent {agent.name!r} of kind {agent.kind} needs a model, but model is null"
             )
-        if agent.kind == "coder" and config.sandbox is None:
+        if agent.spec.needs_sandbox and config.sandbox is None:
             raise ConfigError(
-                f"agent {agent.name!r} of kind coder needs a sandbox, but sandbox is null"
+                f"agent {agent.name!r} of kind {agent.kind} needs a sandbox, but sandbox is null"
             )
+        for secret in agent.spec.secrets(agent.settings):
+            if config.secrets_dir is None or not (config.secrets_dir / secret).is_dir():
+                raise ConfigError(
+                    f"agent {agent.name!r}: its config names Secret {secret!r}, which is not mounted "
+                    f"(under secretsDir {config.secrets_dir}): add it to spec.secrets"
+                )
     coders = config.agents_of_kind("coder")
     if len(coders) > 1:
         names = ", ".join(repr(agent.name) for agent in coders)
         raise ConfigError(f"at most one agent of kind coder is allowed, found {names}")
 
 
-def parse_runtime_config(data: object, tenant: str) -> RuntimeConfig:
-    """Validate runtime.json for `tenant` (the process's TENANTRY_TENANT)."""
+def parse_runtime_config(
+    data: object, tenant: str, installed: Mapping[str, EntryPoint] | None = None
+) -> RuntimeConfig:
+    """Validate runtime.json for `tenant` (the process's TENANTRY_TENANT), with the agent kinds
+    `installed` in this image (agent_kinds.installed(), read when not given)."""
+    installed = agent_kinds.installed() if installed is None else installed
     fields = _Fields(
         data,
         "runtime.json",
-        ("tenant", "topicTypes", "agents", "model", "sandbox", "taskTimeoutSeconds"),
+        ("tenant", "topicTypes", "agents", "model", "sandbox", "taskTimeoutSeconds", "secretsDir"),
     )
     named = fields.text("tenant")
     if named != tenant:
@@ -223,10 +273,13 @@ def parse_runtime_config(data: object, tenant: str) -> RuntimeConfig:
     config = RuntimeConfig(
         tenant=tenant,
         topic_types=topic_types,
-        agents=tuple(_parse_agent(item, i) for i, item in enumerate(fields.items("agents"))),
+        agents=tuple(
+            _parse_agent(item, i, installed) for i, item in enumerate(fields.items("agents"))
+        ),
         model=_parse_model(fields.raw("model")),
         sandbox=_parse_sandbox(fields.raw("sandbox")),
         task_timeout_seconds=fields.seconds("taskTimeoutSeconds", 120.0),
+        secrets_dir=Path(fields.text("secretsDir")) if fields.has("secretsDir") else None,
     )
     _check_agents(config)
     return config

@@ -572,7 +572,10 @@ def test_a_refused_change_leaves_a_running_tenant_as_it_was(
             {"network": {"egress": [{"cidr": "203.0.113.0/24", "ports": []}]}},
             "spec.network.egress[0].ports",
         ),
-        ({"runtime": {"agents": [{"name": "x", "kind": "shell"}]}}, "spec.runtime.agents[0].kind"),
+        (
+            {"runtime": {"agents": [{"name": "x", "kind": "tools.shell"}]}},
+            "spec.runtime.agents[0].kind",
+        ),
         ({"runtime": {"topicTypes": ["Bad Topic"]}}, "spec.runtime.topicTypes[0]"),
         (
             {

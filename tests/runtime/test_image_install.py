@@ -11,58 +11,14 @@ pip's cache is kept (the image disables it), so later runs only reinstall.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.support.ports import free_port
+from tests.support.runtime_image import DOCKERFILE, install_runtime_image
 from tests.support.runtime_services import REPO, TENANT, base_env, start_service
 
-DOCKERFILE = REPO / "runtime_image" / "Dockerfile"
 CONSTRAINTS = REPO / "runtime_image" / "constraints.txt"
-
-
-def build_stage() -> list[str]:
-    """The instructions of the Dockerfile's first stage, continuation lines joined."""
-    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    instructions = [line for line in lines if line and not line.startswith("#")]
-    stages = [i for i, line in enumerate(instructions) if line.startswith("FROM ")]
-    assert len(stages) == 2, "expected a build stage and a runtime stage"
-    return instructions[stages[0] + 1 : stages[1]]
-
-
-def prepare_source(instructions: list[str], source: Path) -> None:
-    """Copies into `source` what the build stage's COPY lines copy into its WORKDIR."""
-    for line in instructions:
-        if not line.startswith("COPY "):
-            continue
-        *sources, destination = shlex.split(line)[1:]
-        assert not any(s.startswith("--") for s in sources), line
-        target = source / destination
-        for item in sources:
-            origin = REPO / item
-            if origin.is_dir():
-                shutil.copytree(
-                    origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-                )
-            else:
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(origin, target / origin.name)
-
-
-def install_command(instructions: list[str], venv: Path, source: Path) -> list[str]:
-    """The build stage's one RUN step, with the image's paths mapped to the test's."""
-    (run,) = [line for line in instructions if line.startswith("RUN ")]
-    workdir = next(line.split()[1] for line in instructions if line.startswith("WORKDIR "))
-    argv = shlex.split(run.removeprefix("RUN "))
-    assert argv[:2] == ["sh", "runtime_image/install.sh"], run
-    mapping = {"/opt/venv": str(venv), workdir: str(source)}
-    return [mapping.get(arg, arg) for arg in argv]
 
 
 def pinned() -> set[str]:
@@ -71,17 +27,8 @@ def pinned() -> set[str]:
 
 
 def test_the_image_install_has_pinned_packages_and_working_entrypoints(tmp_path: Path) -> None:
-    instructions = build_stage()
     source, venv = tmp_path / "src", tmp_path / "venv"
-    prepare_source(instructions, source)
-    install = subprocess.run(
-        install_command(instructions, venv, source),
-        cwd=source,
-        env={**os.environ, "PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    install = install_runtime_image(venv, source)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     python = str(venv / "bin" / "python")
 

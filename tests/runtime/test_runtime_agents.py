@@ -14,8 +14,8 @@ from autogen_core.code_executor import CodeBlock
 from autogen_core.models import ModelFamily
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tenantry_runtime import agent_kinds
 from tenantry_runtime.agents import (
-    AGENT_BUILDERS,
     PendingTasks,
     build_model_client,
     extract_code_blocks,
@@ -108,8 +108,12 @@ def test_a_megabyte_of_closed_fences_is_parsed() -> None:
     assert found == [("python", "print(1)\n")] * (2**20 // len(block))
 
 
-def test_every_allowed_kind_has_a_builder_and_nothing_else_does() -> None:
-    assert set(AGENT_BUILDERS) == set(AGENT_KINDS) == {"assistant", "coder"}
+def test_every_built_in_kind_is_installed_as_an_entry_point_and_nothing_else_is() -> None:
+    installed = agent_kinds.installed()
+    assert set(installed) == set(AGENT_KINDS) == {"assistant", "coder"}
+    assert all(
+        isinstance(agent_kinds.load(point), agent_kinds.AgentKind) for point in installed.values()
+    )
 
 
 async def test_pending_tasks_hand_each_result_to_its_waiter_and_cancel_the_rest() -> None:

@@ -42,7 +42,10 @@ def test_defaults() -> None:
             {"network": {"egress": [{"cidr": "10.0.0.0/8", "ports": [0]}]}},
             "greater than or equal to 1",
         ),
-        ({"runtime": {"agents": [{"name": "a", "kind": "exec"}]}}, "'assistant' or 'coder'"),
+        (
+            {"runtime": {"agents": [{"name": "a", "kind": "autogen_ext.tools.FunctionTool"}]}},
+            "spec.runtime.agents.0.kind",
+        ),
         (
             {
                 "runtime": {
@@ -239,3 +242,28 @@ def test_every_pattern_a_manifest_meets_is_explained_in_words() -> None:
         "and ending with a letter or digit (got 'UPPER')",
         "spec.quota.cpu: must be a Kubernetes quantity such as 500m, 2 or 8Gi (got 'lots')",
     ]
+
+
+def test_an_agent_names_a_kind_by_name_with_a_config_the_runtime_validates() -> None:
+    agent = {"name": "faq", "kind": "faq", "topicType": "faq", "config": {"secret": "s", "n": [1]}}
+    spec = tenant({"runtime": {"agents": [agent]}}).spec
+    assert spec.runtime.agents[0].kind == "faq"
+    assert spec.runtime.agents[0].config == {"secret": "s", "n": [1]}
+
+
+@pytest.mark.parametrize("kind", ["acme_agents:FAQ", "os.system", "FunctionTool", "a/b"])
+def test_an_agent_kind_is_never_a_module_or_a_path(kind: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        tenant({"runtime": {"agents": [{"name": "a", "kind": kind}]}})
+    assert human_errors(refused.value) == [
+        f"spec.runtime.agents.0.kind: must be a DNS-1123 label: lowercase letters, digits and '-', "
+        f"starting and ending with a letter or digit (got {kind!r})"
+    ]
+
+
+def test_an_agent_config_is_bounded() -> None:
+    big = {"name": "a", "kind": "faq", "config": {"blob": "x" * (16 * 1024)}}
+    with pytest.raises(ValidationError) as refused:
+        tenant({"runtime": {"agents": [big]}})
+    assert "spec.runtime.agents[0].config" in str(refused.value)
+    assert "move large data to a Secret or the image" in str(refused.value)

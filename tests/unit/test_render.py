@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,16 @@ def test_the_table_of_child_kinds_is_exactly_what_render_produces() -> None:
     tenant = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
     rendered = {m["kind"] for config in (OperatorConfig(), scoped) for m in render(tenant, config)}
     assert rendered == set(BY_KIND)
+
+
+def test_an_agents_config_reaches_runtime_json_as_data() -> None:
+    """A config is the kind's to validate; the operator carries it as JSON data, whatever it holds."""
+    hostile = {"secret": "faq", "note": '"}, "tenant": "globex', "nested": {"kind": "os.system"}}
+    agents = [{"name": "faq", "kind": "faq", "topicType": "faq", "config": hostile}]
+    rendered = by_key(render(tenant({"runtime": {"agents": agents}}), CONFIG, FACTS))
+    runtime_json = json.loads(rendered[("ConfigMap", "runtime-config")]["data"]["runtime.json"])
+    assert runtime_json["tenant"] == "acme"
+    assert runtime_json["agents"] == [
+        {"name": "faq", "kind": "faq", "topicType": "faq", "systemMessage": None, "config": hostile}
+    ]
+    assert runtime_json["secretsDir"] == "/var/run/secrets/tenantry/secrets"

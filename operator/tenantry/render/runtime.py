@@ -45,9 +45,11 @@ def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
         "agents": [
             {
                 "name": agent.name,
-                "kind": agent.kind.value,
+                "kind": agent.kind,
                 "topicType": agent.topic_type,
                 "systemMessage": agent.system_message,
+                # Only when set: the kind validates it (and most agents have none).
+                **({"config": agent.config} if agent.config is not None else {}),
             }
             for agent in spec.runtime.agents
         ],
@@ -70,6 +72,9 @@ def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
             else None
         ),
         "taskTimeoutSeconds": TASK_TIMEOUT_SECONDS,
+        # Each of spec.secrets is mounted below it, in a directory of its name; an agent's kind
+        # is handed the directories of the Secrets its config names.
+        "secretsDir": f"{SECRETS_DIR}/secrets",
     }
 
 
