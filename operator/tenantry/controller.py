@@ -13,14 +13,15 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, CHILD_KINDS
-from tenantry.names import MANAGED_BY, OPERATOR
+from tenantry.names import COMPONENT_LABEL, MANAGED_BY, OPERATOR, RUNTIME
+from tenantry.pods import PodCache
 from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
@@ -38,6 +39,7 @@ class Controller:
         self.config = config
         self.tenants: dict[str, dict[str, Any]] = {}
         self.children = ChildCache()
+        self.pods = PodCache()
         self.reconciler = Reconciler(client, config, operator_namespace, self.known_tenants)
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
@@ -55,7 +57,9 @@ class Controller:
             return  # garbage collection removes the children of a deleted tenant
         started = time.monotonic()
         try:
-            observation = await self.reconciler.reconcile(body, self.children.of(name))
+            observation = await self.reconciler.reconcile(
+                body, self.children.of(name), self.pods.of(name)
+            )
         except TenantGone:
             # Deleted while the watch was away: a reconnecting watch replays what exists, not
             # what vanished, so the deletion shows only here.
@@ -95,6 +99,7 @@ class Controller:
         self.last_seen.pop(name, None)
         self.reconciler.forget(uid)
         self.children.forget(name)
+        self.pods.forget(name)
         self.queue.forget(name)
         self.outcomes.pop(name, None)
         metrics.count_tenants(self.outcomes.values())
@@ -131,6 +136,10 @@ class Controller:
             async for obj in client.list(child.resource, labels={MANAGED_BY: OPERATOR}, **where):  # type: ignore[call-overload]
                 fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
         self.children.replace(fresh)
+        pods = PodCache()
+        async for pod in client.list(Pod, namespace="*", labels={COMPONENT_LABEL: RUNTIME}):
+            pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
+        self.pods.replace(pods)
 
     async def run(self) -> None:
         """Fill the caches from fresh lists, then reconcile what the watches queue.
@@ -168,6 +177,16 @@ class Controller:
             where = meta.get("name") if child and not child.namespaced else meta.get("namespace")
             home = (known.get("status") or {}).get("namespace")
             if known["metadata"].get("uid") in owners or (home and where == home):
+                self.queue.enqueue(tenant)
+
+    def pod_seen(self, event: dict[str, Any]) -> None:
+        body = event["object"]
+        tenant = self.pods.observe(body, deleted=event.get("type") == "DELETED")
+        if tenant and tenant in self.tenants:
+            # Only a pod in the tenant's own namespace counts (anyone who may label a pod
+            # elsewhere could otherwise speak for it); plan.current_refusal checks it again.
+            home = (self.tenants[tenant].get("status") or {}).get("namespace")
+            if home and (body.get("metadata") or {}).get("namespace") == home:
                 self.queue.enqueue(tenant)
 
     async def watch_secret_sources(self) -> None:

@@ -22,7 +22,8 @@ from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
 from tenantry.kinds import CHILD_KINDS
 from tenantry.models import GROUP, PLURAL, VERSION
-from tenantry.names import MANAGED_BY, OPERATOR
+from tenantry.names import COMPONENT_LABEL, MANAGED_BY, OPERATOR, RUNTIME
+from tenantry.pods import RUNTIME_PODS_SELECTOR
 
 logger = logging.getLogger("tenantry.handlers")
 
@@ -62,6 +63,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     tenant_selector = config.tenant_selector
     for group, version, plural in watched_children(config):
         settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
+    settings.watching.label_selectors["v1", "pods"] = RUNTIME_PODS_SELECTOR
     if tenant_selector:
         # Tenants it does not select never reach this process: their children's events and source
         # Secrets then concern no tenant it knows, so another operator may own them (sharding).
@@ -128,6 +130,10 @@ async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).child_seen(dict(event))
 
 
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).pod_seen(dict(event))
+
+
 def watched_children(config: OperatorConfig) -> tuple[tuple[str, str, str], ...]:
     """The child kinds watched cluster-wide. With scoped Secrets the operator may not list
     Secrets cluster-wide, so each reconcile lists its tenant's instead (see reconcile)."""
@@ -135,8 +141,10 @@ def watched_children(config: OperatorConfig) -> tuple[tuple[str, str, str], ...]
 
 
 def register_children(config: OperatorConfig) -> None:
-    """Register the child watches; called once by `tenantry run`, before Kopf starts."""
+    """Register the child watches, and the runtime pods' (for their refusals, see pods.py);
+    called once by `tenantry run`, before Kopf starts."""
     for group, version, plural in watched_children(config):
         kopf.on.event(group, version, plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{plural}")(
             child_event
         )
+    kopf.on.event("", "v1", "pods", labels={COMPONENT_LABEL: RUNTIME}, id="runtime-pods")(pod_event)

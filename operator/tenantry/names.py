@@ -34,3 +34,6 @@ SECRETS_DIR = "/var/run/secrets/tenantry"
 SANDBOX_TOKEN_DIR = f"{SECRETS_DIR}/sandbox"
 WORKSPACE_DIR = "/workspace"
 TASK_TIMEOUT_SECONDS = 120
+# Kubernetes' default terminationMessagePath: what a container writes there becomes its
+# status's `terminated.message`.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"

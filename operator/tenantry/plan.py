@@ -13,7 +13,8 @@ from typing import Any, Literal
 from tenantry.children import ChildKey, LiveChild, apply_reason, child_key, child_path
 from tenantry.kinds import BY_KIND
 from tenantry.models import KIND, AgentTenant
-from tenantry.names import RUNTIME, SANDBOX, TENANT_LABEL
+from tenantry.names import CONFIG_HASH, RUNTIME, SANDBOX, TENANT_LABEL
+from tenantry.pods import RuntimeRefusal
 from tenantry.render import Manifest, uid_slot
 from tenantry.status import Correction, GroupState
 
@@ -101,6 +102,9 @@ class Plan:
     prune: tuple[ChildKey, ...]
     corrected: tuple[Correction, ...]
     groups: Mapping[str, GroupState]
+    # (reason, message) when the tenant cannot become Ready until a human acts, although
+    # everything was written: its runtime refuses the configuration it was given.
+    stalled: tuple[str, str] | None = None
 
     @property
     def writes(self) -> tuple[Write, ...]:
@@ -123,6 +127,7 @@ def plan(
     live: Mapping[ChildKey, LiveChild],
     namespace_exists: bool,
     was_ready: bool,
+    refusals: Iterable[RuntimeRefusal] = (),
 ) -> Plan:
     """Compare the rendered children with the live ones (this tenant's only, see `ours`)."""
     desired = list(desired)
@@ -139,6 +144,10 @@ def plan(
         if was_ready and write.reason != "changed"
     )
     wanted = {child_key(manifest) for manifest in desired}
+    groups = group_states(tenant, namespace, {write.key for write in writes}, live)
+    refused = current_refusal(namespace, desired, refusals)
+    if refused is not None and not groups["RuntimeReady"].ok:
+        groups["RuntimeReady"] = GroupState(False, RUNTIME_CONFIG_REFUSED, refused.message)
     return Plan(
         phases=tuple(
             tuple(write for write in writes if BY_KIND[write.key[0]].phase == phase)
@@ -148,8 +157,36 @@ def plan(
         # by garbage collection, never because a pass did not render it.
         prune=tuple(key for key in sorted(set(live) - wanted) if BY_KIND[key[0]].namespaced),
         corrected=corrected,
-        groups=group_states(tenant, namespace, {write.key for write in writes}, live),
+        groups=groups,
+        stalled=(RUNTIME_CONFIG_REFUSED, refused.message)
+        if refused is not None and not groups["RuntimeReady"].ok
+        else None,
     )
+
+
+RUNTIME_CONFIG_REFUSED = "RuntimeConfigRefused"
+
+
+def current_refusal(
+    namespace: str, desired: Iterable[Manifest], refusals: Iterable[RuntimeRefusal]
+) -> RuntimeRefusal | None:
+    """A refusal by a runtime pod of this tenant's namespace that ran the configuration and the
+    image the tenant has now (its pod template's): an older pod's refusal is a rollout's past."""
+    runtime = ("Deployment", namespace, RUNTIME)
+    current = {
+        (
+            manifest["spec"]["template"]["metadata"]["annotations"].get(CONFIG_HASH),
+            container["image"],
+        )
+        for manifest in desired
+        if child_key(manifest) == runtime
+        for container in manifest["spec"]["template"]["spec"]["containers"]
+        if container["name"] == RUNTIME
+    }
+    for refusal in refusals:
+        if refusal.namespace == namespace and (refusal.config_hash, refusal.image) in current:
+            return refusal
+    return None
 
 
 def group_states(

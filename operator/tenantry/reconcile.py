@@ -42,6 +42,7 @@ from tenantry.plan import (
     owns,
     plan,
 )
+from tenantry.pods import RuntimeRefusal
 from tenantry.policy import violations
 from tenantry.render import ClusterFacts, DuplicateChild, render, tenant_namespace
 from tenantry.report import StatusReporter
@@ -97,16 +98,26 @@ class Reconciler:
         self.reporter = StatusReporter(self.client)
 
     async def reconcile(
-        self, body: Mapping[str, Any], live: Mapping[ChildKey, LiveChild]
+        self,
+        body: Mapping[str, Any],
+        live: Mapping[ChildKey, LiveChild],
+        refusals: Iterable[RuntimeRefusal] = (),
     ) -> Observation:
-        """Converge one tenant, write its status when it changed, and post events."""
+        """Converge one tenant, write its status when it changed, and post events. `refusals`
+        are what its runtime pods said when they refused their configuration (pods.PodCache)."""
         meta = body["metadata"]
         generation = int(meta.get("generation") or 0)
         previous = self.reporter.previous(body)
         try:
             tenant = AgentTenant.model_validate(body)
             observation = await self._converge(
-                tenant, meta["uid"], meta.get("creationTimestamp") or "", generation, live, previous
+                tenant,
+                meta["uid"],
+                meta.get("creationTimestamp") or "",
+                generation,
+                live,
+                previous,
+                tuple(refusals),
             )
         except ValidationError as error:
             observation = self._stalled(body, generation, "InvalidSpec", describe(error))
@@ -136,6 +147,7 @@ class Reconciler:
         generation: int,
         live: Mapping[ChildKey, LiveChild],
         previous: Mapping[str, Any] | None,
+        refusals: tuple[RuntimeRefusal, ...],
     ) -> Observation:
         facts = await self._read_facts(tenant, uid, live)
         check_uid_slot(tenant.name, created, self.neighbours())
@@ -157,7 +169,13 @@ class Reconciler:
             raise Stall("DuplicateChild", str(error)) from None
         was_ready = condition_of(previous, "Ready").get("status") == "True"
         decided = plan(
-            tenant, facts.namespace, desired, facts.live, facts.namespace_exists, was_ready
+            tenant,
+            facts.namespace,
+            desired,
+            facts.live,
+            facts.namespace_exists,
+            was_ready,
+            refusals,
         )
         await self._carry_out(decided, tenant, uid)
         return Observation(
@@ -165,6 +183,7 @@ class Reconciler:
             namespace=facts.namespace,
             topic_source=tenant.name,
             groups=decided.groups,
+            stalled=decided.stalled,
             corrected=decided.corrected,
             pruned=tuple(describe_child(key) for key in decided.prune),
         )

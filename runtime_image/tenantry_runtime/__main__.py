@@ -24,6 +24,20 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _write_termination_message(message: str) -> None:
+    """Leave a refusal where Kubernetes reads a container's last words (the file named by
+    TENANTRY_TERMINATION_MESSAGE_PATH, the pod's terminationMessagePath): the operator shows it
+    on the tenant's status, so nobody has to read the pod's log to learn what to fix."""
+    path = os.environ.get("TENANTRY_TERMINATION_MESSAGE_PATH")
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(message)
+    except OSError as exc:  # the refusal is on stderr anyway
+        print(f"tenantry_runtime: cannot write the termination message: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenantry_runtime", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
             serve_sandbox(load_sandbox_settings(os.environ))
     except ConfigError as exc:
-        print(f"tenantry_runtime {args.command}: refusing to start: {exc}", file=sys.stderr)
+        refusal = f"tenantry_runtime {args.command}: refusing to start: {exc}"
+        print(refusal, file=sys.stderr)
+        _write_termination_message(refusal)
         return 2
     return 0
 

@@ -219,6 +219,9 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
         # Read before any write (never adopt one); never deleted: garbage collection does that.
         ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
         ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},
+        # The runtime pods' termination messages (handlers.RUNTIME_PODS_SELECTOR): read only,
+        # never one by one, and no other verb.
+        ("", "pods"): {"list", "watch"},
     }
     assert rules_by_resource(role["rules"]) == expected
     assert ("", "secrets") not in rules_by_resource(role["rules"])  # no cluster-wide Secret right

@@ -459,6 +459,9 @@ NEEDED = [
         )
         for verb in ("list", "watch", "create", "patch", "delete")
     ],
+    # Runtime pods' termination messages (a refused runtime.json): read, never one by one.
+    ("list", "pods", None),
+    ("watch", "pods", None),
     ("create", "events", "default"),
     ("create", "leases.coordination.k8s.io", RELEASE_NAMESPACE),
     ("get", "leases.coordination.k8s.io/tenantry-leader", RELEASE_NAMESPACE),

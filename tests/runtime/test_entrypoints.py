@@ -134,3 +134,22 @@ def test_sandbox_loads_nothing_of_the_runtime_side() -> None:
     loaded = loaded_modules("sandbox")
     assert "tenantry_runtime.sandbox" in loaded
     assert loaded & RUNTIME_SIDE == set()
+
+
+def test_a_refusal_is_also_the_containers_termination_message(tmp_path: Path) -> None:
+    """The kubelet reads a container's last words from its terminationMessagePath; the operator
+    shows them on the tenant (RuntimeConfigRefused), so nobody has to read the log."""
+    config = tmp_path / "runtime.json"
+    agent = {"name": "x", "kind": "search", "topicType": "default"}
+    config.write_text(json.dumps({"tenant": TENANT, "topicTypes": ["default"], "agents": [agent]}))
+    last_words = tmp_path / "termination-log"
+    result = run(
+        "serve",
+        TENANTRY_TENANT=TENANT,
+        TENANTRY_CONFIG=str(config),
+        TENANTRY_TERMINATION_MESSAGE_PATH=str(last_words),
+    )
+    assert result.returncode == 2
+    message = last_words.read_text()
+    assert message.startswith("tenantry_runtime serve: refusing to start: agent 'x': kind 'search'")
+    assert message in result.stderr

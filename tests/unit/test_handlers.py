@@ -26,8 +26,14 @@ def test_child_watches_carry_a_server_side_label_selector() -> None:
         assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
     tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
     assert settings.watching.label_selectors.collect(tenants) == []
-    # Pods are not watched at all; a selector must not leak onto other kinds.
-    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods")) == []
+    # Pods are watched only for the runtime's refusals, and only the runtime's: a selector of
+    # their own, never the children's, and none on other kinds.
+    pods = settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods"))
+    assert pods == ["tenantry.dev/component=runtime"]
+    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "configmaps")) == [
+        CHILD_SELECTOR
+    ]
+    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "nodes")) == []
 
 
 def test_a_tenant_selector_filters_the_tenant_watch_on_the_server_only() -> None:

@@ -4,6 +4,7 @@ what to prune, what counts as drift corrected, and each child group's state."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND
 from tenantry.models import AgentTenant
 from tenantry.plan import Plan, Stall, check_namespace_name, ours, owns, plan
+from tenantry.pods import RuntimeRefusal
 from tenantry.render import ClusterFacts, render
+from tenantry.status import GroupState
 
 REPO = Path(__file__).resolve().parents[2]
 UID = "00000000-0000-0000-0000-000000000001"
@@ -191,3 +194,50 @@ def test_reserved_namespaces_stall(namespace: str) -> None:
         check_namespace_name(namespace, frozenset({"default", "kube-system", "tenantry-system"}))
     assert stalled.value.reason == "ReservedNamespace"
     assert "spec.namespace" in stalled.value.message
+
+
+def refusal_of(children: list[dict[str, Any]], namespace: str = NAMESPACE) -> RuntimeRefusal:
+    (runtime,) = [
+        m for m in children if m["kind"] == "Deployment" and m["metadata"]["name"] == "runtime"
+    ]
+    template = runtime["spec"]["template"]
+    return RuntimeRefusal(
+        namespace,
+        template["metadata"]["annotations"]["tenantry.dev/config-hash"],
+        template["spec"]["containers"][0]["image"],
+        "tenantry_runtime serve: refusing to start: agent 'x': kind 'search' is not allowed",
+    )
+
+
+def test_a_runtime_that_refuses_its_current_configuration_stalls_the_tenant() -> None:
+    children = desired()
+    live = as_live(children, available=False)
+    refused = refusal_of(children)
+    decided = plan(acme(), NAMESPACE, children, live, True, True, [refused])
+    assert decided.stalled == ("RuntimeConfigRefused", refused.message)
+    assert decided.groups["RuntimeReady"] == GroupState(
+        False, "RuntimeConfigRefused", refused.message
+    )
+    assert decided.writes == ()  # everything is applied: only a human can help now
+
+
+def test_a_refusal_of_another_configuration_or_image_or_namespace_is_the_past() -> None:
+    children = desired()
+    live = as_live(children, available=False)
+    refused = refusal_of(children)
+    for old in (
+        replace(refused, config_hash="an-older-config"),
+        replace(refused, image="an-older-image"),
+        replace(refused, namespace="tenant-globex"),
+    ):
+        decided = plan(acme(), NAMESPACE, children, live, True, True, [old])
+        assert decided.stalled is None
+        assert decided.groups["RuntimeReady"].reason == "Unavailable"
+
+
+def test_an_available_runtime_is_not_stalled_by_an_old_pods_refusal() -> None:
+    children = desired()
+    decided = plan(
+        acme(), NAMESPACE, children, as_live(children), True, True, [refusal_of(children)]
+    )
+    assert decided.stalled is None and decided.groups["RuntimeReady"].ok

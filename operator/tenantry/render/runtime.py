@@ -20,6 +20,7 @@ from tenantry.names import (
     SANDBOX_TOKEN_SECRET,
     SECRETS_DIR,
     TASK_TIMEOUT_SECONDS,
+    TERMINATION_MESSAGE_PATH,
 )
 from tenantry.render.tenant import ClusterFacts, Manifest, digest, metadata, tenant_uid
 from tenantry.render.workloads import (
@@ -126,6 +127,9 @@ def build_runtime_deployment(
                 "TENANTRY_CONFIG": f"{CONFIG_DIR}/runtime.json",
                 "TENANTRY_AUDIT_LOG": "-",
                 "TENANTRY_PORT": str(HTTP_PORT),
+                # A refused runtime.json is written there too: the operator shows it as the
+                # tenant's RuntimeConfigRefused stall (docs/runtime-contract.md).
+                "TENANTRY_TERMINATION_MESSAGE_PATH": TERMINATION_MESSAGE_PATH,
             }
         ),
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
