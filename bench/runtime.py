@@ -7,6 +7,9 @@
    task the model answers at once and for one that runs python in the sandbox.
 3. One code block through `SandboxCodeExecutor` and a real sandbox process vs autogen-ext's
    `LocalCommandLineCodeExecutor` in a temporary directory.
+4. The idle memory (RSS) of a tenant's processes: `serve` with no agent, with the built-in
+   kinds, and with a platform team's kind (examples/custom-agents, installed as a package
+   beside the runtime's), and `sandbox`.
 
 The machine this runs on is noisy, so every comparison is a ratio of variants measured in
 the same run, interleaved (the order alternates each round), and each figure is repeated and
@@ -31,6 +34,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -80,6 +85,10 @@ SLICES = 4  # a round's messages per variant, in this many alternating runs
 TASKS_PER_ROUND = 10
 EXECUTIONS_PER_ROUND = 10
 WARMUP = 2
+
+IDLE_SECONDS = 2.0
+"""How long a process idles, healthy, before its RSS is read."""
+EXAMPLE_KINDS = Path(__file__).resolve().parents[1] / "examples" / "custom-agents"
 
 CODE = "print(sum(range(1000)))\n"
 DIRECT_PROMPT = "What is the answer?"
@@ -395,6 +404,113 @@ async def measure_executors(
 # --- the section ----------------------------------------------------------------------------
 
 
+# --- 4. idle memory ---------------------------------------------------------------------------
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+    return int(kib) / 1024
+
+
+def _idle_configs(workdir: Path) -> dict[str, tuple[dict[str, Any], str]]:
+    """runtime.json and the extra import path of each `serve` variant measured."""
+    kinds = workdir / "acme-agents"
+    if not kinds.exists():
+        # The package installed as its Dockerfile installs it (no deps), here into a directory
+        # on the process's path instead of the image's virtualenv: its entry point is found alike.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(kinds),
+             str(EXAMPLE_KINDS)],
+            check=True,
+        )  # fmt: skip
+    secrets = workdir / "secrets"
+    (secrets / "faq-answers").mkdir(parents=True, exist_ok=True)
+    (secrets / "faq-answers" / "answers.json").write_text('{"hours": "9 to 5"}')
+    (workdir / "api-key").write_text("sk-bench\n")
+    (workdir / "token").write_text("bench-sandbox-token\n")
+    base = {"tenant": TENANT, "model": None, "sandbox": None, "secretsDir": str(secrets)}
+    builtin = {
+        **base,
+        "topicTypes": ["default"],
+        "agents": [
+            {"name": "assistant", "kind": "assistant", "topicType": "default"},
+            {"name": "coder", "kind": "coder", "topicType": "code"},
+        ],
+        # Never called while idle: the model client and the sandbox's connect on first use.
+        "model": {"model": "scripted", "baseUrl": "http://127.0.0.1:9/v1",
+                  "apiKeyFile": str(workdir / "api-key")},
+        "sandbox": {"url": "http://127.0.0.1:9", "tokenFile": str(workdir / "token")},
+    }  # fmt: skip
+    example = {
+        **base,
+        "topicTypes": ["faq"],
+        "agents": [
+            {"name": "faq", "kind": "faq", "topicType": "faq", "config": {"secret": "faq-answers"}}
+        ],
+    }
+    return {
+        "serve, no agent": ({**base, "topicTypes": ["default"], "agents": []}, ""),
+        "serve, built-in kinds (assistant + coder)": (builtin, ""),
+        "serve, example kind (faq)": (example, str(kinds)),
+    }
+
+
+async def _idle_rss(command: str, env: dict[str, str], logs: Path, **options: Any) -> float:
+    service = await asyncio.to_thread(runtime_services.start_service, command, env, logs, **options)
+    try:
+        await asyncio.sleep(IDLE_SECONDS)
+        return _rss_mib(service.proc.pid)
+    finally:
+        await asyncio.to_thread(service.stop)
+
+
+async def measure_idle_memory(rounds: int, workdir: Path) -> dict[str, Any]:
+    """RSS of each process once healthy and idle, in MiB; the variants alternate each round."""
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any measure
+    configs = await asyncio.to_thread(_idle_configs, workdir)
+    package = str(Path(tenantry_runtime.__file__).parents[1])
+    home = Path(tempfile.mkdtemp(prefix="tenantry-bench-idle-"))  # the sandbox user's
+    (home / "workspace").mkdir()
+    (home / "token").write_text("bench-sandbox-token\n")
+    if os.geteuid() == 0:
+        for path in (home, home / "workspace", home / "token"):
+            os.chown(path, runtime_services.SANDBOX_UID, runtime_services.SANDBOX_UID)
+    mib: dict[str, list[float]] = {name: [] for name in [*configs, "sandbox"]}
+    try:
+        for order in _orders(rounds, list(mib)):
+            for name in order:
+                port = str(free_port())
+                if name == "sandbox":
+                    env = runtime_services.base_env(
+                        TENANTRY_TENANT=TENANT,
+                        TENANTRY_SANDBOX_TOKEN_FILE=str(home / "token"),
+                        TENANTRY_SANDBOX_WORKDIR=str(home / "workspace"),
+                        TENANTRY_HOST="127.0.0.1",
+                        TENANTRY_PORT=port,
+                    )
+                    rss = await _idle_rss(
+                        "sandbox", env, workdir / "idle-sandbox", as_sandbox_user=True, cwd=home
+                    )
+                else:
+                    config, extra_path = configs[name]
+                    path = workdir / "idle-runtime.json"
+                    path.write_text(json.dumps(config))
+                    env = runtime_services.base_env(
+                        TENANTRY_TENANT=TENANT,
+                        TENANTRY_CONFIG=str(path),
+                        TENANTRY_AUDIT_LOG=str(workdir / "idle-audit.jsonl"),
+                        TENANTRY_HOST="127.0.0.1",
+                        TENANTRY_PORT=port,
+                        PYTHONPATH=os.pathsep.join(p for p in (package, extra_path) if p),
+                    )
+                    rss = await _idle_rss("serve", env, workdir / "idle-serve")
+                mib[name].append(rss)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return {"rss_mib": mib, "idle_seconds": IDLE_SECONDS}
+
+
 def _orders(count: int, names: list[str]) -> Iterator[list[str]]:
     """A B, B A, A B, ...: interleaved, and neither variant always goes first."""
     for i in range(count):
@@ -425,6 +541,7 @@ async def run(rounds: int, workdir: Path) -> dict[str, Any]:
         },
     }
     results["messages"] = await measure_messages(rounds, MESSAGES, workdir)
+    results["idle"] = await measure_idle_memory(rounds, workdir / "idle")
     async with _services(workdir) as services:
         results["tasks"] = await measure_tasks(services, rounds, TASKS_PER_ROUND)
         results["executors"] = await measure_executors(
@@ -535,6 +652,7 @@ def report(results: dict[str, Any], plots: Path) -> str:
             _row("`LocalCommandLineCodeExecutor`", run_times["local"], ".1f"),
         ],
     )
+    idle_section = _idle_report(results.get("idle"), params["rounds"])
     return f"""\
 ### Runtime: messages per second, guard vs bare
 
@@ -590,6 +708,23 @@ directory and runs it); both with the same interpreter,
 {execution}
 
 Sandbox over local, medians: {median(run_times["sandbox"]) / median(run_times["local"]):.2f}x.
+{idle_section}"""
+
+
+def _idle_report(idle: dict[str, Any] | None, rounds: int) -> str:
+    if not idle:
+        return ""  # results from before this section measured it
+    table = _table("idle RSS (MiB)", [_row(name, v, ".1f") for name, v in idle["rss_mib"].items()])
+    return f"""
+### Runtime: idle memory of a tenant's processes
+
+What a platform pays per tenant before any task: each process started as its pod starts it,
+healthy, then left idle {idle["idle_seconds"]:.0f} s, its RSS read from `/proc`; {rounds}
+starts of each, alternating. "example kind" is `examples/custom-agents` (a platform team's
+package, installed beside the runtime's as its Dockerfile installs it): only the kinds a tenant
+names are imported.
+
+{table}
 """
 
 
