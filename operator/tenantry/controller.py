@@ -137,8 +137,15 @@ class Controller:
                 fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
         self.children.replace(fresh)
         pods = PodCache()
-        async for pod in client.list(Pod, namespace="*", labels={COMPONENT_LABEL: RUNTIME}):
-            pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
+        try:
+            async for pod in client.list(Pod, namespace="*", labels={COMPONENT_LABEL: RUNTIME}):
+                pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
+        except ApiError as error:
+            if error.status.code != 403:
+                raise
+            # An identity without the chart's right to list pods (an older ClusterRole, a hand
+            # install): tenants are still reconciled, only refusals are not shown.
+            logger.warning("cannot list runtime pods, refused runtime configs are not shown")
         self.pods.replace(pods)
 
     async def run(self) -> None:

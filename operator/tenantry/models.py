@@ -199,6 +199,35 @@ ASSISTANT: Final = "assistant"
 CODER: Final = "coder"
 # An agent's config is validated by its kind in the runtime; here only its size is bounded.
 MAX_AGENT_CONFIG_BYTES = 16 * 1024
+MAX_AGENT_CONFIG_DEPTH = 16
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar is 0), without recursion."""
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_agent_config(text: str) -> dict[str, Any]:
+    """An agent's `config` text as the object it must be; ValueError saying why not."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    if json_depth(value) > MAX_AGENT_CONFIG_DEPTH:
+        raise ValueError(f"nested more than {MAX_AGENT_CONFIG_DEPTH} levels")
+    return value
 
 
 class Agent(Model):
@@ -210,11 +239,15 @@ class Agent(Model):
         "and `coder` (runs code in the sandbox) are built in; `python -m tenantry_runtime kinds` "
         "lists the kinds of an image. A name, never a module: the runtime refuses a kind it does not have."
     )
-    config: dict[str, Any] | None = Field(
+    # JSON text, not a free-form object: an object kept with x-kubernetes-preserve-unknown-fields
+    # may nest as deep as the API server allows (10,000 levels), and Python's json gives up near
+    # 1,000, so one such tenant would break the operator's watches and lists for every tenant
+    # (found by review; tests/unit/test_models.py::test_an_agent_config_is_json_text_of_bounded_depth).
+    config: Annotated[str, StringConstraints(max_length=MAX_AGENT_CONFIG_BYTES)] | None = Field(
         None,
-        description="The agent's configuration, an object its kind validates when the runtime starts "
-        f"(at most {MAX_AGENT_CONFIG_BYTES // 1024} KiB of JSON); the kinds command prints each kind's schema.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 64},
+        description="The agent's configuration: a JSON object, as text (at most "
+        f"{MAX_AGENT_CONFIG_BYTES // 1024} KiB, nested at most {MAX_AGENT_CONFIG_DEPTH} levels), which its kind "
+        "validates when the runtime starts; `python -m tenantry_runtime kinds` prints each kind's schema.",
     )
     topic_type: TopicType = Field(
         "default",
@@ -538,12 +571,14 @@ class AgentTenantSpec(Model):
         if sum(a.kind == CODER for a in agents) > 1:
             raise ValueError(ONE_CODER["message"])
         for index, agent in enumerate(agents):
-            size = len(json.dumps(agent.config, separators=(",", ":")))
-            if size > MAX_AGENT_CONFIG_BYTES:
-                raise ValueError(
-                    f"spec.runtime.agents[{index}].config: {size} bytes of JSON, more than the "
-                    f"{MAX_AGENT_CONFIG_BYTES} a config may have: move large data to a Secret or the image"
-                )
+            if agent.config is not None:
+                try:
+                    parse_agent_config(agent.config)
+                except ValueError as error:
+                    raise ValueError(
+                        f"spec.runtime.agents[{index}].config: {error}: write the agent's config as "
+                        "one JSON object"
+                    ) from None
         secret_names = [s.name for s in self.secrets]
         if len(secret_names) != len(set(secret_names)):
             raise ValueError("spec.secrets: secret names must be unique")

@@ -121,6 +121,10 @@ class Reconciler:
             )
         except ValidationError as error:
             observation = self._stalled(body, generation, "InvalidSpec", describe(error))
+        except RecursionError:  # a spec no human wrote: say so rather than retry forever
+            observation = self._stalled(
+                body, generation, "InvalidSpec", "the spec nests too deeply to be read"
+            )
         except Stall as stall:
             observation = self._stalled(body, generation, stall.reason, stall.message)
             if stall.revoked:

@@ -94,9 +94,7 @@ class AgentContext:
     ) -> T:
         """Run one tool call and audit it like a code run: the tool's name, a digest of the
         arguments (never the arguments), how long it took and how it ended."""
-        digest = hashlib.sha256(
-            json.dumps(arguments, sort_keys=True, default=repr).encode()
-        ).hexdigest()
+        digest = arguments_digest(arguments)
         started = time.monotonic()
         outcome: Literal["ok", "error"] = "error"
         try:
@@ -112,6 +110,17 @@ class AgentContext:
                 outcome=outcome,
                 task_id=task_id,
             )
+
+
+def arguments_digest(arguments: Mapping[str, Any]) -> str:
+    """What a tool call's record holds of its arguments: the SHA-256 of their JSON, never the
+    arguments. Arguments that are not plain JSON (keys of mixed types, cycles, objects) get the
+    digest of a fixed marker: the call is still made, and still audited."""
+    try:
+        text = json.dumps(arguments, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        text = "<arguments that are not JSON>"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

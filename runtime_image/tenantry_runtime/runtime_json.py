@@ -36,6 +36,9 @@ AGENT_KINDS = ("assistant", "coder")
 """The kinds that ship with Tenantry (builtin_kinds.py). A config may name any kind installed in
 the image (agent_kinds.installed()): these, and whatever a platform team's package adds."""
 
+SECRET_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""A Secret's name as spec.secrets has it: a DNS-1123 subdomain, so one path component."""
+
 RESERVED_TOPIC_PREFIX = "tenantry."
 """Topic types starting with this are the runtime's own (task results)."""
 
@@ -185,7 +188,7 @@ def _validated(spec: AgentKind, data: object, where: str) -> BaseModel:
         return spec.config_model.model_validate(data or {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            f"{where}.{'.'.join(shown_name(str(part)) for part in error['loc'])}: {error['msg']}"
             if error["loc"]
             else f"{where}: {error['msg']}"
             for error in exc.errors(include_url=False, include_input=False)
@@ -236,6 +239,13 @@ def _check_agents(config: RuntimeConfig) -> None:
                 f"agent {agent.name!r} of kind {agent.kind} needs a sandbox, but sandbox is null"
             )
         for secret in agent.spec.secrets(agent.settings):
+            # A name from spec.secrets is one path component: never "", ".", ".." or a path,
+            # which would hand the agent the whole directory, the sandbox token's, or /etc.
+            if not isinstance(secret, str) or not SECRET_NAME_RE.fullmatch(secret):
+                raise ConfigError(
+                    f"agent {agent.name!r}: its config names Secret {shown(secret)}, which is not "
+                    "the name of one of spec.secrets"
+                )
             if config.secrets_dir is None or not (config.secrets_dir / secret).is_dir():
                 raise ConfigError(
                     f"agent {agent.name!r}: its config names Secret {secret!r}, which is not mounted "

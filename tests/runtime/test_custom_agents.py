@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shlex
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from tenantry.config import OperatorConfig
 from tenantry.render import render
 
 from tests.support.ports import free_port
-from tests.support.runtime_image import apply_derived_dockerfile, install_runtime_image
+from tests.support.runtime_image import (
+    apply_derived_dockerfile,
+    install_runtime_image,
+    instructions_of,
+)
 from tests.support.runtime_services import (
     REPO,
     TENANT,
@@ -265,3 +270,59 @@ def test_the_example_tenant_is_answered_by_its_own_kind_as_rendered(
         assert (status, body["result"]) == (200, "Please ask ACME support.")
     finally:
         service.stop()
+
+
+def test_a_config_cannot_name_a_path_as_its_secret(
+    image: Image, tmp_path: Path, secrets_dir: Path
+) -> None:
+    """Finding: `(secretsDir / name).is_dir()` alone let ".." or "/etc" through, handing the
+    agent the sandbox token's directory or any directory of the pod."""
+    for name in ("..", ".", "", "/etc", "../sandbox"):
+        agent = {**FAQ_AGENT, "config": {"secret": name}}
+        message = refusal(image, [agent], tmp_path, secrets_dir)
+        assert "which is not the name of one of spec.secrets" in message, (name, message)
+
+
+def test_a_refused_config_shows_its_field_names_escaped(
+    image: Image, tmp_path: Path, secrets_dir: Path
+) -> None:
+    agent = {**FAQ_AGENT, "config": {"secret": "faq-answers", "\x1b[31mX\nfake: line": 1}}
+    message = refusal(image, [agent], tmp_path, secrets_dir)
+    assert "\x1b" not in message and "fake: line" not in message.splitlines()[-1][:20]
+    assert "'\\x1b[31mX\\nfake: line'" in message
+
+
+def test_a_kind_planted_in_the_working_directory_is_never_found(
+    image: Image, tmp_path: Path
+) -> None:
+    """Finding: `python -m` puts the working directory (the pod's writable /tmp) first on
+    sys.path, so a planted *.dist-info named a kind; the image's PYTHONSAFEPATH=1 stops it."""
+    planted = tmp_path / "planted-1.0.dist-info"
+    planted.mkdir()
+    (planted / "METADATA").write_text("Metadata-Version: 2.1\nName: planted\nVersion: 1.0\n")
+    (planted / "entry_points.txt").write_text("[tenantry.agent_kinds]\nplanted = planted:KIND\n")
+    (tmp_path / "planted.py").write_text(
+        "from tenantry_runtime.agent_kinds import AgentKind\n"
+        "KIND = AgentKind(build=lambda context, config: None, description='planted')\n"
+    )
+    image_env = {
+        key: value
+        for line in instructions_of(REPO / "runtime_image" / "Dockerfile")
+        if line.startswith("ENV ")
+        for key, value in (pair.split("=", 1) for pair in shlex.split(line[4:]))
+    }
+    assert image_env.get("PYTHONSAFEPATH") == "1"
+
+    def listed(env: dict[str, str]) -> set[str]:
+        result = subprocess.run(
+            [image.python, "-m", "tenantry_runtime", "kinds"],
+            env=base_env(**env),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return {line.split('"')[3] for line in result.stdout.splitlines() if '"kind":' in line}
+
+    assert "planted" in listed({})  # the plant works where nothing stops it
+    assert "planted" not in listed({"PYTHONSAFEPATH": image_env["PYTHONSAFEPATH"]})

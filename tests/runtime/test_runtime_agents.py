@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -20,6 +21,7 @@ from tenantry_runtime.agents import (
     build_model_client,
     extract_code_blocks,
 )
+from tenantry_runtime.audit import AuditLog
 from tenantry_runtime.messages import TaskResult
 from tenantry_runtime.protocol import normalize_language
 from tenantry_runtime.runtime_json import AGENT_KINDS, ModelConfig
@@ -144,3 +146,32 @@ def test_unknown_model_names_get_a_plain_chat_model_info() -> None:
     assert (local["function_calling"], local["vision"]) == (False, False)
     # A name autogen knows keeps autogen's own capabilities.
     assert client_for("gpt-4.1-mini")["function_calling"] is True
+
+
+async def test_a_tool_call_with_arguments_that_are_not_json_is_still_made_and_audited() -> None:
+    """Finding: the digest was computed before the call, outside its try: arguments with keys
+    of mixed types raised TypeError, and the tool ran with no record."""
+    stream = io.StringIO()
+    context = agent_kinds.AgentContext(
+        tenant="acme",
+        name="faq",
+        topic_type="faq",
+        agents=(),
+        topic_types=("faq",),
+        system_message="",
+        model=None,
+        executor=None,
+        secret_dirs={},
+        audit=AuditLog("acme", stream),
+    )
+
+    async def tool() -> str:
+        return "done"
+
+    for arguments in ({1: "a", "b": 2}, {("t", "k"): 1}, {"self": object()}):
+        assert await context.call_tool("lookup", arguments, tool, task_id="t1") == "done"
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["event"], r["tool"], r["outcome"]) for r in records] == [
+        ("tool_call", "lookup", "ok")
+    ] * 3
+    assert len({r["argumentsSha256"] for r in records}) == 1  # the one "not JSON" marker

@@ -365,7 +365,7 @@ def test_the_table_of_child_kinds_is_exactly_what_render_produces() -> None:
 def test_an_agents_config_reaches_runtime_json_as_data() -> None:
     """A config is the kind's to validate; the operator carries it as JSON data, whatever it holds."""
     hostile = {"secret": "faq", "note": '"}, "tenant": "globex', "nested": {"kind": "os.system"}}
-    agents = [{"name": "faq", "kind": "faq", "topicType": "faq", "config": hostile}]
+    agents = [{"name": "faq", "kind": "faq", "topicType": "faq", "config": json.dumps(hostile)}]
     rendered = by_key(render(tenant({"runtime": {"agents": agents}}), CONFIG, FACTS))
     runtime_json = json.loads(rendered[("ConfigMap", "runtime-config")]["data"]["runtime.json"])
     assert runtime_json["tenant"] == "acme"

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from tenantry.config import OperatorConfig
-from tenantry.models import AgentTenant
+from tenantry.models import AgentTenant, parse_agent_config
 from tenantry.names import (
     CONFIG_DIR,
     CONFIG_HASH,
@@ -50,7 +50,7 @@ def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
                 "topicType": agent.topic_type,
                 "systemMessage": agent.system_message,
                 # Only when set: the kind validates it (and most agents have none).
-                **({"config": agent.config} if agent.config is not None else {}),
+                **({"config": parse_agent_config(agent.config)} if agent.config else {}),
             }
             for agent in spec.runtime.agents
         ],
@@ -74,8 +74,14 @@ def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
         ),
         "taskTimeoutSeconds": TASK_TIMEOUT_SECONDS,
         # Each of spec.secrets is mounted below it, in a directory of its name; an agent's kind
-        # is handed the directories of the Secrets its config names.
-        "secretsDir": f"{SECRETS_DIR}/secrets",
+        # is handed the directories of the Secrets its config names. Only when some agent has a
+        # config: a runtime older than agent configs refuses the field, so a tenant that does
+        # not use them keeps working with one.
+        **(
+            {"secretsDir": f"{SECRETS_DIR}/secrets"}
+            if any(agent.config for agent in spec.runtime.agents)
+            else {}
+        ),
     }
 
 
