@@ -272,28 +272,17 @@ async def _services(workdir: Path) -> AsyncIterator[_Stack]:
         await web.TCPSite(model, "127.0.0.1", model_port).start()
 
         # Not under workdir: the sandbox user must reach its workspace and token.
-        home = Path(tempfile.mkdtemp(prefix="tenantry-bench-sandbox-"))
-        stack.callback(shutil.rmtree, home, ignore_errors=True)
-        (home / "workspace").mkdir()
-        token = "bench-sandbox-token"
-        (home / "token").write_text(token + "\n")
-        if os.geteuid() == 0:
-            for path in (home, home / "workspace", home / "token"):
-                os.chown(path, runtime_services.SANDBOX_UID, runtime_services.SANDBOX_UID)
-        sandbox_env = runtime_services.base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_SANDBOX_TOKEN_FILE=str(home / "token"),
-            TENANTRY_SANDBOX_WORKDIR=str(home / "workspace"),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-        )
+        home = runtime_services.make_sandbox_home()
+        stack.callback(shutil.rmtree, home.root, ignore_errors=True)
+        token = runtime_services.SANDBOX_TOKEN
+        sandbox_env = runtime_services.sandbox_env(home)
         sandbox = await asyncio.to_thread(
             runtime_services.start_service,
             "sandbox",
             sandbox_env,
             workdir / "sandbox",
             as_sandbox_user=True,
-            cwd=home,
+            cwd=home.root,
         )
         stack.callback(sandbox.stop)
 
@@ -311,7 +300,7 @@ async def _services(workdir: Path) -> AsyncIterator[_Stack]:
                 "baseUrl": f"http://127.0.0.1:{model_port}/v1",
                 "apiKeyFile": str(key),
             },
-            "sandbox": {"url": sandbox.url, "tokenFile": str(home / "token")},
+            "sandbox": {"url": sandbox.url, "tokenFile": str(home.token_file)},
         }
         (workdir / "runtime.json").write_text(json.dumps(config))
         serve_env = runtime_services.base_env(
@@ -470,27 +459,19 @@ async def measure_idle_memory(rounds: int, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any measure
     configs = await asyncio.to_thread(_idle_configs, workdir)
     package = str(Path(tenantry_runtime.__file__).parents[1])
-    home = Path(tempfile.mkdtemp(prefix="tenantry-bench-idle-"))  # the sandbox user's
-    (home / "workspace").mkdir()
-    (home / "token").write_text("bench-sandbox-token\n")
-    if os.geteuid() == 0:
-        for path in (home, home / "workspace", home / "token"):
-            os.chown(path, runtime_services.SANDBOX_UID, runtime_services.SANDBOX_UID)
+    home = runtime_services.make_sandbox_home()
     mib: dict[str, list[float]] = {name: [] for name in [*configs, "sandbox"]}
     try:
         for order in _orders(rounds, list(mib)):
             for name in order:
-                port = str(free_port())
                 if name == "sandbox":
-                    env = runtime_services.base_env(
-                        TENANTRY_TENANT=TENANT,
-                        TENANTRY_SANDBOX_TOKEN_FILE=str(home / "token"),
-                        TENANTRY_SANDBOX_WORKDIR=str(home / "workspace"),
-                        TENANTRY_HOST="127.0.0.1",
-                        TENANTRY_PORT=port,
-                    )
+                    env = runtime_services.sandbox_env(home)
                     rss = await _idle_rss(
-                        "sandbox", env, workdir / "idle-sandbox", as_sandbox_user=True, cwd=home
+                        "sandbox",
+                        env,
+                        workdir / "idle-sandbox",
+                        as_sandbox_user=True,
+                        cwd=home.root,
                     )
                 else:
                     config, extra_path = configs[name]
@@ -501,13 +482,13 @@ async def measure_idle_memory(rounds: int, workdir: Path) -> dict[str, Any]:
                         TENANTRY_CONFIG=str(path),
                         TENANTRY_AUDIT_LOG=str(workdir / "idle-audit.jsonl"),
                         TENANTRY_HOST="127.0.0.1",
-                        TENANTRY_PORT=port,
+                        TENANTRY_PORT=str(free_port()),
                         PYTHONPATH=os.pathsep.join(p for p in (package, extra_path) if p),
                     )
                     rss = await _idle_rss("serve", env, workdir / "idle-serve")
                 mib[name].append(rss)
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(home.root, ignore_errors=True)
     return {"rss_mib": mib, "idle_seconds": IDLE_SECONDS}
 
 

@@ -20,8 +20,8 @@ from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, CHILD_KINDS
-from tenantry.names import COMPONENT_LABEL, MANAGED_BY, OPERATOR, RUNTIME
-from tenantry.pods import PodCache
+from tenantry.names import MANAGED_BY, OPERATOR
+from tenantry.pods import RUNTIME_POD_LABELS, PodCache
 from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
@@ -138,7 +138,7 @@ class Controller:
         self.children.replace(fresh)
         pods = PodCache()
         try:
-            async for pod in client.list(Pod, namespace="*", labels={COMPONENT_LABEL: RUNTIME}):
+            async for pod in client.list(Pod, namespace="*", labels=dict(RUNTIME_POD_LABELS)):
                 pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
         except ApiError as error:
             if error.status.code != 403:
@@ -182,9 +182,14 @@ class Controller:
             owners = {owner.get("uid") for owner in meta.get("ownerReferences") or []}
             child = BY_KIND.get(body.get("kind", ""))
             where = meta.get("name") if child and not child.namespaced else meta.get("namespace")
-            home = (known.get("status") or {}).get("namespace")
+            home = self.home(tenant)
             if known["metadata"].get("uid") in owners or (home and where == home):
                 self.queue.enqueue(tenant)
+
+    def home(self, tenant: str) -> str | None:
+        """The namespace a known tenant's status names as its own (None before its first pass)."""
+        namespace = (self.tenants[tenant].get("status") or {}).get("namespace")
+        return namespace if isinstance(namespace, str) else None
 
     def pod_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]
@@ -192,7 +197,7 @@ class Controller:
         if tenant and tenant in self.tenants:
             # Only a pod in the tenant's own namespace counts (anyone who may label a pod
             # elsewhere could otherwise speak for it); plan.current_refusal checks it again.
-            home = (self.tenants[tenant].get("status") or {}).get("namespace")
+            home = self.home(tenant)
             if home and (body.get("metadata") or {}).get("namespace") == home:
                 self.queue.enqueue(tenant)
 

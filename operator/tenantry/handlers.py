@@ -22,8 +22,8 @@ from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
 from tenantry.kinds import CHILD_KINDS
 from tenantry.models import GROUP, PLURAL, VERSION
-from tenantry.names import COMPONENT_LABEL, MANAGED_BY, OPERATOR, RUNTIME
-from tenantry.pods import RUNTIME_PODS_SELECTOR
+from tenantry.names import MANAGED_BY, OPERATOR
+from tenantry.pods import RUNTIME_POD_LABELS, RUNTIME_PODS_SELECTOR
 
 logger = logging.getLogger("tenantry.handlers")
 
@@ -147,4 +147,4 @@ def register_children(config: OperatorConfig) -> None:
         kopf.on.event(group, version, plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{plural}")(
             child_event
         )
-    kopf.on.event("", "v1", "pods", labels={COMPONENT_LABEL: RUNTIME}, id="runtime-pods")(pod_event)
+    kopf.on.event("", "v1", "pods", labels=RUNTIME_POD_LABELS, id="runtime-pods")(pod_event)

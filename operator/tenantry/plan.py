@@ -146,8 +146,10 @@ def plan(
     wanted = {child_key(manifest) for manifest in desired}
     groups = group_states(tenant, namespace, {write.key for write in writes}, live)
     refused = current_refusal(namespace, desired, refusals)
+    stalled = None
     if refused is not None and not groups["RuntimeReady"].ok:
-        groups["RuntimeReady"] = GroupState(False, RUNTIME_CONFIG_REFUSED, refused.message)
+        stalled = (RUNTIME_CONFIG_REFUSED, refused.message)
+        groups["RuntimeReady"] = GroupState(False, *stalled)
     return Plan(
         phases=tuple(
             tuple(write for write in writes if BY_KIND[write.key[0]].phase == phase)
@@ -158,9 +160,7 @@ def plan(
         prune=tuple(key for key in sorted(set(live) - wanted) if BY_KIND[key[0]].namespaced),
         corrected=corrected,
         groups=groups,
-        stalled=(RUNTIME_CONFIG_REFUSED, refused.message)
-        if refused is not None and not groups["RuntimeReady"].ok
-        else None,
+        stalled=stalled,
     )
 
 

@@ -19,7 +19,9 @@ from tenantry.names import COMPONENT_LABEL, CONFIG_HASH, RUNTIME, TENANT_LABEL
 # The runtime's exit status for a configuration it refuses (docs/runtime-contract.md).
 REFUSED_EXIT_CODE = 2
 MAX_MESSAGE_CHARS = 1024
-RUNTIME_PODS_SELECTOR = f"{COMPONENT_LABEL}={RUNTIME}"
+# The runtime pods, as the watch filters them on the server and the resync lists them.
+RUNTIME_POD_LABELS = {COMPONENT_LABEL: RUNTIME}
+RUNTIME_PODS_SELECTOR = ",".join(f"{key}={value}" for key, value in RUNTIME_POD_LABELS.items())
 
 
 @dataclass(frozen=True)
