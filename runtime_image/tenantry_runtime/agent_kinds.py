@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog
     from .executor import SandboxCodeExecutor
+    from .sessions import SessionStore
 
 ENTRY_POINT_GROUP = "tenantry.agent_kinds"
 
@@ -84,6 +85,9 @@ class AgentContext:
     secret_dirs: Mapping[str, Path]
     """The directory of each Secret this agent's config names (by its name in spec.secrets)."""
     audit: AuditLog = field(repr=False)
+    sessions: SessionStore | None = field(default=None, repr=False)
+    """The tenant's session histories, for a kind that `keeps_sessions`, when the tenant has
+    sessions; a `TaskRequest.session_id` names the one a task continues."""
 
     async def call_tool(
         self,
@@ -139,6 +143,8 @@ class AgentKind:
     answers_tasks: bool = False
     needs_model: bool = False
     needs_sandbox: bool = False
+    keeps_sessions: bool = False
+    """Whether its agents continue sessions (POST /v1/sessions/{id}/tasks reaches them only then)."""
     secrets: Callable[[Any], Iterable[str]] = field(default=lambda _config: ())
 
 
@@ -193,6 +199,7 @@ def describe(points: Mapping[str, EntryPoint]) -> list[dict[str, Any]]:
                 "answersTasks": kind.answers_tasks,
                 "needsModel": kind.needs_model,
                 "needsSandbox": kind.needs_sandbox,
+                "keepsSessions": kind.keeps_sessions,
                 "configSchema": kind.config_model.model_json_schema(),
             }
         )

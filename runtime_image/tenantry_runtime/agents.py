@@ -47,6 +47,7 @@ from .guard import GuardedAgentRuntime
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
 from .protocol import normalize_language
 from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
+from .sessions import SessionError, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +197,24 @@ class _Conversation:
     """Where the task came in, and where the coder sends its output back."""
     token: CancellationToken
     code_rounds: int = 0
+    session_id: str | None = None
+    past: list[LLMMessage] | None = None
+    """The session's stored history when the task began: what the answer is appended to."""
 
 
 class Assistant(RoutedAgent):
     """Answers a task with the model, running the reply's code through the coder if any."""
 
     def __init__(
-        self, model: ChatCompletionClient, system_message: str, code_topic_type: str | None
+        self,
+        model: ChatCompletionClient,
+        system_message: str,
+        code_topic_type: str | None,
+        sessions: SessionStore | None = None,
     ) -> None:
         super().__init__("Answers tasks with a language model.")
         self._model = model
+        self._sessions = sessions
         self._code_topic_type = code_topic_type
         prompt = f"{system_message}\n\n{_CODE_HINT}" if code_topic_type else system_message
         self._system = SystemMessage(content=prompt)
@@ -215,10 +224,30 @@ class Assistant(RoutedAgent):
     async def on_task(self, message: TaskRequest, ctx: MessageContext) -> None:
         assert ctx.topic_id is not None
         task_id, token = message.task_id, ctx.cancellation_token
+        session_id, past = message.session_id, None
+        if session_id is not None:
+            if self._sessions is None:  # the server refuses these first
+                await self._publish_result(
+                    TaskResult(task_id, "", "sessions are not enabled"), token
+                )
+                return
+            try:
+                past = await self._sessions.load(session_id)
+            except SessionError as exc:
+                await self._publish_result(TaskResult(task_id, "", str(exc)), token)
+                return
+        # The session's own history, and nothing of any other: each task builds its history
+        # from its session's file alone, never from anything this (shared) agent keeps.
         self._tasks[task_id] = _Conversation(
-            history=[self._system, UserMessage(content=message.content, source="user")],
+            history=[
+                self._system,
+                *(past or ()),
+                UserMessage(content=message.content, source="user"),
+            ],
             topic_type=ctx.topic_id.type,
             token=token,
+            session_id=session_id,
+            past=past,
         )
 
         def forget() -> None:
@@ -283,9 +312,20 @@ class Assistant(RoutedAgent):
         conversation = self._tasks.pop(task_id, None)
         if conversation is None:
             return
-        result = TaskResult(task_id, content, error)
+        if error is None and conversation.session_id is not None:
+            # Saved before the result is published: an answer the caller gets is on disk.
+            assert self._sessions is not None and conversation.past is not None
+            exchange = [conversation.history[len(conversation.past) + 1]]  # this task's message
+            exchange.append(AssistantMessage(content=content, source=self.id.type))
+            try:
+                await self._sessions.save(conversation.session_id, conversation.past + exchange)
+            except SessionError as exc:
+                content, error = "", str(exc)
+        await self._publish_result(TaskResult(task_id, content, error), conversation.token)
+
+    async def _publish_result(self, result: TaskResult, token: CancellationToken) -> None:
         topic = TopicId(RESULT_TOPIC_TYPE, self.id.key)
-        await self.publish_message(result, topic, cancellation_token=conversation.token)
+        await self.publish_message(result, topic, cancellation_token=token)
 
 
 class Coder(RoutedAgent):
@@ -332,6 +372,7 @@ class Dependencies:
     pending: PendingTasks
     model: ChatCompletionClient | None = None
     executor: SandboxCodeExecutor | None = None
+    sessions: SessionStore | None = None
 
 
 def agent_context(agent: AgentConfig, config: RuntimeConfig, deps: Dependencies) -> AgentContext:
@@ -351,6 +392,7 @@ def agent_context(agent: AgentConfig, config: RuntimeConfig, deps: Dependencies)
         executor=deps.executor if agent.spec.needs_sandbox else None,
         secret_dirs={name: secrets_dir / name for name in named} if secrets_dir else {},
         audit=deps.audit,
+        sessions=deps.sessions if agent.spec.keeps_sessions else None,
     )
 
 

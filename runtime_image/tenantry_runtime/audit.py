@@ -125,3 +125,10 @@ class AuditLog:
         if task_id is not None:
             fields["taskId"] = task_id
         self._write("tool_call", fields)
+
+    def session_forgotten(
+        self, *, session_id: str, reason: Literal["deleted", "idle", "limit"]
+    ) -> None:
+        """A session's history deleted: by its caller, or by retention (idle too long, or the
+        least recently used beyond the tenant's limit)."""
+        self._write("session_forgotten", {"sessionId": session_id, "reason": reason})

@@ -17,7 +17,8 @@ def _assistant(context: AgentContext, _config: NoConfig) -> Callable[[], RoutedA
     code_topic = coders[0].topic_type if coders else None
     model = context.model
     assert model is not None  # the runtime refuses an assistant without a model
-    return lambda: Assistant(model, context.system_message, code_topic)
+    sessions = context.sessions
+    return lambda: Assistant(model, context.system_message, code_topic, sessions)
 
 
 def _coder(context: AgentContext, _config: NoConfig) -> Callable[[], RoutedAgent]:
@@ -31,6 +32,7 @@ ASSISTANT = AgentKind(
     description="Answers tasks with the tenant's model; sends the code of a reply to the coder.",
     answers_tasks=True,
     needs_model=True,
+    keeps_sessions=True,
 )
 CODER = AgentKind(
     build=_coder,

@@ -10,7 +10,8 @@ every hop passes the tenant guard and lands in the audit log:
     assistant --TaskResult--> RESULT_TOPIC_TYPE, where the HTTP handler waits for it
 
 Every message carries the task id, so agents keep per-task state in a dict and the result
-finds the request that is waiting for it.
+finds the request that is waiting for it. A task of a session carries the session id too: the
+session lives in the message, never in a topic source or an agent key (sessions.py says why).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ RESULT_TOPIC_TYPE = "tenantry.results"
 class TaskRequest:
     task_id: str
     content: str
+    session_id: str | None = None
+    """The session the task continues (POST /v1/sessions/{id}/tasks); None for a task alone."""
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,14 @@ class SandboxClientConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    directory: Path
+    max_sessions: int
+    max_idle_days: float
+    max_session_bytes: int
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     tenant: str
     topic_types: tuple[str, ...]
@@ -86,6 +94,8 @@ class RuntimeConfig:
 
     secrets_dir: Path | None = None
     """Where the tenant's Secrets are mounted, one directory each (by their spec.secrets name)."""
+    sessions: SessionsConfig | None = None
+    """Where and how long the tenant's sessions are kept; None when the tenant has none."""
 
     def agents_of_kind(self, kind: str) -> tuple[AgentConfig, ...]:
         return tuple(agent for agent in self.agents if agent.kind == kind)
@@ -97,6 +107,16 @@ class RuntimeConfig:
             agent.topic_type for agent in self.agents if agent.spec and agent.spec.answers_tasks
         }
         return frozenset(answered.intersection(self.topic_types))
+
+    @property
+    def session_topic_types(self) -> frozenset[str]:
+        """Topic types a session's task may be posted to: those whose agent keeps sessions."""
+        if self.sessions is None:
+            return frozenset()
+        keeping = {
+            agent.topic_type for agent in self.agents if agent.spec and agent.spec.keeps_sessions
+        }
+        return self.task_topic_types & keeping
 
 
 class _Fields:
@@ -132,13 +152,19 @@ class _Fields:
             raise ConfigError(f"{self._where}.{key}={shown(value)} must be an http(s) URL")
         return value
 
-    def seconds(self, key: str, default: float) -> float:
+    def seconds(self, key: str, default: float, unit: str = "seconds") -> float:
         value = self._data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ConfigError(f"{self._where}.{key} must be a positive number of seconds")
+            raise ConfigError(f"{self._where}.{key} must be a positive number of {unit}")
         if not math.isfinite(value):
             raise ConfigError(f"{self._where}.{key} must be finite")
         return float(value)
+
+    def count(self, key: str, default: int, most: int) -> int:
+        value = self._data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise ConfigError(f"{self._where}.{key} must be a whole number from 1 to {most}")
+        return value
 
     def items(self, key: str) -> list[object]:
         value = self._data.get(key)
@@ -214,6 +240,24 @@ def _parse_sandbox(data: object) -> SandboxClientConfig | None:
     )
 
 
+def _parse_sessions(data: object) -> SessionsConfig | None:
+    if data is None:
+        return None
+    fields = _Fields(data, "sessions", ("dir", "maxSessions", "maxIdleDays", "maxSessionBytes"))
+    directory = Path(fields.text("dir"))
+    if not directory.is_absolute() or not directory.is_dir():
+        raise ConfigError(
+            f"sessions.dir={shown(str(directory))} is not a directory: the sessions volume "
+            "must be mounted there"
+        )
+    return SessionsConfig(
+        directory=directory,
+        max_sessions=fields.count("maxSessions", 1000, 100_000),
+        max_idle_days=fields.seconds("maxIdleDays", 30.0, unit="days"),
+        max_session_bytes=fields.count("maxSessionBytes", 256 * 1024, 64 * 1024 * 1024),
+    )
+
+
 def _check_agents(config: RuntimeConfig) -> None:
     seen_names: set[str] = set()
     by_topic: dict[str, str] = {}
@@ -266,7 +310,16 @@ def parse_runtime_config(
     fields = _Fields(
         data,
         "runtime.json",
-        ("tenant", "topicTypes", "agents", "model", "sandbox", "taskTimeoutSeconds", "secretsDir"),
+        (
+            "tenant",
+            "topicTypes",
+            "agents",
+            "model",
+            "sandbox",
+            "taskTimeoutSeconds",
+            "secretsDir",
+            "sessions",
+        ),
     )
     named = fields.text("tenant")
     if named != tenant:
@@ -290,6 +343,7 @@ def parse_runtime_config(
         sandbox=_parse_sandbox(fields.raw("sandbox")),
         task_timeout_seconds=fields.seconds("taskTimeoutSeconds", 120.0),
         secrets_dir=Path(fields.text("secretsDir")) if fields.has("secretsDir") else None,
+        sessions=_parse_sessions(fields.raw("sessions")),
     )
     _check_agents(config)
     return config

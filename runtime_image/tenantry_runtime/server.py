@@ -2,6 +2,8 @@
 
 `POST /v1/tasks {"topicType", "content"}` publishes a TaskRequest to the tenant's topic of
 that type and waits (at most taskTimeoutSeconds) for the TaskResult with the same task id.
+`POST /v1/sessions/{id}/tasks` does the same for a task that continues session `id` (when the
+tenant has sessions), one task per session at a time; `DELETE /v1/sessions/{id}` forgets it.
 At most TENANTRY_MAX_TASKS_IN_FLIGHT tasks wait at once; one more is refused with 429 at once,
 rather than piling up work (model calls, histories) that nobody bounds.
 A request names a topic type and content and nothing else: the tenant is the process's, so
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +30,7 @@ from .guard import GuardedAgentRuntime, TenantGuard
 from .messages import TaskRequest
 from .runtime_json import RuntimeConfig
 from .serve_settings import DEFAULT_MAX_TASKS_IN_FLIGHT, Secrets, ServeSettings
+from .sessions import SESSION_ID_RE, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ class _Running:
     runtime: GuardedAgentRuntime
     pending: PendingTasks
     executor: SandboxCodeExecutor | None
+    sessions: SessionStore | None
+    busy_sessions: set[str] = field(default_factory=set)
+    """Sessions with a task in flight: a second one would race the first for the history."""
 
 
 @dataclass
@@ -71,12 +77,17 @@ async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
         executor = SandboxCodeExecutor(
             config.sandbox.url, secrets.sandbox_token, config.sandbox.timeout_seconds
         )
+    sessions = None
+    if config.sessions is not None:
+        sessions = SessionStore(config.sessions, audit)
+        await asyncio.to_thread(sessions.sweep)
     runtime = GuardedAgentRuntime(TenantGuard(config.tenant, audit))
     pending = PendingTasks()
-    await register_agents(runtime, config, Dependencies(audit, pending, model, executor))
+    deps = Dependencies(audit, pending, model, executor, sessions)
+    await register_agents(runtime, config, deps)
     runtime.start()
     state = app[_STATE]
-    state.running = _Running(runtime, pending, executor)
+    state.running = _Running(runtime, pending, executor, sessions)
     log.info(
         "runtime for tenant %s: agents %s",
         config.tenant,
@@ -115,7 +126,21 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def _task_fields(body: object, config: RuntimeConfig) -> tuple[str, str] | web.Response:
+def _over_limits(running: _Running, limit: int, session_id: str | None) -> web.Response | None:
+    if len(running.pending) >= limit:
+        return _error(
+            429,
+            f"the runtime already has {limit} tasks in flight, its limit "
+            "(TENANTRY_MAX_TASKS_IN_FLIGHT); retry later",
+        )
+    if session_id is not None and session_id in running.busy_sessions:
+        return _error(409, f"session {session_id} already has a task in flight; retry when it ends")
+    return None
+
+
+def _task_fields(
+    body: object, config: RuntimeConfig, session_id: str | None
+) -> tuple[str, str] | web.Response:
     if not isinstance(body, dict):
         return _error(400, 'the body must be a JSON object {"topicType": ..., "content": ...}')
     unknown = sorted(set(body) - set(_TASK_FIELDS))
@@ -131,10 +156,60 @@ def _task_fields(body: object, config: RuntimeConfig) -> tuple[str, str] | web.R
     if topic_type not in config.task_topic_types:
         served = ", ".join(sorted(config.task_topic_types)) or "none"
         return _error(400, f"topic type {topic_type!r} is not served here; served: {served}")
+    if session_id is not None and topic_type not in config.session_topic_types:
+        kept = ", ".join(sorted(config.session_topic_types)) or "none"
+        return _error(
+            400, f"no agent on topic type {topic_type!r} continues sessions; those that do: {kept}"
+        )
     return topic_type, content
 
 
 async def _post_task(request: web.Request) -> web.Response:
+    return await _run_task(request, None)
+
+
+async def _post_session_task(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    if isinstance(session_id, web.Response):
+        return session_id
+    return await _run_task(request, session_id)
+
+
+async def _delete_session(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    if isinstance(session_id, web.Response):
+        return session_id
+    running = request.app[_STATE].running
+    assert running is not None and running.sessions is not None  # _session_id checked both
+    if session_id in running.busy_sessions:
+        return _error(409, f"session {session_id} has a task in flight; delete it when it ends")
+    if not await running.sessions.forget(session_id):
+        return _error(404, f"session {session_id} has no history here")
+    return web.Response(status=204)
+
+
+def _session_id(request: web.Request) -> str | web.Response:
+    """The path's session id, when this tenant has sessions and the id is one."""
+    config, running = request.app[_CONFIG], request.app[_STATE].running
+    if config.sessions is None:
+        return _error(
+            404,
+            f"tenant {config.tenant!r} keeps no sessions: enable spec.runtime.sessions, or post "
+            "the task to /v1/tasks",
+        )
+    if running is None:
+        return _error(503, "the agent runtime is not running")
+    session_id = request.match_info["session_id"]
+    if not SESSION_ID_RE.fullmatch(session_id):
+        return _error(
+            400,
+            f"{session_id[:80]!r} is not a session id: 1 to 64 letters, digits, '-' and '_', "
+            "starting with a letter or digit",
+        )
+    return session_id
+
+
+async def _run_task(request: web.Request, session_id: str | None) -> web.Response:
     config, running = request.app[_CONFIG], request.app[_STATE].running
     if running is None:
         return _error(503, "the agent runtime is not running")
@@ -142,24 +217,22 @@ async def _post_task(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         body = None
-    fields = _task_fields(body, config)
+    fields = _task_fields(body, config, session_id)
     if isinstance(fields, web.Response):
         return fields
     topic_type, content = fields
     # Checked, and the task counted by expect(), with no await in between: no burst gets past.
-    limit = request.app[_MAX_TASKS]
-    if len(running.pending) >= limit:
-        return _error(
-            429,
-            f"the runtime already has {limit} tasks in flight, its limit "
-            "(TENANTRY_MAX_TASKS_IN_FLIGHT); retry later",
-        )
+    refused = _over_limits(running, request.app[_MAX_TASKS], session_id)
+    if refused is not None:
+        return refused
+    if session_id is not None:
+        running.busy_sessions.add(session_id)
     task_id, token = uuid.uuid4().hex, CancellationToken()
     # Expect the result before publishing, so even an instant answer finds its waiter.
     future = running.pending.expect(task_id, token)
     try:
         await running.runtime.publish_message(
-            TaskRequest(task_id, content),
+            TaskRequest(task_id, content, session_id),
             running.runtime.topic(topic_type),
             cancellation_token=token,
         )
@@ -175,11 +248,16 @@ async def _post_task(request: web.Request) -> web.Response:
         # Done, timed out or the server is stopping: nothing more runs for this task, and
         # the files its code left in the sandbox go.
         running.pending.forget(task_id)
+        if session_id is not None:
+            running.busy_sessions.discard(session_id)
         if running.executor is not None:
             await running.executor.end_task(task_id)
     if result.error is not None:
         return _error(502, result.error, taskId=task_id)
-    return web.json_response({"taskId": task_id, "topicType": topic_type, "result": result.content})
+    answer = {"taskId": task_id, "topicType": topic_type, "result": result.content}
+    if session_id is not None:
+        answer["sessionId"] = session_id
+    return web.json_response(answer)
 
 
 def build_app(
@@ -198,6 +276,8 @@ def build_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/v1/tasks", _post_task)
+    app.router.add_post("/v1/sessions/{session_id}/tasks", _post_session_task)
+    app.router.add_delete("/v1/sessions/{session_id}", _delete_session)
     return app
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.runtime_services import (
+    MODEL_API_KEY,
+    TENANT,
     SandboxHome,
     Service,
+    StartRuntime,
     StartSandbox,
+    base_env,
     make_sandbox_home,
     sandbox_env,
     start_service,
@@ -38,6 +45,55 @@ def start_sandbox(sandbox_home: SandboxHome, tmp_path: Path) -> Iterator[StartSa
             "sandbox", full_env, logs, as_sandbox_user=True, cwd=sandbox_home.root
         )
         service.extra["workspace"] = sandbox_home.workspace
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
+    """Starts `serve` with a runtime.json made of the contract example and `changes`."""
+    started: list[Service] = []
+    key_file = tmp_path / "api-key"
+    key_file.write_text(MODEL_API_KEY + "\n")
+
+    def start(env: dict[str, str] | None = None, **changes: Any) -> Service:
+        """`env`: more variables for the process; `changes`: runtime.json fields."""
+        config = {
+            "tenant": TENANT,
+            "topicTypes": ["default"],
+            "agents": [
+                {
+                    "name": "assistant",
+                    "kind": "assistant",
+                    "topicType": "default",
+                    "systemMessage": "You are a test assistant.",
+                },
+                {"name": "coder", "kind": "coder", "topicType": "code", "systemMessage": None},
+            ],
+            "model": None,
+            "sandbox": None,
+            "taskTimeoutSeconds": 60,
+            **changes,
+        }
+        if config["model"] is not None:
+            config["model"] = {"model": "scripted", "apiKeyFile": str(key_file), **config["model"]}
+        home = tmp_path / f"runtime-{len(started)}"
+        home.mkdir()
+        (home / "runtime.json").write_text(json.dumps(config))
+        full_env = base_env(
+            TENANTRY_TENANT=TENANT,
+            TENANTRY_CONFIG=str(home / "runtime.json"),
+            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
+            TENANTRY_HOST="127.0.0.1",
+            TENANTRY_PORT=str(free_port()),
+            **(env or {}),
+        )
+        service = start_service("serve", full_env, home)
+        service.extra["audit"] = home / "audit.jsonl"
         started.append(service)
         return service
 

@@ -17,6 +17,8 @@ from tenantry_runtime.serve_settings import load_secrets, load_serve_settings
 
 from tests.support.runtime_services import REPO
 
+A_DIRECTORY = str(REPO / "docs")
+
 
 def contract_example() -> dict[str, Any]:
     """The runtime.json example of docs/runtime-contract.md, so the doc cannot drift."""
@@ -86,6 +88,15 @@ def test_an_agent_kind_outside_the_allowlist_is_refused_naming_agent_and_kinds()
     assert AGENT_KINDS == ("assistant", "coder")
 
 
+def test_sessions_take_their_defaults() -> None:
+    config = parse_runtime_config(variant(sessions={"dir": A_DIRECTORY}), "acme")
+    assert config.sessions is not None
+    assert (config.sessions.max_sessions, config.sessions.max_idle_days) == (1000, 30.0)
+    assert config.sessions.max_session_bytes == 256 * 1024
+    assert config.session_topic_types == {"default"}
+    assert parse_runtime_config(contract_example(), "acme").session_topic_types == set()
+
+
 def test_a_config_for_another_tenant_is_refused() -> None:
     message = refusal(contract_example(), tenant="globex")
     assert "'acme'" in message
@@ -105,6 +116,22 @@ def test_a_config_for_another_tenant_is_refused() -> None:
         ({"model": None}, "agent 'assistant' of kind assistant needs a model"),
         ({"sandbox": None}, "agent 'coder' of kind coder needs a sandbox"),
         ({"sandbox": {"url": "http://s", "tokenFile": "/t", "x": 1}}, "sandbox: unknown"),
+        ({"sessions": {"dir": "/nonexistent/sessions"}}, "sessions volume must be mounted"),
+        ({"sessions": {"dir": "relative"}}, "is not a directory"),
+        (
+            {"sessions": {"dir": A_DIRECTORY, "maxSessions": 0}},
+            "maxSessions must be a whole number",
+        ),
+        (
+            {"sessions": {"dir": A_DIRECTORY, "maxSessions": 1.5}},
+            "maxSessions must be a whole number",
+        ),
+        ({"sessions": {"dir": A_DIRECTORY, "maxSessionBytes": -1}}, "maxSessionBytes must be"),
+        ({"sessions": {"dir": A_DIRECTORY, "maxIdleDays": 0}}, "positive number of days"),
+        (
+            {"sessions": {"dir": A_DIRECTORY, "retention": 1}},
+            "sessions: unknown field(s) retention",
+        ),
     ],
 )
 def test_invalid_top_level_fields_are_refused(change: dict[str, Any], expected: str) -> None:

@@ -9,95 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.ports import free_port
 from tests.support.runtime_services import (
+    MODEL_API_KEY,
     TENANT,
     SandboxHome,
     Service,
+    StartRuntime,
     StartSandbox,
-    base_env,
+    call,
     json_lines,
-    start_service,
 )
 from tests.support.scripted_model import CODE, HUGE_REPLY, ScriptedModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-API_KEY = "sk-test-model-key"
 ASSISTANT_ONLY = [{"name": "assistant", "kind": "assistant", "topicType": "default"}]
-
-
-StartRuntime = Callable[..., Service]
-
-
-@pytest.fixture
-def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
-    """Starts `serve` with a runtime.json made of the contract example and `changes`."""
-    started: list[Service] = []
-    key_file = tmp_path / "api-key"
-    key_file.write_text(API_KEY + "\n")
-
-    def start(env: dict[str, str] | None = None, **changes: Any) -> Service:
-        """`env`: more variables for the process; `changes`: runtime.json fields."""
-        config = {
-            "tenant": TENANT,
-            "topicTypes": ["default"],
-            "agents": [
-                {
-                    "name": "assistant",
-                    "kind": "assistant",
-                    "topicType": "default",
-                    "systemMessage": "You are a test assistant.",
-                },
-                {"name": "coder", "kind": "coder", "topicType": "code", "systemMessage": None},
-            ],
-            "model": None,
-            "sandbox": None,
-            "taskTimeoutSeconds": 60,
-            **changes,
-        }
-        if config["model"] is not None:
-            config["model"] = {"model": "scripted", "apiKeyFile": str(key_file), **config["model"]}
-        home = tmp_path / f"runtime-{len(started)}"
-        home.mkdir()
-        (home / "runtime.json").write_text(json.dumps(config))
-        full_env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_CONFIG=str(home / "runtime.json"),
-            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-            **(env or {}),
-        )
-        service = start_service("serve", full_env, home)
-        service.extra["audit"] = home / "audit.jsonl"
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
 
 
 def sandbox_config(sandbox: Service, home: SandboxHome) -> dict[str, Any]:
     return {"url": sandbox.url, "tokenFile": str(home.token_file), "timeoutSeconds": 10}
-
-
-async def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session,
-        session.request(method, url, json=body) as response,
-    ):
-        return response.status, await response.json()
 
 
 async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
@@ -122,7 +58,7 @@ async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
 
     # The model was called twice, with the key from the key file, the second time with the
     # output of the code.
-    assert [r["authorization"] for r in model.requests] == [f"Bearer {API_KEY}"] * 2
+    assert [r["authorization"] for r in model.requests] == [f"Bearer {MODEL_API_KEY}"] * 2
     first, second = (r["messages"] for r in model.requests)
     assert first[0]["role"] == "system"
     assert first[0]["content"].startswith("You are a test assistant.")

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65532
 TENANT = "acme"
 SANDBOX_TOKEN = "s3cret-sandbox-token-for-acme"
+MODEL_API_KEY = "sk-test-model-key"
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -344,3 +345,20 @@ def wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
     while (left := live_group_members(pgid)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+StartRuntime = Callable[..., Service]
+"""`start(env=None, **changes)`: a `serve` process whose runtime.json is the tests' default
+(tests/runtime/conftest.py's `start_runtime`) with `changes`."""
+
+
+async def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """One HTTP request to a runtime, and its status and JSON body ({} when it has none)."""
+    import aiohttp  # noqa: PLC0415 - only the runtime's tests have it
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session,
+        session.request(method, url, json=body) as response,
+    ):
+        text = await response.text()
+        return response.status, json.loads(text) if text else {}

@@ -1,0 +1,334 @@
+"""Sessions, end to end: a runtime process, the scripted model, and a sessions directory that
+outlives the process (as the tenant's volume outlives its pod).
+
+The leak these tests are written against is microsoft/autogen#6088: one model context shared by
+every session of an agent, so that one user's words reach another user's model calls. Every
+test that could see such a leak puts a canary in one session and looks for it in every model
+request of the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.runtime_services import StartRuntime, call, json_lines
+from tests.support.scripted_model import CODE_REPLY, ScriptedModel
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ASSISTANT = [
+    {
+        "name": "assistant",
+        "kind": "assistant",
+        "topicType": "default",
+        "systemMessage": "You are a test assistant.",
+    }
+]
+
+
+def sessions_config(directory: Path, **limits: Any) -> dict[str, Any]:
+    directory.mkdir(exist_ok=True)
+    return {"dir": str(directory), **limits}
+
+
+def user_turns(request: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in request["messages"] if m["role"] == "user"]
+
+
+def names_in(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def raw_post(url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A POST of `path` exactly as written: an HTTP client would resolve its dot segments."""
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    try:
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def task(content: str) -> dict[str, str]:
+    return {"topicType": "default", "content": content}
+
+
+@pytest.fixture
+def sessions_dir(tmp_path: Path) -> Path:
+    return tmp_path / "sessions"
+
+
+async def test_two_sessions_keep_their_own_histories(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        sessions=sessions_config(sessions_dir),
+    )
+    model.requests.clear()
+    status, body = await call(
+        "POST", f"{runtime.url}/v1/sessions/alice/tasks", task("canary-ALICE-7f3 is my name")
+    )
+    assert status == 200, (body, runtime.logs())
+    assert body["sessionId"] == "alice"
+    assert body["result"] == CODE_REPLY  # no coder here: the model's reply is the answer
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/bob/tasks", task("I am Bob"))
+    assert status == 200, body
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/alice/tasks", task("Who am I?"))
+    assert status == 200, body
+    status, body = await call("POST", f"{runtime.url}/v1/tasks", task("A task alone"))
+    assert status == 200, body
+
+    alice_first, bob, alice_second, alone = model.requests
+    assert user_turns(alice_first) == ["canary-ALICE-7f3 is my name"]
+    assert user_turns(bob) == ["I am Bob"]
+    assert user_turns(alice_second) == ["canary-ALICE-7f3 is my name", "Who am I?"]
+    assert [m["role"] for m in alice_second["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert alice_second["messages"][2]["content"] == CODE_REPLY
+    assert user_turns(alone) == ["A task alone"]
+    for request in (bob, alone):
+        assert "canary-ALICE" not in json.dumps(request)
+
+
+async def test_concurrent_sessions_never_see_each_other(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Tasks of many sessions at once, each session's first turn a canary of its own: every
+    model request carries its own session's canaries and no other's."""
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        sessions=sessions_config(sessions_dir),
+    )
+    model.requests.clear()
+    names = [f"s{i}" for i in range(8)]
+
+    async def turn(name: str, content: str) -> None:
+        status, body = await call("POST", f"{runtime.url}/v1/sessions/{name}/tasks", task(content))
+        assert status == 200, body
+
+    await asyncio.gather(*(turn(name, f"canary-{name}-one") for name in names))
+    await asyncio.gather(*(turn(name, f"canary-{name}-two") for name in names))
+
+    assert len(model.requests) == 2 * len(names)
+    for request in model.requests:
+        turns = user_turns(request)
+        owner = turns[0].split("-")[1]
+        assert all(t.startswith(f"canary-{owner}-") for t in turns), turns
+        assert turns in ([f"canary-{owner}-one"], [f"canary-{owner}-one", f"canary-{owner}-two"])
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+async def test_a_session_survives_a_runtime_restart(
+    model: ScriptedModel,
+    start_runtime: StartRuntime,
+    sessions_dir: Path,
+    stop_signal: signal.Signals,
+) -> None:
+    changes = {
+        "agents": ASSISTANT,
+        "model": {"baseUrl": f"{model.url}/v1"},
+        "sessions": sessions_config(sessions_dir),
+    }
+    first = start_runtime(**changes)
+    status, body = await call(
+        "POST", f"{first.url}/v1/sessions/carol/tasks", task("canary-CAROL remember me")
+    )
+    assert status == 200, body
+    os.kill(first.proc.pid, stop_signal)
+    first.proc.wait(timeout=30)
+
+    second = start_runtime(**changes)
+    model.requests.clear()
+    status, body = await call("POST", f"{second.url}/v1/sessions/carol/tasks", task("And now?"))
+    assert status == 200, (body, second.logs())
+    (request,) = model.requests
+    assert user_turns(request) == ["canary-CAROL remember me", "And now?"]
+    # Nothing a write in progress would leave behind, only the session's file.
+    assert names_in(sessions_dir) == ["carol.json"]
+
+
+async def test_delete_forgets_a_session(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        sessions=sessions_config(sessions_dir),
+    )
+    url = f"{runtime.url}/v1/sessions/dave"
+    assert (await call("POST", f"{url}/tasks", task("canary-DAVE")))[0] == 200
+    status, _ = await call("DELETE", url)
+    assert status == 204
+    assert names_in(sessions_dir) == []
+    status, body = await call("DELETE", url)
+    assert status == 404, body
+    assert "dave has no history" in body["error"]
+
+    model.requests.clear()
+    assert (await call("POST", f"{url}/tasks", task("Hello again")))[0] == 200
+    assert user_turns(model.requests[0]) == ["Hello again"]
+    forgotten = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "session_forgotten"]
+    assert forgotten == [
+        {"ts": forgotten[0]["ts"], "tenant": "acme", "event": "session_forgotten",
+         "sessionId": "dave", "reason": "deleted"}
+    ]  # fmt: skip
+
+
+async def test_one_task_per_session_at_a_time(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """A second task of a session in flight is refused, and so is deleting it: either would
+    race the first task for the session's history."""
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/slow/v1"},  # never answers until the test ends
+        sessions=sessions_config(sessions_dir),
+        taskTimeoutSeconds=3,
+    )
+    url = f"{runtime.url}/v1/sessions/erin"
+    first = asyncio.create_task(call("POST", f"{url}/tasks", task("one")))
+    while not model.stalled:  # noqa: ASYNC110 - a counter
+        await asyncio.sleep(0.05)
+    status, body = await call("POST", f"{url}/tasks", task("two"))
+    assert status == 409, body
+    assert "erin already has a task in flight" in body["error"]
+    assert (await call("DELETE", url))[0] == 409
+    # Another session is not held up by it.
+    other = asyncio.create_task(call("POST", f"{runtime.url}/v1/sessions/frank/tasks", task("x")))
+    assert (await first)[0] == 504
+    assert (await other)[0] == 504
+    # The timed-out task saved nothing: the session has no history, and takes tasks again.
+    assert names_in(sessions_dir) == []
+    status, _ = await call("POST", f"{url}/tasks", task("three"))
+    assert status == 504  # the slow model again, but not a 409
+
+
+@pytest.mark.parametrize(
+    ("session_id", "status"),
+    [
+        ("..", 400),
+        (".hidden", 400),
+        ("a.json", 400),
+        ("x" * 65, 400),
+        ("-leading-dash", 400),
+        ("%2e%2e", 400),  # decoded to "..": a segment of its own, refused as an id
+        ("a%2Fb", 400),  # decoded to "a/b" inside the one segment
+        ("a%00b", 400),
+        ("ok_ID-1", 200),
+    ],
+)
+async def test_session_ids_are_one_safe_name(
+    model: ScriptedModel,
+    start_runtime: StartRuntime,
+    sessions_dir: Path,
+    session_id: str,
+    status: int,
+) -> None:
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        sessions=sessions_config(sessions_dir),
+    )
+    got, body = await asyncio.to_thread(
+        raw_post, runtime.url, f"/v1/sessions/{session_id}/tasks", task("hi")
+    )
+    assert got == status, body
+    if status == 400:
+        assert "is not a session id" in body["error"]
+    assert names_in(sessions_dir) == (["ok_ID-1.json"] if status == 200 else [])
+    assert names_in(sessions_dir.parent) == ["api-key", "runtime-0", "sessions"]
+
+
+async def test_retention_trims_histories_and_forgets_the_least_recently_used(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        # One exchange is about 310 bytes stored: two fit, a third pushes the first out.
+        sessions=sessions_config(sessions_dir, maxSessions=2, maxSessionBytes=800),
+    )
+    for content in ("turn-one", "turn-two", "turn-three"):
+        status, _ = await call("POST", f"{runtime.url}/v1/sessions/gina/tasks", task(content))
+        assert status == 200
+    model.requests.clear()
+    await call("POST", f"{runtime.url}/v1/sessions/gina/tasks", task("turn-four"))
+    kept = user_turns(model.requests[0])
+    assert kept[-1] == "turn-four" and "turn-one" not in kept
+    assert (sessions_dir / "gina.json").stat().st_size <= 800
+
+    for name in ("hank", "ivy"):  # gina is the least recently used of three: she goes
+        assert (await call("POST", f"{runtime.url}/v1/sessions/{name}/tasks", task("x")))[0] == 200
+    assert names_in(sessions_dir) == ["hank.json", "ivy.json"]
+    audit = json_lines(runtime.extra["audit"])
+    assert [(r["sessionId"], r["reason"]) for r in audit if r["event"] == "session_forgotten"] == [
+        ("gina", "limit")
+    ]
+
+
+async def test_idle_sessions_are_forgotten_when_the_runtime_starts(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    changes = {
+        "agents": ASSISTANT,
+        "model": {"baseUrl": f"{model.url}/v1"},
+        "sessions": sessions_config(sessions_dir, maxIdleDays=1),
+    }
+    first = start_runtime(**changes)
+    for name in ("old", "new"):
+        assert (await call("POST", f"{first.url}/v1/sessions/{name}/tasks", task("x")))[0] == 200
+    first.stop()
+    two_days_ago = (sessions_dir / "old.json").stat().st_mtime - 2 * 86400
+    os.utime(sessions_dir / "old.json", (two_days_ago, two_days_ago))
+    (sessions_dir / ".new.abc123").write_text("what a killed write left")
+
+    second = start_runtime(**changes)
+    assert names_in(sessions_dir) == ["new.json"]
+    audit = json_lines(second.extra["audit"])
+    assert [(r["sessionId"], r["reason"]) for r in audit if r["event"] == "session_forgotten"] == [
+        ("old", "idle")
+    ]
+
+
+async def test_a_history_that_cannot_be_read_is_refused_not_replaced(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    runtime = start_runtime(
+        agents=ASSISTANT,
+        model={"baseUrl": f"{model.url}/v1"},
+        sessions=sessions_config(sessions_dir),
+    )
+    (sessions_dir / "judy.json").write_text('{"format": 1, "state": {"messages": [{"x": 1}]}}')
+    model.requests.clear()
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/judy/tasks", task("hi"))
+    assert status == 502, body
+    assert "stored history is unreadable" in body["error"]
+    assert "DELETE /v1/sessions/judy" in body["error"]
+    assert model.requests == []
+    assert (sessions_dir / "judy.json").read_text().startswith('{"format": 1')
+
+
+async def test_without_sessions_the_session_api_says_how_to_enable_it(
+    model: ScriptedModel, start_runtime: StartRuntime
+) -> None:
+    runtime = start_runtime(agents=ASSISTANT, model={"baseUrl": f"{model.url}/v1"})
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/a/tasks", task("hi"))
+    assert status == 404
+    assert "spec.runtime.sessions" in body["error"]
+    assert (await call("DELETE", f"{runtime.url}/v1/sessions/a"))[0] == 404
