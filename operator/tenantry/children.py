@@ -16,8 +16,9 @@ from tenantry.render import Manifest
 
 FIELD_MANAGER = "tenantry"
 # Managers that legitimately write to our children: the Deployment controller stamps a revision
-# annotation. Any other manager writing to a child means someone changed it: drift.
-SYSTEM_MANAGERS = frozenset({FIELD_MANAGER, "kube-controller-manager"})
+# annotation, the volume binder binds a claim; the scheduler picks a claim's node when its class
+# waits for the first consumer. Any other manager writing to a child means someone changed it: drift.
+SYSTEM_MANAGERS = frozenset({FIELD_MANAGER, "kube-controller-manager", "kube-scheduler"})
 
 ChildKey = tuple[str, str, str]  # (kind, namespace or "", name)
 

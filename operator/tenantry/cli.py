@@ -47,6 +47,7 @@ POLICY_FLAGS = (
     ("max_quota_cpu", "the largest spec.quota.cpu"),
     ("max_quota_memory", "the largest spec.quota.memory"),
     ("max_quota_pods", "the largest spec.quota.pods"),
+    ("max_session_storage", "the largest spec.runtime.sessions.storage.size"),
     ("namespace_pattern", 'the pattern every spec.namespace must match (empty: "<prefix>-*")'),
     ("cluster_cidrs", "the cluster's pod, service and node CIDRs, never reached through egress"),
 )

@@ -104,6 +104,11 @@ class OperatorConfig(Model):
     max_quota_pods: int = Field(
         100, ge=1, description="The largest spec.quota.pods a tenant may ask for."
     )
+    max_session_storage: str = Field(
+        "10Gi",
+        pattern=QUANTITY,
+        description="The largest spec.runtime.sessions.storage.size a tenant may ask for.",
+    )
     namespace_pattern: str = Field(
         "",
         max_length=63,

@@ -22,6 +22,7 @@ from lightkube.resources.core_v1 import (
     ConfigMap,
     LimitRange,
     Namespace,
+    PersistentVolumeClaim,
     ResourceQuota,
     Secret,
     Service,
@@ -41,6 +42,10 @@ class ChildKind:
     # Secrets and policies they depend on exist (a pod created before its ServiceAccount is
     # refused, and its ReplicaSet retries only after a backoff).
     phase: int
+    # Whether drift (fields another manager wrote) is corrected by replacing the object whole.
+    # A claim's spec is immutable once bound (a replace is refused, a delete loses its data):
+    # drift there is corrected by a forced apply, which takes back the fields we own.
+    replaceable: bool = True
 
     @property
     def namespaced(self) -> bool:
@@ -62,6 +67,9 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("ServiceAccount", ServiceAccount, 2),
     ChildKind("Secret", Secret, 2),
     ChildKind("ConfigMap", ConfigMap, 2),
+    # With the workloads: the quota that counts it is written a phase before, so the quota
+    # controller has (nearly always) computed its usage, which admission needs to admit a claim.
+    ChildKind("PersistentVolumeClaim", PersistentVolumeClaim, 3, replaceable=False),
     ChildKind("Deployment", Deployment, 3),
     ChildKind("Service", Service, 3),
 )

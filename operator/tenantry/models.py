@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -167,6 +168,32 @@ def schema_extra(*rules: dict[str, str], **extra: Any) -> dict[str, Any]:
     return result
 
 
+_QUANTITY_SUFFIXES = {
+    "m": Decimal("0.001"),
+    "": Decimal(1),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+}
+
+
+def quantity(text: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "2", "8Gi", as QUANTITY allows) as a number."""
+    number = text.rstrip("kKMGTim")
+    suffix = text[len(number) :]
+    if suffix not in _QUANTITY_SUFFIXES:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2 or 8Gi")
+    try:
+        return Decimal(number) * _QUANTITY_SUFFIXES[suffix]
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2 or 8Gi") from None
+
+
 class Model(BaseModel):
     """Base of every API model: camelCase names, unknown fields refused, immutable values."""
 
@@ -291,6 +318,77 @@ ONE_CODER = cel(
 )
 
 
+# Objects the API server defaults to {} so that their fields' defaults show in stored objects.
+DEFAULTED: dict[str, Any] = {"default": {}}
+
+
+SESSIONS_FIT_MESSAGE = (
+    "spec.runtime.sessions: retention.maxSessions times retention.maxSessionBytes must fit in "
+    "storage.size: grow the volume, or keep fewer or smaller sessions"
+)
+
+
+class SessionStorage(Model):
+    """The tenant's own volume for session histories: a PersistentVolumeClaim in its namespace."""
+
+    size: Quantity = Field(
+        "1Gi", description="The claim's size; it can grow (where the class allows) but not shrink."
+    )
+    storage_class_name: DnsSubdomain | None = Field(
+        None,
+        alias="storageClassName",
+        description="The StorageClass of the claim; the cluster's default class when empty. Immutable.",
+    )
+
+
+class SessionRetention(Model):
+    """How much history the runtime keeps (it enforces these itself, and audits what it forgets)."""
+
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        alias="maxSessions",
+        description="Sessions kept; beyond, the least recently used are forgotten.",
+    )
+    max_idle_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        alias="maxIdleDays",
+        description="A session idle this many days is forgotten.",
+    )
+    max_session_bytes: int = Field(
+        256 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        alias="maxSessionBytes",
+        description="The most one session's stored history holds; its oldest exchanges go first.",
+    )
+
+
+class Sessions(Model):
+    """Conversations that continue (`POST /v1/sessions/{id}/tasks`), kept across restarts."""
+
+    enabled: bool = Field(
+        False,
+        description="Whether the runtime keeps sessions. Turning it off deletes every session's history.",
+    )
+    storage: SessionStorage = Field(default_factory=SessionStorage, json_schema_extra=DEFAULTED)
+    retention: SessionRetention = Field(
+        default_factory=SessionRetention, json_schema_extra=DEFAULTED
+    )
+
+    @model_validator(mode="after")
+    def _retention_fits_the_volume(self) -> Sessions:
+        retention = self.retention
+        if self.enabled and (
+            retention.max_sessions * retention.max_session_bytes > quantity(self.storage.size)
+        ):
+            raise ValueError(SESSIONS_FIT_MESSAGE)
+        return self
+
+
 class Runtime(Model):
     """The tenant's AutoGen runtime."""
 
@@ -315,6 +413,11 @@ class Runtime(Model):
     model: ModelEndpoint | None = Field(None, description="The model endpoint used by assistants.")
     resources: Resources = Field(
         default_factory=Resources, description="Runtime container resources."
+    )
+    sessions: Sessions = Field(
+        default_factory=Sessions,
+        json_schema_extra=DEFAULTED,
+        description="Session histories in the tenant's own volume; off by default.",
     )
 
 
@@ -498,10 +601,6 @@ ASSISTANT_NEEDS_MODEL = cel(
     "has(self.runtime.model)",
     "an assistant agent needs a model: set spec.runtime.model or remove the assistant agent",
 )
-
-
-# Objects the API server defaults to {} so that their fields' defaults show in stored objects.
-DEFAULTED: dict[str, Any] = {"default": {}}
 
 
 class AgentTenantSpec(Model):

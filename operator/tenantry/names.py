@@ -26,6 +26,7 @@ QUOTA = "tenant-quota"
 LIMITS = "tenant-defaults"
 DEFAULT_ACCOUNT = "default"
 OPERATOR_BINDING = "tenantry-operator"
+SESSIONS = "sessions"  # the runtime's PersistentVolumeClaim, when the tenant keeps sessions
 
 # Ports, paths and limits inside the tenant's pods (docs/runtime-contract.md).
 HTTP_PORT = 8080
@@ -33,6 +34,7 @@ CONFIG_DIR = "/etc/tenantry"
 SECRETS_DIR = "/var/run/secrets/tenantry"
 SANDBOX_TOKEN_DIR = f"{SECRETS_DIR}/sandbox"
 WORKSPACE_DIR = "/workspace"
+SESSIONS_DIR = "/var/lib/tenantry/sessions"
 TASK_TIMEOUT_SECONDS = 120
 # Kubernetes' default terminationMessagePath: what a container writes there becomes its
 # status's `terminated.message`.

@@ -117,7 +117,9 @@ def write_method(
     if not BY_KIND[key[0]].namespaced:
         return "apply" if namespace_exists else "create"
     child = live.get(key)
-    return "replace" if child is not None and child.foreign_managers else "apply"
+    if child is not None and child.foreign_managers and BY_KIND[key[0]].replaceable:
+        return "replace"
+    return "apply"
 
 
 def plan(

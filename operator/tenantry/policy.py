@@ -9,35 +9,11 @@ is written, and `tenantry render` refuses the same manifest offline.
 from __future__ import annotations
 
 import fnmatch
-from decimal import Decimal, InvalidOperation
 
 from tenantry.config import OperatorConfig
-from tenantry.models import AgentTenant
+from tenantry.models import AgentTenant, quantity
 
-_SUFFIXES = {
-    "m": Decimal("0.001"),
-    "": Decimal(1),
-    "k": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-}
-
-
-def quantity(text: str) -> Decimal:
-    """A Kubernetes quantity ("500m", "2", "8Gi", as models.QUANTITY allows) as a number."""
-    number = text.rstrip("kKMGTim")
-    suffix = text[len(number) :]
-    if suffix not in _SUFFIXES:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2 or 8Gi")
-    try:
-        return Decimal(number) * _SUFFIXES[suffix]
-    except InvalidOperation:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity such as 500m, 2 or 8Gi") from None
+__all__ = ["quantity", "violations"]
 
 
 def image_allowed(image: str, config: OperatorConfig) -> bool:
@@ -76,9 +52,16 @@ def violations(tenant: AgentTenant, config: OperatorConfig) -> list[tuple[str, s
                 f"(--allowed-runtime-classes: {classes}): use an allowed one, or remove the field",
             )
         )
+    session_storage = spec.runtime.sessions.storage.size if spec.runtime.sessions.enabled else "0"
     for field, asked, ceiling, flag in (
         ("spec.quota.cpu", spec.quota.cpu, config.max_quota_cpu, "--max-quota-cpu"),
         ("spec.quota.memory", spec.quota.memory, config.max_quota_memory, "--max-quota-memory"),
+        (
+            "spec.runtime.sessions.storage.size",
+            session_storage,
+            config.max_session_storage,
+            "--max-session-storage",
+        ),
     ):
         if quantity(asked) > quantity(ceiling):
             found.append(

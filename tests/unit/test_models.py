@@ -280,3 +280,18 @@ def test_an_agent_config_is_json_text_of_bounded_depth(config: str, reason: str)
     with pytest.raises(ValidationError) as refused:
         tenant({"runtime": {"agents": [agent]}})
     assert reason in str(refused.value)
+
+
+def test_session_retention_must_fit_the_sessions_volume() -> None:
+    sessions = {"enabled": True, "storage": {"size": "100Mi"}, "retention": {"maxSessions": 1000}}
+    with pytest.raises(ValidationError) as raised:
+        AgentTenant.model_validate(
+            {"metadata": {"name": "a"}, "spec": {"runtime": {"sessions": sessions}}}
+        )
+    assert "maxSessions times retention.maxSessionBytes must fit in storage.size" in str(
+        raised.value
+    )
+    sessions["retention"] = {"maxSessions": 400}  # 400 x 256 KiB = 100 MiB: fits exactly
+    AgentTenant.model_validate(
+        {"metadata": {"name": "a"}, "spec": {"runtime": {"sessions": sessions}}}
+    )

@@ -151,6 +151,23 @@ def test_the_namespace_is_applied_not_replaced_when_someone_else_wrote_to_it() -
     assert written(decided) == {key: ("apply", "changed by kubectl")}
 
 
+def test_a_sessions_claim_is_applied_never_replaced_and_the_binders_are_no_drift() -> None:
+    """A bound claim's spec is immutable: a replace would be refused (and a delete would lose
+    every session's history); the volume binder and the scheduler write to it by design."""
+    runtime = acme().spec.runtime.model_copy(
+        update={"sessions": acme().spec.runtime.sessions.model_copy(update={"enabled": True})}
+    )
+    tenant = acme(runtime=runtime)
+    children = desired(tenant)
+    key = ("PersistentVolumeClaim", NAMESPACE, "sessions")
+    for manager in ("kube-controller-manager", "kube-scheduler"):
+        live = as_live(children, {key: manager})
+        assert written(plan(tenant, NAMESPACE, children, live, True, True)) == {}
+    live = as_live(children, {key: "kubectl"})
+    decided = plan(tenant, NAMESPACE, children, live, True, True)
+    assert written(decided) == {key: ("apply", "changed by kubectl")}
+
+
 def test_what_the_spec_no_longer_wants_is_pruned_but_never_the_namespace() -> None:
     children = desired()
     stale_secret = ("Secret", NAMESPACE, "old-credentials")

@@ -35,6 +35,10 @@ def test_a_plain_tenant_is_within_the_default_policy() -> None:
         ({"quota": {"memory": "65Gi"}}, "spec.quota.memory"),
         ({"quota": {"memory": "70G"}}, "spec.quota.memory"),
         ({"quota": {"pods": 101}}, "spec.quota.pods"),
+        (
+            {"runtime": {"sessions": {"enabled": True, "storage": {"size": "11Gi"}}}},
+            "spec.runtime.sessions.storage.size",
+        ),
         ({"namespace": "gateway"}, "spec.namespace"),
         ({"namespace": "monitoring"}, "spec.namespace"),
     ],

@@ -357,8 +357,14 @@ def test_the_table_of_child_kinds_is_exactly_what_render_produces() -> None:
     """kinds.CHILD_KINDS feeds the watches, the writes and the prunes: a kind rendered but
     missing there would never be watched or pruned, one there but never rendered is dead."""
     scoped = OperatorConfig(service_account="tenantry-system/tenantry")
-    tenant = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
-    rendered = {m["kind"] for config in (OperatorConfig(), scoped) for m in render(tenant, config)}
+    acme = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
+    with_sessions = tenant({"runtime": {"sessions": {"enabled": True}}})
+    rendered = {
+        m["kind"]
+        for config in (OperatorConfig(), scoped)
+        for one in (acme, with_sessions)
+        for m in render(one, config)
+    }
     assert rendered == set(BY_KIND)
 
 
@@ -373,3 +379,48 @@ def test_an_agents_config_reaches_runtime_json_as_data() -> None:
         {"name": "faq", "kind": "faq", "topicType": "faq", "systemMessage": None, "config": hostile}
     ]
     assert runtime_json["secretsDir"] == "/var/run/secrets/tenantry/secrets"
+
+
+def test_sessions_get_a_bounded_volume_of_the_tenants_own_mounted_by_the_runtime_alone() -> None:
+    sessions = {
+        "enabled": True,
+        "storage": {"size": "2Gi", "storageClassName": "local-sessions"},
+        "retention": {"maxSessions": 100, "maxIdleDays": 7, "maxSessionBytes": 65536},
+    }
+    rendered = by_key(render(tenant({"runtime": {"sessions": sessions}}), CONFIG, FACTS))
+    claim = rendered[("PersistentVolumeClaim", "sessions")]
+    assert claim["metadata"]["namespace"] == "tenant-acme"
+    assert claim["metadata"]["ownerReferences"][0]["kind"] == "AgentTenant"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": "2Gi"}},
+        "storageClassName": "local-sessions",
+    }
+    quota = rendered[("ResourceQuota", "tenant-quota")]["spec"]["hard"]
+    assert (quota["persistentvolumeclaims"], quota["requests.storage"]) == ("1", "2Gi")
+    runtime = rendered[("Deployment", "runtime")]["spec"]
+    assert runtime["strategy"] == {"type": "Recreate"}
+    pod = runtime["template"]["spec"]
+    assert {"name": "sessions", "persistentVolumeClaim": {"claimName": "sessions"}} in pod[
+        "volumes"
+    ]
+    (container,) = pod["containers"]
+    assert {"name": "sessions", "mountPath": "/var/lib/tenantry/sessions"} in container[
+        "volumeMounts"
+    ]
+    sandbox_pod = rendered[("Deployment", "sandbox")]["spec"]["template"]["spec"]
+    assert "sessions" not in json.dumps(sandbox_pod)
+    runtime_json = json.loads(rendered[("ConfigMap", "runtime-config")]["data"]["runtime.json"])
+    assert runtime_json["sessions"] == {
+        "dir": "/var/lib/tenantry/sessions",
+        "maxSessions": 100,
+        "maxIdleDays": 7,
+        "maxSessionBytes": 65536,
+    }
+
+
+def test_without_sessions_nothing_of_them_is_rendered() -> None:
+    rendered = render(acme(), CONFIG, FACTS)
+    assert "sessions" not in json.dumps(rendered)
+    assert "PersistentVolumeClaim" not in {m["kind"] for m in rendered}

@@ -25,7 +25,11 @@ from tenantry.render.policies import (
     build_sandbox_policy,
     build_service_account,
 )
-from tenantry.render.runtime import build_runtime_config, build_runtime_deployment
+from tenantry.render.runtime import (
+    build_runtime_config,
+    build_runtime_deployment,
+    build_sessions_claim,
+)
 from tenantry.render.sandbox import build_sandbox_deployment
 from tenantry.render.secrets import build_copied_secret, build_sandbox_token
 from tenantry.render.tenant import (
@@ -90,6 +94,8 @@ def render(
             build_sandbox_deployment(tenant, namespace, facts, config),
             build_service(tenant, namespace, facts, SANDBOX),
         ]
+    if spec.runtime.sessions.enabled:
+        children.append(build_sessions_claim(tenant, namespace, facts))
     children += [
         build_runtime_deployment(tenant, namespace, facts, config),
         build_service(tenant, namespace, facts, RUNTIME),

@@ -46,19 +46,23 @@ def build_operator_binding(
 
 def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
     quota = tenant.spec.quota
+    hard = {
+        "requests.cpu": quota.cpu,
+        "limits.cpu": quota.cpu,
+        "requests.memory": quota.memory,
+        "limits.memory": quota.memory,
+        "pods": str(quota.pods),
+    }
+    sessions = tenant.spec.runtime.sessions
+    if sessions.enabled:
+        # The sessions volume is the tenant's storage: counted, and nothing beyond it.
+        hard["persistentvolumeclaims"] = "1"
+        hard["requests.storage"] = sessions.storage.size
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": metadata(tenant, facts, QUOTA, namespace),
-        "spec": {
-            "hard": {
-                "requests.cpu": quota.cpu,
-                "limits.cpu": quota.cpu,
-                "requests.memory": quota.memory,
-                "limits.memory": quota.memory,
-                "pods": str(quota.pods),
-            }
-        },
+        "spec": {"hard": hard},
     }
 
 

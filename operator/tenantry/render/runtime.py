@@ -1,5 +1,5 @@
 """The tenant's AutoGen runtime: its `runtime.json` (docs/runtime-contract.md), the ConfigMap that
-carries it, and its Deployment.
+carries it, its Deployment, and the volume of its sessions when the tenant keeps them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from tenantry.names import (
     SANDBOX_TOKEN_DIR,
     SANDBOX_TOKEN_SECRET,
     SECRETS_DIR,
+    SESSIONS,
+    SESSIONS_DIR,
     TASK_TIMEOUT_SECONDS,
     TERMINATION_MESSAGE_PATH,
 )
@@ -82,6 +84,37 @@ def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
             if any(agent.config for agent in spec.runtime.agents)
             else {}
         ),
+        # Only when enabled, for the same reason: an older runtime refuses the field.
+        **({"sessions": sessions_config(tenant)} if spec.runtime.sessions.enabled else {}),
+    }
+
+
+def sessions_config(tenant: AgentTenant) -> dict[str, Any]:
+    retention = tenant.spec.runtime.sessions.retention
+    return {
+        "dir": SESSIONS_DIR,
+        "maxSessions": retention.max_sessions,
+        "maxIdleDays": retention.max_idle_days,
+        "maxSessionBytes": retention.max_session_bytes,
+    }
+
+
+def build_sessions_claim(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+    """The tenant's own volume for session histories: bounded by its size, in its namespace,
+    mounted by its runtime alone (ReadWriteOnce, and a Deployment that never runs two pods)."""
+    storage = tenant.spec.runtime.sessions.storage
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(tenant, facts, SESSIONS, namespace, RUNTIME),
+        "spec": spec,
     }
 
 
@@ -115,6 +148,10 @@ def build_runtime_deployment(
     if spec.sandbox.enabled:
         volumes.append({"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}})
         mounts.append({"name": "sandbox-token", "mountPath": SANDBOX_TOKEN_DIR, "readOnly": True})
+    sessions = spec.runtime.sessions.enabled
+    if sessions:
+        volumes.append({"name": SESSIONS, "persistentVolumeClaim": {"claimName": SESSIONS}})
+        mounts.append({"name": SESSIONS, "mountPath": SESSIONS_DIR})
     # The pod template changes, and so the runtime restarts, whenever its config or secrets do.
     config_hash = digest(
         {
@@ -145,7 +182,7 @@ def build_runtime_deployment(
         "securityContext": container_security(tenant_uid(tenant, RUNTIME)),
         "volumeMounts": mounts,
     }
-    return deployment(
+    built = deployment(
         tenant,
         namespace,
         facts,
@@ -153,3 +190,8 @@ def build_runtime_deployment(
         {"containers": [container], "volumes": volumes},
         {CONFIG_HASH: config_hash},
     )
+    if sessions:
+        # The old pod goes before the new one starts: never two runtimes writing one history
+        # (and a ReadWriteOnce volume on another node could not be mounted by both anyway).
+        built["spec"]["strategy"] = {"type": "Recreate"}
+    return built
