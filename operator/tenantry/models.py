@@ -71,6 +71,8 @@ def human_errors(error: ValidationError) -> list[str]:
     for item in error.errors():
         path = ".".join(str(part) for part in item["loc"])
         message = item["msg"]
+        if item["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+            message = message.removeprefix("Value error, ")
         if item["type"] == "string_pattern_mismatch":
             meaning = PATTERN_MEANINGS.get((item.get("ctx") or {}).get("pattern", ""))
             if meaning is not None:
@@ -323,7 +325,7 @@ DEFAULTED: dict[str, Any] = {"default": {}}
 
 
 SESSIONS_FIT_MESSAGE = (
-    "spec.runtime.sessions: retention.maxSessions times retention.maxSessionBytes must fit in "
+    "retention.maxSessions times retention.maxSessionBytes must fit in "
     "storage.size: grow the volume, or keep fewer or smaller sessions"
 )
 

@@ -10,6 +10,7 @@ from lightkube.resources.core_v1 import (
     ConfigMap,
     LimitRange,
     Namespace,
+    PersistentVolumeClaim,
     ResourceQuota,
     Secret,
     Service,
@@ -31,6 +32,7 @@ NAMESPACED = (
     LimitRange,
     Role,
     RoleBinding,
+    PersistentVolumeClaim,
 )
 Snapshot = dict[tuple[str, str, str], str]
 
