@@ -324,6 +324,7 @@ TOKEN = {
     "kind": "TokenRequest",
     "metadata": {"name": "runtime"},
 }
+PVCS = ("", "persistentvolumeclaims")
 KUBELET, KUBELET_GROUPS = "system:node:node-1", ["system:nodes", *AUTHENTICATED]
 CASES: dict[str, Case] = {
     # `edit` may mint tokens for any account of the namespace (serviceaccounts/token).
@@ -398,6 +399,12 @@ CASES: dict[str, Case] = {
     "namespace controller: delete the quota": (*controller("namespace-controller"), "DELETE", ("", "resourcequotas"), "", None, QUOTA, TENANT, None),
     "storage version migrator: rewrite a NetworkPolicy": (*controller("storage-version-migrator-controller"), "UPDATE", NETPOL, "", ALLOW_ALL, ALLOW_ALL, TENANT, None),
     "storage version migrator: rewrite a sandbox pod": (*controller("storage-version-migrator-controller"), "UPDATE", PODS, "", pod(SANDBOX), pod(SANDBOX), TENANT, None),
+    "volume binder: bind the sessions claim": (*controller("persistent-volume-binder"), "UPDATE", PVCS, "", OWN_PVC, OWN_PVC, TENANT, None),
+    "PVC protection: the sessions claim's finalizer off": (*controller("pvc-protection-controller"), "UPDATE", PVCS, "", OWN_PVC, OWN_PVC, TENANT, None),
+    "scheduler: note the sessions claim's node": ("system:kube-scheduler", AUTHENTICATED, "UPDATE", PVCS, "", OWN_PVC, OWN_PVC, TENANT, None),
+    "volume binder: create a claim labelled as Tenantry's": (*controller("persistent-volume-binder"), "CREATE", PVCS, "", OWN_PVC, None, TENANT, owned_refused("PersistentVolumeClaim data")),
+    "volume binder: a NetworkPolicy": (*controller("persistent-volume-binder"), "UPDATE", NETPOL, "", ALLOW_ALL, ALLOW_ALL, TENANT, NETWORK_POLICY_REFUSED),
+    "scheduler: a sandbox pod": ("system:kube-scheduler", AUTHENTICATED, "UPDATE", PODS, "", pod(SANDBOX), pod(SANDBOX), TENANT, LABEL_REFUSED),
     "storage version migrator: a sandbox pod": (*controller("storage-version-migrator-controller"), "CREATE", PODS, "", pod(SANDBOX), None, TENANT, LABEL_REFUSED),
     "namespace controller: change a NetworkPolicy": (*controller("namespace-controller"), "UPDATE", NETPOL, "", ALLOW_ALL, ALLOW_ALL, TENANT, NETWORK_POLICY_REFUSED),
     # The same controllers without --use-service-account-credentials.
@@ -422,7 +429,7 @@ CASES: dict[str, Case] = {
     "editor: delete the sandbox Deployment": (E, EG, "DELETE", ("apps", "deployments"), "", None, SANDBOX_DEPLOYMENT, TENANT, owned_refused("Deployment sandbox")),
     "editor: plant a ConfigMap labelled as Tenantry's": (E, EG, "CREATE", CONFIGMAPS, "", relabelled(CONFIG_MAP, TENANTRYS), None, TENANT, owned_refused("ConfigMap notes")),
     "editor: label a ConfigMap of their own as Tenantry's": (E, EG, "UPDATE", CONFIGMAPS, "", relabelled(CONFIG_MAP, TENANTRYS), CONFIG_MAP, TENANT, owned_refused("ConfigMap notes")),
-    "editor: a PersistentVolumeClaim labelled as Tenantry's": (E, EG, "CREATE", ("", "persistentvolumeclaims"), "", OWN_PVC, None, TENANT, owned_refused("PersistentVolumeClaim data")),
+    "editor: a PersistentVolumeClaim labelled as Tenantry's": (E, EG, "CREATE", PVCS, "", OWN_PVC, None, TENANT, owned_refused("PersistentVolumeClaim data")),
     "editor: a pod labelled as Tenantry's": (E, EG, "CREATE", PODS, "", pod(TENANTRYS), None, TENANT, owned_refused("Pod p")),
     "editor: an EndpointSlice for the runtime Service": (E, EG, "CREATE", SLICES, "", RUNTIME_SLICE, None, TENANT, owned_refused("EndpointSlice runtime-abcde")),
     # Where the policy refuses a kind outright, its own message comes first.
