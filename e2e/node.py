@@ -91,6 +91,7 @@ APT_PACKAGES = (
     "iptables",
     "ipset",
     "conntrack",
+    "e2fsprogs",  # mkfs.ext4, for local volumes of a hard size (local_volume)
 )
 CNI_BIN = Path("/usr/lib/cni")
 PROCESSES = ("kube-router", "kube-proxy", "kubelet", "containerd")
@@ -1004,9 +1005,52 @@ def remove_files(before: dict[str, Any]) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# --- local volumes -------------------------------------------------------------------------------
+
+VOLUMES_DIR = VAR_ROOT / "volumes"
+
+
+def local_volume(name: str, size_mib: int) -> Path:
+    """A directory for a `local` PersistentVolume that is bounded for real: an ext4 file system
+    of SIZE_MIB in a file, loop-mounted under the node's root (so `down` unmounts it, the loop
+    device goes with the mount, and the file with the root). A provisioner that hands out
+    directories of the host's disk (local-path) bounds nothing: a claim's size is a label there."""
+    image, mount_point = VOLUMES_DIR / f"{name}.img", VOLUMES_DIR / name
+    if str(mount_point) in mount_points():
+        return mount_point
+    mount_point.mkdir(parents=True, exist_ok=True)
+    with image.open("wb") as stream:
+        stream.truncate(size_mib * 1024 * 1024)
+    run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)])
+    run(["mount", "-o", "loop", str(image), str(mount_point)])
+    return mount_point
+
+
+def local_volume_down(name: str) -> None:
+    mount_point = VOLUMES_DIR / name
+    if str(mount_point) in mount_points():
+        run(["umount", str(mount_point)])
+    (VOLUMES_DIR / f"{name}.img").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        mount_point.rmdir()
+
+
+def our_loop_devices() -> list[str]:
+    """Loop devices backed by a file under the node's roots."""
+    if shutil.which("losetup") is None:
+        return []
+    listing = json.loads(run(["losetup", "--list", "--json"], check=False) or '{"loopdevices": []}')
+    return [
+        device["name"]
+        for device in listing.get("loopdevices", [])
+        if str(device.get("back-file") or "").startswith(str(VAR_ROOT))
+    ]
+
+
 def leftovers() -> list[str]:
     """Whatever of the node is still on this machine after `down`: each is a bug to fix."""
     left = [f"mount {point}" for point in our_mounts()]
+    left += [f"loop device {device}" for device in our_loop_devices()]
     left += [f"network namespace {name}" for name in (NETNS, OUTSIDE_NETNS) if netns_exists(name)]
     if succeeds(["ip", "link", "show", HOST_LINK]):
         left.append(f"link {HOST_LINK}")
