@@ -363,7 +363,7 @@ class SessionRetention(Model):
     max_session_bytes: int = Field(
         256 * 1024,
         ge=4096,
-        le=64 * 1024 * 1024,
+        le=8 * 1024 * 1024,  # a task holds its history in memory: 64 tasks in flight, 512 MiB
         alias="maxSessionBytes",
         description="The most one session's stored history holds; its oldest exchanges go first.",
     )
