@@ -209,8 +209,9 @@ async def test_a_round_robin_team_answers_a_task(
     ]
     audit = json_lines(runtime.extra["audit"])
     assert_audited_as_one_task(audit, body["taskId"])
-    # Nothing of the run was recorded without the task's id.
+    # Nothing of the run was recorded without the task's id, nor its content anywhere.
     assert [r for r in audit if "taskId" not in r] == []
+    assert "haiku" not in runtime.extra["audit"].read_text() + runtime.logs()
 
 
 @session_loop
