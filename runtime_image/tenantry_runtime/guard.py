@@ -155,12 +155,13 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         return self.guard.tenant
 
     async def cancel_handlers(self) -> None:
-        """Cancel every message handler still running and wait for each to end. `stop()`
-        alone only ends the message loop: the handlers it started run on."""
-        running = list(self._background_tasks)
-        for handler in running:
-            handler.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        """Cancel every message handler running and wait for each to end, until none is left
+        (the loop may start one for a message queued before; nothing new is queued once the
+        guard admits nothing). `stop()` alone only ends the message loop: handlers run on."""
+        while running := list(self._background_tasks):
+            for handler in running:
+                handler.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def topic(self, topic_type: str) -> TopicId:
         """The tenant's topic of `topic_type`: the only kind of topic this runtime carries."""
@@ -234,5 +235,7 @@ async def task_runtime(
         yield runtime
     finally:
         guard.end()
-        await runtime.stop()
+        # Handlers first, while the queue they account to is still the loop's (stop() swaps
+        # it for a new one, on which their ending would count a message twice).
         await runtime.cancel_handlers()
+        await runtime.stop()

@@ -710,3 +710,77 @@ async def test_a_cancelled_team_task_leaves_nothing_running(
     assert records
     late = [r for r in records if r["decision"] == "dropped"]
     assert all(r["reason"] == "the task is over" for r in late), late
+
+
+class Stubborn(BaseChatAgent):
+    """A participant that ignores its cancellation token and waits forever."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, "never answers")
+        self.waiting = asyncio.Event()
+        self.cancelled = False
+
+    @property
+    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
+        return (TextMessage,)
+
+    async def on_messages(
+        self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
+    ) -> Response:
+        self.waiting.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("unreachable")
+
+    async def on_reset(self, cancellation_token: CancellationToken) -> None:
+        pass
+
+
+@session_loop
+async def test_a_handler_that_ignores_cancellation_is_cancelled_with_its_task(
+    tenant: Tenant,
+) -> None:
+    context = Watched.of(tenant.context())
+    stubborn = Stubborn("stubborn")
+    config = TeamConfig.model_validate(ROUND_ROBIN)
+    token = CancellationToken()
+    running = asyncio.create_task(
+        run_team(
+            context,
+            config,
+            TaskRequest("t-stubborn", "wait"),
+            token,
+            lambda _config, _model, _default: [stubborn],
+        )
+    )
+    await asyncio.wait_for(stubborn.waiting.wait(), timeout=30)
+    (runtime,) = context.seen
+    handlers = set(runtime._background_tasks)
+
+    token.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert stubborn.cancelled
+    assert handlers and all(handler.done() for handler in handlers)
+    assert runtime._background_tasks == set()
+
+
+@session_loop
+async def test_a_task_runtime_admits_nothing_once_its_task_is_over() -> None:
+    stream = io.StringIO()
+    audit = AuditLog(TENANT, stream)
+    async with task_runtime(TENANT, audit, "t-over") as runtime:
+        pass
+    # Whoever kept the runtime (a handler still running, a participant) reaches no one.
+    await runtime.publish_message(TaskRequest("t-other", "late"), TopicId("default", TENANT))
+    with pytest.raises(MessageDroppedException):
+        await runtime.send_message(TaskRequest("t-other", "late"), AgentId("panel", TENANT))
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["kind"], r["decision"], r["reason"], r["taskId"]) for r in records] == [
+        ("publish", "dropped", "the task is over", "t-over"),
+        ("send", "dropped", "the task is over", "t-over"),
+    ]
