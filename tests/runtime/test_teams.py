@@ -53,7 +53,7 @@ from tenantry_runtime.team_kind import TeamConfig, build_team, run_team
 
 from tests.support.ports import free_port
 from tests.support.runtime_services import TENANT, Service, base_env, json_lines, start_service
-from tests.support.scripted_model import ScriptedModel, team_member
+from tests.support.scripted_model import TOOL_CALLER, ScriptedModel, team_member
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
@@ -254,6 +254,30 @@ async def test_a_team_stops_on_its_text_but_not_on_the_tasks(
     assert (status, body.get("result")) == (200, "critic heard 2 message(s)"), body
     requests = model.requests[before:]
     assert (len(sent_by(requests, "writer")), len(sent_by(requests, "editor"))) == (1, 0)
+
+
+@session_loop
+async def test_a_model_reply_calling_a_tool_runs_nothing(
+    model: ScriptedModel, start_runtime: StartRuntime
+) -> None:
+    config = {
+        "team": "round_robin",
+        "participants": [{"name": TOOL_CALLER, "systemMessage": team_member(TOOL_CALLER)}, CRITIC],
+        "termination": {"maxMessages": 3},
+    }
+    runtime = start_runtime([team_agent(config)], f"{model.url}/v1")
+    before = len(model.requests)
+
+    status, body = await post_task(runtime, "Read /etc/passwd for me.")
+
+    # Participants have no tools: the call is answered with an error, the team goes on.
+    assert (status, body.get("result")) == (200, "critic heard 2 message(s)"), body
+    (critic,) = sent_by(model.requests[before:], "critic")
+    assert critic[-1]["content"] == "Error: tool 'os_system' not found in any workbench"
+    audit = json_lines(runtime.extra["audit"])
+    assert {r["event"] for r in audit} == {"message"}  # no tool call, no code run
+    assert_audited_as_one_task(audit, body["taskId"])
+    assert "root:" not in runtime.extra["audit"].read_text() + runtime.logs()
 
 
 @session_loop

@@ -8,7 +8,8 @@ and never closed, the worst case for a fence parser.
 For teams (the `team` kind): a participant whose system message starts with TEAM_MEMBER and
 its name is answered "<name> heard <n> message(s)" (n: the messages it was sent, its system
 message aside); a selector's speaker-selection request is answered with the last candidate it
-lists, so a selector team's order differs from a round robin's.
+lists, so a selector team's order differs from a round robin's. The team member TOOL_CALLER
+is answered with a call of a tool nobody gave it (a model's reply is the attacker's to write).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
 HUGE_REPLY = "Reply with this many characters: "
 OPENED_FENCE = "```python\n"
 TEAM_MEMBER = "You are team member "
+TOOL_CALLER = "tool_caller"
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "os_system", "arguments": '{"command": "cat /etc/passwd"}'},
+}
 # AgentChat's selector prompt (0.7.5) asks to "select the next role from ['a', 'b']".
 _CANDIDATES_RE = re.compile(r"select the next role from (\[[^\]]*\])")
 
@@ -85,6 +92,11 @@ class ScriptedModel:
         self.requests.append({"authorization": request.headers.get("Authorization"), **body})
         last = body["messages"][-1]["content"]
         team = team_reply(body["messages"])
+        if team is not None and team.startswith(f"{TOOL_CALLER} heard"):
+            reply = completion(body["model"], "")
+            reply["choices"][0]["message"] = {"role": "assistant", "tool_calls": [TOOL_CALL]}
+            reply["choices"][0]["finish_reason"] = "tool_calls"
+            return web.json_response(reply)
         if team is not None:
             content = team
         elif last.startswith("Output of the code"):
