@@ -14,8 +14,9 @@ runtime refuse to start (which one would run is not a manifest's to decide).
 A kind validates its own `config` with a pydantic model, and is handed an `AgentContext`:
 the tenant (read-only), its agents and topic types, the model client, the sandbox executor,
 the directories of the Secrets its config names, an audited way to call tools, and a runtime of
-one task's own for agents of its own making (a team's) — never the tenant's runtime itself. Its agents are registered by the runtime on the tenant's guarded runtime,
-subscribed to the agent's one topic type; whatever they publish passes the tenant guard.
+one task's own for agents of its own making (a team's) — never the tenant's runtime itself.
+Its agents are registered by the runtime on the tenant's guarded runtime, subscribed to the
+agent's one topic type; whatever they publish passes the tenant guard.
 """
 
 from __future__ import annotations

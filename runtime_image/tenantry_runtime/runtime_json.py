@@ -33,8 +33,9 @@ from .refusals import (
 )
 
 AGENT_KINDS = ("assistant", "coder", "team")
-"""The kinds that ship with Tenantry (builtin_kinds.py, team_kind.py). A config may name any kind installed in
-the image (agent_kinds.installed()): these, and whatever a platform team's package adds."""
+"""The kinds that ship with Tenantry (builtin_kinds.py, team_kind.py). A config may name any kind
+installed in the image (agent_kinds.installed()): these, and whatever a platform team's package
+adds."""
 
 SECRET_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 """A Secret's name as spec.secrets has it: a DNS-1123 subdomain, so one path component."""

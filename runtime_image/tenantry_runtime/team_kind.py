@@ -257,7 +257,8 @@ async def run_team(
         # topic it publishes to: the tenant's, so the guard admits them. A private attribute
         # of AgentChat 0.7.5, read by its first run only (when it registers its agents):
         # tests/runtime/test_teams.py fails if an upgrade stops honouring it.
-        assert not team._initialized, "the team id is set before the team's first run"
+        if team._initialized:  # never: the team is new (a check that survives python -O)
+            raise TeamFailed("the team was initialised before its id was set")
         team._team_id = context.tenant
         try:
             result = await team.run(task=task.content, cancellation_token=token)

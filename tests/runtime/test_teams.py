@@ -281,6 +281,21 @@ async def test_a_model_reply_calling_a_tool_runs_nothing(
 
 
 @session_loop
+async def test_a_failed_model_call_ends_the_task_with_its_error_and_no_traceback(
+    start_runtime: StartRuntime,
+) -> None:
+    runtime = start_runtime([team_agent(ROUND_ROBIN)], f"http://127.0.0.1:{free_port()}/v1")
+
+    status, body = await post_task(runtime, "nobody answers")
+
+    assert status == 502, body
+    assert body["error"].startswith("the agent failed: APIConnectionError: "), body
+    assert "Traceback" not in body["error"] and "File " not in body["error"]
+    records = task_records(json_lines(runtime.extra["audit"]), body["taskId"])
+    assert records[-1]["messageType"] == "TaskResult"
+
+
+@session_loop
 async def test_two_tasks_at_once_are_audited_apart(
     model: ScriptedModel, start_runtime: StartRuntime
 ) -> None:
