@@ -225,6 +225,7 @@ class Resources(Model):
 # The agent kinds built into the runtime image; an image built FROM it may add more, which a
 # manifest names the same way (docs/agents.md).
 ASSISTANT: Final = "assistant"
+TEAM: Final = "team"
 CODER: Final = "coder"
 # An agent's config is validated by its kind in the runtime; here only its size is bounded.
 MAX_AGENT_CONFIG_BYTES = 16 * 1024
@@ -598,10 +599,13 @@ CODER_NEEDS_SANDBOX = cel(
     "a coder agent needs the sandbox: set spec.sandbox.enabled to true or remove the coder agent",
 )
 
+# The built-in kinds that call the model; a platform team's kind that needs one is refused by the
+# runtime instead (RuntimeConfigRefused), which alone knows its kinds.
 ASSISTANT_NEEDS_MODEL = cel(
-    "!has(self.runtime) || !has(self.runtime.agents) || !self.runtime.agents.exists(a, a.kind == 'assistant') || "
+    "!has(self.runtime) || !has(self.runtime.agents) || "
+    "!self.runtime.agents.exists(a, a.kind == 'assistant' || a.kind == 'team') || "
     "has(self.runtime.model)",
-    "an assistant agent needs a model: set spec.runtime.model or remove the assistant agent",
+    "an assistant agent needs a model (so does a team): set spec.runtime.model or remove the agent",
 )
 
 
@@ -663,7 +667,7 @@ class AgentTenantSpec(Model):
         if not self.sandbox.enabled and any(a.kind == CODER for a in self.runtime.agents):
             raise ValueError(CODER_NEEDS_SANDBOX["message"])
         agents = self.runtime.agents
-        if not model and any(a.kind == ASSISTANT for a in agents):
+        if not model and any(a.kind in (ASSISTANT, TEAM) for a in agents):
             raise ValueError(ASSISTANT_NEEDS_MODEL["message"])
         if len({a.name for a in agents}) != len(agents):
             raise ValueError("spec.runtime.agents: agent names must be unique")

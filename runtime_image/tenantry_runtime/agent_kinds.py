@@ -13,9 +13,10 @@ runtime refuse to start (which one would run is not a manifest's to decide).
 
 A kind validates its own `config` with a pydantic model, and is handed an `AgentContext`:
 the tenant (read-only), its agents and topic types, the model client, the sandbox executor,
-the directories of the Secrets its config names, and an audited way to call tools — never the
-runtime itself. Its agents are registered by the runtime on the tenant's guarded runtime,
-subscribed to the agent's one topic type; whatever they publish passes the tenant guard.
+the directories of the Secrets its config names, an audited way to call tools, and a runtime of
+one task's own for agents of its own making (a team's) — never the tenant's runtime itself.
+Its agents are registered by the runtime on the tenant's guarded runtime, subscribed to the
+agent's one topic type; whatever they publish passes the tenant guard.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from autogen_core import CancellationToken, MessageContext, RoutedAgent, TopicId, event
 from pydantic import BaseModel, ConfigDict
 
+from .guard import task_runtime
 from .messages import RESULT_TOPIC_TYPE, TaskRequest, TaskResult
 from .refusals import ConfigError
 
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog
     from .executor import SandboxCodeExecutor
+    from .guard import GuardedAgentRuntime
     from .sessions import SessionStore
 
 ENTRY_POINT_GROUP = "tenantry.agent_kinds"
@@ -114,6 +118,13 @@ class AgentContext:
                 outcome=outcome,
                 task_id=task_id,
             )
+
+    def task_runtime(self, task_id: str) -> AbstractAsyncContextManager[GuardedAgentRuntime]:
+        """A fresh runtime for one task's own agents (`async with`), guarded for the tenant
+        like the tenant's, every audit line naming `task_id`; once the block is left nothing
+        of it runs or delivers any more (guard.task_runtime). What it hands back to the
+        tenant goes through this agent's own publish, on the tenant's runtime."""
+        return task_runtime(self.tenant, self.audit, task_id)
 
 
 def arguments_digest(arguments: Mapping[str, Any]) -> str:

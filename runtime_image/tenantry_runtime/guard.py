@@ -16,6 +16,10 @@ process and only allowlisted agent code runs in it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from autogen_core import AgentId, CancellationToken, SingleThreadedAgentRuntime, TopicId
@@ -76,10 +80,45 @@ class TenantGuard:
             recipient=recipient,
             message_type=type(message).__name__,
             decision="delivered" if reason is None else "dropped",
-            task_id=audited_task_id(message),
+            task_id=self._task_of(message),
             reason=reason,
         )
         return reason is None
+
+    def _task_of(self, message: Any) -> str | None:
+        return audited_task_id(message)
+
+
+class TaskGuard(TenantGuard):
+    """The guard of one task's own runtime (a team's: team_kind.py): the tenant's rules, the
+    task's id on every record (the messages of a group chat carry none of their own), and
+    nothing admitted once the task is over, whatever still runs for it."""
+
+    __slots__ = ("_over", "task_id")
+
+    def __init__(self, tenant: str, audit: AuditLog, task_id: str) -> None:
+        super().__init__(tenant, audit)
+        self.task_id = task_id
+        self._over = False
+
+    def end(self) -> None:
+        self._over = True
+
+    def admit_publish(self, message: Any, topic_id: TopicId, sender: AgentId | None) -> bool:
+        if self._over:
+            return self._record("publish", message, str(topic_id), None, sender, _TASK_OVER)
+        return super().admit_publish(message, topic_id, sender)
+
+    def admit_send(self, message: Any, recipient: AgentId, sender: AgentId | None) -> bool:
+        if self._over:
+            return self._record("send", message, None, str(recipient), sender, _TASK_OVER)
+        return super().admit_send(message, recipient, sender)
+
+    def _task_of(self, message: Any) -> str | None:
+        return self.task_id
+
+
+_TASK_OVER = "the task is over"
 
 
 _TASK_ID_CHARS = 128
@@ -114,6 +153,15 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
     @property
     def tenant(self) -> str:
         return self.guard.tenant
+
+    async def cancel_handlers(self) -> None:
+        """Cancel every message handler running and wait for each to end, until none is left
+        (the loop may start one for a message queued before; nothing new is queued once the
+        guard admits nothing). `stop()` alone only ends the message loop: handlers run on."""
+        while running := list(self._background_tasks):
+            for handler in running:
+                handler.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     def topic(self, topic_type: str) -> TopicId:
         """The tenant's topic of `topic_type`: the only kind of topic this runtime carries."""
@@ -155,3 +203,39 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
             cancellation_token=cancellation_token,
             message_id=message_id,
         )
+
+
+class _QuietCancellation(logging.Filter):
+    """autogen logs every handler that ends with an exception as an error, with its traceback,
+    cancellation included; a task runtime cancels its handlers on purpose whenever a task is
+    given up (a timeout, a caller gone), which is no error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None or not isinstance(record.exc_info[1], asyncio.CancelledError)
+
+
+logging.getLogger("autogen_core").addFilter(_QuietCancellation())
+
+
+@asynccontextmanager
+async def task_runtime(
+    tenant: str, audit: AuditLog, task_id: str
+) -> AsyncIterator[GuardedAgentRuntime]:
+    """A runtime of one task's own, started, guarded for `tenant` and audited to `audit` with
+    `task_id` on every line; when the block is left (done, failed or cancelled) nothing more
+    is admitted, its message loop stops and every handler still running is cancelled and
+    awaited: nothing of the task outlives it.
+
+    Handler errors do not stop the loop (`ignore_unhandled_exceptions`): whoever runs on it
+    learns of them from its own messages (a group chat's error event), as on the tenant's."""
+    guard = TaskGuard(tenant, audit, task_id)
+    runtime = GuardedAgentRuntime(guard, ignore_unhandled_exceptions=True)
+    runtime.start()
+    try:
+        yield runtime
+    finally:
+        guard.end()
+        # Handlers first, while the queue they account to is still the loop's (stop() swaps
+        # it for a new one, on which their ending would count a message twice).
+        await runtime.cancel_handlers()
+        await runtime.stop()

@@ -32,9 +32,10 @@ from .refusals import (
     shown_name,
 )
 
-AGENT_KINDS = ("assistant", "coder")
-"""The kinds that ship with Tenantry (builtin_kinds.py). A config may name any kind installed in
-the image (agent_kinds.installed()): these, and whatever a platform team's package adds."""
+AGENT_KINDS = ("assistant", "coder", "team")
+"""The kinds that ship with Tenantry (builtin_kinds.py, team_kind.py). A config may name any kind
+installed in the image (agent_kinds.installed()): these, and whatever a platform team's package
+adds."""
 
 SECRET_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 """A Secret's name as spec.secrets has it: a DNS-1123 subdomain, so one path component."""

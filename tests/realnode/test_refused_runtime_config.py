@@ -41,7 +41,7 @@ def test_a_refused_runtime_config_is_shown_on_the_tenant(chart_operator: Chart) 
         assert stalled["status"] == "True"
         assert stalled["message"].startswith(
             "tenantry_runtime serve: refusing to start: agent 'finder': kind 'search' is not "
-            "allowed; allowed kinds: assistant, coder"
+            "allowed; allowed kinds: assistant, coder, team"
         ), stalled
         runtime = condition("RuntimeReady")
         assert (runtime["status"], runtime["reason"]) == ("False", "RuntimeConfigRefused")

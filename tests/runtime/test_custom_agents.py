@@ -155,7 +155,7 @@ def refusal(image: Image, agents: list[dict[str, Any]], tmp_path: Path, secrets_
 
 def test_the_kinds_command_lists_every_installed_kind_with_its_config_schema(image: Image) -> None:
     found = kinds(image)
-    assert set(found) == {"assistant", "coder", "faq", "echo", "prober"}
+    assert set(found) == {"assistant", "coder", "faq", "echo", "prober", "team"}
     assert found["faq"]["package"] == "acme-agents"
     assert found["faq"]["entryPoint"] == "acme_agents:FAQ"
     assert found["faq"]["answersTasks"] is True
@@ -216,7 +216,7 @@ def test_an_unknown_kind_is_refused_with_the_installed_kinds(
         image, [{"name": "x", "kind": "search", "topicType": "t"}], tmp_path, secrets_dir
     )
     assert (
-        "agent 'x': kind 'search' is not allowed; allowed kinds: assistant, coder, echo, faq, prober"
+        "agent 'x': kind 'search' is not allowed; allowed kinds: assistant, coder, echo, faq, prober, team"
         in message
     )
 

@@ -42,7 +42,7 @@ def test_serve_refuses_an_agent_kind_outside_the_allowlist(tmp_path: Path) -> No
     assert result.returncode == 2
     assert (
         "agent 'shell': kind 'autogen_ext.tools.code_execution' is not allowed; "
-        "allowed kinds: assistant, coder"
+        "allowed kinds: assistant, coder, team"
     ) in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -112,7 +112,7 @@ def test_a_megabyte_of_closed_fences_is_parsed() -> None:
 
 def test_every_built_in_kind_is_installed_as_an_entry_point_and_nothing_else_is() -> None:
     installed = agent_kinds.installed()
-    assert set(installed) == set(AGENT_KINDS) == {"assistant", "coder"}
+    assert set(installed) == set(AGENT_KINDS) == {"assistant", "coder", "team"}
     assert all(
         isinstance(agent_kinds.load(point), agent_kinds.AgentKind) for point in installed.values()
     )

@@ -84,8 +84,8 @@ def test_an_agent_kind_outside_the_allowlist_is_refused_naming_agent_and_kinds()
     message = refusal(data)
     assert "agent 'tooling'" in message
     assert "'autogen_ext.tools.FunctionTool' is not allowed" in message
-    assert "allowed kinds: assistant, coder" in message
-    assert AGENT_KINDS == ("assistant", "coder")
+    assert "allowed kinds: assistant, coder, team" in message
+    assert AGENT_KINDS == ("assistant", "coder", "team")
 
 
 def test_sessions_take_their_defaults() -> None:

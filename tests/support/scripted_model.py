@@ -4,11 +4,19 @@ First it answers with CODE_REPLY (a python block); once the last message carries
 output, it answers with that output. Under /slow it never answers (until released). A task
 that starts with HUGE_REPLY and a number gets a reply of that many characters: fences opened
 and never closed, the worst case for a fence parser.
+
+For teams (the `team` kind): a participant whose system message starts with TEAM_MEMBER and
+its name is answered "<name> heard <n> message(s)" (n: the messages it was sent, its system
+message aside); a selector's speaker-selection request is answered with the last candidate it
+lists, so a selector team's order differs from a round robin's. The team member TOOL_CALLER
+is answered with a call of a tool nobody gave it (a model's reply is the attacker's to write).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +37,34 @@ CODE = (
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
 HUGE_REPLY = "Reply with this many characters: "
 OPENED_FENCE = "```python\n"
+TEAM_MEMBER = "You are team member "
+TOOL_CALLER = "tool_caller"
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "os_system", "arguments": '{"command": "cat /etc/passwd"}'},
+}
+# AgentChat's selector prompt (0.7.5) asks to "select the next role from ['a', 'b']".
+_CANDIDATES_RE = re.compile(r"select the next role from (\[[^\]]*\])")
+
+
+def team_member(name: str) -> str:
+    """The system message of a participant the script answers as a team member."""
+    return f"{TEAM_MEMBER}{name}."
+
+
+def team_reply(messages: list[dict[str, Any]]) -> str | None:
+    """The script's reply to a team's request, or None if it is no team's."""
+    system = messages[0].get("content") if messages[0].get("role") == "system" else None
+    if isinstance(system, str) and system.startswith(TEAM_MEMBER):
+        name = system.removeprefix(TEAM_MEMBER).split(".", 1)[0]
+        return f"{name} heard {len(messages) - 1} message(s)"
+    for message in messages:
+        found = _CANDIDATES_RE.search(str(message.get("content")))
+        if found is not None:
+            candidates = ast.literal_eval(found.group(1))
+            return str(candidates[-1])
+    return None
 
 
 def huge_reply(size: int) -> str:
@@ -47,6 +83,7 @@ class ScriptedModel:
     requests: list[dict[str, Any]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     caller_left: asyncio.Event = field(default_factory=asyncio.Event)
+    stall_began: asyncio.Event = field(default_factory=asyncio.Event)
     stalled: int = 0
     abandoned: int = 0
 
@@ -54,7 +91,15 @@ class ScriptedModel:
         body = await request.json()
         self.requests.append({"authorization": request.headers.get("Authorization"), **body})
         last = body["messages"][-1]["content"]
-        if last.startswith("Output of the code"):
+        team = team_reply(body["messages"])
+        if team is not None and team.startswith(f"{TOOL_CALLER} heard"):
+            reply = completion(body["model"], "")
+            reply["choices"][0]["message"] = {"role": "assistant", "tool_calls": [TOOL_CALL]}
+            reply["choices"][0]["finish_reason"] = "tool_calls"
+            return web.json_response(reply)
+        if team is not None:
+            content = team
+        elif last.startswith("Output of the code"):
             content = "The code printed:\n" + last.split("\n", 1)[1]
         elif last.startswith(HUGE_REPLY):
             content = huge_reply(int(last.removeprefix(HUGE_REPLY)))
@@ -64,6 +109,7 @@ class ScriptedModel:
 
     async def stall(self, request: web.Request) -> web.Response:
         self.stalled += 1
+        self.stall_began.set()
         deadline = time.monotonic() + 60
         while not self.release.is_set() and time.monotonic() < deadline:
             if request.transport is None or request.transport.is_closing():

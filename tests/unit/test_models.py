@@ -80,6 +80,10 @@ def test_defaults() -> None:
             {"runtime": {"agents": [{"name": "a", "kind": "assistant"}]}},
             "an assistant agent needs a model",
         ),
+        (
+            {"runtime": {"agents": [{"name": "a", "kind": "team"}]}},
+            "(so does a team)",
+        ),
         ({"runtime": {"topicTypes": []}}, "at least 1 item"),
         (
             {
