@@ -44,6 +44,7 @@ from .agent_kinds import AgentContext
 from .audit import AuditLog
 from .executor import SandboxCodeExecutor, SandboxError
 from .guard import GuardedAgentRuntime
+from .mcp_tools import McpTools, McpUnavailable
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
 from .protocol import normalize_language
 from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
@@ -70,10 +71,11 @@ _OPENING_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]+)[ \t]*")
 _CLOSING_FENCE_RE = re.compile(r"```[ \t]*")
 
 # For model names autogen does not know (any OpenAI-compatible server's own models): claim
-# nothing beyond plain chat, which is all these agents use.
+# nothing beyond chat, and function calling, which an assistant with MCP tools needs (autogen
+# refuses tools to a model that does not claim it; the others are never offered tools).
 _PLAIN_CHAT_MODEL = ModelInfo(
     vision=False,
-    function_calling=False,
+    function_calling=True,
     json_output=False,
     family=ModelFamily.UNKNOWN,
     structured_output=False,
@@ -202,10 +204,15 @@ class Assistant(RoutedAgent):
     """Answers a task with the model, running the reply's code through the coder if any."""
 
     def __init__(
-        self, model: ChatCompletionClient, system_message: str, code_topic_type: str | None
+        self,
+        model: ChatCompletionClient,
+        system_message: str,
+        code_topic_type: str | None,
+        tools: McpTools | None = None,
     ) -> None:
         super().__init__("Answers tasks with a language model.")
         self._model = model
+        self._tools = tools
         self._code_topic_type = code_topic_type
         prompt = f"{system_message}\n\n{_CODE_HINT}" if code_topic_type else system_message
         self._system = SystemMessage(content=prompt)
@@ -242,14 +249,20 @@ class Assistant(RoutedAgent):
 
     async def _next_turn(self, task_id: str) -> None:
         conversation = self._tasks[task_id]
+        history, token = conversation.history, conversation.token
         try:
-            created = await self._model.create(
-                conversation.history, cancellation_token=conversation.token
-            )
+            if self._tools is None:
+                created = await self._model.create(history, cancellation_token=token)
+            else:  # the model's function calls are run (and audited) before it answers
+                created = await self._tools.complete(self._model, history, task_id, token)
         except asyncio.CancelledError:
             if not conversation.token.is_cancelled():
                 raise
             return  # the task was cancelled (see on_task), not this handler: end quietly
+        except McpUnavailable as exc:
+            log.warning("the MCP tools of task %s failed: %s", task_id, exc)
+            await self._finish(task_id, "", error=str(exc))
+            return
         except Exception as exc:  # any model failure ends the task with a readable error
             log.warning("model call for task %s failed: %s", task_id, exc)
             await self._finish(task_id, "", error=f"the model call failed: {exc}")
