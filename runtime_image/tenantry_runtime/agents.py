@@ -71,11 +71,10 @@ _OPENING_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]+)[ \t]*")
 _CLOSING_FENCE_RE = re.compile(r"```[ \t]*")
 
 # For model names autogen does not know (any OpenAI-compatible server's own models): claim
-# nothing beyond chat, and function calling, which an assistant with MCP tools needs (autogen
-# refuses tools to a model that does not claim it; the others are never offered tools).
+# nothing beyond plain chat, which is all these agents use.
 _PLAIN_CHAT_MODEL = ModelInfo(
     vision=False,
-    function_calling=True,
+    function_calling=False,
     json_output=False,
     family=ModelFamily.UNKNOWN,
     structured_output=False,
@@ -125,8 +124,11 @@ def format_code_output(output: CodeOutput) -> str:
 
 
 def build_model_client(
-    model: ModelConfig, api_key: str, timeout_seconds: float
+    model: ModelConfig, api_key: str, timeout_seconds: float, *, function_calling: bool = False
 ) -> ChatCompletionClient:
+    """The tenant's model client. `function_calling`: an agent offers the model tools (an
+    assistant with MCP tools), so a model name autogen does not know is taken to call functions
+    (autogen refuses tools to a model that does not claim it)."""
     settings: OpenAIClientConfiguration = {
         "model": model.model,
         "base_url": model.base_url,
@@ -138,7 +140,7 @@ def build_model_client(
         return OpenAIChatCompletionClient(**settings)
     except ValueError:
         # autogen refuses model names it has no capabilities table for unless told them.
-        settings["model_info"] = _PLAIN_CHAT_MODEL
+        settings["model_info"] = {**_PLAIN_CHAT_MODEL, "function_calling": function_calling}
         return OpenAIChatCompletionClient(**settings)
 
 

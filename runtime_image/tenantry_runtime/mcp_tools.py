@@ -38,7 +38,7 @@ import logging
 import re
 import string
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     import httpx
     from mcp import ClientSession
     from mcp.types import Tool
+
+    from .runtime_json import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,14 @@ def secrets_of(config: AssistantConfig) -> tuple[str, ...]:
     if config.mcp is None or config.mcp.credential_secret is None:
         return ()
     return (config.mcp.credential_secret,)
+
+
+def offers_tools(agents: Iterable[AgentConfig]) -> bool:
+    """Whether an agent of the tenant offers its model tools: an assistant with `mcp`."""
+    return any(
+        isinstance(agent.settings, AssistantConfig) and agent.settings.mcp is not None
+        for agent in agents
+    )
 
 
 class McpUnavailable(Exception):
