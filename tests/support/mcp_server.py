@@ -7,7 +7,7 @@ Every request must carry `Authorization: Bearer <the token in TOKEN_FILE>`, else
 request's method and path, and whether it was authorized, is appended to `requests.log` beside
 the token file (never its body: the tests grep files for argument values).
 
-Tools: `lookup(key)` answers from a table, `echo(text)`, `huge(size)` returns that many
+Each tool call appends the tool's name to `calls.log` there. Tools: `lookup(key)` answers from a table, `echo(text)`, `huge(size)` returns that many
 characters, `fail()` returns an MCP tool error, `hang()` never returns. LISTING makes the
 server's tools/list hostile: `many` (500 tools), `twins` (`lookup` twice, with different
 schemas), `odd-names` (names that are no identifiers, beside `echo`), `huge-schema` (one tool
@@ -29,32 +29,41 @@ from mcp.server.fastmcp.exceptions import ToolError
 TABLE = {"opening hours": "Monday to Friday, 9 to 5.", "returns": "Within 30 days."}
 
 
-def build(transport: str, listing: str) -> FastMCP:
+def build(listing: str, calls: Path) -> FastMCP:
     server = FastMCP("acme-tools", log_level="WARNING")
+
+    def called(name: str) -> None:
+        with calls.open("a") as file:
+            file.write(name + "\n")
 
     @server.tool()
     def lookup(key: str) -> str:
         """Look a key up in ACME's table."""
+        called("lookup")
         return TABLE.get(key, "no such key")
 
     @server.tool()
     def echo(text: str) -> str:
         """Echo the text back."""
+        called("echo")
         return f"echo: {text}"
 
     @server.tool()
     def huge(size: int) -> str:
         """Return `size` characters."""
+        called("huge")
         return "x" * size
 
     @server.tool()
     def fail() -> str:
         """Always fails."""
+        called("fail")
         raise ToolError("the backend is down")
 
     @server.tool()
     async def hang() -> str:
         """Never returns."""
+        called("hang")
         await asyncio.Event().wait()
         return "unreachable"
 
@@ -115,7 +124,7 @@ class BearerCheck:
 def main() -> None:
     port, token_file, transport = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     listing = sys.argv[4] if len(sys.argv) > 4 else "normal"
-    server = build(transport, listing)
+    server = build(listing, token_file.parent / "calls.log")
     app = server.streamable_http_app() if transport == "streamable_http" else server.sse_app()
     token = token_file.read_text().strip()
     guarded = BearerCheck(app, token, token_file.parent / "requests.log")
