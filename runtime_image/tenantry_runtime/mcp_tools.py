@@ -180,8 +180,10 @@ def checked_url(url: str) -> str:
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{shown(url)} must be an http:// or https:// URL")
     if "@" in parts.netloc:
+        # Not shown: the password would land in the log, the termination message, the status.
         raise ValueError(
-            f"{shown(url)} holds a user or password: name the credential with credentialSecret"
+            "holds a user or password (the URL is not shown): name the credential with "
+            "credentialSecret instead"
         )
     if not parts.hostname:
         raise ValueError(f"{shown(url)} names no host")
