@@ -359,23 +359,19 @@ class McpTools:
         counts: dict[str, int] = {}
         for tool in listed:
             counts[tool.name] = counts.get(tool.name, 0) + 1
+        dropped = 0
         for tool in listed:
-            name = tool.name
+            name, parameters = tool.name, tool.inputSchema
             if self._allowed is not None and name not in self._allowed:
                 continue
-            if not TOOL_NAME_RE.fullmatch(name) or counts[name] > 1:
-                # Two tools of one name: which one a call reaches is the server's secret.
-                log.warning(
-                    "MCP tool %s is not offered: its name is no identifier or is listed twice",
-                    shown(name),
-                )
-                continue
-            parameters = tool.inputSchema
-            if len(json.dumps(parameters)) > MAX_SCHEMA_CHARS or parameters.get("type") != "object":
-                log.warning(
-                    "MCP tool %s is not offered: its input schema is too large or not an object",
-                    name,
-                )
+            # Two tools of one name: which one a call would reach is the server's to decide.
+            if (
+                not TOOL_NAME_RE.fullmatch(name)
+                or counts[name] > 1
+                or parameters.get("type") != "object"
+                or len(json.dumps(parameters)) > MAX_SCHEMA_CHARS
+            ):
+                dropped += 1
                 continue
             description = (tool.description or "")[:MAX_DESCRIPTION_CHARS]
             schemas.append(
@@ -384,6 +380,13 @@ class McpTools:
                     description=description,
                     parameters=cast(ParametersSchema, parameters),
                 )
+            )
+        if dropped:
+            # One line per turn, whatever the server lists: its names are not logged.
+            log.warning(
+                "%d tool(s) of the MCP server are not offered: a name that is no identifier or "
+                "is listed twice, or an input schema that is not a bounded JSON object",
+                dropped,
             )
         if len(schemas) > MAX_TOOLS:
             raise McpUnavailable(

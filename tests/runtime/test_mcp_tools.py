@@ -504,7 +504,7 @@ async def test_a_server_that_never_answers_is_ended_with_the_task(
         await asyncio.wait_for(silent.closed.wait(), 30)  # the runtime hung up
         # The cancelled turn writes its record as it unwinds, after the 504 went out.
         deadline = time.monotonic() + 30
-        while not runtime.tool_calls() and time.monotonic() < deadline:
+        while not runtime.tool_calls() and time.monotonic() < deadline:  # noqa: ASYNC110 - a file
             await asyncio.sleep(0.05)
         assert [(c["tool"], c["outcome"]) for c in runtime.tool_calls()] == [
             ("tools/list", "error")
