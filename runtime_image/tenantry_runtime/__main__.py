@@ -20,7 +20,7 @@ def _configure_logging() -> None:
     )
     # autogen logs every message and model call, contents included, at INFO: tenant data
     # has no place in the pod's log (the audit log records what happened, without content).
-    for name in ("autogen_core", "autogen_ext", "autogen_agentchat", "httpx", "openai"):
+    for name in ("autogen_core", "autogen_ext", "autogen_agentchat", "httpx", "mcp", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

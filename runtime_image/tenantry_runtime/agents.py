@@ -44,6 +44,7 @@ from .agent_kinds import AgentContext
 from .audit import AuditLog
 from .executor import SandboxCodeExecutor, SandboxError
 from .guard import GuardedAgentRuntime
+from .mcp_tools import McpTools, McpUnavailable
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
 from .protocol import normalize_language
 from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
@@ -124,8 +125,11 @@ def format_code_output(output: CodeOutput) -> str:
 
 
 def build_model_client(
-    model: ModelConfig, api_key: str, timeout_seconds: float
+    model: ModelConfig, api_key: str, timeout_seconds: float, *, function_calling: bool = False
 ) -> ChatCompletionClient:
+    """The tenant's model client. `function_calling`: an agent offers the model tools (an
+    assistant with MCP tools), so a model name autogen does not know is taken to call functions
+    (autogen refuses tools to a model that does not claim it)."""
     settings: OpenAIClientConfiguration = {
         "model": model.model,
         "base_url": model.base_url,
@@ -137,7 +141,7 @@ def build_model_client(
         return OpenAIChatCompletionClient(**settings)
     except ValueError:
         # autogen refuses model names it has no capabilities table for unless told them.
-        settings["model_info"] = _PLAIN_CHAT_MODEL
+        settings["model_info"] = {**_PLAIN_CHAT_MODEL, "function_calling": function_calling}
         return OpenAIChatCompletionClient(**settings)
 
 
@@ -211,10 +215,12 @@ class Assistant(RoutedAgent):
         system_message: str,
         code_topic_type: str | None,
         sessions: SessionStore | None = None,
+        tools: McpTools | None = None,
     ) -> None:
         super().__init__("Answers tasks with a language model.")
         self._model = model
         self._sessions = sessions
+        self._tools = tools
         self._code_topic_type = code_topic_type
         prompt = f"{system_message}\n\n{_CODE_HINT}" if code_topic_type else system_message
         self._system = SystemMessage(content=prompt)
@@ -271,14 +277,20 @@ class Assistant(RoutedAgent):
 
     async def _next_turn(self, task_id: str) -> None:
         conversation = self._tasks[task_id]
+        history, token = conversation.history, conversation.token
         try:
-            created = await self._model.create(
-                conversation.history, cancellation_token=conversation.token
-            )
+            if self._tools is None:
+                created = await self._model.create(history, cancellation_token=token)
+            else:  # the model's function calls are run (and audited) before it answers
+                created = await self._tools.complete(self._model, history, task_id, token)
         except asyncio.CancelledError:
             if not conversation.token.is_cancelled():
                 raise
             return  # the task was cancelled (see on_task), not this handler: end quietly
+        except McpUnavailable as exc:
+            log.warning("the MCP tools of task %s failed: %s", task_id, exc)
+            await self._finish(task_id, "", error=str(exc))
+            return
         except Exception as exc:  # any model failure ends the task with a readable error
             log.warning("model call for task %s failed: %s", task_id, exc)
             await self._finish(task_id, "", error=f"the model call failed: {exc}")

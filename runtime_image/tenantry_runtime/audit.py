@@ -110,11 +110,12 @@ class AuditLog:
         tool: str,
         arguments_sha256: str,
         duration_seconds: float,
-        outcome: Literal["ok", "error"],
+        outcome: Literal["ok", "error", "refused"],
         task_id: str | None = None,
     ) -> None:
         """One tool call of an agent: which tool, a digest of its arguments (never the
-        arguments: they may hold the tenant's data), how long it took, how it ended."""
+        arguments: they may hold the tenant's data), how long it took, how it ended
+        (`refused`: the runtime did not make the call the model asked for)."""
         fields: dict[str, Any] = {
             "actor": actor,
             "tool": tool,

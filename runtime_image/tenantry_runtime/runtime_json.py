@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from . import agent_kinds
 from .agent_kinds import AgentInfo, AgentKind
@@ -215,12 +216,18 @@ def _validated(spec: AgentKind, data: object, where: str) -> BaseModel:
         return spec.config_model.model_validate(data or {})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{where}.{'.'.join(shown_name(str(part)) for part in error['loc'])}: {error['msg']}"
+            f"{where}.{'.'.join(shown_name(str(part)) for part in error['loc'])}: {_words(error)}"
             if error["loc"]
-            else f"{where}: {error['msg']}"
+            else f"{where}: {_words(error)}"
             for error in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigError(problems) from None
+
+
+def _words(error: ErrorDetails) -> str:
+    """A kind's own refusal in its own words, without pydantic's "Value error, " before them."""
+    message = error["msg"]
+    return message.removeprefix("Value error, ") if error["type"] == "value_error" else message
 
 
 def _parse_model(data: object) -> ModelConfig | None:

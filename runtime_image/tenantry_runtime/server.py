@@ -27,6 +27,7 @@ from .agents import Dependencies, PendingTasks, build_model_client, register_age
 from .audit import AuditLog
 from .executor import SandboxCodeExecutor
 from .guard import GuardedAgentRuntime, TenantGuard
+from .mcp_tools import offers_tools
 from .messages import TaskRequest
 from .runtime_json import RuntimeConfig
 from .serve_settings import DEFAULT_MAX_TASKS_IN_FLIGHT, Secrets, ServeSettings
@@ -72,7 +73,12 @@ async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
     model: ChatCompletionClient | None = None
     executor: SandboxCodeExecutor | None = None
     if config.model is not None and secrets.model_api_key is not None:
-        model = build_model_client(config.model, secrets.model_api_key, config.task_timeout_seconds)
+        model = build_model_client(
+            config.model,
+            secrets.model_api_key,
+            config.task_timeout_seconds,
+            function_calling=offers_tools(config.agents),
+        )
     if config.sandbox is not None and secrets.sandbox_token is not None:
         executor = SandboxCodeExecutor(
             config.sandbox.url, secrets.sandbox_token, config.sandbox.timeout_seconds
