@@ -1,5 +1,5 @@
-"""A runtime that refuses its configuration, on the real node: its one-line refusal reaches the
-tenant's status (Stalled, reason RuntimeConfigRefused), `kubectl get agenttenants` shows the
+"""A runtime that refuses its configuration (an unknown kind, then a config its kind refuses), on
+the real node: its one-line refusal reaches the tenant's status (Stalled, reason RuntimeConfigRefused), `kubectl get agenttenants` shows the
 reason without anyone reading a log, and fixing the manifest makes the tenant Ready."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from realnode.nodekit import Chart, apply, get, kubectl, wait_until
 NAME = "refuser"
 
 
-def manifest(agents: list[dict[str, Any]]) -> dict[str, Any]:
+def manifest(agents: list[dict[str, Any]], sandbox: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "tenantry.dev/v1alpha1",
         "kind": "AgentTenant",
         "metadata": {"name": NAME},
         "spec": {
             "runtime": {"topicTypes": ["default"], "agents": agents},
-            "sandbox": {"enabled": False},
+            "sandbox": {"enabled": sandbox},
         },
     }
 
@@ -52,6 +52,25 @@ def test_a_refused_runtime_config_is_shown_on_the_tenant(chart_operator: Chart) 
             "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={NAME}"
         )
         assert "RuntimeConfigRefused" in events, events
+
+        # A kind the image has, with a config that kind refuses: its own words reach the status.
+        coder = {
+            "name": "runner",
+            "kind": "coder",
+            "topicType": "default",
+            "config": '{"workers": 4}',
+        }
+        apply(manifest([coder], sandbox=True))
+        wait_until(
+            lambda: "config.workers" in condition("Stalled").get("message", ""),
+            "the tenant to stall on its runtime's refusal of the agent's config",
+            timeout=240,
+        )
+        stalled = condition("Stalled")
+        assert stalled["reason"] == "RuntimeConfigRefused", stalled
+        assert (
+            "agent 'runner'.config.workers: Extra inputs are not permitted" in stalled["message"]
+        ), stalled
 
         # Fixed in the manifest: the new runtime starts, the tenant is Ready, the stall is over.
         apply(manifest([]))
