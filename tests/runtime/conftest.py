@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from tests.support.ports import free_port
 from tests.support.runtime_services import (
     MODEL_API_KEY,
     TENANT,
@@ -18,9 +16,9 @@ from tests.support.runtime_services import (
     Service,
     StartRuntime,
     StartSandbox,
-    base_env,
     make_sandbox_home,
     sandbox_env,
+    start_serve,
     start_service,
 )
 from tests.support.scripted_model import model  # noqa: F401 - a fixture shared by the end-to-end tests
@@ -81,19 +79,7 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         }
         if config["model"] is not None:
             config["model"] = {"model": "scripted", "apiKeyFile": str(key_file), **config["model"]}
-        home = tmp_path / f"runtime-{len(started)}"
-        home.mkdir()
-        (home / "runtime.json").write_text(json.dumps(config))
-        full_env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_CONFIG=str(home / "runtime.json"),
-            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-            **(env or {}),
-        )
-        service = start_service("serve", full_env, home)
-        service.extra["audit"] = home / "audit.jsonl"
+        service = start_serve(config, tmp_path / f"runtime-{len(started)}", **(env or {}))
         started.append(service)
         return service
 

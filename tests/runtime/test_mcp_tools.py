@@ -38,7 +38,7 @@ from tests.support.runtime_services import (
     Service,
     base_env,
     json_lines,
-    start_service,
+    start_serve,
 )
 
 session_loop = pytest.mark.asyncio(loop_scope="session")  # the scripted model's loop
@@ -225,21 +225,11 @@ def start_runtime(
     started: list[Service] = []
 
     def start(mcp: dict[str, Any] | None, bootstrap: str | None = None, **changes: Any) -> Runtime:
-        home = tmp_path / f"runtime-{len(started)}"
-        home.mkdir()
         key_file = secrets_dir / "model-credentials" / "api-key"
         config = runtime_json(tool_model.url, key_file, secrets_dir, mcp, **changes)
-        (home / "runtime.json").write_text(json.dumps(config))
-        env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_CONFIG=str(home / "runtime.json"),
-            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-        )
-        service = start_service("serve", env, home, bootstrap=bootstrap)
+        service = start_serve(config, tmp_path / f"runtime-{len(started)}", bootstrap)
         started.append(service)
-        return Runtime(service, home / "audit.jsonl")
+        return Runtime(service, service.extra["audit"])
 
     yield start
     for service in started:

@@ -39,6 +39,17 @@ def sessions_config(directory: Path, **limits: Any) -> dict[str, Any]:
     return {"dir": str(directory), **limits}
 
 
+def with_sessions(
+    model: ScriptedModel, directory: Path, path: str = "/v1", **limits: Any
+) -> dict[str, Any]:
+    """runtime.json changes: one assistant on the scripted model (at PATH), sessions in DIRECTORY."""
+    return {
+        "agents": ASSISTANT,
+        "model": {"baseUrl": f"{model.url}{path}"},
+        "sessions": sessions_config(directory, **limits),
+    }
+
+
 def user_turns(request: dict[str, Any]) -> list[str]:
     return [m["content"] for m in request["messages"] if m["role"] == "user"]
 
@@ -70,11 +81,7 @@ def sessions_dir(tmp_path: Path) -> Path:
 async def test_two_sessions_keep_their_own_histories(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        sessions=sessions_config(sessions_dir),
-    )
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
     model.requests.clear()
     status, body = await call(
         "POST", f"{runtime.url}/v1/sessions/alice/tasks", task("canary-ALICE-7f3 is my name")
@@ -110,11 +117,7 @@ async def test_concurrent_sessions_never_see_each_other(
 ) -> None:
     """Tasks of many sessions at once, each session's first turn a canary of its own: every
     model request carries its own session's canaries and no other's."""
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        sessions=sessions_config(sessions_dir),
-    )
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
     model.requests.clear()
     names = [f"s{i}" for i in range(8)]
 
@@ -140,11 +143,7 @@ async def test_a_session_survives_a_runtime_restart(
     sessions_dir: Path,
     stop_signal: signal.Signals,
 ) -> None:
-    changes = {
-        "agents": ASSISTANT,
-        "model": {"baseUrl": f"{model.url}/v1"},
-        "sessions": sessions_config(sessions_dir),
-    }
+    changes = with_sessions(model, sessions_dir)
     first = start_runtime(**changes)
     status, body = await call(
         "POST", f"{first.url}/v1/sessions/carol/tasks", task("canary-CAROL remember me")
@@ -166,11 +165,7 @@ async def test_a_session_survives_a_runtime_restart(
 async def test_delete_forgets_a_session(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        sessions=sessions_config(sessions_dir),
-    )
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
     url = f"{runtime.url}/v1/sessions/dave"
     assert (await call("POST", f"{url}/tasks", task("canary-DAVE")))[0] == 200
     status, _ = await call("DELETE", url)
@@ -195,12 +190,8 @@ async def test_one_task_per_session_at_a_time(
 ) -> None:
     """A second task of a session in flight is refused, and so is deleting it: either would
     race the first task for the session's history."""
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/slow/v1"},  # never answers until the test ends
-        sessions=sessions_config(sessions_dir),
-        taskTimeoutSeconds=3,
-    )
+    # A model that never answers until the test ends.
+    runtime = start_runtime(**with_sessions(model, sessions_dir, "/slow/v1"), taskTimeoutSeconds=3)
     url = f"{runtime.url}/v1/sessions/erin"
     first = asyncio.create_task(call("POST", f"{url}/tasks", task("one")))
     while not model.stalled:  # noqa: ASYNC110 - a counter
@@ -240,11 +231,7 @@ async def test_session_ids_are_one_safe_name(
     session_id: str,
     status: int,
 ) -> None:
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        sessions=sessions_config(sessions_dir),
-    )
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
     got, body = await asyncio.to_thread(
         raw_post, runtime.url, f"/v1/sessions/{session_id}/tasks", task("hi")
     )
@@ -258,11 +245,9 @@ async def test_session_ids_are_one_safe_name(
 async def test_retention_trims_histories_and_forgets_the_least_recently_used(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
+    # One exchange is about 310 bytes stored: two fit, a third pushes the first out.
     runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        # One exchange is about 310 bytes stored: two fit, a third pushes the first out.
-        sessions=sessions_config(sessions_dir, maxSessions=2, maxSessionBytes=800),
+        **with_sessions(model, sessions_dir, maxSessions=2, maxSessionBytes=800)
     )
     for content in ("turn-one", "turn-two", "turn-three"):
         status, _ = await call("POST", f"{runtime.url}/v1/sessions/gina/tasks", task(content))
@@ -285,11 +270,7 @@ async def test_retention_trims_histories_and_forgets_the_least_recently_used(
 async def test_idle_sessions_are_forgotten_when_the_runtime_starts(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
-    changes = {
-        "agents": ASSISTANT,
-        "model": {"baseUrl": f"{model.url}/v1"},
-        "sessions": sessions_config(sessions_dir, maxIdleDays=1),
-    }
+    changes = with_sessions(model, sessions_dir, maxIdleDays=1)
     first = start_runtime(**changes)
     for name in ("old", "new"):
         assert (await call("POST", f"{first.url}/v1/sessions/{name}/tasks", task("x")))[0] == 200
@@ -309,11 +290,7 @@ async def test_idle_sessions_are_forgotten_when_the_runtime_starts(
 async def test_a_history_that_cannot_be_read_is_refused_not_replaced(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
-    runtime = start_runtime(
-        agents=ASSISTANT,
-        model={"baseUrl": f"{model.url}/v1"},
-        sessions=sessions_config(sessions_dir),
-    )
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
     (sessions_dir / "judy.json").write_text('{"format": 1, "state": {"messages": [{"x": 1}]}}')
     model.requests.clear()
     status, body = await call("POST", f"{runtime.url}/v1/sessions/judy/tasks", task("hi"))

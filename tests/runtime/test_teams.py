@@ -52,7 +52,14 @@ from tenantry_runtime.runtime_json import RuntimeConfig, parse_runtime_config
 from tenantry_runtime.team_kind import TeamConfig, build_team, run_team
 
 from tests.support.ports import free_port
-from tests.support.runtime_services import TENANT, Service, base_env, json_lines, start_service
+from tests.support.runtime_services import (
+    TENANT,
+    Service,
+    base_env,
+    json_lines,
+    start_serve,
+    start_service,
+)
 from tests.support.scripted_model import TOOL_CALLER, ScriptedModel, team_member
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -122,19 +129,8 @@ def start_runtime(tmp_path: Path, key_file: Path) -> Iterator[StartRuntime]:
     def start(
         agents: list[dict[str, Any]], model_url: str, bootstrap: str | None = None, **changes: Any
     ) -> Service:
-        home = tmp_path / f"runtime-{len(started)}"
-        home.mkdir()
         config = runtime_json(agents, model_url, key_file, **changes)
-        (home / "runtime.json").write_text(json.dumps(config))
-        env = base_env(
-            TENANTRY_TENANT=TENANT,
-            TENANTRY_CONFIG=str(home / "runtime.json"),
-            TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
-            TENANTRY_HOST="127.0.0.1",
-            TENANTRY_PORT=str(free_port()),
-        )
-        service = start_service("serve", env, home, bootstrap=bootstrap)
-        service.extra["audit"] = home / "audit.jsonl"
+        service = start_serve(config, tmp_path / f"runtime-{len(started)}", bootstrap)
         started.append(service)
         return service
 

@@ -347,6 +347,26 @@ def wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
     return left
 
 
+def start_serve(
+    config: Mapping[str, Any], home: Path, bootstrap: str | None = None, **env: str
+) -> Service:
+    """A `serve` process for the tenant of runtime.json CONFIG, written into HOME (made here),
+    where its logs and its audit log (`extra["audit"]`) go too; ENV adds to its environment."""
+    home.mkdir()
+    (home / "runtime.json").write_text(json.dumps(config))
+    full_env = base_env(
+        TENANTRY_TENANT=str(config["tenant"]),
+        TENANTRY_CONFIG=str(home / "runtime.json"),
+        TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
+        TENANTRY_HOST="127.0.0.1",
+        TENANTRY_PORT=str(free_port()),
+        **env,
+    )
+    service = start_service("serve", full_env, home, bootstrap=bootstrap)
+    service.extra["audit"] = home / "audit.jsonl"
+    return service
+
+
 StartRuntime = Callable[..., Service]
 """`start(env=None, **changes)`: a `serve` process whose runtime.json is the tests' default
 (tests/runtime/conftest.py's `start_runtime`) with `changes`."""
