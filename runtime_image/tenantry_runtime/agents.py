@@ -242,6 +242,9 @@ class Assistant(RoutedAgent):
             except SessionError as exc:
                 await self._publish_result(TaskResult(task_id, "", str(exc)), token)
                 return
+            if token.is_cancelled():  # its caller gave up while the history was read
+                self._sessions.release(session_id)
+                return
         # The session's own history, and nothing of any other: each task builds its history
         # from its session's file alone, never from anything this (shared) agent keeps.
         self._tasks[task_id] = _Conversation(
@@ -258,7 +261,7 @@ class Assistant(RoutedAgent):
 
         def forget() -> None:
             # A cancelled task (its caller timed out or went away) leaves no state behind.
-            self._tasks.pop(task_id, None)
+            self._end(self._tasks.pop(task_id, None))
 
         token.add_callback(forget)
         await self._next_turn(task_id)
@@ -324,16 +327,32 @@ class Assistant(RoutedAgent):
         conversation = self._tasks.pop(task_id, None)
         if conversation is None:
             return
-        if error is None and conversation.session_id is not None:
-            # Saved before the result is published: an answer the caller gets is on disk.
-            assert self._sessions is not None and conversation.past is not None
-            exchange = [conversation.history[len(conversation.past) + 1]]  # this task's message
-            exchange.append(AssistantMessage(content=content, source=self.id.type))
-            try:
-                await self._sessions.save(conversation.session_id, conversation.past + exchange)
-            except SessionError as exc:
-                content, error = "", str(exc)
+        try:
+            if error is None and conversation.session_id is not None:
+                # Saved before the result is published: an answer the caller gets is on disk.
+                # A turn nobody waits for any more (timed out, cancelled) is not saved.
+                assert self._sessions is not None and conversation.past is not None
+                exchange = [conversation.history[len(conversation.past) + 1]]  # the task
+                exchange.append(AssistantMessage(content=content, source=self.id.type))
+                messages = conversation.past + exchange
+                try:
+                    saved = await self._sessions.save(
+                        conversation.session_id, messages, conversation.token.is_cancelled
+                    )
+                except SessionError as exc:
+                    content, error = "", str(exc)
+                else:
+                    if not saved:
+                        return
+        finally:
+            self._end(conversation)
         await self._publish_result(TaskResult(task_id, content, error), conversation.token)
+
+    def _end(self, conversation: _Conversation | None) -> None:
+        """A task's conversation is over: whoever took it from `_tasks` ends it, once."""
+        if conversation is not None and conversation.session_id is not None:
+            assert self._sessions is not None
+            self._sessions.release(conversation.session_id)
 
     async def _publish_result(self, result: TaskResult, token: CancellationToken) -> None:
         topic = TopicId(RESULT_TOPIC_TYPE, self.id.key)

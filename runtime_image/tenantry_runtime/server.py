@@ -61,6 +61,7 @@ _MAX_TASKS = web.AppKey("max_tasks_in_flight", int)
 _AUDIT = web.AppKey("audit", AuditLog)
 _SECRETS = web.AppKey("secrets", Secrets)
 _STATE = web.AppKey("state", _State)
+_SESSIONS: web.AppKey[SessionStore | None] = web.AppKey("sessions")
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -83,10 +84,7 @@ async def _runtime_context(app: web.Application) -> AsyncIterator[None]:
         executor = SandboxCodeExecutor(
             config.sandbox.url, secrets.sandbox_token, config.sandbox.timeout_seconds
         )
-    sessions = None
-    if config.sessions is not None:
-        sessions = SessionStore(config.sessions, audit)
-        await asyncio.to_thread(sessions.sweep)
+    sessions = app[_SESSIONS]
     runtime = GuardedAgentRuntime(TenantGuard(config.tenant, audit))
     pending = PendingTasks()
     deps = Dependencies(audit, pending, model, executor, sessions)
@@ -162,12 +160,29 @@ def _task_fields(
     if topic_type not in config.task_topic_types:
         served = ", ".join(sorted(config.task_topic_types)) or "none"
         return _error(400, f"topic type {topic_type!r} is not served here; served: {served}")
-    if session_id is not None and topic_type not in config.session_topic_types:
+    if session_id is not None:
+        return _session_task_refusal(topic_type, content, config) or (topic_type, content)
+    return topic_type, content
+
+
+def _session_task_refusal(
+    topic_type: str, content: str, config: RuntimeConfig
+) -> web.Response | None:
+    if topic_type not in config.session_topic_types:
         kept = ", ".join(sorted(config.session_topic_types)) or "none"
         return _error(
             400, f"no agent on topic type {topic_type!r} continues sessions; those that do: {kept}"
         )
-    return topic_type, content
+    assert config.sessions is not None  # session_topic_types is empty without
+    most = config.sessions.max_session_bytes // 2
+    if len(content.encode()) > most:
+        return _error(
+            413,
+            f"a task of a session may have at most {most} bytes (half of maxSessionBytes: the "
+            "answer is kept with it); post it to /v1/tasks, or raise "
+            "spec.runtime.sessions.retention.maxSessionBytes",
+        )
+    return None
 
 
 async def _post_task(request: web.Request) -> web.Response:
@@ -271,6 +286,7 @@ def build_app(
     secrets: Secrets,
     audit: AuditLog,
     max_tasks_in_flight: int = DEFAULT_MAX_TASKS_IN_FLIGHT,
+    sessions: SessionStore | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[_CONFIG] = config
@@ -278,6 +294,7 @@ def build_app(
     app[_SECRETS] = secrets
     app[_AUDIT] = audit
     app[_STATE] = _State()
+    app[_SESSIONS] = sessions
     app.cleanup_ctx.append(_runtime_context)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -290,7 +307,15 @@ def build_app(
 def serve(settings: ServeSettings, secrets: Secrets) -> None:
     audit = AuditLog.open(settings.config.tenant, settings.audit_target)
     try:
-        app = build_app(settings.config, secrets, audit, settings.max_tasks_in_flight)
+        config = settings.config
+        # Before the server starts: a volume still held by the runtime this one replaces is
+        # waited for, one that is another tenant's refused (ConfigError: exit 2).
+        sessions = (
+            None
+            if config.sessions is None
+            else SessionStore.open(config.sessions, config.tenant, audit)
+        )
+        app = build_app(config, secrets, audit, settings.max_tasks_in_flight, sessions)
         # Shorter than a pod's default 30 s grace period: requests still running then are
         # cancelled, and with them their tasks, rather than killed mid-write.
         web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=20)

@@ -58,8 +58,11 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
     key_file = tmp_path / "api-key"
     key_file.write_text(MODEL_API_KEY + "\n")
 
-    def start(env: dict[str, str] | None = None, **changes: Any) -> Service:
-        """`env`: more variables for the process; `changes`: runtime.json fields."""
+    def start(
+        env: dict[str, str] | None = None, bootstrap: str | None = None, **changes: Any
+    ) -> Service:
+        """`env`: more variables for the process; `bootstrap`: see run_module; `changes`:
+        runtime.json fields."""
         config = {
             "tenant": TENANT,
             "topicTypes": ["default"],
@@ -79,7 +82,8 @@ def start_runtime(tmp_path: Path) -> Iterator[StartRuntime]:
         }
         if config["model"] is not None:
             config["model"] = {"model": "scripted", "apiKeyFile": str(key_file), **config["model"]}
-        service = start_serve(config, tmp_path / f"runtime-{len(started)}", **(env or {}))
+        home = tmp_path / f"runtime-{len(started)}"
+        service = start_serve(config, home, bootstrap, **(env or {}))
         started.append(service)
         return service
 

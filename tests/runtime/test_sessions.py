@@ -10,17 +10,30 @@ request of the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.runtime_services import StartRuntime, call, json_lines
-from tests.support.scripted_model import CODE_REPLY, ScriptedModel
+from tests.support.processes import stop
+from tests.support.runtime_services import (
+    TENANT,
+    StartRuntime,
+    call,
+    http_get,
+    json_lines,
+    run_module,
+    serve_home,
+    start_serve,
+    wait_healthy,
+)
+from tests.support.scripted_model import CODE_REPLY, HUGE_REPLY, STALLING_TASK, ScriptedModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -56,6 +69,11 @@ def user_turns(request: dict[str, Any]) -> list[str]:
 
 def names_in(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
+
+
+def histories(directory: Path) -> list[str]:
+    """The session files of a sessions directory (beside them: `lock` and `tenant`)."""
+    return [name for name in names_in(directory) if name.endswith(".json")]
 
 
 def raw_post(url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -159,7 +177,7 @@ async def test_a_session_survives_a_runtime_restart(
     (request,) = model.requests
     assert user_turns(request) == ["canary-CAROL remember me", "And now?"]
     # Nothing a write in progress would leave behind, only the session's file.
-    assert names_in(sessions_dir) == ["carol.json"]
+    assert names_in(sessions_dir) == ["carol.json", "lock", "tenant"]
 
 
 async def test_delete_forgets_a_session(
@@ -170,7 +188,7 @@ async def test_delete_forgets_a_session(
     assert (await call("POST", f"{url}/tasks", task("canary-DAVE")))[0] == 200
     status, _ = await call("DELETE", url)
     assert status == 204
-    assert names_in(sessions_dir) == []
+    assert histories(sessions_dir) == []
     status, body = await call("DELETE", url)
     assert status == 404, body
     assert "dave has no history" in body["error"]
@@ -205,7 +223,7 @@ async def test_one_task_per_session_at_a_time(
     assert (await first)[0] == 504
     assert (await other)[0] == 504
     # The timed-out task saved nothing: the session has no history, and takes tasks again.
-    assert names_in(sessions_dir) == []
+    assert histories(sessions_dir) == []
     status, _ = await call("POST", f"{url}/tasks", task("three"))
     assert status == 504  # the slow model again, but not a 409
 
@@ -238,7 +256,7 @@ async def test_session_ids_are_one_safe_name(
     assert got == status, body
     if status == 400:
         assert "is not a session id" in body["error"]
-    assert names_in(sessions_dir) == (["ok_ID-1.json"] if status == 200 else [])
+    assert histories(sessions_dir) == (["ok_ID-1.json"] if status == 200 else [])
     assert names_in(sessions_dir.parent) == ["api-key", "runtime-0", "sessions"]
 
 
@@ -260,7 +278,7 @@ async def test_retention_trims_histories_and_forgets_the_least_recently_used(
 
     for name in ("hank", "ivy"):  # gina is the least recently used of three: she goes
         assert (await call("POST", f"{runtime.url}/v1/sessions/{name}/tasks", task("x")))[0] == 200
-    assert names_in(sessions_dir) == ["hank.json", "ivy.json"]
+    assert histories(sessions_dir) == ["hank.json", "ivy.json"]
     audit = json_lines(runtime.extra["audit"])
     assert [(r["sessionId"], r["reason"]) for r in audit if r["event"] == "session_forgotten"] == [
         ("gina", "limit")
@@ -280,7 +298,7 @@ async def test_idle_sessions_are_forgotten_when_the_runtime_starts(
     (sessions_dir / ".new.abc123").write_text("what a killed write left")
 
     second = start_runtime(**changes)
-    assert names_in(sessions_dir) == ["new.json"]
+    assert names_in(sessions_dir) == ["lock", "new.json", "tenant"]
     audit = json_lines(second.extra["audit"])
     assert [(r["sessionId"], r["reason"]) for r in audit if r["event"] == "session_forgotten"] == [
         ("old", "idle")
@@ -309,3 +327,193 @@ async def test_without_sessions_the_session_api_says_how_to_enable_it(
     assert status == 404
     assert "spec.runtime.sessions" in body["error"]
     assert (await call("DELETE", f"{runtime.url}/v1/sessions/a"))[0] == 404
+
+
+# Runs the runtime with every fsync of a history being written (a temporary file, named with a
+# leading dot) taking SECONDS: a write in progress that a test can act during.
+SLOW_HISTORY_WRITES = """
+import os, sys, time
+from tenantry_runtime.__main__ import main
+fsync = os.fsync
+def slow_fsync(descriptor):
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{{descriptor}}"))
+    if name.startswith(".") and not name.startswith(".tenant."):
+        time.sleep({seconds})
+    fsync(descriptor)
+os.fsync = slow_fsync
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_a_session_deleted_while_its_timed_out_turn_was_written_stays_deleted(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Found by review: the request's end freed the session while its turn was still being
+    written, so a DELETE answered 204 (or 404) and the history came back a moment later."""
+    runtime = start_runtime(
+        **with_sessions(model, sessions_dir),
+        taskTimeoutSeconds=1,
+        bootstrap=SLOW_HISTORY_WRITES.format(seconds=2),
+    )
+    url = f"{runtime.url}/v1/sessions/kate"
+    status, _ = await call("POST", f"{url}/tasks", task("canary-KATE"))
+    assert status == 504  # the answer came, its write outlasted the request
+    status, _ = await call("DELETE", url)
+    assert status == 204  # it waited for the write, then deleted what was written
+    await asyncio.sleep(3)  # well past the write
+    assert histories(sessions_dir) == []
+
+
+async def test_a_kill_during_a_write_leaves_the_history_before_it(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    changes = with_sessions(model, sessions_dir)
+    first = start_runtime(**changes)
+    assert (await call("POST", f"{first.url}/v1/sessions/liz/tasks", task("turn-one")))[0] == 200
+    first.stop()
+    slow = start_runtime(**changes, bootstrap=SLOW_HISTORY_WRITES.format(seconds=60))
+    second_turn = asyncio.create_task(
+        call("POST", f"{slow.url}/v1/sessions/liz/tasks", task("turn-two"))
+    )
+    while not [n for n in names_in(sessions_dir) if n.startswith(".liz.")]:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    os.kill(slow.proc.pid, signal.SIGKILL)  # between the write and the rename
+    slow.proc.wait(timeout=30)
+    with contextlib.suppress(Exception):
+        await second_turn
+
+    third = start_runtime(**changes)
+    assert names_in(sessions_dir) == ["liz.json", "lock", "tenant"]  # the torn write is gone
+    model.requests.clear()
+    assert (await call("POST", f"{third.url}/v1/sessions/liz/tasks", task("turn-three")))[0] == 200
+    assert user_turns(model.requests[0]) == ["turn-one", "turn-three"]
+
+
+async def test_retention_never_forgets_a_session_a_task_is_using(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Found by review: alice, the least recently used, was forgotten while her task ran, and
+    her task then saved her whole history back; bob, just used, was not spared either."""
+    runtime = start_runtime(**with_sessions(model, sessions_dir, maxSessions=2))
+    for name in ("alice", "bob"):
+        assert (await call("POST", f"{runtime.url}/v1/sessions/{name}/tasks", task("x")))[0] == 200
+    busy = asyncio.create_task(
+        call("POST", f"{runtime.url}/v1/sessions/alice/tasks", task(f"{STALLING_TASK}hm"))
+    )
+    while not model.stalled:  # noqa: ASYNC110 - a counter
+        await asyncio.sleep(0.05)
+    assert (await call("POST", f"{runtime.url}/v1/sessions/carol/tasks", task("x")))[0] == 200
+    assert histories(sessions_dir) == ["alice.json", "carol.json"]
+    model.release.set()  # alice's model call fails: her turn saves nothing
+    assert (await busy)[0] == 502
+    audit = json_lines(runtime.extra["audit"])
+    assert [(r["sessionId"], r["reason"]) for r in audit if r["event"] == "session_forgotten"] == [
+        ("bob", "limit")
+    ]
+
+
+async def test_a_turn_longer_than_a_history_may_be_is_refused_not_saved_over_it(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Found by review: a turn longer than maxSessionBytes emptied the session's history (every
+    earlier exchange trimmed away, then the turn too) and still answered 200."""
+    runtime = start_runtime(**with_sessions(model, sessions_dir, maxSessionBytes=8192))
+    url = f"{runtime.url}/v1/sessions/mia/tasks"
+    assert (await call("POST", url, task("canary-MIA first")))[0] == 200
+    before = (sessions_dir / "mia.json").read_bytes()
+
+    status, body = await call("POST", url, task("y" * 5000))  # over half the cap
+    assert status == 413, body
+    assert "at most 4096 bytes" in body["error"]
+    status, body = await call("POST", url, task(f"{HUGE_REPLY}9000"))  # an answer over the cap
+    assert status == 502, body
+    assert "is longer than the session may keep (maxSessionBytes 8192)" in body["error"]
+    assert (sessions_dir / "mia.json").read_bytes() == before
+
+
+async def test_only_regular_files_are_read_as_histories(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Found by review: a FIFO named like a history blocked its reader for good."""
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
+    os.mkfifo(sessions_dir / "nora.json")
+    (sessions_dir / "target").write_text("not a history")
+    os.symlink(sessions_dir / "target", sessions_dir / "olga.json")
+    for name in ("nora", "olga"):
+        status, body = await call("POST", f"{runtime.url}/v1/sessions/{name}/tasks", task("x"))
+        assert status == 502, body
+        assert "cannot be read" in body["error"] or "not a regular file" in body["error"]
+
+
+def refusal_of(config: dict[str, Any], home: Path) -> tuple[int, str]:
+    """A `serve` that must refuse to start: its exit code and its last line on stderr."""
+    process = run_module("serve", serve_home(config, home), home)
+    try:
+        process.wait(timeout=60)
+    finally:
+        stop(process, timeout=10)
+    return process.returncode, (home / "serve.err").read_text().strip().splitlines()[-1]
+
+
+def plain_config(model: ScriptedModel, sessions_dir: Path) -> dict[str, Any]:
+    return {
+        "tenant": TENANT,
+        "topicTypes": ["default"],
+        **with_sessions(model, sessions_dir),
+        "model": None,
+        "agents": [],
+        "sandbox": None,
+    }
+
+
+async def test_a_volume_of_another_tenant_is_refused(
+    model: ScriptedModel, sessions_dir: Path, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(volume_of_another_tenant, model, sessions_dir, tmp_path)
+
+
+def volume_of_another_tenant(model: ScriptedModel, sessions_dir: Path, tmp_path: Path) -> None:
+    """Found by review: a Retained volume, bound again to another tenant's claim, would give
+    that tenant the first one's histories under the same session ids."""
+    config = plain_config(model, sessions_dir)
+    (sessions_dir / "tenant").write_text("globex\n")
+    (sessions_dir / "s1.json").write_text("{}")
+    code, line = refusal_of(config, tmp_path / "one")
+    assert code == 2
+    assert "sessions.dir holds the sessions of tenant 'globex', not 'acme'" in line
+    (sessions_dir / "tenant").unlink()
+    code, line = refusal_of(config, tmp_path / "two")
+    assert code == 2
+    assert "holds sessions but does not say whose" in line
+    (sessions_dir / "s1.json").unlink()  # wiped: it is acme's from now on
+    code, line = refusal_of({**config, "tenant": "acme-"}, tmp_path / "three")  # a bad config
+    assert code == 2
+    assert (sessions_dir / "tenant").exists() is False  # nothing claimed by a refused start
+
+
+async def test_one_volume_serves_one_runtime_at_a_time(
+    model: ScriptedModel, sessions_dir: Path, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(one_volume_one_runtime, model, sessions_dir, tmp_path)
+
+
+def one_volume_one_runtime(model: ScriptedModel, sessions_dir: Path, tmp_path: Path) -> None:
+    """Found by review: a pod replaced outside a rollout drains while its successor starts, and
+    the successor's start-up swept away the first one's write in progress."""
+    config = plain_config(model, sessions_dir)
+    first = start_serve(config, tmp_path / "first")
+    home = tmp_path / "second"
+    # The second waits for the first (as a new pod for one that still drains), not refused.
+    env = serve_home(config, home)
+    second = run_module("serve", env, home)
+    try:
+        time.sleep(2)
+        port = int(env["TENANTRY_PORT"])
+        with contextlib.suppress(OSError):
+            assert http_get(port, "/healthz")[0] != 200, "two runtimes on one volume"
+        assert second.poll() is None  # waiting, not refused
+        first.stop()
+        wait_healthy(second, port, home / "serve.err")
+    finally:
+        first.stop()
+        stop(second, timeout=10)

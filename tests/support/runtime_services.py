@@ -347,14 +347,12 @@ def wait_group_gone(pgid: int, timeout: float = 10.0) -> list[int]:
     return left
 
 
-def start_serve(
-    config: Mapping[str, Any], home: Path, bootstrap: str | None = None, **env: str
-) -> Service:
-    """A `serve` process for the tenant of runtime.json CONFIG, written into HOME (made here),
-    where its logs and its audit log (`extra["audit"]`) go too; ENV adds to its environment."""
+def serve_home(config: Mapping[str, Any], home: Path, **env: str) -> dict[str, str]:
+    """HOME (made here) with runtime.json CONFIG, and the env of a `serve` process for it: its
+    audit log goes to HOME/audit.jsonl; ENV adds to the environment."""
     home.mkdir()
     (home / "runtime.json").write_text(json.dumps(config))
-    full_env = base_env(
+    return base_env(
         TENANTRY_TENANT=str(config["tenant"]),
         TENANTRY_CONFIG=str(home / "runtime.json"),
         TENANTRY_AUDIT_LOG=str(home / "audit.jsonl"),
@@ -362,7 +360,14 @@ def start_serve(
         TENANTRY_PORT=str(free_port()),
         **env,
     )
-    service = start_service("serve", full_env, home, bootstrap=bootstrap)
+
+
+def start_serve(
+    config: Mapping[str, Any], home: Path, bootstrap: str | None = None, **env: str
+) -> Service:
+    """A healthy `serve` process for runtime.json CONFIG in HOME (see serve_home), where its
+    logs and its audit log (`extra["audit"]`) go."""
+    service = start_service("serve", serve_home(config, home, **env), home, bootstrap=bootstrap)
     service.extra["audit"] = home / "audit.jsonl"
     return service
 

@@ -36,6 +36,8 @@ CODE = (
 )
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
 HUGE_REPLY = "Reply with this many characters: "
+STALLING_TASK = "Take your time: "
+"""A task starting with this is answered like one to /slow: never, until released."""
 OPENED_FENCE = "```python\n"
 TEAM_MEMBER = "You are team member "
 TOOL_CALLER = "tool_caller"
@@ -97,6 +99,8 @@ class ScriptedModel:
             reply["choices"][0]["message"] = {"role": "assistant", "tool_calls": [TOOL_CALL]}
             reply["choices"][0]["finish_reason"] = "tool_calls"
             return web.json_response(reply)
+        if last.startswith(STALLING_TASK):
+            return await self.stall(request)
         if team is not None:
             content = team
         elif last.startswith("Output of the code"):
