@@ -326,8 +326,9 @@ DEFAULTED: dict[str, Any] = {"default": {}}
 
 
 SESSIONS_FIT_MESSAGE = (
-    "retention.maxSessions times retention.maxSessionBytes must fit in "
-    "storage.size: grow the volume, or keep fewer or smaller sessions"
+    "retention.maxSessions histories of retention.maxSessionBytes (each in whole 4 KiB blocks, "
+    "at least 16 KiB: a file system's inodes), and a copy for each of 64 tasks in flight, must "
+    "fit in storage.size: grow the volume, or keep fewer or smaller sessions"
 )
 
 
@@ -364,7 +365,9 @@ class SessionRetention(Model):
     max_session_bytes: int = Field(
         256 * 1024,
         ge=4096,
-        le=8 * 1024 * 1024,  # a task holds its history in memory: 64 tasks in flight, 512 MiB
+        # Loading or saving a history holds about three times its size in memory (measured by
+        # review), in each of up to 64 tasks in flight: 2 MiB keeps that near 400 MiB.
+        le=2 * 1024 * 1024,
         alias="maxSessionBytes",
         description="The most one session's stored history holds; its oldest exchanges go first.",
     )
@@ -375,7 +378,8 @@ class Sessions(Model):
 
     enabled: bool = Field(
         False,
-        description="Whether the runtime keeps sessions. Turning it off deletes every session's history.",
+        description="Whether the runtime keeps sessions. Turning it off deletes the claim: the histories go "
+        "with its volume, unless the volume's reclaim policy keeps it (Retain).",
     )
     storage: SessionStorage = Field(default_factory=SessionStorage, json_schema_extra=DEFAULTED)
     retention: SessionRetention = Field(
@@ -384,12 +388,23 @@ class Sessions(Model):
 
     @model_validator(mode="after")
     def _retention_fits_the_volume(self) -> Sessions:
-        retention = self.retention
-        if self.enabled and (
-            retention.max_sessions * retention.max_session_bytes > quantity(self.storage.size)
-        ):
+        if self.enabled and sessions_need(self.retention) > quantity(self.storage.size):
             raise ValueError(SESSIONS_FIT_MESSAGE)
         return self
+
+
+FILE_SYSTEM_BLOCK = 4096
+BYTES_PER_INODE = 16 * 1024  # ext4's default: a volume holds at most one file per 16 KiB
+TASKS_IN_FLIGHT = 64  # the runtime's default TENANTRY_MAX_TASKS_IN_FLIGHT
+
+
+def sessions_need(retention: SessionRetention) -> int:
+    """What the histories may take of their volume, found by review to be more than the sum of
+    their bytes: each file takes whole blocks and an inode (ext4 has one per 16 KiB), and every
+    task in flight writes a temporary copy of its history beside the old one."""
+    blocks = -(-retention.max_session_bytes // FILE_SYSTEM_BLOCK) * FILE_SYSTEM_BLOCK
+    per_session = max(blocks, BYTES_PER_INODE)
+    return retention.max_sessions * per_session + TASKS_IN_FLIGHT * blocks
 
 
 class Runtime(Model):

@@ -262,7 +262,7 @@ def _parse_sessions(data: object) -> SessionsConfig | None:
         directory=directory,
         max_sessions=fields.count("maxSessions", 1000, 100_000),
         max_idle_days=fields.seconds("maxIdleDays", 30.0, unit="days"),
-        max_session_bytes=fields.count("maxSessionBytes", 256 * 1024, 8 * 1024 * 1024),
+        max_session_bytes=fields.count("maxSessionBytes", 256 * 1024, 2 * 1024 * 1024),
     )
 
 

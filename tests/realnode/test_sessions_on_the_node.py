@@ -35,7 +35,11 @@ from realnode.nodekit import (
 
 TENANTS = ("memo-a", "memo-b")
 CLASS = "tenantry-local-sessions"
-VOLUME_MIB = 12
+VOLUME_MIB = 8
+DECLARED = "512Mi"
+"""What the volume says it holds: more than its file system (8 MiB) does, as a disk shared with
+something else or fuller than expected would. Retention fits what it says (the operator checks
+that), not what it holds, so a tenant can fill it."""
 SESSIONS_DIR = "/var/lib/tenantry/sessions"
 
 # POSTs JSON bodies to the runtime from its own pod: argv[1] the path, then (content, size) pairs
@@ -86,10 +90,9 @@ def manifest(name: str, system_message: str = "You remember what users said.") -
                 },
                 "sessions": {
                     "enabled": True,
-                    "storage": {"size": f"{VOLUME_MIB}Mi", "storageClassName": CLASS},
-                    # 4 sessions of at most 3 MiB: within the claim's 12 MiB, more than the
-                    # file system holds (its own overhead): a tenant can fill it.
-                    "retention": {"maxSessions": 4, "maxSessionBytes": 3 * 1024 * 1024},
+                    "storage": {"size": DECLARED, "storageClassName": CLASS},
+                    # 4 sessions of at most 2 MiB: more than the file system holds.
+                    "retention": {"maxSessions": 4, "maxSessionBytes": 2 * 1024 * 1024},
                 },
             },
             "sandbox": {"enabled": False},
@@ -106,7 +109,7 @@ def volume(name: str) -> dict[str, Any]:
         "kind": "PersistentVolume",
         "metadata": {"name": f"sessions-{name}"},
         "spec": {
-            "capacity": {"storage": f"{VOLUME_MIB}Mi"},
+            "capacity": {"storage": DECLARED},
             "accessModes": ["ReadWriteOnce"],
             "volumeMode": "Filesystem",
             "persistentVolumeReclaimPolicy": "Retain",
@@ -227,7 +230,7 @@ def test_filling_the_volume_fails_a_turn_not_the_runtime_nor_the_node(
     memo_tenants: tuple[str, ...],
 ) -> None:
     first, second = memo_tenants
-    megabyte = 1000 * 1000  # under the runtime's 1 MiB request limit, with the JSON around it
+    megabyte = 1000 * 1000  # under the 1 MiB request limit and half of maxSessionBytes
     turns = [("", megabyte)] * 3
     answers = [
         answer
@@ -235,7 +238,7 @@ def test_filling_the_volume_fails_a_turn_not_the_runtime_nor_the_node(
         for answer in post(second, f"/v1/sessions/{session}/tasks", *turns)
     ]
     refused = [a for a in answers if a["status"] != 200]
-    assert refused, "12 MiB took 12 MB of histories and more: the volume was not bounded"
+    assert refused, "8 MiB took 8 MB of histories and more: the volume was not bounded"
     assert all(a["status"] == 502 for a in refused), refused
     assert all("cannot be saved" in a["body"]["error"] for a in refused), refused
 

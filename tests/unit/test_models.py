@@ -287,15 +287,20 @@ def test_an_agent_config_is_json_text_of_bounded_depth(config: str, reason: str)
 
 
 def test_session_retention_must_fit_the_sessions_volume() -> None:
-    sessions = {"enabled": True, "storage": {"size": "100Mi"}, "retention": {"maxSessions": 1000}}
+    """Found by review: the sum of the histories' bytes is not what they take of a file system
+    (whole blocks, an inode each, a temporary copy per task in flight)."""
+
+    def tenant(size: str, **retention: int) -> dict[str, Any]:
+        sessions = {"enabled": True, "storage": {"size": size}, "retention": retention}
+        return {"metadata": {"name": "a"}, "spec": {"runtime": {"sessions": sessions}}}
+
     with pytest.raises(ValidationError) as raised:
-        AgentTenant.model_validate(
-            {"metadata": {"name": "a"}, "spec": {"runtime": {"sessions": sessions}}}
-        )
-    assert "maxSessions times retention.maxSessionBytes must fit in storage.size" in str(
-        raised.value
-    )
-    sessions["retention"] = {"maxSessions": 400}  # 400 x 256 KiB = 100 MiB: fits exactly
-    AgentTenant.model_validate(
-        {"metadata": {"name": "a"}, "spec": {"runtime": {"sessions": sessions}}}
-    )
+        AgentTenant.model_validate(tenant("100Mi", maxSessions=1000))
+    assert "must fit in storage.size" in str(raised.value)
+    # 1000 x 256 KiB + 64 copies of 256 KiB = 266 MiB
+    AgentTenant.model_validate(tenant("266Mi", maxSessions=1000))
+    with pytest.raises(ValidationError):
+        AgentTenant.model_validate(tenant("265Mi", maxSessions=1000))
+    # Small histories still take an inode's share each: 100000 x 16 KiB, not 100000 x 4 KiB.
+    with pytest.raises(ValidationError):
+        AgentTenant.model_validate(tenant("1Gi", maxSessions=100_000, maxSessionBytes=4096))

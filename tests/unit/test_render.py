@@ -420,7 +420,9 @@ def test_sessions_get_a_bounded_volume_of_the_tenants_own_mounted_by_the_runtime
     }
 
 
-def test_without_sessions_nothing_of_them_is_rendered() -> None:
+def test_without_sessions_nothing_of_them_is_rendered_and_no_storage_is_allowed() -> None:
     rendered = render(acme(), CONFIG, FACTS)
     assert "sessions" not in json.dumps(rendered)
     assert "PersistentVolumeClaim" not in {m["kind"] for m in rendered}
+    quota = by_key(rendered)[("ResourceQuota", "tenant-quota")]["spec"]["hard"]
+    assert (quota["persistentvolumeclaims"], quota["requests.storage"]) == ("0", "0")

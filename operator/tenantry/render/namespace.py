@@ -54,10 +54,11 @@ def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFact
         "pods": str(quota.pods),
     }
     sessions = tenant.spec.runtime.sessions
-    if sessions.enabled:
-        # The sessions volume is the tenant's storage: counted, and nothing beyond it.
-        hard["persistentvolumeclaims"] = "1"
-        hard["requests.storage"] = sessions.storage.size
+    # The sessions volume is the tenant's only storage: counted, and nothing beyond it; none at
+    # all without sessions (found by review: no limit let anyone with edit rights there claim
+    # volumes of any size, or take the one claim's place before the operator).
+    hard["persistentvolumeclaims"] = "1" if sessions.enabled else "0"
+    hard["requests.storage"] = sessions.storage.size if sessions.enabled else "0"
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",

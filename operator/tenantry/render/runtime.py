@@ -190,8 +190,17 @@ def build_runtime_deployment(
         {"containers": [container], "volumes": volumes},
         {CONFIG_HASH: config_hash},
     )
-    if sessions:
-        # The old pod goes before the new one starts: never two runtimes writing one history
-        # (and a ReadWriteOnce volume on another node could not be mounted by both anyway).
-        built["spec"]["strategy"] = {"type": "Recreate"}
+    # With sessions the old pod goes before the new one starts, for a rollout at least (the
+    # runtime also locks its volume: a pod replaced outside a rollout drains while the next one
+    # starts). Written out either way: the API server defaults `rollingUpdate` when the type is
+    # RollingUpdate, and a later switch to Recreate is refused unless whoever set those fields
+    # takes them away — found when a Ready tenant turned sessions on.
+    built["spec"]["strategy"] = (
+        {"type": "Recreate"}
+        if sessions
+        else {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"},
+        }
+    )
     return built
