@@ -110,14 +110,25 @@ class AgentContext:
             outcome = "ok"
             return result
         finally:
-            self.audit.tool_call(
-                actor=f"{self.name}/{self.tenant}",
-                tool=tool,
-                arguments_sha256=digest,
-                duration_seconds=time.monotonic() - started,
-                outcome=outcome,
-                task_id=task_id,
-            )
+            self.record_tool_call(tool, digest, started, outcome, task_id)
+
+    def record_tool_call(
+        self,
+        tool: str,
+        digest: str,
+        started: float,
+        outcome: Literal["ok", "error", "refused"],
+        task_id: str,
+    ) -> None:
+        """The audit record of one tool call of this agent (started: its time.monotonic())."""
+        self.audit.tool_call(
+            actor=f"{self.name}/{self.tenant}",
+            tool=tool,
+            arguments_sha256=digest,
+            duration_seconds=time.monotonic() - started,
+            outcome=outcome,
+            task_id=task_id,
+        )
 
     def task_runtime(self, task_id: str) -> AbstractAsyncContextManager[GuardedAgentRuntime]:
         """A fresh runtime for one task's own agents (`async with`), guarded for the tenant

@@ -295,7 +295,9 @@ class McpTools:
                 try:
                     tools = await session.list_tools()
                     listed = True
-                    self._audit(LIST_TOOLS, _EMPTY_DIGEST, started, "ok", task_id)
+                    self._context.record_tool_call(
+                        LIST_TOOLS, _EMPTY_DIGEST, started, "ok", task_id
+                    )
                     offered = self._offered(tools.tools)
                     result = await self._rounds(session, offered, model, history, task_id, token)
                 except Exception as exc:  # ours or the model's: raised as it is, once closed
@@ -304,7 +306,7 @@ class McpTools:
             raise McpUnavailable(f"the MCP server could not be used: {_summary(exc)}") from None
         finally:
             if not listed:
-                self._audit(LIST_TOOLS, _EMPTY_DIGEST, started, "error", task_id)
+                self._context.record_tool_call(LIST_TOOLS, _EMPTY_DIGEST, started, "error", task_id)
         if failure is not None:
             raise failure
         assert result is not None
@@ -440,7 +442,7 @@ class McpTools:
         refusal, arguments = _refusal(call, offered, index)
         if refusal is not None:
             digest = hashlib.sha256(call.arguments.encode("utf-8", "replace")).hexdigest()
-            self._audit(name, digest, time.monotonic(), "refused", task_id)
+            self._context.record_tool_call(name, digest, time.monotonic(), "refused", task_id)
             return answer(f"refused, not called: {refusal}", error=True)
         assert arguments is not None
         try:
@@ -468,23 +470,6 @@ class McpTools:
         if result.isError:
             raise _ToolFailed(text)
         return text
-
-    def _audit(
-        self,
-        tool: str,
-        digest: str,
-        started: float,
-        outcome: Literal["ok", "error", "refused"],
-        task_id: str,
-    ) -> None:
-        self._context.audit.tool_call(
-            actor=f"{self._context.name}/{self._context.tenant}",
-            tool=tool,
-            arguments_sha256=digest,
-            duration_seconds=time.monotonic() - started,
-            outcome=outcome,
-            task_id=task_id,
-        )
 
 
 _EMPTY_DIGEST = arguments_digest({})
