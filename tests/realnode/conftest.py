@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from realnode.nodekit import (
-    API_KEY,
     INSIDE_ACME_EGRESS,
     KUBECTL,
     METADATA,
@@ -33,6 +32,7 @@ from realnode.nodekit import (
     diagnosis,
     exec_python,
     kubectl,
+    model_key_source,
     neighbour,
     node,
     pods,
@@ -173,19 +173,7 @@ def tenants(
     """acme (admits the gateway, egress to 203.0.113.0/24) and globex (egress to the model only),
     both Ready through the chart's operator; deleted, namespaces and all, at the end."""
     apply(
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": f"{name}-model",
-                    "namespace": SECRET_SOURCE,
-                    "annotations": {"tenantry.dev/allowed-tenants": name},
-                },
-                "stringData": {"api-key": API_KEY},
-            }
-            for name in TENANTS
-        ),
+        *(model_key_source(name) for name in TENANTS),
         *(tenant_manifest(name, egress) for name, egress in TENANTS.items()),
     )
     try:

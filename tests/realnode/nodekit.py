@@ -98,6 +98,20 @@ class Chart:
     values: dict[str, str]
 
 
+def model_key_source(tenant: str) -> dict[str, Any]:
+    """The Secret, in the secret-source namespace, that TENANT's model key is copied from."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"{tenant}-model",
+            "namespace": SECRET_SOURCE,
+            "annotations": {"tenantry.dev/allowed-tenants": tenant},
+        },
+        "stringData": {"api-key": API_KEY},
+    }
+
+
 def tenant_manifest(name: str, egress: list[dict[str, Any]]) -> dict[str, Any]:
     host, port = MODEL
     return {

@@ -17,15 +17,14 @@ from typing import Any
 import pytest
 
 from realnode.nodekit import (
-    API_KEY,
     MODEL,
-    SECRET_SOURCE,
     Chart,
     Outside,
     apply,
     diagnosis,
     exec_python,
     kubectl,
+    model_key_source,
     node,
     pods,
     ready,
@@ -160,19 +159,7 @@ def runtime_ready(tenant: str, not_pod: str = "") -> bool:
 def memo_tenants(chart_operator: Chart, outside: Outside) -> Iterator[tuple[str, ...]]:
     apply(
         *(volume(name) for name in TENANTS),
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {
-                    "name": f"{name}-model",
-                    "namespace": SECRET_SOURCE,
-                    "annotations": {"tenantry.dev/allowed-tenants": name},
-                },
-                "stringData": {"api-key": API_KEY},
-            }
-            for name in TENANTS
-        ),
+        *(model_key_source(name) for name in TENANTS),
         *(manifest(name) for name in TENANTS),
     )
     try:

@@ -38,6 +38,7 @@ from tests.support.runtime_services import (
     Service,
     base_env,
     json_lines,
+    refused_serve,
     start_serve,
 )
 
@@ -548,26 +549,10 @@ async def test_a_runtime_without_mcp_config_never_imports_mcp(
 
 
 def refusal(tmp_path: Path, secrets_dir: Path, mcp: dict[str, Any]) -> str:
-    config = tmp_path / "refused.json"
     key_file = secrets_dir / "model-credentials" / "api-key"
-    config.write_text(json.dumps(runtime_json("http://127.0.0.1:9", key_file, secrets_dir, mcp)))
-    env = base_env(
-        TENANTRY_TENANT=TENANT,
-        TENANTRY_CONFIG=str(config),
-        TENANTRY_HOST="127.0.0.1",
-        TENANTRY_PORT=str(free_port()),
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "tenantry_runtime", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "refusing to start" in line]
+    config = runtime_json("http://127.0.0.1:9", key_file, secrets_dir, mcp)
+    stderr = refused_serve(config, tmp_path / "refused")
+    (line,) = [line for line in stderr.splitlines() if "refusing to start" in line]
     return line
 
 

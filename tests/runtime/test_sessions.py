@@ -28,6 +28,7 @@ from tests.support.runtime_services import (
     call,
     http_get,
     json_lines,
+    refused_serve,
     run_module,
     serve_home,
     start_serve,
@@ -445,14 +446,9 @@ async def test_only_regular_files_are_read_as_histories(
         assert "cannot be read" in body["error"] or "not a regular file" in body["error"]
 
 
-def refusal_of(config: dict[str, Any], home: Path) -> tuple[int, str]:
-    """A `serve` that must refuse to start: its exit code and its last line on stderr."""
-    process = run_module("serve", serve_home(config, home), home)
-    try:
-        process.wait(timeout=60)
-    finally:
-        stop(process, timeout=10)
-    return process.returncode, (home / "serve.err").read_text().strip().splitlines()[-1]
+def refusal_of(config: dict[str, Any], home: Path) -> str:
+    """The last line of a `serve` that refuses to start (exit 2, no traceback)."""
+    return refused_serve(config, home).strip().splitlines()[-1]
 
 
 def plain_config(model: ScriptedModel, sessions_dir: Path) -> dict[str, Any]:
@@ -478,16 +474,13 @@ def volume_of_another_tenant(model: ScriptedModel, sessions_dir: Path, tmp_path:
     config = plain_config(model, sessions_dir)
     (sessions_dir / "tenant").write_text("globex\n")
     (sessions_dir / "s1.json").write_text("{}")
-    code, line = refusal_of(config, tmp_path / "one")
-    assert code == 2
+    line = refusal_of(config, tmp_path / "one")
     assert "sessions.dir holds the sessions of tenant 'globex', not 'acme'" in line
     (sessions_dir / "tenant").unlink()
-    code, line = refusal_of(config, tmp_path / "two")
-    assert code == 2
+    line = refusal_of(config, tmp_path / "two")
     assert "holds sessions but does not say whose" in line
     (sessions_dir / "s1.json").unlink()  # wiped: it is acme's from now on
-    code, line = refusal_of({**config, "tenant": "acme-"}, tmp_path / "three")  # a bad config
-    assert code == 2
+    refusal_of({**config, "tenant": "acme-"}, tmp_path / "three")  # a bad config
     assert (sessions_dir / "tenant").exists() is False  # nothing claimed by a refused start
 
 

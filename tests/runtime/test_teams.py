@@ -16,8 +16,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,7 @@ from tests.support.runtime_services import (
     Service,
     base_env,
     json_lines,
+    refused_serve,
     start_serve,
     start_service,
 )
@@ -384,20 +383,9 @@ def refusal(
     agents: list[dict[str, Any]], tmp_path: Path, key_file: Path, *, model: bool = True
 ) -> str:
     """The one line `serve` refuses this config with (exit 2, no traceback)."""
-    config = tmp_path / "refused.json"
     model_url = "http://127.0.0.1:9/v1" if model else None
-    config.write_text(json.dumps(runtime_json(agents, model_url, key_file)))
-    result = subprocess.run(
-        [sys.executable, "-m", "tenantry_runtime", "serve"],
-        env=base_env(TENANTRY_TENANT=TENANT, TENANTRY_CONFIG=str(config)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
+    stderr = refused_serve(runtime_json(agents, model_url, key_file), tmp_path / "refused")
+    (line,) = stderr.strip().splitlines()
     prefix = "tenantry_runtime serve: refusing to start: "
     assert line.startswith(prefix), line
     return line.removeprefix(prefix)

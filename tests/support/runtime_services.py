@@ -372,6 +372,22 @@ def start_serve(
     return service
 
 
+def refused_serve(config: Mapping[str, Any], home: Path) -> str:
+    """The stderr of a `serve` that refuses runtime.json CONFIG (in HOME, see serve_home), as
+    every refusal must: exit status 2, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tenantry_runtime", "serve"],
+        env=serve_home(config, home),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
 StartRuntime = Callable[..., Service]
 """`start(env=None, **changes)`: a `serve` process whose runtime.json is the tests' default
 (tests/runtime/conftest.py's `start_runtime`) with `changes`."""
