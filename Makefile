@@ -67,8 +67,9 @@ demo-down: ## stop the demo operator (the cluster keeps running)
 	@$(PYTHON) e2e/demo.py down
 
 crd: venv ## regenerate crds/ (and the chart's copy) from the models
-	$(BIN)/tenantry crd > crds/agenttenants.tenantry.dev.yaml
-	cp crds/agenttenants.tenantry.dev.yaml charts/tenantry/crds/
+	$(BIN)/tenantry crd agenttenants > crds/agenttenants.tenantry.dev.yaml
+	$(BIN)/tenantry crd agenttenanttemplates > crds/agenttenanttemplates.tenantry.dev.yaml
+	cp crds/*.yaml charts/tenantry/crds/
 
 # The operator image installs exactly these pins (operator_image/install.sh). Resolved with the
 # image's Python (3.11): markers such as python_version must come out the same.

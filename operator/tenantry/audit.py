@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tenantry.config import OperatorConfig
-from tenantry.models import KIND, AgentTenant
+from tenantry.models import KIND, AgentTenant, AgentTenantTemplate
 from tenantry.names import RUNTIME, SANDBOX, SANDBOX_TOKEN_SECRET, SECRET_SOURCE, TENANT_LABEL
-from tenantry.render import ClusterFacts, render, tenant_namespace
+from tenantry.render import ClusterFacts, TemplateRefused, render, tenant_namespace
 
 # Kinds that run code; each must be one Tenantry rendered, or owned by one.
 WORKLOAD_KINDS = ("Deployment", "ReplicaSet", "Pod", "StatefulSet", "DaemonSet", "Job", "CronJob")
@@ -242,8 +242,10 @@ def audit_tenant(
     config: OperatorConfig,
     namespace: Mapping[str, Any] | None,
     objects: Sequence[Mapping[str, Any]],
+    templates: Sequence[AgentTenantTemplate] = (),
 ) -> list[Finding]:
-    """Every isolation violation of one tenant, given its namespace and all objects in it."""
+    """Every isolation violation of one tenant, given its namespace and all objects in it, and
+    the AgentTenantTemplates (whose children count as rendered, like Tenantry's own)."""
     name = tenant_namespace(tenant, config)
     findings: list[Finding] = []
 
@@ -255,7 +257,12 @@ def audit_tenant(
     if namespace is None:
         return findings
 
-    rendered = {key(m): m for m in render(tenant, config, ClusterFacts(uid=uid))[1:]}
+    try:
+        children = render(tenant, config, ClusterFacts(uid=uid), templates)
+    except TemplateRefused as error:
+        violation("templates render", f"AgentTenantTemplate/{error.template}", str(error))
+        children = render(tenant, config, ClusterFacts(uid=uid))
+    rendered = {key(m): m for m in children[1:]}
     live = {key(o): o for o in objects}
     for wanted, manifest in rendered.items():
         if wanted not in live:

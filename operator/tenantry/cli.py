@@ -17,8 +17,9 @@ import yaml
 from pydantic import ValidationError
 
 from tenantry.config import OperatorConfig
-from tenantry.crd import build_crd
-from tenantry.models import KIND, AgentTenant, human_errors
+from tenantry.crd import CRDS
+from tenantry.kinds import templated_kinds
+from tenantry.models import AgentTenant, AgentTenantTemplate, human_errors
 from tenantry.render import render
 from tenantry.render import tenant_namespace as render_namespace
 
@@ -50,6 +51,10 @@ POLICY_FLAGS = (
     ("max_session_storage", "the largest spec.runtime.sessions.storage.size"),
     ("namespace_pattern", 'the pattern every spec.namespace must match (empty: "<prefix>-*")'),
     ("cluster_cidrs", "the cluster's pod, service and node CIDRs, never reached through egress"),
+    (
+        "template_kinds",
+        "kinds AgentTenantTemplates may render, apiVersion/Kind[=plural], comma-separated",
+    ),
 )
 
 
@@ -95,10 +100,15 @@ def operator_config(args: argparse.Namespace, **extra: Any) -> OperatorConfig:
         )
     }
     try:
-        return OperatorConfig(**values, **extra)
+        config = OperatorConfig(**values, **extra)
     except ValidationError as error:
         problems = "\n".join(f"  {problem}" for problem in human_errors(error))
         raise SystemExit(f"tenantry: invalid configuration:\n{problems}") from None
+    try:
+        templated_kinds(config.template_kinds)
+    except ValueError as error:
+        raise SystemExit(f"tenantry: invalid configuration:\n  template_kinds: {error}") from None
+    return config
 
 
 def boolean(text: str) -> bool:
@@ -111,34 +121,43 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false: use true or false")
 
 
-def load_tenants(path: str) -> list[AgentTenant]:
-    """The AgentTenants of a YAML file ("-" for stdin), with errors that name file and field."""
+M = TypeVar("M", AgentTenant, AgentTenantTemplate)
+
+
+def load_documents(path: str, model: type[M]) -> list[M]:
+    """The objects of one kind in a YAML file ("-" for stdin), with errors that name file and field."""
+    kind = model.model_fields["kind"].default
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    tenants = []
+    found = []
     for index, document in enumerate(yaml.safe_load_all(text)):
         if not document:
             continue
-        if not isinstance(document, dict) or document.get("kind") != KIND:
-            raise SystemExit(f"tenantry: {path}: document {index + 1} is not an {KIND}")
+        if not isinstance(document, dict) or document.get("kind") != kind:
+            raise SystemExit(f"tenantry: {path}: document {index + 1} is not an {kind}")
         try:
-            tenants.append(AgentTenant.model_validate(document))
+            found.append(model.model_validate(document))
         except ValidationError as error:
             problems = "\n".join(f"  {problem}" for problem in human_errors(error))
             raise SystemExit(
-                f"tenantry: {path}: document {index + 1} is not a valid {KIND}:\n{problems}"
+                f"tenantry: {path}: document {index + 1} is not a valid {kind}:\n{problems}"
             ) from None
-    return tenants
+    return found
 
 
-def command_crd(_: argparse.Namespace) -> None:
-    sys.stdout.write(dump_all([build_crd()]))
+def load_tenants(path: str) -> list[AgentTenant]:
+    return load_documents(path, AgentTenant)
+
+
+def command_crd(args: argparse.Namespace) -> None:
+    sys.stdout.write(dump_all([CRDS[args.resource]()]))
 
 
 def command_render(args: argparse.Namespace) -> None:
     from tenantry.policy import violations  # noqa: PLC0415
-    from tenantry.render import DuplicateChild  # noqa: PLC0415
+    from tenantry.render import DuplicateChild, TemplateRefused  # noqa: PLC0415
 
     config = operator_config(args)
+    templates = [t for path in args.templates for t in load_documents(path, AgentTenantTemplate)]
     manifests = []
     for tenant in load_tenants(args.file):
         problems = violations(tenant, config)
@@ -148,10 +167,27 @@ def command_render(args: argparse.Namespace) -> None:
                 + "\n".join(f"  {field}: {problem}" for field, problem in problems)
             )
         try:
-            manifests += render(tenant, config)
-        except DuplicateChild as error:
+            manifests += render(tenant, config, templates=templates)
+        except (DuplicateChild, TemplateRefused) as error:
             raise SystemExit(f"tenantry: {args.file}: AgentTenant {tenant.name}: {error}") from None
     sys.stdout.write(dump_all(manifests))
+
+
+def cluster_templates(client: Any) -> list[AgentTenantTemplate]:
+    """Every AgentTenantTemplate on the cluster; none where its CRD is not installed."""
+    from lightkube.core.exceptions import ApiError  # noqa: PLC0415
+
+    from tenantry.resources import AgentTenantTemplateResource  # noqa: PLC0415
+
+    try:
+        return [
+            AgentTenantTemplate.model_validate(t.to_dict())
+            for t in client.list(AgentTenantTemplateResource)
+        ]
+    except ApiError as error:
+        if error.status.code != 404:
+            raise
+        return []
 
 
 def command_audit(args: argparse.Namespace) -> None:
@@ -175,6 +211,8 @@ def command_audit(args: argparse.Namespace) -> None:
             ) from None
     else:
         bodies = [t.to_dict() for t in client.list(AgentTenantResource)]  # type: ignore[no-untyped-call]
+    templates = cluster_templates(client)
+    kinds = (*AUDITED_KINDS, *(c.resource for c in templated_kinds(config.template_kinds)))
     findings = []
     names = []
     for body in bodies:
@@ -189,10 +227,12 @@ def command_audit(args: argparse.Namespace) -> None:
             namespace = None
         objects = []
         if namespace is not None:
-            for resource in AUDITED_KINDS:
+            for resource in dict.fromkeys(kinds):
                 for obj in client.list(resource, namespace=namespace_name):
                     objects.append({**obj.to_dict(), "kind": resource.__name__})
-        findings += audit_tenant(tenant, body["metadata"]["uid"], config, namespace, objects)
+        findings += audit_tenant(
+            tenant, body["metadata"]["uid"], config, namespace, objects, templates
+        )
     if args.json:
         sys.stdout.write(
             json.dumps({"tenants": names, "violations": [f.as_dict() for f in findings]}, indent=2)
@@ -407,7 +447,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default=os.environ.get("TENANTRY_LOG_LEVEL", "INFO"))
     run.set_defaults(handler=command_run)
 
-    crd = commands.add_parser("crd", help="print the AgentTenant CustomResourceDefinition")
+    crd = commands.add_parser(
+        "crd", help="print a CustomResourceDefinition: AgentTenant's, or AgentTenantTemplate's"
+    )
+    crd.add_argument(
+        "resource", nargs="?", choices=sorted(CRDS), default="agenttenants", help="which one"
+    )
     crd.set_defaults(handler=command_crd)
 
     render_command = commands.add_parser(
@@ -421,6 +466,14 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     render_command.add_argument("file", help='a YAML file of AgentTenants, or "-" for stdin')
+    render_command.add_argument(
+        "--templates",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of AgentTenantTemplates to render too (repeatable); their kinds must be "
+        "allowed by --template-kinds, as on the cluster",
+    )
     config_arguments(render_command)
     render_command.set_defaults(handler=command_render)
 

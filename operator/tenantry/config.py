@@ -126,6 +126,15 @@ class OperatorConfig(Model):
         ),
     )
 
+    template_kinds: CommaList = Field(
+        (),
+        description=(
+            "The kinds AgentTenantTemplates may render, as apiVersion/Kind (=plural when it is not "
+            "the usual one), for example v1/PersistentVolumeClaim,monitoring.coreos.com/v1/ServiceMonitor. "
+            "Empty: templates render nothing. Never a kind Tenantry renders itself, except PersistentVolumeClaim."
+        ),
+    )
+
     @field_validator("cluster_cidrs")
     @classmethod
     def _cidrs_are_valid(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:

@@ -15,17 +15,19 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, Secret
 from lightkube.types import OnErrorAction, OnErrorResult
+from pydantic import ValidationError
 
 from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
-from tenantry.kinds import BY_KIND, CHILD_KINDS
+from tenantry.kinds import BY_KIND, child_kinds, row
+from tenantry.models import AgentTenantTemplate, human_errors
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, PodCache
 from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
-from tenantry.resources import AgentTenantResource
+from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 
 logger = logging.getLogger("tenantry.controller")
 
@@ -40,7 +42,13 @@ class Controller:
         self.tenants: dict[str, dict[str, Any]] = {}
         self.children = ChildCache()
         self.pods = PodCache()
-        self.reconciler = Reconciler(client, config, operator_namespace, self.known_tenants)
+        # Every AgentTenantTemplate, from its watch and the resyncs' lists.
+        self.templates: dict[str, AgentTenantTemplate] = {}
+        self.template_events = 0
+        self.template_last_seen: dict[str, int] = {}
+        self.reconciler = Reconciler(
+            client, config, operator_namespace, self.known_tenants, self.known_templates
+        )
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
         self.outcomes: dict[str, str] = {}
@@ -82,6 +90,36 @@ class Controller:
         for name, body in self.tenants.items():
             known[name] = body["metadata"].get("creationTimestamp") or ""
         return list(known.items())
+
+    def known_templates(self) -> list[AgentTenantTemplate]:
+        return list(self.templates.values())
+
+    def template_seen(self, event: dict[str, Any]) -> None:
+        """A template changed: reconcile the tenants it selected before and selects now (a
+        tenant whose output did not change writes nothing)."""
+        body = event["object"]
+        name = body["metadata"]["name"]
+        before = self.templates.get(name)
+        after = None
+        if event.get("type") == "DELETED":
+            self.templates.pop(name, None)
+        else:
+            try:
+                after = AgentTenantTemplate.model_validate(body)
+            except ValidationError as error:  # the CRD refuses these; an older CRD may not
+                logger.warning(
+                    "AgentTenantTemplate %s is not valid, its last valid version stays: %s",
+                    name,
+                    "; ".join(human_errors(error)),
+                )
+                return
+            self.templates[name] = after
+        self.template_events += 1
+        self.template_last_seen[name] = self.template_events
+        for tenant, tenant_body in self.tenants.items():
+            labels = tenant_body["metadata"].get("labels") or {}
+            if any(t is not None and t.spec.selector.matches(labels) for t in (before, after)):
+                self.queue.enqueue(tenant)
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]
@@ -128,13 +166,23 @@ class Controller:
         }
         self.listed = listed
         self.forget_missing(set(listed), listing_since)
+        await self.resync_templates()
         fresh = ChildCache()
-        for child in CHILD_KINDS:
+        for child in child_kinds(self.config.template_kinds):
             if child.kind == "Secret" and self.config.scoped_secrets:
                 continue  # not listable cluster-wide then; each reconcile lists its tenant's
             where = {"namespace": "*"} if child.namespaced else {}
-            async for obj in client.list(child.resource, labels={MANAGED_BY: OPERATOR}, **where):  # type: ignore[call-overload]
-                fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
+            try:
+                async for obj in client.list(
+                    child.resource, labels={MANAGED_BY: OPERATOR}, **where
+                ):  # type: ignore[call-overload]
+                    fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
+            except ApiError as error:
+                if child.kind in BY_KIND or error.status.code not in (403, 404):
+                    raise
+                # A templated kind not served (its CRD is missing) or not granted: the tenants
+                # whose templates render it stall saying so (writes.refusals_stall).
+                logger.warning("cannot list %s children: %s", child.kind, error.status.message)
         self.children.replace(fresh)
         pods = PodCache()
         try:
@@ -147,6 +195,32 @@ class Controller:
             # install): tenants are still reconciled, only refusals are not shown.
             logger.warning("cannot list runtime pods, refused runtime configs are not shown")
         self.pods.replace(pods)
+
+    async def resync_templates(self) -> None:
+        """The templates from a fresh list, keeping those whose events came while it was read.
+        Before the first reconcile: a pass that did not know a template would prune its children."""
+        since = self.template_events
+        listed: dict[str, AgentTenantTemplate] = {}
+        try:
+            async for obj in self.reconciler.client.list(AgentTenantTemplateResource):
+                body = obj.to_dict()  # type: ignore[no-untyped-call]
+                try:
+                    listed[body["metadata"]["name"]] = AgentTenantTemplate.model_validate(body)
+                except ValidationError:
+                    name = body["metadata"]["name"]
+                    if name in self.templates:
+                        listed[name] = self.templates[name]  # its last valid version stays
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            logger.warning("AgentTenantTemplates are not served: install crds/ to use them")
+        for name, seen in self.template_last_seen.items():
+            if seen > since:  # created, changed or deleted while the list was read
+                if name in self.templates:
+                    listed[name] = self.templates[name]
+                else:
+                    listed.pop(name, None)
+        self.templates = listed
 
     async def run(self) -> None:
         """Fill the caches from fresh lists, then reconcile what the watches queue.
@@ -180,8 +254,8 @@ class Controller:
             known = self.tenants[tenant]
             meta = body.get("metadata", {})
             owners = {owner.get("uid") for owner in meta.get("ownerReferences") or []}
-            child = BY_KIND.get(body.get("kind", ""))
-            where = meta.get("name") if child and not child.namespaced else meta.get("namespace")
+            child = row(body.get("kind", ""))
+            where = meta.get("name") if not child.namespaced else meta.get("namespace")
             home = self.home(tenant)
             if known["metadata"].get("uid") in owners or (home and where == home):
                 self.queue.enqueue(tenant)

@@ -1,4 +1,4 @@
-"""Generate the AgentTenant CustomResourceDefinition from the pydantic models.
+"""Generate the AgentTenant and AgentTenantTemplate CustomResourceDefinitions from the pydantic models.
 
 pydantic emits JSON Schema with `$ref`, `anyOf` for optional fields, titles and
 `propertyNames`; a CRD needs a structural schema with none of these. `structural()` rewrites one
@@ -15,10 +15,15 @@ from tenantry.models import (
     GROUP,
     KIND,
     PLURAL,
+    TEMPLATE_KIND,
+    TEMPLATE_PLURAL,
     VERSION,
     AgentTenant,
     AgentTenantSpec,
     AgentTenantStatus,
+    AgentTenantTemplate,
+    AgentTenantTemplateSpec,
+    Model,
 )
 
 JsonSchema = dict[str, Any]
@@ -97,7 +102,7 @@ def structural(schema: JsonSchema, definitions: dict[str, JsonSchema]) -> JsonSc
     return node
 
 
-def model_schema(model: type[AgentTenantSpec] | type[AgentTenantStatus]) -> JsonSchema:
+def model_schema(model: type[Model]) -> JsonSchema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return structural(raw, raw.get("$defs", {}))
 
@@ -182,3 +187,70 @@ def build_crd() -> dict[str, Any]:
             ],
         },
     }
+
+
+def build_template_crd() -> dict[str, Any]:
+    """The AgentTenantTemplate CRD: cluster-scoped, written by cluster admins only."""
+    spec_schema = model_schema(AgentTenantTemplateSpec)
+    spec_schema["description"] = "The tenants to select, and the templates rendered for each."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{TEMPLATE_PLURAL}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "tenantry",
+                "app.kubernetes.io/part-of": "tenantry",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": TEMPLATE_KIND,
+                "listKind": f"{TEMPLATE_KIND}List",
+                "plural": TEMPLATE_PLURAL,
+                "singular": TEMPLATE_KIND.lower(),
+                "shortNames": ["att"],
+                "categories": ["tenantry"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Templates",
+                            "type": "string",
+                            "jsonPath": ".spec.templates[*].name",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {
+                            "name": "Selector",
+                            "type": "string",
+                            "jsonPath": ".spec.selector",
+                            "priority": 1,
+                        },
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (AgentTenantTemplate.__doc__ or "").strip()
+                            + f" ({API_VERSION}; docs/templates.md.)",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                            },
+                            "required": ["spec"],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+CRDS = {PLURAL: build_crd, TEMPLATE_PLURAL: build_template_crd}

@@ -20,14 +20,15 @@ from lightkube import AsyncClient
 
 from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
-from tenantry.kinds import CHILD_KINDS
-from tenantry.models import GROUP, PLURAL, VERSION
+from tenantry.kinds import CHILD_KINDS, child_kinds
+from tenantry.models import GROUP, PLURAL, TEMPLATE_PLURAL, VERSION
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, RUNTIME_PODS_SELECTOR
 
 logger = logging.getLogger("tenantry.handlers")
 
-# The kinds of children, as (group, version, plural); their watches are filtered server-side.
+# Tenantry's own kinds of children, as (group, version, plural); the templates' are added from
+# the operator's configuration. Their watches are filtered server-side, by the label on every child.
 CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 
@@ -130,14 +131,20 @@ async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).child_seen(dict(event))
 
 
+async def template_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller(memo).template_seen(dict(event))
+
+
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).pod_seen(dict(event))
 
 
 def watched_children(config: OperatorConfig) -> tuple[tuple[str, str, str], ...]:
-    """The child kinds watched cluster-wide. With scoped Secrets the operator may not list
-    Secrets cluster-wide, so each reconcile lists its tenant's instead (see reconcile)."""
-    return tuple(c for c in CHILD_RESOURCES if not (config.scoped_secrets and c[2] == "secrets"))
+    """The child kinds watched cluster-wide, as (group, version, plural): Tenantry's own and
+    those templates may render. With scoped Secrets the operator may not list Secrets
+    cluster-wide, so each reconcile lists its tenant's instead (see reconcile)."""
+    watched = (child.watched for child in child_kinds(config.template_kinds))
+    return tuple(c for c in watched if not (config.scoped_secrets and c[2] == "secrets"))
 
 
 def register_children(config: OperatorConfig) -> None:
@@ -148,3 +155,4 @@ def register_children(config: OperatorConfig) -> None:
             child_event
         )
     kopf.on.event("", "v1", "pods", labels=RUNTIME_POD_LABELS, id="runtime-pods")(pod_event)
+    kopf.on.event(GROUP, VERSION, TEMPLATE_PLURAL, id="templates")(template_event)

@@ -747,6 +747,9 @@ class Metadata(Model):
     ]
     uid: str | None = None
     generation: int | None = None
+    # What AgentTenantTemplates select tenants by, and hand their templates (render/templates.py).
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class AgentTenant(Model):
@@ -770,6 +773,138 @@ class AgentTenant(Model):
     metadata: Metadata
     spec: AgentTenantSpec = Field(default_factory=AgentTenantSpec)
     status: AgentTenantStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+# AgentTenantTemplate: the platform admin's extra children for the tenants it selects, as Jinja2
+# text rendered by the operator (render/templates.py, docs/templates.md). Only cluster admins
+# write it; what a tenant controls reaches a template only as quoted values.
+TEMPLATE_KIND: Final = "AgentTenantTemplate"
+TEMPLATE_PLURAL: Final = "agenttenanttemplates"
+MAX_TEMPLATE_BYTES = 64 * 1024
+MAX_TEMPLATES = 32
+
+SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+class SelectorRequirement(Model):
+    """One requirement of a label selector, as Kubernetes writes it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+                "matchExpressions[]: In and NotIn need values; Exists and DoesNotExist take none",
+            )
+        )
+    )
+
+    key: LabelKey = Field(description="The label key.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: Annotated[list[LabelValue], Field(max_length=64)] | None = Field(
+        None, description="The values of In and NotIn."
+    )
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> SelectorRequirement:
+        if (self.operator in ("In", "NotIn")) != bool(self.values):
+            raise ValueError("In and NotIn need values; Exists and DoesNotExist take none")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        found = self.key in labels and labels[self.key] in (self.values or ())
+        return found if self.operator == "In" else not found
+
+
+class TenantSelector(Model):
+    """Which tenants a template is for, by their labels; an empty selector selects every tenant."""
+
+    match_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, alias="matchLabels", description="Labels a tenant must have."
+    )
+    match_expressions: Annotated[list[SelectorRequirement], Field(max_length=16)] = Field(
+        default_factory=list,
+        alias="matchExpressions",
+        description="Requirements a tenant's labels must all meet.",
+    )
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(key) == value for key, value in self.match_labels.items()) and all(
+            requirement.matches(labels) for requirement in self.match_expressions
+        )
+
+
+class ChildTemplate(Model):
+    """One Jinja2 template that renders exactly one manifest in each selected tenant's namespace."""
+
+    name: DnsLabel = Field(description="What this template is called in messages and events.")
+    template: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_BYTES)] = (
+        Field(
+            description="Jinja2 text that renders one YAML (or JSON) manifest. Every {{ value }} is "
+            "written as a quoted JSON scalar, so no value can change the manifest's structure; the "
+            "context is `tenant` and `operator` only (docs/templates.md)."
+        )
+    )
+
+
+TEMPLATE_NAMES_UNIQUE = cel(
+    "self.all(t, self.exists_one(u, u.name == t.name))",
+    "spec.templates: give each template its own name",
+)
+
+
+class AgentTenantTemplateSpec(Model):
+    """Extra children for the tenants the selector picks, owned and pruned like Tenantry's own."""
+
+    selector: TenantSelector = Field(
+        default_factory=TenantSelector,
+        json_schema_extra=DEFAULTED,
+        description="The tenants this template is for; empty selects every tenant.",
+    )
+    templates: Annotated[list[ChildTemplate], Field(min_length=1, max_length=MAX_TEMPLATES)] = (
+        Field(
+            description="Each renders one object in the tenant's namespace, of a kind the operator allows "
+            "(--template-kinds).",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                **schema_extra(TEMPLATE_NAMES_UNIQUE),
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> AgentTenantTemplateSpec:
+        names = [template.name for template in self.templates]
+        if len(set(names)) != len(names):
+            raise ValueError(TEMPLATE_NAMES_UNIQUE["message"])
+        return self
+
+
+class TemplateMetadata(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: DnsSubdomain
+    uid: str | None = None
+    generation: int | None = None
+
+
+class AgentTenantTemplate(Model):
+    """Objects Tenantry adds to every tenant it selects, written by cluster admins only."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    api_version: Literal["tenantry.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["AgentTenantTemplate"] = TEMPLATE_KIND
+    metadata: TemplateMetadata
+    spec: AgentTenantTemplateSpec
 
     @property
     def name(self) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tenantry.children import ChildKey, LiveChild, apply_reason, child_key, child_path
-from tenantry.kinds import BY_KIND
+from tenantry.kinds import row
 from tenantry.models import KIND, AgentTenant
 from tenantry.names import CONFIG_HASH, RUNTIME, SANDBOX, TENANT_LABEL
 from tenantry.pods import RuntimeRefusal
@@ -38,7 +38,7 @@ def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:
     another tenant, have it pruned on that tenant's behalf, or hide a tampered child from it.
     """
     kind, child_namespace, name = key
-    where = child_namespace if BY_KIND[kind].namespaced else name
+    where = child_namespace if row(kind).namespaced else name
     return uid in child.owner_uids and where == namespace
 
 
@@ -114,10 +114,10 @@ class Plan:
 def write_method(
     key: ChildKey, live: Mapping[ChildKey, LiveChild], namespace_exists: bool
 ) -> WriteMethod:
-    if not BY_KIND[key[0]].namespaced:
+    if not row(key[0]).namespaced:
         return "apply" if namespace_exists else "create"
     child = live.get(key)
-    if child is not None and child.foreign_managers and BY_KIND[key[0]].replaceable:
+    if child is not None and child.foreign_managers and row(key[0]).replaceable:
         return "replace"
     return "apply"
 
@@ -138,7 +138,7 @@ def plan(
         for manifest in desired
         if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
     ]
-    phases = sorted({BY_KIND[write.key[0]].phase for write in writes})
+    phases = sorted({row(write.key[0]).phase for write in writes})
     # A change to the spec is not drift; what a Ready tenant lost or had changed by someone is.
     corrected = tuple(
         Correction(write.key[0], child_path(write.key), write.reason)
@@ -154,12 +154,11 @@ def plan(
         groups["RuntimeReady"] = GroupState(False, *stalled)
     return Plan(
         phases=tuple(
-            tuple(write for write in writes if BY_KIND[write.key[0]].phase == phase)
-            for phase in phases
+            tuple(write for write in writes if row(write.key[0]).phase == phase) for phase in phases
         ),
         # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
         # by garbage collection, never because a pass did not render it.
-        prune=tuple(key for key in sorted(set(live) - wanted) if BY_KIND[key[0]].namespaced),
+        prune=tuple(key for key in sorted(set(live) - wanted) if row(key[0]).namespaced),
         corrected=corrected,
         groups=groups,
         stalled=stalled,

@@ -14,7 +14,7 @@ import base64
 import binascii
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from tenantry.children import ChildKey, LiveChild, child_key, child_path, describe_child, summarize
 from tenantry.config import OperatorConfig
-from tenantry.models import RESERVED_NAMESPACES, AgentTenant, human_errors
+from tenantry.models import RESERVED_NAMESPACES, AgentTenant, AgentTenantTemplate, human_errors
 from tenantry.names import (
     ALLOWED_TENANTS,
     MANAGED_BY,
@@ -44,7 +44,13 @@ from tenantry.plan import (
 )
 from tenantry.pods import RuntimeRefusal
 from tenantry.policy import violations
-from tenantry.render import ClusterFacts, DuplicateChild, render, tenant_namespace
+from tenantry.render import (
+    ClusterFacts,
+    DuplicateChild,
+    TemplateRefused,
+    render,
+    tenant_namespace,
+)
 from tenantry.report import StatusReporter
 from tenantry.status import GroupState, Observation, condition_of
 from tenantry.writes import ChildWriter, gather_all
@@ -53,6 +59,8 @@ logger = logging.getLogger("tenantry.reconcile")
 
 # (name, creationTimestamp) of every tenant this operator knows, for plan.check_uid_slot.
 Neighbours = Callable[[], Iterable[tuple[str, str]]]
+# Every AgentTenantTemplate this operator knows; the render picks those that select a tenant.
+Templates = Callable[[], Sequence[AgentTenantTemplate]]
 
 
 def describe(error: ValidationError) -> str:
@@ -88,13 +96,14 @@ class Reconciler:
     config: OperatorConfig
     operator_namespace: str | None = None
     neighbours: Neighbours = tuple
+    templates: Templates = tuple
     # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
     _tokens: dict[str, str] = field(default_factory=dict)
     writer: ChildWriter = field(init=False)
     reporter: StatusReporter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writer = ChildWriter(self.client)
+        self.writer = ChildWriter(self.client, self.config.template_kinds)
         self.reporter = StatusReporter(self.client)
 
     async def reconcile(
@@ -168,9 +177,12 @@ class Reconciler:
                 tenant,
                 self.config,
                 ClusterFacts(uid, facts.secret_data, facts.secret_types, token),
+                self.templates(),
             )
         except DuplicateChild as error:
             raise Stall("DuplicateChild", str(error)) from None
+        except TemplateRefused as error:
+            raise Stall("TemplateRefused", str(error)) from None
         was_ready = condition_of(previous, "Ready").get("status") == "True"
         decided = plan(
             tenant,

@@ -12,9 +12,10 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.rbac_authorization_v1 import Role
 
 from tenantry.kinds import CHILD_KINDS
-from tenantry.models import GROUP, KIND, PLURAL, VERSION
+from tenantry.models import GROUP, KIND, PLURAL, TEMPLATE_KIND, TEMPLATE_PLURAL, VERSION
 
 AgentTenantResource = create_global_resource(GROUP, VERSION, KIND, PLURAL)
+AgentTenantTemplateResource = create_global_resource(GROUP, VERSION, TEMPLATE_KIND, TEMPLATE_PLURAL)
 
 # Everything in a tenant namespace that `tenantry audit` inspects: what we render there, and
 # every other kind that runs code or grants access.

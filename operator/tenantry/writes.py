@@ -19,7 +19,7 @@ from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
 from tenantry.children import FIELD_MANAGER, SYSTEM_MANAGERS, ChildKey, child_key, describe_child
-from tenantry.kinds import BY_KIND
+from tenantry.kinds import BY_KIND, resource_of
 from tenantry.plan import Stall
 from tenantry.render import Manifest
 
@@ -27,13 +27,26 @@ from tenantry.render import Manifest
 @contextmanager
 def refusals_stall(key: ChildKey) -> Iterator[None]:
     """An API server that refuses a child as invalid (400, 422) stalls the tenant: a retry
-    would be refused the same way until a human changes the spec."""
+    would be refused the same way until a human changes the spec. So does one that does not
+    serve a templated child's kind at all (its CustomResourceDefinition is not installed)."""
     try:
         yield
     except ApiError as error:
         if error.status.code in (400, 422):
             raise Stall(
                 "Rejected", f"the API server rejected {describe_child(key)}: {error.status.message}"
+            ) from None
+        if error.status.code == 404 and key[0] not in BY_KIND:
+            raise Stall(
+                "Rejected",
+                f"the API server does not serve {key[0]} ({error.status.message}): install its "
+                "CustomResourceDefinition, or remove it from the operator's --template-kinds",
+            ) from None
+        if error.status.code == 403 and key[0] not in BY_KIND:
+            raise Stall(
+                "Rejected",
+                f"the operator may not write {describe_child(key)} ({error.status.message}): "
+                "grant it in the operator's ClusterRole (the chart's templates.kinds does)",
             ) from None
         raise
 
@@ -53,6 +66,11 @@ async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
 @dataclass
 class ChildWriter:
     client: AsyncClient
+    # The operator's --template-kinds: the classes of templated children (tenantry.kinds).
+    template_kinds: tuple[str, ...] = ()
+
+    def resource(self, kind: str) -> Any:
+        return resource_of(kind, self.template_kinds)
 
     async def get(
         self, resource: Any, name: str, namespace: str | None = None
@@ -81,7 +99,7 @@ class ChildWriter:
         kind, namespace, name = key = child_key(manifest)
         with refusals_stall(key):
             await self.client.patch(
-                BY_KIND[kind].resource,
+                self.resource(kind),
                 name,
                 manifest,
                 namespace=namespace or None,
@@ -101,7 +119,7 @@ class ChildWriter:
         manager of nobody's, and the child would look tampered with forever.
         """
         kind, namespace, name = key = child_key(manifest)
-        resource = BY_KIND[kind].resource
+        resource = self.resource(kind)
         live = await self.get(resource, name, namespace or None)
         if live is None:
             await self.apply(manifest)  # deleted meanwhile: put it back
@@ -125,7 +143,7 @@ class ChildWriter:
     async def delete(self, key: ChildKey) -> None:
         kind, namespace, name = key
         try:
-            await self.client.delete(BY_KIND[kind].resource, name, namespace=namespace or None)
+            await self.client.delete(self.resource(kind), name, namespace=namespace or None)
         except ApiError as error:
             if error.status.code != 404:
                 raise

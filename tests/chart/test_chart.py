@@ -75,11 +75,14 @@ def rules_by_resource(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[
     return found
 
 
-def test_the_chart_crd_is_the_repository_crd() -> None:
-    chart_copy = (CHART / "crds" / "agenttenants.tenantry.dev.yaml").read_bytes()
-    original = (REPO / "crds" / "agenttenants.tenantry.dev.yaml").read_bytes()
-    assert chart_copy == original, "charts/tenantry/crds/ differs from crds/: run `make crd`"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["agenttenants.tenantry.dev.yaml"]
+def test_the_chart_crds_are_the_repository_crds() -> None:
+    names = sorted(p.name for p in (REPO / "crds").iterdir())
+    assert names == ["agenttenants.tenantry.dev.yaml", "agenttenanttemplates.tenantry.dev.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == names
+    for name in names:
+        chart_copy = (CHART / "crds" / name).read_bytes()
+        original = (REPO / "crds" / name).read_bytes()
+        assert chart_copy == original, "charts/tenantry/crds/ differs from crds/: run `make crd`"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -59,18 +59,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def crd_installed(kube: Client) -> None:
-    for crd in codecs.load_all_yaml((REPO / "crds" / "agenttenants.tenantry.dev.yaml").read_text()):
-        kube.apply(crd, force=True)
-    wait_until(
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in kube.get(
-                CustomResourceDefinition, "agenttenants.tenantry.dev"
-            ).status.conditions
-            or []  # type: ignore[union-attr]
-        ),
-        "the AgentTenant CRD to be established",
-    )
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        for crd in codecs.load_all_yaml(path.read_text()):
+            kube.apply(crd, force=True)
+    for name in ("agenttenants.tenantry.dev", "agenttenanttemplates.tenantry.dev"):
+        wait_until(
+            lambda name=name: any(  # type: ignore[misc]
+                c.type == "Established" and c.status == "True"
+                for c in kube.get(CustomResourceDefinition, name).status.conditions or []  # type: ignore[union-attr]
+            ),
+            f"the CRD {name} to be established",
+        )
 
 
 # Module-scoped: tests/integration/test_chart_install.py runs its own operator (as the chart's

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tenantry.crd import build_crd
+from tenantry.crd import CRDS, build_crd
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN_KEYS = {
@@ -40,8 +40,19 @@ def schema() -> dict[str, Any]:
 
 
 def test_crds_folder_matches_the_models() -> None:
-    committed = yaml.safe_load((REPO / "crds" / "agenttenants.tenantry.dev.yaml").read_text())
-    assert committed == build_crd(), "crds/ is stale: run `make crd`"
+    assert sorted(p.name for p in (REPO / "crds").iterdir()) == sorted(
+        f"{plural}.tenantry.dev.yaml" for plural in CRDS
+    )
+    for plural, build in CRDS.items():
+        committed = yaml.safe_load((REPO / "crds" / f"{plural}.tenantry.dev.yaml").read_text())
+        assert committed == build(), "crds/ is stale: run `make crd`"
+
+
+def test_the_schemas_are_structural() -> None:
+    for build in CRDS.values():
+        for path, node in walk(build()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]):
+            assert not FORBIDDEN_KEYS & set(node), f"{path} has {FORBIDDEN_KEYS & set(node)}"
+            assert node.get("additionalProperties", True) is not False, path
 
 
 def test_the_schema_is_structural() -> None:

@@ -4,13 +4,17 @@ Manifests are built as data and serialised by a YAML or JSON encoder, never by p
 into a template, so no user-supplied string can change a manifest's structure; each string is
 also validated by the models before it gets here. Each `build_*` function returns one child,
 in the module of its group (namespace, policies, secrets, runtime, sandbox); `render` returns
-them all, in the order they are applied.
+them all, in the order they are applied. The one exception to "never by pasting text" is the
+platform admin's AgentTenantTemplates (`templates`), rendered in Jinja2's sandbox with every
+value quoted and the output checked before it becomes a child.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tenantry.config import OperatorConfig
-from tenantry.models import OPERATOR_CHILD_NAMES, AgentTenant
+from tenantry.models import OPERATOR_CHILD_NAMES, AgentTenant, AgentTenantTemplate
 from tenantry.names import DEFAULT_ACCOUNT, RUNTIME, SANDBOX
 from tenantry.render.namespace import (
     build_limit_range,
@@ -32,6 +36,7 @@ from tenantry.render.runtime import (
 )
 from tenantry.render.sandbox import build_sandbox_deployment
 from tenantry.render.secrets import build_copied_secret, build_sandbox_token
+from tenantry.render.templates import TemplateRefused, render_templates
 from tenantry.render.tenant import (
     ClusterFacts,
     Manifest,
@@ -48,6 +53,7 @@ __all__ = [
     "ClusterFacts",
     "DuplicateChild",
     "Manifest",
+    "TemplateRefused",
     "render",
     "tenant_namespace",
     "tenant_uid",
@@ -60,12 +66,17 @@ class DuplicateChild(ValueError):
 
 
 def render(
-    tenant: AgentTenant, config: OperatorConfig, facts: ClusterFacts | None = None
+    tenant: AgentTenant,
+    config: OperatorConfig,
+    facts: ClusterFacts | None = None,
+    templates: Sequence[AgentTenantTemplate] = (),
 ) -> list[Manifest]:
-    """Every child of a tenant, in the order they are applied (the namespace first)."""
+    """Every child of a tenant, in the order they are applied (the namespace first), the
+    children of the templates that select it last; TemplateRefused when one cannot render."""
     facts = facts or ClusterFacts()
     namespace = tenant_namespace(tenant, config)
     spec = tenant.spec
+    templated = render_templates(tenant, namespace, facts, config, templates)
     children = [
         build_namespace(tenant, config, facts),
         *(
@@ -73,7 +84,9 @@ def render(
             if config.scoped_secrets
             else []
         ),
-        build_resource_quota(tenant, namespace, facts),
+        build_resource_quota(
+            tenant, namespace, facts, [m for m in templated if m["kind"] == "PersistentVolumeClaim"]
+        ),
         build_limit_range(tenant, namespace, facts),
         build_default_deny(tenant, namespace, facts),
         build_runtime_policy(tenant, namespace, facts, config),
@@ -99,6 +112,7 @@ def render(
     children += [
         build_runtime_deployment(tenant, namespace, facts, config),
         build_service(tenant, namespace, facts, RUNTIME),
+        *templated,
     ]
     return [stamp(child) for child in unique(children)]
 

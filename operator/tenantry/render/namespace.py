@@ -4,10 +4,19 @@ mode) the operator's own RoleBinding there.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from tenantry.config import OperatorConfig
-from tenantry.models import AgentTenant
+from tenantry.models import AgentTenant, quantity
 from tenantry.names import DISPLAY_NAME, LIMITS, OPERATOR_BINDING, QUOTA
-from tenantry.render.tenant import ClusterFacts, Manifest, metadata, tenant_namespace
+from tenantry.render.tenant import (
+    ClusterFacts,
+    Manifest,
+    claim_storage,
+    metadata,
+    tenant_namespace,
+)
 
 
 def build_namespace(tenant: AgentTenant, config: OperatorConfig, facts: ClusterFacts) -> Manifest:
@@ -44,7 +53,12 @@ def build_operator_binding(
     }
 
 
-def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
+def build_resource_quota(
+    tenant: AgentTenant,
+    namespace: str,
+    facts: ClusterFacts,
+    templated_claims: Sequence[Manifest] = (),
+) -> Manifest:
     quota = tenant.spec.quota
     hard = {
         "requests.cpu": quota.cpu,
@@ -59,6 +73,12 @@ def build_resource_quota(tenant: AgentTenant, namespace: str, facts: ClusterFact
     # volumes of any size, or take the one claim's place before the operator).
     hard["persistentvolumeclaims"] = "1" if sessions.enabled else "0"
     hard["requests.storage"] = sessions.storage.size if sessions.enabled else "0"
+    if templated_claims:
+        # The platform's own claims (AgentTenantTemplates) are counted too, and only them.
+        sizes = [quantity(claim_storage(claim) or "0") for claim in templated_claims]
+        own = [quantity(sessions.storage.size)] if sessions.enabled else []
+        hard["persistentvolumeclaims"] = str(len(own) + len(sizes))
+        hard["requests.storage"] = str(math.ceil(sum(own + sizes)))
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",

@@ -119,6 +119,16 @@ def metadata(
     return meta
 
 
+def claim_storage(claim: Mapping[str, Any]) -> str | None:
+    """The storage a PersistentVolumeClaim requests, if it names one as text."""
+    resources = (
+        (claim.get("spec") or {}).get("resources") if isinstance(claim.get("spec"), dict) else None
+    )
+    requests = resources.get("requests") if isinstance(resources, dict) else None
+    storage = requests.get("storage") if isinstance(requests, dict) else None
+    return storage if isinstance(storage, str) else None
+
+
 def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 

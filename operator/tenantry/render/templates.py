@@ -1,0 +1,261 @@
+"""The platform admin's AgentTenantTemplates, rendered for one tenant. Pure: no I/O.
+
+A template is Jinja2 text, so this is the one place a manifest is made from text. Three things
+keep a tenant's strings from changing its structure: Jinja2's immutable sandbox (no attribute
+walking, no file system, no environment: the context below is all it sees), every `{{ value }}`
+written as a quoted JSON scalar (`quoted`: a display name with a newline and `kind: Secret` in it
+stays one string), and the output parsed and checked before it becomes a child (`checked`):
+exactly one object, of a kind the operator allows, in the tenant's namespace, under a name that
+is not one of Tenantry's. Labels, owner and hash are then the operator's, as on every child.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from tenantry.config import OperatorConfig
+from tenantry.kinds import ChildKind, templated_kinds
+from tenantry.models import (
+    DNS_SUBDOMAIN,
+    OPERATOR_CHILD_NAMES,
+    QUANTITY,
+    RESERVED_NAME_PREFIX,
+    AgentTenant,
+    AgentTenantTemplate,
+    ChildTemplate,
+)
+from tenantry.names import HTTP_PORT, OPERATOR_BINDING, RUNTIME, SANDBOX, SESSIONS
+from tenantry.render.tenant import (
+    ClusterFacts,
+    Manifest,
+    claim_storage,
+    owner_references,
+    pod_labels,
+    tenant_labels,
+)
+
+# The most one template may render: a manifest, not a data dump.
+MAX_OUTPUT_BYTES = 256 * 1024
+# Names no templated object may take, whatever its kind: the operator's own children's.
+RESERVED_NAMES = frozenset({*OPERATOR_CHILD_NAMES, SESSIONS, OPERATOR_BINDING})
+# Annotation on each templated child: which template made it (for people and `tenantry audit`).
+TEMPLATE_ANNOTATION = "tenantry.dev/template"
+OPERATOR_KEY_PREFIX = "tenantry.dev/"
+METADATA_KEYS = ("name", "namespace", "labels", "annotations")
+
+
+class TemplateRefused(ValueError):
+    """A template that cannot render a child for this tenant: why, naming the template."""
+
+    def __init__(self, template: str, item: str, message: str) -> None:
+        super().__init__(f"AgentTenantTemplate {template}, template {item}: {message}")
+        self.template = template
+
+
+def quoted(value: Any) -> str:
+    """How every `{{ value }}` is written: a JSON scalar (or a JSON list or map of them), which
+    YAML reads as the same value; newlines, quotes and colons inside it stay inside it."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises, saying what is undefined (or unsafe)
+    try:
+        return json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"a {type(value).__name__} cannot be written as a value: write strings, numbers, "
+            "booleans, lists or maps"
+        ) from None
+
+
+ENVIRONMENT = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, finalize=quoted, autoescape=False, keep_trailing_newline=True
+)
+# Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context.
+ENVIRONMENT.globals = {"range": ENVIRONMENT.globals["range"], "dict": dict}
+
+
+@functools.lru_cache(maxsize=512)
+def compiled(text: str) -> jinja2.Template:
+    """One template, compiled once per text (every tenant it selects renders it)."""
+    return ENVIRONMENT.from_string(text)
+
+
+def template_context(tenant: AgentTenant, namespace: str, config: OperatorConfig) -> dict[str, Any]:
+    """All a template sees (docs/templates.md): plain data, copied, never the models."""
+    return {
+        "tenant": {
+            "name": tenant.name,
+            "namespace": namespace,
+            "displayName": tenant.spec.display_name or "",
+            "labels": dict(tenant.metadata.labels),
+            "annotations": dict(tenant.metadata.annotations),
+            "topicSource": tenant.name,
+            "sandbox": tenant.spec.sandbox.enabled,
+            "sessions": tenant.spec.runtime.sessions.enabled,
+            "runtime": {
+                "service": RUNTIME,
+                "port": HTTP_PORT,
+                "podLabels": pod_labels(tenant, RUNTIME),
+            },
+            "sandboxService": SANDBOX if tenant.spec.sandbox.enabled else "",
+        },
+        "operator": {
+            "namespacePrefix": config.namespace_prefix,
+            "secretSourceNamespace": config.secret_source_namespace,
+        },
+    }
+
+
+def text_of(template: ChildTemplate, context: Mapping[str, Any]) -> str:
+    """The template's output, stopped as soon as it grows past MAX_OUTPUT_BYTES."""
+    parts, size = [], 0
+    for part in compiled(template.template).generate(context):
+        size += len(part.encode())
+        if size > MAX_OUTPUT_BYTES:
+            raise ValueError(f"renders more than {MAX_OUTPUT_BYTES // 1024} KiB")
+        parts.append(part)
+    return "".join(parts)
+
+
+def problem(error: Exception) -> str:
+    """A Jinja2, YAML or other error in words, with the line where Jinja2 knows it."""
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        return f"line {error.lineno}: {error.message}"
+    if isinstance(error, jinja2.UndefinedError):
+        return f"{error.message}: the context has tenant and operator only (docs/templates.md)"
+    if isinstance(error, yaml.YAMLError):
+        return "the output is not YAML: " + " ".join(str(error).split())
+    return str(error) or type(error).__name__
+
+
+def checked(
+    document: Any, namespace: str, allowed: Mapping[str, ChildKind]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The object a template rendered, and its metadata, if it may be a child of this tenant."""
+    if not isinstance(document, dict):
+        raise ValueError("the output must be one object (a YAML mapping)")
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    if not isinstance(api_version, str) or not isinstance(kind, str):
+        raise ValueError("the object needs apiVersion and kind")
+    row = allowed.get(kind)
+    if row is None or row.api_version != api_version:
+        allowlist = ", ".join(f"{r.api_version}/{r.kind}" for r in allowed.values()) or "none"
+        raise ValueError(
+            f"{api_version}/{kind} is not a kind templates may render on this cluster (the "
+            f"operator's --template-kinds allows: {allowlist})"
+        )
+    if kind == "PersistentVolumeClaim" and not re.match(QUANTITY, claim_storage(document) or ""):
+        raise ValueError(
+            "spec.resources.requests.storage must be a quantity such as 1Gi: the tenant's quota "
+            "counts every claim"
+        )
+    if "status" in document:
+        raise ValueError("status is written by controllers, never by a template: remove it")
+    meta = document.get("metadata")
+    if not isinstance(meta, dict):
+        raise ValueError("the object needs metadata with a name")
+    check_metadata(meta, namespace)
+    return document, meta
+
+
+def check_metadata(meta: dict[str, Any], namespace: str) -> None:
+    extra = sorted(set(meta) - set(METADATA_KEYS))
+    if extra:
+        raise ValueError(
+            f"metadata.{extra[0]} is the API server's or the operator's to set: a template sets "
+            f"only {', '.join(METADATA_KEYS)}"
+        )
+    name = meta.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not re.match(DNS_SUBDOMAIN, name):
+        raise ValueError(f"metadata.name {name!r} must be a DNS-1123 subdomain")
+    if name in RESERVED_NAMES or name.startswith(RESERVED_NAME_PREFIX):
+        raise ValueError(
+            f"metadata.name {name!r} belongs to Tenantry's own children (it uses "
+            f"{', '.join(sorted(RESERVED_NAMES))} and {RESERVED_NAME_PREFIX}*): choose another name"
+        )
+    if meta.get("namespace", namespace) != namespace:
+        raise ValueError(
+            f"metadata.namespace {meta['namespace']!r}: a template writes into the tenant's own "
+            f"namespace ({namespace}) only; leave metadata.namespace out"
+        )
+    for field in ("labels", "annotations"):
+        values = meta.get(field) or {}
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+        ):
+            raise ValueError(f"metadata.{field} must map strings to strings")
+        owned = sorted(k for k in values if k.startswith(OPERATOR_KEY_PREFIX))
+        if owned:
+            raise ValueError(f"metadata.{field}: {owned[0]} is the operator's to set")
+
+
+def render_one(
+    tenant: AgentTenant,
+    owner: AgentTenantTemplate,
+    template: ChildTemplate,
+    context: Mapping[str, Any],
+    namespace: str,
+    facts: ClusterFacts,
+    allowed: Mapping[str, ChildKind],
+) -> Manifest:
+    try:
+        documents = [d for d in yaml.safe_load_all(text_of(template, context)) if d is not None]
+        if len(documents) != 1:
+            raise ValueError(f"the output must be exactly one object, not {len(documents)}")
+        document, meta = checked(documents[0], namespace, allowed)
+    except Exception as error:  # any failure of the admin's template is its message
+        raise TemplateRefused(owner.name, template.name, problem(error)) from None
+    labels = tenant_labels(tenant)
+    clash = sorted(set(meta.get("labels") or {}) & set(labels))
+    if clash:
+        raise TemplateRefused(
+            owner.name, template.name, f"metadata.labels: {clash[0]} is the operator's to set"
+        )
+    metadata: dict[str, Any] = {
+        "name": meta["name"],
+        "namespace": namespace,
+        "labels": {**(meta.get("labels") or {}), **labels},
+        "annotations": {
+            **(meta.get("annotations") or {}),
+            TEMPLATE_ANNOTATION: f"{owner.name}/{template.name}",
+        },
+    }
+    references = owner_references(tenant, facts)
+    if references:
+        metadata["ownerReferences"] = references
+    return {**document, "metadata": metadata}
+
+
+def selected(
+    tenant: AgentTenant, templates: Iterable[AgentTenantTemplate]
+) -> list[AgentTenantTemplate]:
+    """The templates whose selector picks this tenant, by name (so the output's order is stable)."""
+    labels = dict(tenant.metadata.labels)
+    return sorted((t for t in templates if t.spec.selector.matches(labels)), key=lambda t: t.name)
+
+
+def render_templates(
+    tenant: AgentTenant,
+    namespace: str,
+    facts: ClusterFacts,
+    config: OperatorConfig,
+    templates: Sequence[AgentTenantTemplate],
+) -> list[Manifest]:
+    """Every templated child of a tenant; TemplateRefused for the first template that fails."""
+    chosen = selected(tenant, templates)
+    if not chosen:
+        return []
+    allowed = {row.kind: row for row in templated_kinds(config.template_kinds)}
+    context = template_context(tenant, namespace, config)
+    return [
+        render_one(tenant, owner, template, context, namespace, facts, allowed)
+        for owner in chosen
+        for template in owner.spec.templates
+    ]
