@@ -24,6 +24,7 @@ from bench.harness import (
     Operator,
     ReadyWatch,
     by_verb,
+    claim_template,
     fresh_cluster,
     log,
     source_secret,
@@ -31,7 +32,7 @@ from bench.harness import (
     tenant_names,
     writes,
 )
-from bench.kube import Kube, gather_limited
+from bench.kube import Kube, collection, gather_limited
 
 # How many tenants the bench applies at once, and how many the baseline writes at once: the same.
 CONCURRENCY = 32
@@ -151,8 +152,25 @@ async def restart(trial: Trial, drift_interval: float, workdir: Path) -> dict[st
     }
 
 
+async def with_claim_template(trial: Trial) -> int:
+    """Apply one AgentTenantTemplate (a claim per tenant) and wait until every tenant has its
+    claim and the operator is idle again; returns the claims it made."""
+    assert trial.operator is not None
+    await trial.kube.apply(claim_template())
+    path = f"{collection('PersistentVolumeClaim')}?labelSelector=app.kubernetes.io/managed-by%3Dtenantry"
+    deadline = time.monotonic() + 300
+    while len((await trial.kube.get(path))["items"]) < len(trial.names):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the template's claims did not all appear in 300 s")
+        await asyncio.sleep(1)
+    await trial.operator.until_idle(len(trial.names), timeout=300)
+    return len((await trial.kube.get(path))["items"])
+
+
 async def at_rest(trial: Trial, drift_interval: float, workdir: Path) -> dict[str, Any]:
-    """Idle tenants over more than two drift periods: requests by whom, writes, etcd revisions."""
+    """Idle tenants, each with one child of an AgentTenantTemplate too, over more than two drift
+    periods: requests by whom, writes, etcd revisions."""
+    claims = await with_claim_template(trial)
     recovery = await restart(trial, drift_interval, workdir)
     window = 2.2 * drift_interval
     kube, audit = trial.kube, trial.audit
@@ -170,6 +188,7 @@ async def at_rest(trial: Trial, drift_interval: float, workdir: Path) -> dict[st
     count = len(trial.names)
     return {
         "count": count,
+        "templated_claims": claims,
         "drift_interval_seconds": drift_interval,
         "window_seconds": window,
         "restart": recovery,

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from tenantry.children import deployment_health
-from tenantry.crd import build_crd
+from tenantry.crd import CRDS
 
 from bench.kube import Kube
 from tests.support import processes
@@ -74,20 +75,21 @@ def cluster(command: str) -> None:
 
 
 async def fresh_cluster(tenant_names: Iterable[str]) -> None:
-    """A new, empty cluster with the CRD and a model Secret that the named tenants may copy."""
+    """A new, empty cluster with the CRDs and a model Secret that the named tenants may copy."""
     cluster("down")
     cluster("up")
     kube = Kube(KUBECONFIG)
     try:
-        await kube.apply(build_crd())
-        crd_path = (
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/agenttenants.tenantry.dev"
-        )
-        while not any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in ((await kube.get(crd_path)).get("status") or {}).get("conditions") or []
-        ):
-            await asyncio.sleep(0.2)
+        for plural, build in CRDS.items():
+            await kube.apply(build())
+            crd_path = (
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.tenantry.dev"
+            )
+            while not any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in ((await kube.get(crd_path)).get("status") or {}).get("conditions") or []
+            ):
+                await asyncio.sleep(0.2)
         await kube.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SECRET_SOURCE_NAMESPACE}}
         )
@@ -114,6 +116,17 @@ def source_secret(tenant_names: Iterable[str]) -> dict[str, Any]:
 
 def tenant_names(count: int) -> list[str]:
     return [f"bench-{index:04d}" for index in range(count)]
+
+
+TEMPLATE_KIND = "v1/PersistentVolumeClaim"
+
+
+def claim_template() -> dict[str, Any]:
+    """examples/templates/agent-memory.yaml, selecting every tenant: one claim each."""
+    path = REPO / "examples" / "templates" / "agent-memory.yaml"
+    body: dict[str, Any] = yaml.safe_load(path.read_text())
+    body["spec"]["selector"] = {}
+    return body
 
 
 def tenant(name: str) -> dict[str, Any]:
@@ -285,6 +298,8 @@ class Operator:
                     "run",
                     f"--drift-interval={self.drift_interval}",
                     f"--metrics-address=127.0.0.1:{self.port}",
+                    # Section 3 adds an AgentTenantTemplate of a claim per tenant.
+                    f"--template-kinds={TEMPLATE_KIND}",
                 ],
                 env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
                 stdout=output,

@@ -31,7 +31,9 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "AgentTenant": ("/apis/tenantry.dev/v1alpha1", "agenttenants", False),
+    "AgentTenantTemplate": ("/apis/tenantry.dev/v1alpha1", "agenttenanttemplates", False),
     "CustomResourceDefinition": (
         "/apis/apiextensions.k8s.io/v1",
         "customresourcedefinitions",

@@ -212,7 +212,9 @@ def rest_section(data: dict[str, Any], targets: list[list[str]]) -> str:
     ]
     return f"""## 3. Cost at rest
 
-{first["count"]} Ready tenants, nothing changing, watched over {first["window_seconds"]:.0f} s: more
+{first["count"]} Ready tenants, each with a claim an AgentTenantTemplate renders for it
+({first.get("templated_claims", 0)} templated claims: `examples/templates/agent-memory.yaml`
+selecting every tenant), nothing changing, watched over {first["window_seconds"]:.0f} s: more
 than two drift periods of an operator started with `--drift-interval {first["drift_interval_seconds"]:.0f}`
 (so that two periods fit in a minute; each period the operator lists every child kind once and
 reconciles every tenant from its caches). Operator requests come from the audit log; the API

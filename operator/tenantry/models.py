@@ -827,7 +827,10 @@ class TenantSelector(Model):
     """Which tenants a template is for, by their labels; an empty selector selects every tenant."""
 
     match_labels: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict, alias="matchLabels", description="Labels a tenant must have."
+        default_factory=dict,
+        max_length=32,
+        alias="matchLabels",
+        description="Labels a tenant must have.",
     )
     match_expressions: Annotated[list[SelectorRequirement], Field(max_length=16)] = Field(
         default_factory=list,

@@ -130,8 +130,11 @@ def plan(
     namespace_exists: bool,
     was_ready: bool,
     refusals: Iterable[RuntimeRefusal] = (),
+    new: frozenset[ChildKey] = frozenset(),
 ) -> Plan:
-    """Compare the rendered children with the live ones (this tenant's only, see `ours`)."""
+    """Compare the rendered children with the live ones (this tenant's only, see `ours`).
+    `new` are children this pass renders for the first time (a template that began to select
+    the tenant): written because they are wanted, not because anyone changed them."""
     desired = list(desired)
     writes = [
         Write(key, manifest, reason, write_method(key, live, namespace_exists))
@@ -139,11 +142,12 @@ def plan(
         if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
     ]
     phases = sorted({row(write.key[0]).phase for write in writes})
-    # A change to the spec is not drift; what a Ready tenant lost or had changed by someone is.
+    # A change to the spec or a template is not drift; what a Ready tenant lost or had changed
+    # by someone is.
     corrected = tuple(
         Correction(write.key[0], child_path(write.key), write.reason)
         for write in writes
-        if was_ready and write.reason != "changed"
+        if was_ready and write.reason != "changed" and write.key not in new
     )
     wanted = {child_key(manifest) for manifest in desired}
     groups = group_states(tenant, namespace, {write.key for write in writes}, live)

@@ -48,6 +48,7 @@ from tenantry.render import (
     ClusterFacts,
     DuplicateChild,
     TemplateRefused,
+    is_templated,
     render,
     tenant_namespace,
 )
@@ -99,6 +100,9 @@ class Reconciler:
     templates: Templates = tuple
     # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
     _tokens: dict[str, str] = field(default_factory=dict)
+    # The templated children each tenant's last pass rendered, by uid: one a template renders
+    # for the first time is new, not drift (unknown after a start: then it counts as drift).
+    _templated: dict[str, frozenset[ChildKey]] = field(default_factory=dict)
     writer: ChildWriter = field(init=False)
     reporter: StatusReporter = field(init=False)
 
@@ -143,6 +147,7 @@ class Reconciler:
 
     def forget(self, uid: str) -> None:
         self._tokens.pop(uid, None)
+        self._templated.pop(uid, None)
         self.reporter.forget(uid)
 
     def _stalled(
@@ -184,6 +189,7 @@ class Reconciler:
         except TemplateRefused as error:
             raise Stall("TemplateRefused", str(error)) from None
         was_ready = condition_of(previous, "Ready").get("status") == "True"
+        templated = frozenset(child_key(m) for m in desired if is_templated(m))
         decided = plan(
             tenant,
             facts.namespace,
@@ -192,8 +198,10 @@ class Reconciler:
             facts.namespace_exists,
             was_ready,
             refusals,
+            templated - self._templated.get(uid, templated),
         )
         await self._carry_out(decided, tenant, uid)
+        self._templated[uid] = templated
         return Observation(
             generation=generation,
             namespace=facts.namespace,

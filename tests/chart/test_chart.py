@@ -18,6 +18,7 @@ import pytest
 import yaml
 from tenantry.config import OperatorConfig
 from tenantry.handlers import CHILD_RESOURCES, watched_children
+from tenantry.kinds import templated_kinds
 
 from tests.support.chartkit import (
     CHART,
@@ -42,6 +43,11 @@ KUBE_SCORE_EXCEPTIONS = frozenset({"container-image-pull-policy", "pod-probes-id
 # Off by default in kube-score, on here: both hold for the chart.
 KUBE_SCORE_OPTIONAL = ("container-seccomp-profile", "container-ports-check")
 
+TEMPLATED_SERVICE_MONITOR = {
+    "apiVersion": "monitoring.coreos.com/v1",
+    "kind": "ServiceMonitor",
+    "resource": "servicemonitors",
+}
 # Every variant a user is likely to install; each must lint and (in the cluster tests) conform.
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
@@ -62,6 +68,7 @@ VARIANTS: dict[str, dict[str, str]] = {
         "tenantPolicy.allowedRuntimeClasses[0]": "gvisor",
         "tenantPolicy.namespacePattern": "agents-*",
         "admissionPolicy.tenantNamespaces.exemptGroups[0]": "platform-admins",
+        **{f"templates.kinds[0].{k}": v for k, v in TEMPLATED_SERVICE_MONITOR.items()},
     },
 }
 
@@ -217,6 +224,7 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
     expected = {
         ("tenantry.dev", "agenttenants"): {"list", "watch"},
         ("tenantry.dev", "agenttenants/status"): {"patch"},
+        ("tenantry.dev", "agenttenanttemplates"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         **{child: {"list", "watch", "create", "patch", "delete"} for child in children},
         # Read before any write (never adopt one); never deleted: garbage collection does that.
@@ -763,3 +771,42 @@ def test_tenant_policy_values_become_operator_flags() -> None:
     ):
         assert custom.count(arg) == 1, (arg, custom)
     assert len({arg.partition("=")[0] for arg in custom}) == len(custom)
+
+
+def test_template_kinds_become_a_flag_the_operator_reads_a_grant_and_a_confined_write() -> None:
+    values = {
+        **{f"templates.kinds[0].{k}": v for k, v in TEMPLATED_SERVICE_MONITOR.items()},
+        "templates.kinds[1].apiVersion": "v1",
+        "templates.kinds[1].kind": "PersistentVolumeClaim",
+        "templates.kinds[1].resource": "persistentvolumeclaims",
+    }
+    documents = template(values)
+    args = operator_container(documents)["args"]
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in args)
+    entries = flags["template-kinds"]
+    assert entries == (
+        "monitoring.coreos.com/v1/ServiceMonitor=servicemonitors,"
+        "v1/PersistentVolumeClaim=persistentvolumeclaims"
+    )
+    # The operator reads the flag as the chart wrote it.
+    rows = templated_kinds(OperatorConfig(template_kinds=entries).template_kinds)
+    assert [row.watched for row in rows] == [
+        ("monitoring.coreos.com", "v1", "servicemonitors"),
+        ("", "v1", "persistentvolumeclaims"),
+    ]
+    rules = rules_by_resource(find(documents, "ClusterRole", "tenantry")["rules"])
+    assert rules[("monitoring.coreos.com", "servicemonitors")] == {
+        "list",
+        "watch",
+        "create",
+        "patch",
+        "delete",
+    }
+    policy = find(documents, "ValidatingAdmissionPolicy", "tenantry-writes")
+    assert {
+        "apiGroups": ["monitoring.coreos.com"],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE", "DELETE"],
+        "resources": ["servicemonitors"],
+    } in policy["spec"]["matchConstraints"]["resourceRules"]
+    assert "template-kinds" not in "".join(operator_container(template())["args"])

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tenants import DRIFT_INTERVAL_SECONDS, OPERATOR_LABEL, SECRET_SOURCE_NAMESPACE
+from tenants import (
+    DRIFT_INTERVAL_SECONDS,
+    OPERATOR_LABEL,
+    SECRET_SOURCE_NAMESPACE,
+    TEMPLATE_KINDS,
+)
 
 from tests.support import processes
 
@@ -21,6 +26,7 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
+            "TENANTRY_TEMPLATE_KINDS": TEMPLATE_KINDS,
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0

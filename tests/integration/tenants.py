@@ -21,6 +21,8 @@ from waiting import wait_until
 SECRET_SOURCE_NAMESPACE = "tenantry-secrets"
 # Short, so the idle test can watch two drift periods quickly.
 DRIFT_INTERVAL_SECONDS = 3
+# What the tests' operator (and audit) let AgentTenantTemplates render (test_templates.py).
+TEMPLATE_KINDS = "v1/PersistentVolumeClaim"
 
 AgentTenant = create_global_resource("tenantry.dev", "v1alpha1", "AgentTenant", "agenttenants")
 # Every namespaced kind of child, from the operator's own table (RoleBinding included).
@@ -133,6 +135,7 @@ def audit(kubeconfig: Path, *args: str) -> tuple[int, dict[str, Any]]:
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
             "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
+            "TENANTRY_TEMPLATE_KINDS": TEMPLATE_KINDS,
         },
         capture_output=True,
         text=True,

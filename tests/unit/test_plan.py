@@ -133,6 +133,31 @@ def test_a_change_to_the_spec_is_written_but_is_not_drift() -> None:
     assert decided.corrected == ()
 
 
+def test_a_child_a_template_renders_for_the_first_time_is_written_but_is_not_drift() -> None:
+    children = desired()
+    claim = ("PersistentVolumeClaim", NAMESPACE, "memory")
+    live = as_live(children)
+    children.append(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": "memory",
+                "namespace": NAMESPACE,
+                "annotations": {"tenantry.dev/applied-hash": "h"},
+            },
+        }
+    )
+    decided = plan(acme(), NAMESPACE, children, live, True, True, new=frozenset({claim}))
+    assert written(decided) == {claim: ("apply", "missing")}
+    assert decided.corrected == ()
+    # Deleted by hand later, it is drift like any child.
+    again = plan(acme(), NAMESPACE, children, live, True, True)
+    assert [str(c) for c in again.corrected] == [
+        "PersistentVolumeClaim tenant-acme/memory (missing)"
+    ]
+
+
 def test_nothing_is_drift_before_the_tenant_was_ready() -> None:
     children = desired()
     live = as_live(children)

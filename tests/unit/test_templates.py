@@ -77,7 +77,9 @@ def test_the_examples_render_as_their_golden_file() -> None:
         displayName="ACME Corp",
     )
     tenants = [labelled, *load_tenants(str(REPO / "examples" / "globex.yaml"))]
-    rendered = dump_all([m for t in tenants for m in templated(render(t, CONFIG, FACTS, templates))])
+    rendered = dump_all(
+        [m for t in tenants for m in templated(render(t, CONFIG, FACTS, templates))]
+    )
     golden = GOLDEN / "templates.yaml"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(rendered)
@@ -177,11 +179,19 @@ spec:
         (CLAIM + "status: {phase: Bound}\n", "status"),
         (CLAIM.replace("metadata:", "metadata:\n  ownerReferences: []"), "ownerReferences"),
         (CLAIM.replace("metadata:", "metadata:\n  generateName: x-"), "generateName"),
-        (CLAIM.replace("metadata:", "metadata:\n  labels: {tenantry.dev/component: runtime}"), "tenantry.dev/component"),
-        (CLAIM.replace("metadata:", "metadata:\n  labels: {app.kubernetes.io/managed-by: me}"), "app.kubernetes.io/managed-by"),
+        (
+            CLAIM.replace("metadata:", "metadata:\n  labels: {tenantry.dev/component: runtime}"),
+            "tenantry.dev/component",
+        ),
+        (
+            CLAIM.replace("metadata:", "metadata:\n  labels: {app.kubernetes.io/managed-by: me}"),
+            "app.kubernetes.io/managed-by",
+        ),
         (CLAIM.replace("storage: 2Gi", "storage: lots"), "quantity"),
         (CLAIM.replace("{requests: {storage: 2Gi}}", "{}"), "quota"),
         ("a: [", "not YAML"),
+        ("a: &x [1, 2]\nb: [*x, *x]\n", "aliases"),
+        ("{{ [1, 2]|random }}", "No filter named 'random'"),
     ],
 )
 def test_a_template_that_may_not_be_rendered_is_refused_in_words(text: str, words: str) -> None:

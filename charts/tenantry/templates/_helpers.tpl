@@ -80,3 +80,10 @@ which leave out the internet and the link-local metadata service.
 {{- include "tenantry.privateCIDRs" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The API group of an apiVersion: "" for "v1", "monitoring.coreos.com" for "monitoring.coreos.com/v1".
+*/}}
+{{- define "tenantry.apiGroup" -}}
+{{- if contains "/" . }}{{ index (splitList "/" .) 0 }}{{ end -}}
+{{- end }}

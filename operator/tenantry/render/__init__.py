@@ -36,7 +36,7 @@ from tenantry.render.runtime import (
 )
 from tenantry.render.sandbox import build_sandbox_deployment
 from tenantry.render.secrets import build_copied_secret, build_sandbox_token
-from tenantry.render.templates import TemplateRefused, render_templates
+from tenantry.render.templates import TemplateRefused, is_templated, render_templates
 from tenantry.render.tenant import (
     ClusterFacts,
     Manifest,
@@ -54,6 +54,7 @@ __all__ = [
     "DuplicateChild",
     "Manifest",
     "TemplateRefused",
+    "is_templated",
     "render",
     "tenant_namespace",
     "tenant_uid",

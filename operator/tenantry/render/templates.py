@@ -77,8 +77,20 @@ def quoted(value: Any) -> str:
 ENVIRONMENT = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined, finalize=quoted, autoescape=False, keep_trailing_newline=True
 )
-# Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context.
+# Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context, and
+# its `random` filter would make every pass render something new, a write at rest each time.
 ENVIRONMENT.globals = {"range": ENVIRONMENT.globals["range"], "dict": dict}
+del ENVIRONMENT.filters["random"]
+
+
+class OutputLoader(yaml.SafeLoader):
+    """YAML's safe loader, without aliases: ten nested `*a` aliases of ten make a billion nodes
+    the moment the object is hashed or sent."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a template's output")
+        return super().compose_node(parent, index)
 
 
 @functools.lru_cache(maxsize=512)
@@ -206,7 +218,8 @@ def render_one(
     allowed: Mapping[str, ChildKind],
 ) -> Manifest:
     try:
-        documents = [d for d in yaml.safe_load_all(text_of(template, context)) if d is not None]
+        text = text_of(template, context)
+        documents = [d for d in yaml.load_all(text, Loader=OutputLoader) if d is not None]
         if len(documents) != 1:
             raise ValueError(f"the output must be exactly one object, not {len(documents)}")
         document, meta = checked(documents[0], namespace, allowed)
@@ -231,6 +244,11 @@ def render_one(
     if references:
         metadata["ownerReferences"] = references
     return {**document, "metadata": metadata}
+
+
+def is_templated(manifest: Manifest) -> bool:
+    """Whether a child is one an AgentTenantTemplate rendered."""
+    return TEMPLATE_ANNOTATION in (manifest["metadata"].get("annotations") or {})
 
 
 def selected(
