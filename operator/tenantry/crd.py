@@ -134,123 +134,99 @@ def printer_columns() -> list[dict[str, Any]]:
     ]
 
 
+def cluster_crd(
+    kind: str, plural: str, short_names: list[str], version: dict[str, Any]
+) -> dict[str, Any]:
+    """A cluster-scoped CRD of Tenantry's API group, with one served and stored version."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "tenantry",
+                "app.kubernetes.io/part-of": "tenantry",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["tenantry"],
+            },
+            "versions": [{"name": VERSION, "served": True, "storage": True, **version}],
+        },
+    }
+
+
 def build_crd() -> dict[str, Any]:
     """The AgentTenant CRD, as the API server expects it."""
     spec_schema = model_schema(AgentTenantSpec)
     spec_schema["description"] = "The desired state of the tenant."
     status_schema = model_schema(AgentTenantStatus)
     status_schema["description"] = "The observed state of the tenant, written by the operator."
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
-            "labels": {
-                "app.kubernetes.io/name": "tenantry",
-                "app.kubernetes.io/part-of": "tenantry",
-            },
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["at", "tenant"],
-                "categories": ["tenantry"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": printer_columns(),
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (AgentTenant.__doc__ or "").strip()
-                            + f" ({API_VERSION}; the name is the tenant id and the TopicId source.)",
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                            "x-kubernetes-validations": root_rules(),
-                        }
+    return cluster_crd(
+        KIND,
+        PLURAL,
+        ["at", "tenant"],
+        {
+            "subresources": {"status": {}},
+            "additionalPrinterColumns": printer_columns(),
+            "schema": {
+                "openAPIV3Schema": {
+                    "type": "object",
+                    "description": (AgentTenant.__doc__ or "").strip()
+                    + f" ({API_VERSION}; the name is the tenant id and the TopicId source.)",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
+                        "status": status_schema,
                     },
+                    "x-kubernetes-validations": root_rules(),
                 }
-            ],
+            },
         },
-    }
+    )
 
 
 def build_template_crd() -> dict[str, Any]:
     """The AgentTenantTemplate CRD: cluster-scoped, written by cluster admins only."""
     spec_schema = model_schema(AgentTenantTemplateSpec)
     spec_schema["description"] = "The tenants to select, and the templates rendered for each."
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{TEMPLATE_PLURAL}.{GROUP}",
-            "labels": {
-                "app.kubernetes.io/name": "tenantry",
-                "app.kubernetes.io/part-of": "tenantry",
-            },
-        },
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": TEMPLATE_KIND,
-                "listKind": f"{TEMPLATE_KIND}List",
-                "plural": TEMPLATE_PLURAL,
-                "singular": TEMPLATE_KIND.lower(),
-                "shortNames": ["att"],
-                "categories": ["tenantry"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": [
-                        {
-                            "name": "Templates",
-                            "type": "string",
-                            "jsonPath": ".spec.templates[*].name",
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {
-                            "name": "Selector",
-                            "type": "string",
-                            "jsonPath": ".spec.selector",
-                            "priority": 1,
-                        },
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (AgentTenantTemplate.__doc__ or "").strip()
-                            + f" ({API_VERSION}; docs/templates.md.)",
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                            },
-                            "required": ["spec"],
-                        }
+    columns = [
+        {"name": "Templates", "type": "string", "jsonPath": ".spec.templates[*].name"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Selector", "type": "string", "jsonPath": ".spec.selector", "priority": 1},
+    ]
+    return cluster_crd(
+        TEMPLATE_KIND,
+        TEMPLATE_PLURAL,
+        ["att"],
+        {
+            "additionalPrinterColumns": columns,
+            "schema": {
+                "openAPIV3Schema": {
+                    "type": "object",
+                    "description": (AgentTenantTemplate.__doc__ or "").strip()
+                    + f" ({API_VERSION}; docs/templates.md.)",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema,
                     },
+                    "required": ["spec"],
                 }
-            ],
+            },
         },
-    }
+    )
 
 
 CRDS = {PLURAL: build_crd, TEMPLATE_PLURAL: build_template_crd}

@@ -29,26 +29,26 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
     """An API server that refuses a child as invalid (400, 422) stalls the tenant: a retry
     would be refused the same way until a human changes the spec. So does one that does not
     serve a templated child's kind at all (its CustomResourceDefinition is not installed)."""
+    templated = key[0] not in BY_KIND
     try:
         yield
     except ApiError as error:
-        if error.status.code in (400, 422):
-            raise Stall(
-                "Rejected", f"the API server rejected {describe_child(key)}: {error.status.message}"
-            ) from None
-        if error.status.code == 404 and key[0] not in BY_KIND:
-            raise Stall(
-                "Rejected",
-                f"the API server does not serve {key[0]} ({error.status.message}): install its "
-                "CustomResourceDefinition, or remove it from the operator's --template-kinds",
-            ) from None
-        if error.status.code == 403 and key[0] not in BY_KIND:
-            raise Stall(
-                "Rejected",
-                f"the operator may not write {describe_child(key)} ({error.status.message}): "
-                "grant it in the operator's ClusterRole (the chart's templates.kinds does)",
-            ) from None
-        raise
+        code, said = error.status.code, error.status.message
+        if code in (400, 422):
+            message = f"the API server rejected {describe_child(key)}: {said}"
+        elif code == 404 and templated:
+            message = (
+                f"the API server does not serve {key[0]} ({said}): install its "
+                "CustomResourceDefinition, or remove it from the operator's --template-kinds"
+            )
+        elif code == 403 and templated:
+            message = (
+                f"the operator may not write {describe_child(key)} ({said}): grant it in the "
+                "operator's ClusterRole (the chart's templates.kinds does)"
+            )
+        else:
+            raise
+        raise Stall("Rejected", message) from None
 
 
 async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
