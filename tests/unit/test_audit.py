@@ -7,7 +7,7 @@ from typing import Any
 
 from tenantry.audit import audit_tenant
 from tenantry.config import OperatorConfig
-from tenantry.models import AgentTenant
+from tenantry.models import AgentTenant, AgentTenantTemplate
 from tenantry.render import ClusterFacts, render
 
 CONFIG = OperatorConfig()
@@ -25,10 +25,12 @@ TENANT = AgentTenant.model_validate(
 )
 
 
-def live_objects() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def live_objects(
+    config: OperatorConfig = CONFIG, templates: tuple[AgentTenantTemplate, ...] = ()
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The rendered children as they sit in a healthy cluster, with the pods they run."""
     facts = ClusterFacts(uid=UID, secret_data={"model": {"api-key": "c2s="}}, sandbox_token="t")
-    manifests = copy.deepcopy(render(TENANT, CONFIG, facts))
+    manifests = copy.deepcopy(render(TENANT, config, facts, templates))
     namespace, children = manifests[0], manifests[1:]
     objects: list[dict[str, Any]] = []
     for child in children:
@@ -163,3 +165,48 @@ def test_a_copy_that_came_from_another_source() -> None:
     copied = find(objects, "Secret", "model")
     copied["metadata"]["annotations"]["tenantry.dev/source"] = "tenantry-secrets/globex-model"
     assert checks(namespace, objects) == {("secrets only where needed", "Secret/tenant-acme/model")}
+
+
+def test_a_templated_child_counts_as_rendered_and_its_absence_or_failure_is_reported() -> None:
+    config = OperatorConfig(template_kinds=("v1/PersistentVolumeClaim",))
+    template = AgentTenantTemplate.model_validate(
+        {
+            "metadata": {"name": "memory"},
+            "spec": {
+                "templates": [
+                    {
+                        "name": "claim",
+                        "template": "apiVersion: v1\nkind: PersistentVolumeClaim\n"
+                        "metadata: {name: memory}\nspec: {resources: {requests: {storage: 1Gi}}}\n",
+                    }
+                ]
+            },
+        }
+    )
+    namespace, objects = live_objects(config, (template,))
+    without_claim = [o for o in objects if o["kind"] != "PersistentVolumeClaim"]
+
+    def found(
+        objects: list[dict[str, Any]], *templates: AgentTenantTemplate
+    ) -> set[tuple[str, str]]:
+        report = audit_tenant(TENANT, UID, config, namespace, objects, templates)
+        return {(f.check, f.object) for f in report}
+
+    assert found(objects, template) == set()
+    assert found(without_claim, template) == {
+        ("rendered objects present", "PersistentVolumeClaim/tenant-acme/memory")
+    }
+    broken = template.model_copy(
+        update={
+            "spec": template.spec.model_copy(
+                update={
+                    "templates": [
+                        template.spec.templates[0].model_copy(
+                            update={"template": "{{ tenant.nothing }}"}
+                        )
+                    ]
+                }
+            )
+        }
+    )
+    assert ("templates render", "AgentTenantTemplate/memory") in found(objects, broken)
