@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tenantry.config import OperatorConfig
-from tenantry.models import KIND, AgentTenant, AgentTenantTemplate
+from tenantry.models import KIND, AgentTenant, AgentTenantTemplate, BrokenTemplate
 from tenantry.names import RUNTIME, SANDBOX, SANDBOX_TOKEN_SECRET, SECRET_SOURCE, TENANT_LABEL
 from tenantry.render import ClusterFacts, TemplateRefused, render, tenant_namespace
 
@@ -242,7 +242,7 @@ def audit_tenant(
     config: OperatorConfig,
     namespace: Mapping[str, Any] | None,
     objects: Sequence[Mapping[str, Any]],
-    templates: Sequence[AgentTenantTemplate] = (),
+    templates: Sequence[AgentTenantTemplate | BrokenTemplate] = (),
 ) -> list[Finding]:
     """Every isolation violation of one tenant, given its namespace and all objects in it, and
     the AgentTenantTemplates (whose children count as rendered, like Tenantry's own)."""

@@ -21,7 +21,7 @@ from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, child_kinds, row
-from tenantry.models import AgentTenantTemplate, human_errors
+from tenantry.models import AgentTenantTemplate, BrokenTemplate, template_selects
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, PodCache
 from tenantry.queue import ReconcileQueue
@@ -43,7 +43,7 @@ class Controller:
         self.children = ChildCache()
         self.pods = PodCache()
         # Every AgentTenantTemplate, from its watch and the resyncs' lists.
-        self.templates: dict[str, AgentTenantTemplate] = {}
+        self.templates: dict[str, AgentTenantTemplate | BrokenTemplate] = {}
         self.template_events = 0
         self.template_last_seen: dict[str, int] = {}
         self.reconciler = Reconciler(
@@ -91,7 +91,7 @@ class Controller:
             known[name] = body["metadata"].get("creationTimestamp") or ""
         return list(known.items())
 
-    def known_templates(self) -> list[AgentTenantTemplate]:
+    def known_templates(self) -> list[AgentTenantTemplate | BrokenTemplate]:
         return list(self.templates.values())
 
     def template_seen(self, event: dict[str, Any]) -> None:
@@ -104,21 +104,13 @@ class Controller:
         if event.get("type") == "DELETED":
             self.templates.pop(name, None)
         else:
-            try:
-                after = AgentTenantTemplate.model_validate(body)
-            except ValidationError as error:  # the CRD refuses these; an older CRD may not
-                logger.warning(
-                    "AgentTenantTemplate %s is not valid, its last valid version stays: %s",
-                    name,
-                    "; ".join(human_errors(error)),
-                )
-                return
+            after = read_template(body)
             self.templates[name] = after
         self.template_events += 1
         self.template_last_seen[name] = self.template_events
         for tenant, tenant_body in self.tenants.items():
             labels = tenant_body["metadata"].get("labels") or {}
-            if any(t is not None and t.spec.selector.matches(labels) for t in (before, after)):
+            if any(t is not None and template_selects(t, labels) for t in (before, after)):
                 self.queue.enqueue(tenant)
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
@@ -200,16 +192,11 @@ class Controller:
         """The templates from a fresh list, keeping those whose events came while it was read.
         Before the first reconcile: a pass that did not know a template would prune its children."""
         since = self.template_events
-        listed: dict[str, AgentTenantTemplate] = {}
+        listed: dict[str, AgentTenantTemplate | BrokenTemplate] = {}
         try:
             async for obj in self.reconciler.client.list(AgentTenantTemplateResource):
                 body = obj.to_dict()  # type: ignore[no-untyped-call]
-                try:
-                    listed[body["metadata"]["name"]] = AgentTenantTemplate.model_validate(body)
-                except ValidationError:
-                    name = body["metadata"]["name"]
-                    if name in self.templates:
-                        listed[name] = self.templates[name]  # its last valid version stays
+                listed[body["metadata"]["name"]] = read_template(body)
         except ApiError as error:
             if error.status.code != 404:
                 raise
@@ -303,6 +290,17 @@ class Controller:
                 logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+def read_template(body: dict[str, Any]) -> AgentTenantTemplate | BrokenTemplate:
+    """A template as the models read it, or kept as a refusal when they cannot (the CRD refuses
+    such templates; an older CRD may not): its tenants stall instead of losing its objects."""
+    try:
+        return AgentTenantTemplate.model_validate(body)
+    except ValidationError as error:
+        broken = BrokenTemplate.of(body, error)
+        logger.warning("AgentTenantTemplate %s cannot be read: %s", broken.name, broken.problem)
+        return broken
 
 
 def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:

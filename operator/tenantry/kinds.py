@@ -95,6 +95,17 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
 BY_KIND = {child.kind: child for child in CHILD_KINDS}
 
 
+# Kinds no template renders whatever the flag says: each could open what the tenant's
+# NetworkPolicies (any kind named *NetworkPolicy, of any CNI) or its bindings close.
+NEVER_TEMPLATED = frozenset(
+    {
+        "Role",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "AdminNetworkPolicy",
+        "BaselineAdminNetworkPolicy",
+    }
+)
 # Templated children are written with the workloads: after the quota that may count them.
 TEMPLATE_PHASE = 3
 # The row of a templated kind for the pure planning, which needs no class: namespaced, written
@@ -138,26 +149,32 @@ def templated_kind(entry: str) -> ChildKind:
         )
     group, version, kind = match["group"] or "", match["version"], match["kind"]
     api_version = f"{group}/{version}" if group else version
+    if kind in NEVER_TEMPLATED or kind.endswith("NetworkPolicy"):
+        raise ValueError(
+            f"{entry!r}: a {kind} could open what the tenant's own policies and bindings close; "
+            "templates never render one"
+        )
     own = BY_KIND.get(kind)
-    if own is not None:
-        if not own.templatable:
-            raise ValueError(
-                f"{entry!r}: {kind} is a kind Tenantry renders itself, never a template"
-            )
-        if own.api_version != api_version:
-            raise ValueError(f"{entry!r}: a {kind} is {own.api_version}/{kind}")
-        return own
+    if own is not None and not own.templatable:
+        raise ValueError(f"{entry!r}: {kind} is a kind Tenantry renders itself, never a template")
+    if own is not None and own.api_version != api_version:
+        raise ValueError(f"{entry!r}: a {kind} is {own.api_version}/{kind}")
     try:
-        known = resource_registry.load(api_version, kind)
+        known = own.resource if own else resource_registry.load(api_version, kind)
     except (LoadResourceError, ImportError, AttributeError):
         known = None
     if known is not None and not issubclass(known, NamespacedResource):
         raise ValueError(
             f"{entry!r}: a {kind} is cluster-scoped; templates write into the tenant's namespace only"
         )
-    resource = known or create_namespaced_resource(
-        group, version, kind, match["plural"] or guess_plural(kind)
-    )
+    if known is not None and match["plural"] and match["plural"] != known._api_info.plural:
+        # Found by review: the chart grants the operator the plural it names, so a slip such as
+        # v1/Pod=secrets granted Secrets cluster-wide while the operator wrote Pods.
+        raise ValueError(f"{entry!r}: the resource of a {kind} is {known._api_info.plural}")
+    if own is not None:
+        return own
+    plural = match["plural"] or guess_plural(kind)
+    resource = known or create_namespaced_resource(group, version, kind, plural)
     return ChildKind(kind, resource, TEMPLATE_PHASE)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -866,10 +867,10 @@ TEMPLATE_NAMES_UNIQUE = cel(
 class AgentTenantTemplateSpec(Model):
     """Extra children for the tenants the selector picks, owned and pruned like Tenantry's own."""
 
+    # Required, even when empty: a template for every tenant is said so (`selector: {}`), never
+    # the result of a forgotten field.
     selector: TenantSelector = Field(
-        default_factory=TenantSelector,
-        json_schema_extra=DEFAULTED,
-        description="The tenants this template is for; empty selects every tenant.",
+        description="The tenants this template is for, by their labels; `{}` selects every tenant."
     )
     templates: Annotated[list[ChildTemplate], Field(min_length=1, max_length=MAX_TEMPLATES)] = (
         Field(
@@ -912,3 +913,34 @@ class AgentTenantTemplate(Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+@dataclass(frozen=True)
+class BrokenTemplate:
+    """An AgentTenantTemplate the models refuse (an older CRD let it in): kept as a refusal, so
+    the tenants it may select stall saying why instead of losing its objects (found by review:
+    dropped, a restarted operator pruned every object it had rendered)."""
+
+    name: str
+    problem: str
+    selector: TenantSelector | None  # None: not even its selector can be read; it selects all
+
+    @classmethod
+    def of(cls, body: dict[str, Any], error: ValidationError) -> BrokenTemplate:
+        try:
+            selector: TenantSelector | None = TenantSelector.model_validate(
+                (body.get("spec") or {}).get("selector")
+            )
+        except ValidationError:
+            selector = None
+        name = str((body.get("metadata") or {}).get("name", ""))
+        return cls(name, "; ".join(human_errors(error)), selector)
+
+
+def template_selects(
+    template: AgentTenantTemplate | BrokenTemplate, labels: dict[str, str]
+) -> bool:
+    """Whether a template (or one that cannot be read) is for a tenant with these labels."""
+    if isinstance(template, BrokenTemplate):
+        return template.selector is None or template.selector.matches(labels)
+    return template.spec.selector.matches(labels)

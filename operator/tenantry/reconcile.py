@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from tenantry.children import ChildKey, LiveChild, child_key, child_path, describe_child, summarize
 from tenantry.config import OperatorConfig
-from tenantry.models import RESERVED_NAMESPACES, AgentTenant, AgentTenantTemplate, human_errors
+from tenantry.models import (
+    RESERVED_NAMESPACES,
+    AgentTenant,
+    AgentTenantTemplate,
+    BrokenTemplate,
+    human_errors,
+)
 from tenantry.names import (
     ALLOWED_TENANTS,
     MANAGED_BY,
@@ -61,7 +67,7 @@ logger = logging.getLogger("tenantry.reconcile")
 # (name, creationTimestamp) of every tenant this operator knows, for plan.check_uid_slot.
 Neighbours = Callable[[], Iterable[tuple[str, str]]]
 # Every AgentTenantTemplate this operator knows; the render picks those that select a tenant.
-Templates = Callable[[], Sequence[AgentTenantTemplate]]
+Templates = Callable[[], Sequence[AgentTenantTemplate | BrokenTemplate]]
 
 
 def describe(error: ValidationError) -> str:

@@ -38,8 +38,9 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
             message = f"the API server rejected {describe_child(key)}: {said}"
         elif code == 404 and templated:
             message = (
-                f"the API server does not serve {key[0]} ({said}): install its "
-                "CustomResourceDefinition, or remove it from the operator's --template-kinds"
+                f"the API server does not serve {key[0]} in a namespace ({said}): install its "
+                "CustomResourceDefinition; a cluster-scoped kind is never a template's: remove it "
+                "from the operator's --template-kinds"
             )
         elif code == 403 and templated:
             message = (

@@ -153,6 +153,24 @@ def test_kube_score_finds_nothing_but_the_explained_exceptions() -> None:
         ({"tenantPolicy.namespacePattern": "Tenant-*"}, "namespacePattern"),
         ({"networkPolicy.apiServer.cidrs[0]": "kubernetes.default"}, "cidrs"),
         ({"admissionPolicy.tenantNamespaces.exemptGroups[0]": 'a"b'}, "exemptGroups"),
+        ({"templates.kinds[0].apiVersion": "v1", "templates.kinds[0].kind": "Pod"}, "resource"),
+        # Found by review: a slip granted the operator Secrets cluster-wide.
+        (
+            {
+                "templates.kinds[0].apiVersion": "v1",
+                "templates.kinds[0].kind": "Pod",
+                "templates.kinds[0].resource": "secrets",
+            },
+            "templates.kinds: v1/Pod (resource secrets) may never be rendered by templates",
+        ),
+        (
+            {
+                "templates.kinds[0].apiVersion": "cilium.io/v2",
+                "templates.kinds[0].kind": "CiliumNetworkPolicy",
+                "templates.kinds[0].resource": "ciliumnetworkpolicies",
+            },
+            "may never be rendered by templates",
+        ),
     ],
 )
 def test_mistaken_values_are_refused_naming_the_value(
@@ -226,7 +244,11 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
         ("tenantry.dev", "agenttenants/status"): {"patch"},
         ("tenantry.dev", "agenttenanttemplates"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-        **{child: {"list", "watch", "create", "patch", "delete"} for child in children},
+        # A child someone else wrote to is read and replaced whole: get and update too.
+        **{
+            child: {"get", "list", "watch", "create", "update", "patch", "delete"}
+            for child in children
+        },
         # Read before any write (never adopt one); never deleted: garbage collection does that.
         ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
         ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},
@@ -244,7 +266,7 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
     # What each tenant namespace's RoleBinding grants, there only.
     secrets = find(documents, "ClusterRole", "tenantry-tenant-secrets")
     assert rules_by_resource(secrets["rules"]) == {
-        ("", "secrets"): {"get", "list", "create", "patch", "delete"}
+        ("", "secrets"): {"get", "list", "create", "update", "patch", "delete"}
     }
     args = operator_container(documents)["args"]
     assert "--service-account=tenantry-system/tenantry" in args
@@ -796,9 +818,11 @@ def test_template_kinds_become_a_flag_the_operator_reads_a_grant_and_a_confined_
     ]
     rules = rules_by_resource(find(documents, "ClusterRole", "tenantry")["rules"])
     assert rules[("monitoring.coreos.com", "servicemonitors")] == {
+        "get",
         "list",
         "watch",
         "create",
+        "update",
         "patch",
         "delete",
     }

@@ -173,13 +173,14 @@ def test_a_templated_child_counts_as_rendered_and_its_absence_or_failure_is_repo
         {
             "metadata": {"name": "memory"},
             "spec": {
+                "selector": {},
                 "templates": [
                     {
                         "name": "claim",
                         "template": "apiVersion: v1\nkind: PersistentVolumeClaim\n"
                         "metadata: {name: memory}\nspec: {resources: {requests: {storage: 1Gi}}}\n",
                     }
-                ]
+                ],
             },
         }
     )

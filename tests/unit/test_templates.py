@@ -3,6 +3,7 @@ string and no template can make it write."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import yaml
 from pydantic import ValidationError
 from tenantry.cli import dump_all, load_documents, load_tenants
 from tenantry.config import OperatorConfig
+from tenantry.controller import read_template
 from tenantry.kinds import templated_kind
-from tenantry.models import AgentTenant, AgentTenantTemplate
+from tenantry.models import AgentTenant, AgentTenantTemplate, BrokenTemplate
 from tenantry.render import ClusterFacts, TemplateRefused, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,11 +231,18 @@ def test_two_templates_may_not_render_one_object() -> None:
     [
         ("v1/Secret", "Tenantry renders itself"),
         ("apps/v1/Deployment", "Tenantry renders itself"),
-        ("networking.k8s.io/v1/NetworkPolicy", "Tenantry renders itself"),
+        ("networking.k8s.io/v1/NetworkPolicy", "never render one"),
         ("v1/Namespace", "Tenantry renders itself"),
-        ("rbac.authorization.k8s.io/v1/ClusterRoleBinding", "cluster-scoped"),
+        ("rbac.authorization.k8s.io/v1/ClusterRoleBinding", "never render one"),
+        ("storage.k8s.io/v1/StorageClass", "cluster-scoped"),
         ("apps/v1/PersistentVolumeClaim", "is v1/PersistentVolumeClaim"),
         ("PersistentVolumeClaim", "not apiVersion/Kind"),
+        # Found by review: the chart grants the plural named, the operator wrote the kind.
+        ("v1/Pod=secrets", "the resource of a Pod is pods"),
+        ("v1/PersistentVolumeClaim=secrets", "is persistentvolumeclaims"),
+        ("cilium.io/v2/CiliumNetworkPolicy", "never render one"),
+        ("policy.networking.k8s.io/v1alpha1/AdminNetworkPolicy", "never render one"),
+        ("rbac.authorization.k8s.io/v1/Role", "never render one"),
     ],
 )
 def test_the_operator_refuses_kinds_templates_may_never_render(entry: str, words: str) -> None:
@@ -246,8 +255,12 @@ def test_the_template_model_refuses_what_the_crd_refuses() -> None:
         AgentTenantTemplate.model_validate(
             {
                 "metadata": {"name": "t"},
-                "spec": {"templates": [{"name": "a", "template": "x"}] * 2},
+                "spec": {"selector": {}, "templates": [{"name": "a", "template": "x"}] * 2},
             }
+        )
+    with pytest.raises(ValidationError, match=r"spec.selector\n  Field required"):
+        AgentTenantTemplate.model_validate(
+            {"metadata": {"name": "t"}, "spec": {"templates": [{"name": "a", "template": "x"}]}}
         )
     with pytest.raises(ValidationError, match="In and NotIn need values"):
         template(CLAIM, {"matchExpressions": [{"key": "a", "operator": "In"}]})
@@ -257,3 +270,75 @@ def test_rendering_twice_gives_the_same_children() -> None:
     first = render(tenant(), CONFIG, FACTS, [template(CLAIM)])
     assert render(tenant(), CONFIG, FACTS, [template(CLAIM)]) == first
     assert yaml.safe_load_all(dump_all(first))
+
+
+BREAKOUTS = [
+    "'}], volumeName: stolen, x: [{y: '",
+    '"}], "volumeName": "stolen", "x": [{"y": "',
+    "'}, volumeName: stolen, x: {y: '",
+    '", "volumeName": "stolen", "x": "',
+    "\\",
+    "ACME \U0001f680 \u2028 \x85 \ufeff",
+]
+FLOW_AND_QUOTES = [
+    # Found by review: with each value a JSON scalar, the quote that opened it closed these.
+    "metadata: {name: memory, annotations: {shown: '{{ tenant.displayName }}'}}\n"
+    "spec: {resources: {requests: {storage: 1Gi}}}",
+    'metadata: {"name": "memory", "annotations": {"shown": "{{ tenant.displayName }}"}}\n'
+    'spec: {"resources": {"requests": {"storage": "1Gi"}}}',
+    "metadata:\n  name: memory\n  annotations: {shown: {{ tenant.displayName }}}\n"
+    "spec: {resources: {requests: {storage: 1Gi}}}",
+    "metadata:\n  name: memory\n  annotations:\n    shown: |\n      {{ tenant.displayName }}\n"
+    "spec: {resources: {requests: {storage: 1Gi}}}",
+]
+
+
+@pytest.mark.parametrize("shape", FLOW_AND_QUOTES, ids=["single", "json", "flow", "block"])
+@pytest.mark.parametrize("hostile", BREAKOUTS)
+def test_a_value_inside_quotes_or_flow_collections_stays_one_value(
+    shape: str, hostile: str
+) -> None:
+    text = "apiVersion: v1\nkind: PersistentVolumeClaim\n" + shape + "\n"
+    printable = "".join(c for c in hostile if c.isprintable())
+    (claim,) = templated(render(tenant(displayName=printable), CONFIG, FACTS, [template(text)]))
+    assert claim["metadata"]["annotations"]["shown"].rstrip("\n") == printable
+    assert claim["spec"] == {"resources": {"requests": {"storage": "1Gi"}}}
+    assert "volumeName" not in json.dumps(claim).replace(printable.replace('"', '\\"'), "")
+
+
+def test_a_value_inside_a_longer_string_is_text_and_a_map_there_is_refused() -> None:
+    text = CLAIM.replace('{{ tenant.name ~ "-memory" }}', "{{ tenant.name }}-memory-{{ 8080 }}")
+    (claim,) = templated(render(tenant(), CONFIG, FACTS, [template(text)]))
+    assert claim["metadata"]["name"] == "acme-memory-8080"
+    words = refusal(CLAIM.replace('{{ tenant.name ~ "-memory" }}', "x-{{ tenant.labels }}"))
+    assert "cannot be part of a longer text" in words
+
+
+def test_a_size_with_a_trailing_newline_is_refused_in_words() -> None:
+    text = CLAIM.replace("storage: 2Gi", "storage: {{ tenant.annotations.size }}")
+    assert "quantity" in refusal(text, annotations={"size": "1Gi\n"})
+
+
+def test_a_template_the_models_refuse_stalls_its_tenants_instead_of_losing_its_objects() -> None:
+    """Found by review: such a template (an older CRD let it in) was dropped by a restarted
+    operator, whose first pass pruned every object it had rendered."""
+    body = {
+        "metadata": {"name": "memory"},
+        "spec": {"selector": {"matchLabels": {"tier": "gold"}}, "templates": []},
+    }
+    broken = read_template(body)
+    assert isinstance(broken, BrokenTemplate)
+    with pytest.raises(TemplateRefused, match="AgentTenantTemplate memory: cannot be read"):
+        render(tenant(labels={"tier": "gold"}), CONFIG, FACTS, [broken])
+    assert render(tenant(labels={"tier": "free"}), CONFIG, FACTS, [broken])  # not selected
+    # Not even its selector can be read: it may select anyone, so everyone stalls.
+    unreadable = read_template({**body, "spec": {"selector": {"matchLabels": {"a": 1}}}})
+    assert isinstance(unreadable, BrokenTemplate) and unreadable.selector is None
+    with pytest.raises(TemplateRefused, match="cannot be read"):
+        render(tenant(labels={"tier": "free"}), CONFIG, FACTS, [unreadable])
+
+
+def test_a_refusal_quoting_a_tenants_value_stays_short() -> None:
+    text = CLAIM.replace('tenant.name ~ "-memory"', "tenant.annotations.name")
+    message = refusal(text, annotations={"name": "x" * 40_000})
+    assert len(message) < 2200 and message.endswith("…")

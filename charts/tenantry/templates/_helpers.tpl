@@ -87,3 +87,16 @@ The API group of an apiVersion: "" for "v1", "monitoring.coreos.com" for "monito
 {{- define "tenantry.apiGroup" -}}
 {{- if contains "/" . }}{{ index (splitList "/" .) 0 }}{{ end -}}
 {{- end }}
+
+{{/*
+Refuse a templates.kinds entry whose resource the operator must never be granted through it:
+Tenantry's own kinds (it renders them itself; the grant would be cluster-wide) and what could
+open a tenant's policies or bindings. The operator refuses these kinds too, but the grant would
+be made before it says so.
+*/}}
+{{- define "tenantry.templateKindAllowed" -}}
+{{- $never := list "namespaces" "secrets" "configmaps" "services" "serviceaccounts" "resourcequotas" "limitranges" "deployments" "roles" "rolebindings" "clusterroles" "clusterrolebindings" "networkpolicies" "adminnetworkpolicies" "baselineadminnetworkpolicies" -}}
+{{- if or (has .resource $never) (hasSuffix "networkpolicies" .resource) -}}
+{{- fail (printf "templates.kinds: %s/%s (resource %s) may never be rendered by templates: Tenantry renders it itself, or it could open what a tenant's policies and bindings close" .apiVersion .kind .resource) -}}
+{{- end -}}
+{{- end }}

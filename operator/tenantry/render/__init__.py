@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tenantry.config import OperatorConfig
-from tenantry.models import OPERATOR_CHILD_NAMES, AgentTenant, AgentTenantTemplate
+from tenantry.models import OPERATOR_CHILD_NAMES, AgentTenant, AgentTenantTemplate, BrokenTemplate
 from tenantry.names import DEFAULT_ACCOUNT, RUNTIME, SANDBOX
 from tenantry.render.namespace import (
     build_limit_range,
@@ -70,7 +70,7 @@ def render(
     tenant: AgentTenant,
     config: OperatorConfig,
     facts: ClusterFacts | None = None,
-    templates: Sequence[AgentTenantTemplate] = (),
+    templates: Sequence[AgentTenantTemplate | BrokenTemplate] = (),
 ) -> list[Manifest]:
     """Every child of a tenant, in the order they are applied (the namespace first), the
     children of the templates that select it last; TemplateRefused when one cannot render."""

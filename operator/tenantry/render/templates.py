@@ -2,18 +2,27 @@
 
 A template is Jinja2 text, so this is the one place a manifest is made from text. Three things
 keep a tenant's strings from changing its structure: Jinja2's immutable sandbox (no attribute
-walking, no file system, no environment: the context below is all it sees), every `{{ value }}`
-written as a quoted JSON scalar (`quoted`: a display name with a newline and `kind: Secret` in it
-stays one string), and the output parsed and checked before it becomes a child (`checked`):
-exactly one object, of a kind the operator allows, in the tenant's namespace, under a name that
-is not one of Tenantry's. Labels, owner and hash are then the operator's, as on every child.
+walking, no file system, no environment: the context below is all it sees); no value ever passes
+through the YAML parser — every `{{ value }}` is written as a placeholder the parser reads as
+plain text, and the values take their places in the parsed object (`Placeholders`), so a display
+name with quotes, brackets or newlines stays one string wherever the template puts it; and the
+object is checked before it becomes a child (`checked`): exactly one, of a kind the operator
+allows, in the tenant's namespace, under a name that is not one of Tenantry's. Labels, owner and
+hash are then the operator's, as on every child.
+
+(The first version wrote each value as a quoted JSON scalar. Review found that a value inside
+quotes or a one-line `[...]` in the template broke out of them: the quote that opened the JSON
+string closed the template's.)
 """
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import functools
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +39,9 @@ from tenantry.models import (
     RESERVED_NAME_PREFIX,
     AgentTenant,
     AgentTenantTemplate,
+    BrokenTemplate,
     ChildTemplate,
+    template_selects,
 )
 from tenantry.names import HTTP_PORT, OPERATOR_BINDING, RUNTIME, SANDBOX, SESSIONS
 from tenantry.render.tenant import (
@@ -55,27 +66,102 @@ METADATA_KEYS = ("name", "namespace", "labels", "annotations")
 class TemplateRefused(ValueError):
     """A template that cannot render a child for this tenant: why, naming the template."""
 
-    def __init__(self, template: str, item: str, message: str) -> None:
-        super().__init__(f"AgentTenantTemplate {template}, template {item}: {message}")
+    def __init__(self, template: str, item: str | None, message: str) -> None:
+        where = f"AgentTenantTemplate {template}" + (f", template {item}" if item else "")
+        super().__init__(f"{where}: {shortened(message, MAX_MESSAGE)}")
         self.template = template
 
 
-def quoted(value: Any) -> str:
-    """How every `{{ value }}` is written: a JSON scalar (or a JSON list or map of them), which
-    YAML reads as the same value; newlines, quotes and colons inside it stay inside it."""
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises, saying what is undefined (or unsafe)
-    try:
-        return json.dumps(value, ensure_ascii=True)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"a {type(value).__name__} cannot be written as a value: write strings, numbers, "
-            "booleans, lists or maps"
-        ) from None
+# A refusal is a condition's message: bounded (the status keeps it; a tenant's value quoted in
+# it could otherwise outgrow what the API server stores, found by review).
+MAX_MESSAGE = 2048
 
 
-ENVIRONMENT = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, finalize=quoted, autoescape=False, keep_trailing_newline=True
+def shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Placeholders:
+    """The values one render wrote, each in the text as a word of its own that YAML reads as a
+    plain string, put back in the parsed object (`substituted`). The word carries a random
+    nonce, so neither the template's author nor a tenant can write one that is taken for a value."""
+
+    def __init__(self) -> None:
+        self.nonce = secrets.token_hex(8)
+        self.values: list[Any] = []
+        self.pattern = re.compile(f"tenantryvalue{self.nonce}n([0-9]+)x")
+
+    def add(self, value: Any) -> str:
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # StrictUndefined raises, saying what is undefined (or unsafe)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"a {type(value).__name__} cannot be written as a value: write strings, numbers, "
+                "booleans, lists or maps"
+            ) from None
+        self.values.append(value)
+        return f"tenantryvalue{self.nonce}n{len(self.values) - 1}x"
+
+    def text(self, match: re.Match[str]) -> str:
+        value = self.values[int(match[1])]
+        if isinstance(value, list | dict):
+            raise ValueError(
+                "a list or a map cannot be part of a longer text: give it a field of its own"
+            )
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def substituted(self, node: Any) -> Any:
+        """The parsed object with every placeholder replaced: a whole scalar by the value itself
+        (a string, number, list or map), one inside a longer string by its text."""
+        if isinstance(node, dict):
+            return {self.key(k): self.substituted(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.substituted(item) for item in node]
+        if isinstance(node, str):
+            whole = self.pattern.fullmatch(node)
+            if whole:
+                return copy.deepcopy(self.values[int(whole[1])])
+            return self.pattern.sub(self.text, node)
+        return node
+
+    def key(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            return key
+        whole = self.pattern.fullmatch(key)
+        return self.text(whole) if whole else self.pattern.sub(self.text, key)
+
+
+# The placeholders of the render in progress (rendering is synchronous: one at a time per thread).
+CURRENT: contextvars.ContextVar[Placeholders] = contextvars.ContextVar("placeholders")
+
+
+@jinja2.pass_context  # so that Jinja2 never finalizes a constant once, at compile time
+def placeholder(context: Any, value: Any) -> str:
+    """How every `{{ value }}` is written (Jinja2's `finalize`)."""
+    return CURRENT.get().add(value)
+
+
+class Environment(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, with `*` refused when it would build a string or a list past
+    the output limit (`"x" * 10**9` would otherwise be built before any limit applies)."""
+
+    intercepted_binops = frozenset({"*"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        sized, count = (left, right) if isinstance(right, int) else (right, left)
+        too_big = isinstance(sized, str | list) and isinstance(count, int)
+        if too_big and len(sized) * count > MAX_OUTPUT_BYTES:
+            raise ValueError(f"renders more than {MAX_OUTPUT_BYTES // 1024} KiB")
+        return super().call_binop(context, operator, left, right)
+
+
+ENVIRONMENT = Environment(
+    undefined=jinja2.StrictUndefined,
+    finalize=placeholder,
+    autoescape=False,
+    keep_trailing_newline=True,
 )
 # Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context, and
 # its `random` filter would make every pass render something new, a write at rest each time.
@@ -136,6 +222,23 @@ def text_of(template: ChildTemplate, context: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def rendered_object(template: ChildTemplate, context: Mapping[str, Any]) -> Any:
+    """The one object a template renders, its values in their places."""
+    values = Placeholders()
+    token = CURRENT.set(values)
+    try:
+        text = text_of(template, context)
+    finally:
+        CURRENT.reset(token)
+    documents = [d for d in yaml.load_all(text, Loader=OutputLoader) if d is not None]
+    if len(documents) != 1:
+        raise ValueError(f"the output must be exactly one object, not {len(documents)}")
+    document = values.substituted(documents[0])
+    if len(json.dumps(document)) > MAX_OUTPUT_BYTES:
+        raise ValueError(f"renders more than {MAX_OUTPUT_BYTES // 1024} KiB")
+    return document
+
+
 def problem(error: Exception) -> str:
     """A Jinja2, YAML or other error in words, with the line where Jinja2 knows it."""
     if isinstance(error, jinja2.TemplateSyntaxError):
@@ -163,7 +266,9 @@ def checked(
             f"{api_version}/{kind} is not a kind templates may render on this cluster (the "
             f"operator's --template-kinds allows: {allowlist})"
         )
-    if kind == "PersistentVolumeClaim" and not re.match(QUANTITY, claim_storage(document) or ""):
+    if kind == "PersistentVolumeClaim" and not re.fullmatch(
+        QUANTITY, claim_storage(document) or ""
+    ):
         raise ValueError(
             "spec.resources.requests.storage must be a quantity such as 1Gi: the tenant's quota "
             "counts every claim"
@@ -185,7 +290,7 @@ def check_metadata(meta: dict[str, Any], namespace: str) -> None:
             f"only {', '.join(METADATA_KEYS)}"
         )
     name = meta.get("name")
-    if not isinstance(name, str) or len(name) > 253 or not re.match(DNS_SUBDOMAIN, name):
+    if not isinstance(name, str) or len(name) > 253 or not re.fullmatch(DNS_SUBDOMAIN, name):
         raise ValueError(f"metadata.name {name!r} must be a DNS-1123 subdomain")
     if name in RESERVED_NAMES or name.startswith(RESERVED_NAME_PREFIX):
         raise ValueError(
@@ -218,11 +323,7 @@ def render_one(
     allowed: Mapping[str, ChildKind],
 ) -> Manifest:
     try:
-        text = text_of(template, context)
-        documents = [d for d in yaml.load_all(text, Loader=OutputLoader) if d is not None]
-        if len(documents) != 1:
-            raise ValueError(f"the output must be exactly one object, not {len(documents)}")
-        document, meta = checked(documents[0], namespace, allowed)
+        document, meta = checked(rendered_object(template, context), namespace, allowed)
     except Exception as error:  # any failure of the admin's template is its message
         raise TemplateRefused(owner.name, template.name, problem(error)) from None
     labels = tenant_labels(tenant)
@@ -252,11 +353,18 @@ def is_templated(manifest: Manifest) -> bool:
 
 
 def selected(
-    tenant: AgentTenant, templates: Iterable[AgentTenantTemplate]
+    tenant: AgentTenant, templates: Iterable[AgentTenantTemplate | BrokenTemplate]
 ) -> list[AgentTenantTemplate]:
-    """The templates whose selector picks this tenant, by name (so the output's order is stable)."""
+    """The templates whose selector picks this tenant, by name (so the output's order is
+    stable); TemplateRefused when one of them cannot be read."""
     labels = dict(tenant.metadata.labels)
-    return sorted((t for t in templates if t.spec.selector.matches(labels)), key=lambda t: t.name)
+    chosen = sorted((t for t in templates if template_selects(t, labels)), key=lambda t: t.name)
+    for template in chosen:
+        if isinstance(template, BrokenTemplate):
+            raise TemplateRefused(
+                template.name, None, f"cannot be read ({template.problem}): correct it or delete it"
+            )
+    return [t for t in chosen if isinstance(t, AgentTenantTemplate)]
 
 
 def render_templates(
@@ -264,7 +372,7 @@ def render_templates(
     namespace: str,
     facts: ClusterFacts,
     config: OperatorConfig,
-    templates: Sequence[AgentTenantTemplate],
+    templates: Sequence[AgentTenantTemplate | BrokenTemplate],
 ) -> list[Manifest]:
     """Every templated child of a tenant; TemplateRefused for the first template that fails."""
     chosen = selected(tenant, templates)
