@@ -314,6 +314,19 @@ def test_a_value_inside_a_longer_string_is_text_and_a_map_there_is_refused() -> 
     assert "cannot be part of a longer text" in words
 
 
+def test_values_rendered_by_a_set_block_or_a_macro_are_values_too() -> None:
+    text = (
+        "{% set name %}{{ tenant.name }}-memory{% endset %}"
+        "{% macro shown() %}{{ tenant.displayName }}!{% endmacro %}"
+        + CLAIM.replace('{{ tenant.name ~ "-memory" }}', "{{ name }}").replace(
+            "spec:", "  annotations: {shown: {{ shown() }}}\nspec:"
+        )
+    )
+    (claim,) = templated(render(tenant(displayName="A: b"), CONFIG, FACTS, [template(text)]))
+    assert claim["metadata"]["name"] == "acme-memory"
+    assert claim["metadata"]["annotations"]["shown"] == "A: b!"
+
+
 def test_a_size_with_a_trailing_newline_is_refused_in_words() -> None:
     text = CLAIM.replace("storage: 2Gi", "storage: {{ tenant.annotations.size }}")
     assert "quantity" in refusal(text, annotations={"size": "1Gi\n"})

@@ -101,6 +101,9 @@ class Placeholders:
                 f"a {type(value).__name__} cannot be written as a value: write strings, numbers, "
                 "booleans, lists or maps"
             ) from None
+        if isinstance(value, str):
+            # Text a {% set %} block or a macro rendered holds placeholders of this render.
+            value = self.pattern.sub(self.text, value)
         self.values.append(value)
         return f"tenantryvalue{self.nonce}n{len(self.values) - 1}x"
 
