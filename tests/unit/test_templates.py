@@ -10,13 +10,17 @@ from typing import Any
 
 import pytest
 import yaml
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import Status
 from pydantic import ValidationError
 from tenantry.cli import dump_all, load_documents, load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.controller import read_template
 from tenantry.kinds import templated_kind
 from tenantry.models import AgentTenant, AgentTenantTemplate, BrokenTemplate
+from tenantry.plan import Stall
 from tenantry.render import ClusterFacts, TemplateRefused, render
+from tenantry.writes import refusals_stall
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -355,3 +359,22 @@ def test_a_refusal_quoting_a_tenants_value_stays_short() -> None:
     text = CLAIM.replace('tenant.name ~ "-memory"', "tenant.annotations.name")
     message = refusal(text, annotations={"name": "x" * 40_000})
     assert len(message) < 2200 and message.endswith("…")
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [
+        (404, "does not serve ServiceMonitor in a namespace"),
+        (403, "may not write ServiceMonitor tenant-acme/runtime-monitor"),
+        (422, "the API server rejected ServiceMonitor tenant-acme/runtime-monitor"),
+    ],
+)
+def test_a_templated_kind_the_cluster_does_not_serve_or_grant_stalls_in_words(
+    code: int, words: str
+) -> None:
+    key = ("ServiceMonitor", "tenant-acme", "runtime-monitor")
+    with pytest.raises(Stall, match=words), refusals_stall(key):
+        raise ApiError(status=Status(code=code, message="no"))
+    # Tenantry's own kinds: a 403 or 404 is retried, not a stall.
+    with pytest.raises(ApiError), refusals_stall(("Service", "tenant-acme", "runtime")):
+        raise ApiError(status=Status(code=403, message="quota"))
