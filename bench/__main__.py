@@ -98,7 +98,7 @@ async def rest_only(rounds: int, rest_interval: float) -> dict[str, Any]:
             )
     previous = RESULTS / "provisioning.json"
     data: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
-    return {**data, "rest": rest}
+    return {**data, "rest": rest, "rest_machine": environment()}
 
 
 async def latency(rounds: int, rates: list[float], duration: float) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, sections: list[str]) -> None:
         (RESULTS / f"{PARTS.get(section, section)}.json").write_text(
             json.dumps(data, indent=1) + "\n"
         )
-        log(f"section {section}: {data['seconds']:.0f}s")
+        log(f"section {section}: {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,18 @@ over {largest} tenants (section 5) it holds {spread(after_restart, "{:.1f}")} Mi
 """
 
 
+def measured_apart(data: dict[str, Any]) -> str:
+    """When section 3 was re-run alone (`make bench SECTIONS=rest`), say when and how."""
+    machine = data.get("rest_machine")
+    if not machine:
+        return ""
+    return (
+        f" This section was last measured alone (`make bench SECTIONS=rest`) on {machine['date']},"
+        f" {machine.get('note', '')}".rstrip(", ")
+        + "."
+    )
+
+
 def rest_section(data: dict[str, Any], targets: list[list[str]]) -> str:
     runs = data["rest"]
     if not runs:
@@ -220,7 +232,10 @@ than two drift periods of an operator started with `--drift-interval {first["dri
 reconciles every tenant from its caches). Operator requests come from the audit log; the API
 server's own count (`apiserver_request_total`, all clients) and etcd's revision are read before
 and after the window. The revision moves only for the writes of the cluster's own components
-(node heartbeats from kwok, the controllers' leases and events), listed per component.
+(node heartbeats from kwok, the controllers' leases and events), listed per component. The
+templated claims stay Pending (the bench's cluster has no volume provisioner), which
+kube-controller-manager's volume binder reports as events about each claim, again and again:
+its writes in the table.{measured_apart(data)}
 
 {command("make bench SECTIONS=provisioning")}
 {table(["round", "operator requests", "operator writes", "etcd revision Δ", "writes by component", "apiserver_request_total Δ (all clients)"], rows)}
