@@ -510,7 +510,6 @@ NOT_NEEDED = [
     ("create", "pods", TENANT, "--subresource=exec"),
     ("create", "pods", TENANT),
     ("get", "pods", TENANT),
-    ("get", "configmaps", "kube-system"),
     ("delete", "nodes", None),
     ("get", "nodes", None),
     ("delete", "namespaces", None),
