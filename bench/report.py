@@ -234,7 +234,7 @@ server's own count (`apiserver_request_total`, all clients) and etcd's revision 
 and after the window. The revision moves only for the writes of the cluster's own components
 (node heartbeats from kwok, the controllers' leases and events), listed per component. The
 templated claims stay Pending (the bench's cluster has no volume provisioner), which
-kube-controller-manager's volume binder reports as events about each claim, again and again:
+kube-controller-manager's volume binder reports again and again as a `FailedBinding` event of each claim (a PATCH that counts it):
 its writes in the table.{measured_apart(data)}
 
 {command("make bench SECTIONS=provisioning")}
