@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenantry.names import APPLIED_HASH, MANAGED_BY, OPERATOR, TENANT_LABEL
+from tenantry.names import APPLIED_HASH, MANAGED_BY, OPERATOR, SANDBOX_TOKEN_SECRET, TENANT_LABEL
 from tenantry.render import Manifest
 
 FIELD_MANAGER = "tenantry"
@@ -100,24 +100,42 @@ def apply_reason(desired: Manifest, live: LiveChild | None) -> str | None:
 
 
 class ChildCache:
-    """The live children of every tenant, from watch events on the kinds the operator applies."""
+    """The live children of every tenant, from watch events on the kinds the operator applies,
+    and the sandbox tokens those events carried (so a restarted operator reads none back)."""
 
     def __init__(self) -> None:
         self._children: dict[str, dict[ChildKey, LiveChild]] = {}
+        # The token Secret of each namespace, as (owner uids, base64 token), for
+        # reconcile.Reconciler._sandbox_token: never the truth about the token once it is known.
+        self._tokens: dict[str, tuple[tuple[str, ...], str]] = {}
 
     def observe(self, body: Mapping[str, Any], deleted: bool) -> str | None:
-        """Record one watch event; return the tenant it belongs to, if it is one of ours."""
+        """Record one watch event; return the tenant it belongs to, if it is one of ours and the
+        event changed what the reconcile knows of it (an event that changes nothing it reads,
+        such as a watch's replay after a restart, wakes nobody)."""
         labels = body.get("metadata", {}).get("labels") or {}
         tenant: str | None = labels.get(TENANT_LABEL)
         if labels.get(MANAGED_BY) != OPERATOR or not tenant:
             return None
         key = child_key(body)
         children = self._children.setdefault(tenant, {})
+        before = children.get(key)
         if deleted:
             children.pop(key, None)
-        else:
-            children[key] = summarize(body)
-        return tenant
+            if key[0] == "Secret" and key[2] == SANDBOX_TOKEN_SECRET:
+                self._tokens.pop(key[1], None)
+            return tenant if before is not None else None
+        children[key] = summary = summarize(body)
+        if key[0] == "Secret" and key[2] == SANDBOX_TOKEN_SECRET:
+            token = (body.get("data") or {}).get("token")
+            if isinstance(token, str):
+                self._tokens[key[1]] = (summary.owner_uids, token)
+        return tenant if summary != before else None
+
+    def sandbox_token(self, namespace: str, uid: str) -> str | None:
+        """The base64 token of the namespace's token Secret as the watch saw it, if owned by uid."""
+        owners, token = self._tokens.get(namespace, ((), ""))
+        return token if uid in owners else None
 
     def of(self, tenant: str) -> dict[ChildKey, LiveChild]:
         return dict(self._children.get(tenant, {}))
@@ -128,3 +146,4 @@ class ChildCache:
     def replace(self, fresh: ChildCache) -> None:
         """Take over what a fresh listing found (see Controller.resync)."""
         self._children = fresh._children
+        self._tokens = fresh._tokens

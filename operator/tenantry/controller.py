@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -30,6 +30,7 @@ from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 
 logger = logging.getLogger("tenantry.controller")
+T = TypeVar("T")
 
 
 class Controller:
@@ -43,11 +44,18 @@ class Controller:
         self.children = ChildCache()
         self.pods = PodCache()
         # Every AgentTenantTemplate, from its watch and the resyncs' lists.
-        self.templates: dict[str, AgentTenantTemplate | BrokenTemplate] = {}
-        self.template_events = 0
-        self.template_last_seen: dict[str, int] = {}
+        self.templates: Known[AgentTenantTemplate | BrokenTemplate] = Known()
+        # The Secrets of the secret-source namespace, from its watch and the resyncs' lists: a
+        # reconcile reads its sources from here, never from the API server.
+        self.sources: Known[dict[str, Any]] = Known()
         self.reconciler = Reconciler(
-            client, config, operator_namespace, self.known_tenants, self.known_templates
+            client,
+            config,
+            operator_namespace,
+            self.known_tenants,
+            self.known_templates,
+            self.sources.get,
+            self.children.sandbox_token,
         )
         self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
@@ -92,22 +100,15 @@ class Controller:
         return list(known.items())
 
     def known_templates(self) -> list[AgentTenantTemplate | BrokenTemplate]:
-        return list(self.templates.values())
+        return list(self.templates.items.values())
 
     def template_seen(self, event: dict[str, Any]) -> None:
         """A template changed: reconcile the tenants it selected before and selects now (a
         tenant whose output did not change writes nothing)."""
         body = event["object"]
         name = body["metadata"]["name"]
-        before = self.templates.get(name)
-        after = None
-        if event.get("type") == "DELETED":
-            self.templates.pop(name, None)
-        else:
-            after = read_template(body)
-            self.templates[name] = after
-        self.template_events += 1
-        self.template_last_seen[name] = self.template_events
+        after = None if event.get("type") == "DELETED" else read_template(body)
+        before = self.templates.seen(name, after)
         for tenant, tenant_body in self.tenants.items():
             labels = tenant_body["metadata"].get("labels") or {}
             if any(t is not None and template_selects(t, labels) for t in (before, after)):
@@ -159,6 +160,7 @@ class Controller:
         self.listed = listed
         self.forget_missing(set(listed), listing_since)
         await self.resync_templates()
+        await self.resync_sources()
         fresh = ChildCache()
         for child in child_kinds(self.config.template_kinds):
             if child.kind == "Secret" and self.config.scoped_secrets:
@@ -191,7 +193,7 @@ class Controller:
     async def resync_templates(self) -> None:
         """The templates from a fresh list, keeping those whose events came while it was read.
         Before the first reconcile: a pass that did not know a template would prune its children."""
-        since = self.template_events
+        since = self.templates.events
         listed: dict[str, AgentTenantTemplate | BrokenTemplate] = {}
         try:
             async for obj in self.reconciler.client.list(AgentTenantTemplateResource):
@@ -201,13 +203,18 @@ class Controller:
             if error.status.code != 404:
                 raise
             logger.warning("AgentTenantTemplates are not served: install crds/ to use them")
-        for name, seen in self.template_last_seen.items():
-            if seen > since:  # created, changed or deleted while the list was read
-                if name in self.templates:
-                    listed[name] = self.templates[name]
-                else:
-                    listed.pop(name, None)
-        self.templates = listed
+        self.templates.replace(listed, since)
+
+    async def resync_sources(self) -> None:
+        """The source Secrets from a fresh list (one per drift period), before the first reconcile."""
+        since = self.sources.events
+        listed = {
+            str(secret.metadata.name): source_of(secret)  # type: ignore[union-attr]
+            async for secret in self.reconciler.client.list(
+                Secret, namespace=self.config.secret_source_namespace
+            )
+        }
+        self.sources.replace(listed, since)
 
     async def run(self) -> None:
         """Fill the caches from fresh lists, then reconcile what the watches queue.
@@ -271,8 +278,11 @@ class Controller:
         watch = self.reconciler.client.watch(
             Secret, namespace=self.config.secret_source_namespace, on_error=retry_with_backoff
         )
-        async for _, secret in watch:
+        async for kind, secret in watch:
             name = secret.metadata.name if secret.metadata else None
+            if not name:
+                continue
+            self.sources.seen(name, None if kind == "DELETED" else source_of(secret))
             for tenant, body in list(self.tenants.items()):
                 if any(
                     ref.get("from") == name for ref in (body.get("spec") or {}).get("secrets") or []
@@ -290,6 +300,50 @@ class Controller:
                 logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+class Known(Generic[T]):
+    """Objects by name from a watch, refreshed by each resync's list. An object whose event came
+    while the list was being read stays as the event said (created, changed or deleted): the
+    list may predate it."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, T] = {}
+        self.events = 0
+        self._last_seen: dict[str, int] = {}
+
+    def get(self, name: str) -> T | None:
+        return self.items.get(name)
+
+    def seen(self, name: str, value: T | None) -> T | None:
+        """Record one event (None: deleted); return what was known before."""
+        before = self.items.pop(name, None)
+        if value is not None:
+            self.items[name] = value
+        self.events += 1
+        self._last_seen[name] = self.events
+        return before
+
+    def replace(self, listed: dict[str, T], since: int) -> None:
+        """Take over a list begun when `events` was `since`."""
+        for name, seen in self._last_seen.items():
+            if seen > since:
+                if name in self.items:
+                    listed[name] = self.items[name]
+                else:
+                    listed.pop(name, None)
+        self._last_seen = {name: seen for name, seen in self._last_seen.items() if seen > since}
+        self.items = listed
+
+
+def source_of(secret: Secret) -> dict[str, Any]:
+    """What a reconcile reads of a source Secret: its annotations (the grant), data and type."""
+    meta = secret.metadata
+    return {
+        "metadata": {"annotations": dict((meta.annotations if meta else None) or {})},
+        "data": dict(secret.data or {}),
+        "type": secret.type or "Opaque",
+    }
 
 
 def read_template(body: dict[str, Any]) -> AgentTenantTemplate | BrokenTemplate:

@@ -66,6 +66,10 @@ logger = logging.getLogger("tenantry.reconcile")
 
 # (name, creationTimestamp) of every tenant this operator knows, for plan.check_uid_slot.
 Neighbours = Callable[[], Iterable[tuple[str, str]]]
+# A source Secret by name (its annotations, data and type), None when there is none.
+Sources = Callable[[str], Mapping[str, Any] | None]
+# The base64 token of a namespace's token Secret, if owned by the uid given.
+SeenToken = Callable[[str, str], str | None]
 # Every AgentTenantTemplate this operator knows; the render picks those that select a tenant.
 Templates = Callable[[], Sequence[AgentTenantTemplate | BrokenTemplate]]
 
@@ -104,6 +108,10 @@ class Reconciler:
     operator_namespace: str | None = None
     neighbours: Neighbours = tuple
     templates: Templates = tuple
+    # The source Secrets and the sandbox tokens as the controller's watches saw them; without
+    # them (a Reconciler of its own), each is read from the API server.
+    sources: Sources | None = None
+    seen_token: SeenToken | None = None
     # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
     _tokens: dict[str, str] = field(default_factory=dict)
     # The templated children each tenant's last pass rendered, by uid: one a template renders
@@ -285,7 +293,11 @@ class Reconciler:
         refused: list[SourceRefusal] = []
         for index, ref in enumerate(tenant.spec.secrets):
             field_path = f"spec.secrets[{index}].from"
-            source = await self.writer.get(Secret, ref.from_, source_namespace)
+            source = (
+                self.sources(ref.from_)
+                if self.sources
+                else await self.writer.get(Secret, ref.from_, source_namespace)
+            )
             if source is None:
                 refused.append(
                     SourceRefusal(
@@ -366,8 +378,10 @@ class Reconciler:
             return self._tokens[uid]
         token = None
         if namespace_exists:
-            secret = await self.writer.get(Secret, SANDBOX_TOKEN_SECRET, namespace)
-            encoded = ((secret or {}).get("data") or {}).get("token")
+            encoded = self.seen_token(namespace, uid) if self.seen_token else None
+            if encoded is None:  # not seen by a watch (scoped Secrets), or not there yet
+                secret = await self.writer.get(Secret, SANDBOX_TOKEN_SECRET, namespace)
+                encoded = ((secret or {}).get("data") or {}).get("token")
             try:
                 token = base64.b64decode(encoded, validate=True).decode() if encoded else None
             except (binascii.Error, UnicodeDecodeError):
