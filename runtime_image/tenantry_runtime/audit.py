@@ -49,6 +49,9 @@ def code_digest(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
+_CLOSED = -1  # the descriptor of a log `close` closed: writing to it fails
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """All of `data` to `fd`: a write may take less than it is given (a pipe, a signal)."""
     view = memoryview(data)
@@ -87,9 +90,11 @@ class AuditLog:
         return log
 
     def close(self) -> None:
-        if self._owns_fd and self._fd is not None:
+        if self._owns_fd and self._fd is not None and self._fd != _CLOSED:
             os.close(self._fd)
-            self._fd = None
+            # A record written after this fails (EBADF), as one to a closed file did: it never
+            # goes anywhere else, nor to whatever file takes the descriptor's number next.
+            self._fd = _CLOSED
         elif self._owns_stream:
             self._stream.close()
 

@@ -119,6 +119,11 @@ def test_a_file_gets_every_record_whole_and_in_order(tmp_path: Path) -> None:
         timed_out=False,
     )  # fmt: skip
     log.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):  # closed: fails, goes nowhere
+        log.message(
+            kind="send", topic=None, sender=None, recipient="late/acme", message_type="Ping",
+            decision="delivered",
+        )  # fmt: skip
     lines = path.read_text().splitlines()
     assert lines[0] == "an earlier line"
     records = [json.loads(line) for line in lines[1:]]
