@@ -42,8 +42,8 @@ from bench.runtime import TENANT, Ping, _orders, _throughput
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE_MESSAGES = 20_000
-SLICE = 5_000
-SLICES = 4
+SLICE = 2_000
+SLICES = 10  # as bench/runtime.py: 20,000 messages per round and variant
 RECORDS = 20_000
 
 
@@ -125,7 +125,23 @@ def profile(guard: ModuleType, audit: ModuleType, workdir: Path) -> str:
             and name == function
         )
 
+    def own(file_part: str, function: str) -> float:
+        return sum(
+            float(value[2])
+            for (file, _, name), value in entries.items()
+            if file.endswith(f"{Path(guard.__file__ or '').parent.name}/{file_part}")
+            and name == function
+        )
+
     shares = {
+        "guard: the publish_message and send_message overrides' own time (the extra coroutine)": own(
+            "guard.py", "publish_message"
+        )
+        + own("guard.py", "send_message"),
+        "guard: admit_publish + admit_send (the whole decision, its record included)": cumulative(
+            "guard.py", "admit_publish"
+        )
+        + cumulative("guard.py", "admit_send"),
         "guard: TenantGuard._record (the check's record: strings + audit line)": cumulative(
             "guard.py", "_record"
         ),
