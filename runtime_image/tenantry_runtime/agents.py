@@ -134,7 +134,7 @@ def build_model_client(
     (autogen refuses tools to a model that does not claim it).
 
     autogen-ext's OpenAI client is imported here, when a tenant has a model: it brings the
-    `openai` package and its types, about 30 MiB of a process's memory, which a runtime
+    `openai` package and its types, about 15 MiB of an idle runtime's memory, which a runtime
     without a model (a platform team's kinds, no agent) never uses (docs/benchmarks.md)."""
     from autogen_ext.models.openai import OpenAIChatCompletionClient  # noqa: PLC0415
 
