@@ -360,6 +360,13 @@ def runtime_target(data: dict[str, Any], targets: list[list[str]]) -> str:
             verdict(overhead <= runtime_section.TARGET_OVERHEAD),
         ]
     )
+    rss = data.get("idle", {}).get("rss_mib", {})
+    for label, name, limit in runtime_section.IDLE_TARGETS:
+        if name in rss:
+            value = median(rss[name])
+            targets.append(
+                [f"idle RSS, {label} ≤ {limit} MiB", f"{value:.1f} MiB", verdict(value <= limit)]
+            )
     return ""
 
 

@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from autogen_core import (
     CancellationToken,
@@ -37,8 +38,6 @@ from autogen_core.models import (
     SystemMessage,
     UserMessage,
 )
-from autogen_ext.models.openai import OpenAIChatCompletionClient
-from autogen_ext.models.openai.config import OpenAIClientConfiguration
 
 from .agent_kinds import AgentContext
 from .audit import AuditLog
@@ -49,6 +48,9 @@ from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, T
 from .protocol import normalize_language
 from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
 from .sessions import SessionError, SessionStore
+
+if TYPE_CHECKING:
+    from autogen_ext.models.openai.config import OpenAIClientConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,13 @@ def build_model_client(
 ) -> ChatCompletionClient:
     """The tenant's model client. `function_calling`: an agent offers the model tools (an
     assistant with MCP tools), so a model name autogen does not know is taken to call functions
-    (autogen refuses tools to a model that does not claim it)."""
+    (autogen refuses tools to a model that does not claim it).
+
+    autogen-ext's OpenAI client is imported here, when a tenant has a model: it brings the
+    `openai` package and its types, about 15 MiB of an idle runtime's memory, which a runtime
+    without a model (a platform team's kinds, no agent) never uses (docs/benchmarks.md)."""
+    from autogen_ext.models.openai import OpenAIChatCompletionClient  # noqa: PLC0415
+
     settings: OpenAIClientConfiguration = {
         "model": model.model,
         "base_url": model.base_url,

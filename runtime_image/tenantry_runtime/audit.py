@@ -1,17 +1,32 @@
 """The audit log: one JSON object per line, every record naming the tenant.
 
-Records are written synchronously and flushed at once: the runtime is one event loop, a
-line is a few hundred bytes, and an audit trail that loses its last lines on a crash would
-miss exactly the lines an investigation needs. If a write fails the error propagates, so a
-message is never delivered without its record (fail closed).
+Records are written synchronously, each handed to the kernel whole before the call returns:
+the runtime is one event loop, a line is a few hundred bytes, and an audit trail that loses
+its last lines on a crash would miss exactly the lines an investigation needs. If a write
+fails the error propagates, so a message is never delivered without its record (fail closed).
+
+A process crash loses nothing written: a record is in the kernel (the file, or the pipe of
+the pod's stdout) once its call returns; only what the node itself loses when it fails (the
+file system's unsynced pages) is beyond this, as it is for every log line of the pod.
+
+The message record, one per message the guard judges, is most of the guard's cost, so it is
+built directly as text (bench/runtime.py, docs/benchmarks.md): its keys are fixed, and every
+string in it goes through the JSON encoder's own escaping (`encode_basestring_ascii`, the
+function `json` uses for every string with `ensure_ascii`), so the line is byte for byte what
+`json` writes for the same record (tests/runtime/test_audit_log.py checks it with
+hypothesis). Files and stdout opened by `AuditLog.open` are written with one `os.write` per
+record, with no buffer in between.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal, TextIO
 
 Decision = Literal["delivered", "dropped"]
@@ -20,6 +35,13 @@ Decision = Literal["delivered", "dropped"]
 # call, which was an eighth of the audit's cost per message (bench/runtime.py measures it).
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
+# The JSON of a string (quoted, escaped, ASCII only), as the encoder above writes it.
+_quote: Callable[[str], str] = encode_basestring_ascii
+
+
+def _quote_or_null(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
 
 def code_digest(code: str) -> str:
     """What a code run's record holds of the code: its SHA-256, never the code itself. The
@@ -27,27 +49,66 @@ def code_digest(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
+_CLOSED = -1  # the descriptor of a log `close` closed: writing to it fails
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`: a write may take less than it is given (a pipe, a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class AuditLog:
+    """Writes to `stream` (written to and flushed per record), or, opened by `open`, to a file
+    descriptor (one `os.write` per record)."""
+
     def __init__(self, tenant: str, stream: TextIO, *, owns_stream: bool = False) -> None:
         self.tenant = tenant
         self._stream = stream
         self._owns_stream = owns_stream
+        self._fd: int | None = None
+        self._owns_fd = False
+        # What every message record holds between its time stamp and its own fields.
+        self._message_head = f',"tenant":{_quote(tenant)},"event":"message","kind":'
 
     @classmethod
     def open(cls, tenant: str, target: str) -> AuditLog:
         """`target` is a file path (appended to) or "-" for stdout, per TENANTRY_AUDIT_LOG."""
+        log = cls(tenant, sys.stdout)
         if target == "-":
-            return cls(tenant, sys.stdout)
-        return cls(tenant, open(target, "a", encoding="utf-8"), owns_stream=True)
+            try:
+                fd = sys.stdout.fileno()
+            except (AttributeError, OSError, ValueError):  # not a file: written as a stream
+                return log
+            sys.stdout.flush()  # whatever was printed before goes first, whole
+            log._fd = fd
+            return log
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        log._fd = os.open(target, flags, 0o666)  # as open(target, "a"): less the umask
+        log._owns_fd = True
+        return log
 
     def close(self) -> None:
-        if self._owns_stream:
+        if self._owns_fd and self._fd is not None and self._fd != _CLOSED:
+            os.close(self._fd)
+            # A record written after this fails (EBADF), as one to a closed file did: it never
+            # goes anywhere else, nor to whatever file takes the descriptor's number next.
+            self._fd = _CLOSED
+        elif self._owns_stream:
             self._stream.close()
+
+    def _emit(self, line: str) -> None:
+        """One whole record, in the kernel (or the stream, flushed) when this returns."""
+        if self._fd is not None:
+            _write_all(self._fd, line.encode())
+        else:
+            self._stream.write(line)
+            self._stream.flush()
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
         record = {"ts": round(time.time(), 6), "tenant": self.tenant, "event": event, **fields}
-        self._stream.write(_encode(record) + "\n")
-        self._stream.flush()
+        self._emit(_encode(record) + "\n")
 
     def message(
         self,
@@ -64,20 +125,20 @@ class AuditLog:
         """A message offered to the runtime, and whether the tenant guard let it through.
 
         `sender` is whatever the publisher claimed (autogen does not authenticate it).
+        The record is what `_write("message", {...})` would write, built as text (module
+        docstring): every value is quoted by the JSON encoder's own function.
         """
-        fields: dict[str, Any] = {
-            "kind": kind,
-            "topic": topic,
-            "sender": sender,
-            "recipient": recipient,
-            "messageType": message_type,
-            "decision": decision,
-        }
+        line = (
+            f'{{"ts":{round(time.time(), 6)!r}{self._message_head}{_quote(kind)}'
+            f',"topic":{_quote_or_null(topic)},"sender":{_quote_or_null(sender)}'
+            f',"recipient":{_quote_or_null(recipient)},"messageType":{_quote(message_type)}'
+            f',"decision":{_quote(decision)}'
+        )
         if task_id is not None:
-            fields["taskId"] = task_id
+            line += f',"taskId":{_quote(task_id)}'
         if reason is not None:
-            fields["reason"] = reason
-        self._write("message", fields)
+            line += f',"reason":{_quote(reason)}'
+        self._emit(line + "}\n")
 
     def code_execution(
         self,

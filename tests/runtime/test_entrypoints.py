@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.runtime_services import REPO, TENANT, base_env
+from tests.support.runtime_services import REPO, TENANT, StartRuntime, base_env
 
 # This checkout's package first, whatever the interpreter has installed (an editable install
 # may point at another checkout).
@@ -153,3 +153,40 @@ def test_a_refusal_is_also_the_containers_termination_message(tmp_path: Path) ->
     message = last_words.read_text()
     assert message.startswith("tenantry_runtime serve: refusing to start: agent 'x': kind 'search'")
     assert message in result.stderr
+
+
+LOADED_MODULES = """
+import json, sys
+from tenantry_runtime.__main__ import main
+code = main(sys.argv[1:])
+with open({marker!r}, "w") as file:
+    json.dump(sorted(sys.modules), file)
+sys.exit(code)
+"""
+
+
+def test_a_runtime_without_a_model_never_imports_the_model_client(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """autogen-ext's OpenAI client and the `openai` package are most of a runtime's memory;
+    a runtime whose tenant has no model (no agent, or only kinds that need none) runs and
+    stops without loading them (docs/benchmarks.md, idle memory)."""
+    markers = {name: tmp_path / f"modules-{name}.json" for name in ("no model", "model")}
+    for name, changes in (
+        ("no model", {"agents": [], "model": None}),
+        (
+            "model",
+            {
+                "agents": [{"name": "assistant", "kind": "assistant", "topicType": "default"}],
+                "model": {"baseUrl": "http://127.0.0.1:9/v1"},
+            },
+        ),
+    ):
+        service = start_runtime(
+            bootstrap=LOADED_MODULES.format(marker=str(markers[name])), **changes
+        )
+        service.stop()
+    loaded = {name: set(json.loads(marker.read_text())) for name, marker in markers.items()}
+    assert "tenantry_runtime.server" in loaded["no model"]
+    assert {"openai", "autogen_ext.models.openai"} & loaded["no model"] == set()
+    assert {"openai", "autogen_ext.models.openai"} <= loaded["model"]  # the check can see them

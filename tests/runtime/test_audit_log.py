@@ -1,0 +1,247 @@
+"""The audit log's records: what `json` would write, and written before what they record.
+
+The message record is built as text (audit.py); these tests hold it to the JSON encoder's
+output for any strings, and hold a real `serve` process to the guarantee that no message is
+delivered before its record is in the audit stream: with the stream blocked, nothing is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+from tenantry_runtime.audit import AuditLog
+
+from e2e.model_server import completion
+from tests.support.ports import free_port
+from tests.support.runtime_services import (
+    MODEL_API_KEY,
+    TENANT,
+    call,
+    serve_home,
+    start_service,
+)
+
+# Any text, lone surrogates and control characters included: a message's strings are the
+# tenant's (and an attacker's) to choose.
+ANY_TEXT = st.text(st.characters(codec=None, categories=None), max_size=40)
+MAYBE_TEXT = st.none() | ANY_TEXT
+
+
+def encoded(line: str) -> str:
+    """The line `json` writes for the record `line` holds, keys in its order."""
+    return json.dumps(json.loads(line), separators=(",", ":")) + "\n"
+
+
+@given(
+    tenant=ANY_TEXT,
+    kind=st.sampled_from(["publish", "send"]),
+    topic=MAYBE_TEXT,
+    sender=MAYBE_TEXT,
+    recipient=MAYBE_TEXT,
+    message_type=ANY_TEXT,
+    decision=st.sampled_from(["delivered", "dropped"]),
+    task_id=MAYBE_TEXT,
+    reason=MAYBE_TEXT,
+)
+def test_a_message_record_is_what_json_writes(
+    tenant: str,
+    kind: Any,
+    topic: str | None,
+    sender: str | None,
+    recipient: str | None,
+    message_type: str,
+    decision: Any,
+    task_id: str | None,
+    reason: str | None,
+) -> None:
+    stream = io.StringIO()
+    AuditLog(tenant, stream).message(
+        kind=kind,
+        topic=topic,
+        sender=sender,
+        recipient=recipient,
+        message_type=message_type,
+        decision=decision,
+        task_id=task_id,
+        reason=reason,
+    )
+    line = stream.getvalue()
+    assert line == encoded(line)
+    assert line.isascii() and line.count("\n") == 1
+    record = json.loads(line)
+    expected = {
+        "tenant": tenant,
+        "event": "message",
+        "kind": kind,
+        "topic": topic,
+        "sender": sender,
+        "recipient": recipient,
+        "messageType": message_type,
+        "decision": decision,
+        **({} if task_id is None else {"taskId": task_id}),
+        **({} if reason is None else {"reason": reason}),
+    }
+    assert list(record) == ["ts", *expected]
+    assert {k: v for k, v in record.items() if k != "ts"} == expected
+    assert isinstance(record["ts"], float)
+
+
+def test_a_file_gets_every_record_whole_and_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("an earlier line\n")  # appended to, never truncated
+    log = AuditLog.open(TENANT, str(path))
+    for n in range(3):
+        log.message(
+            kind="send",
+            topic=None,
+            sender=None,
+            recipient=f"agent/{n}",
+            message_type="Ping",
+            decision="dropped",
+            reason="x" * 70_000,  # longer than a pipe's buffer: still one whole line
+        )
+        # In the file as soon as the call returns: nothing waits in a buffer of ours.
+        assert path.read_text().count("\n") == n + 2
+    log.code_execution(
+        actor="coder", language="python", sha256="0", exit_code=0, duration_seconds=0.5,
+        timed_out=False,
+    )  # fmt: skip
+    log.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):  # closed: fails, goes nowhere
+        log.message(
+            kind="send", topic=None, sender=None, recipient="late/acme", message_type="Ping",
+            decision="delivered",
+        )  # fmt: skip
+    lines = path.read_text().splitlines()
+    assert lines[0] == "an earlier line"
+    records = [json.loads(line) for line in lines[1:]]
+    assert [r.get("recipient") for r in records] == ["agent/0", "agent/1", "agent/2", None]
+    assert records[-1]["event"] == "code_execution"
+    assert all(line + "\n" == encoded(line) for line in lines[1:])
+
+
+# --- the real process: no delivery before the record is in the stream -----------------------
+
+
+class BlockedAuditStream:
+    """A FIFO as the runtime's audit log, filled so that its next write blocks until `drain`."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fcntl.fcntl(self.read_fd, fcntl.F_SETPIPE_SZ, 4096)  # the smallest a pipe can be
+        self.text = ""
+
+    def fill(self) -> None:
+        """Fill the pipe with lines of our own until one more byte would not fit."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(fd, b"#\n")
+        finally:
+            os.close(fd)
+
+    def drain(self) -> str:
+        """Whatever the pipe holds now, added to `text` (never blocks)."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 65536):
+                self.text += chunk.decode()
+        return self.text
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.drain().splitlines() if line.startswith("{")]
+
+
+@contextlib.asynccontextmanager
+async def model_that_reads_the_audit(
+    stream: BlockedAuditStream, seen: list[list[dict[str, Any]]]
+) -> AsyncIterator[str]:
+    """A model that, when called, notes every record the audit stream holds at that moment:
+    its call is what the delivered TaskRequest makes the assistant do."""
+
+    async def complete(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(stream.records())
+        return web.json_response(completion(body["model"], "The answer is 42."))
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", complete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_no_message_is_delivered_before_its_record_is_in_the_audit_stream(
+    tmp_path: Path,
+) -> None:
+    stream = BlockedAuditStream(tmp_path / "audit.fifo")
+    seen: list[list[dict[str, Any]]] = []
+    (tmp_path / "api-key").write_text(MODEL_API_KEY + "\n")
+    async with model_that_reads_the_audit(stream, seen) as model_url:
+        config = {
+            "tenant": TENANT,
+            "topicTypes": ["default"],
+            "agents": [{"name": "assistant", "kind": "assistant", "topicType": "default"}],
+            "model": {
+                "model": "scripted",
+                "baseUrl": model_url,
+                "apiKeyFile": str(tmp_path / "api-key"),
+            },
+            "sandbox": None,
+        }
+        env = serve_home(config, tmp_path / "home")
+        env["TENANTRY_AUDIT_LOG"] = str(stream.path)
+        runtime = await asyncio.to_thread(start_service, "serve", env, tmp_path / "home")
+        try:
+            stream.drain()
+            stream.fill()
+            task = asyncio.create_task(
+                call(
+                    "POST",
+                    f"{runtime.url}/v1/tasks",
+                    {"topicType": "default", "content": "What is the answer?"},
+                )
+            )
+            # The audit stream takes nothing: the TaskRequest's record cannot be written, so
+            # the TaskRequest is not delivered and the model is never asked.
+            await asyncio.sleep(3)
+            assert not seen, "a message was delivered while its record could not be written"
+            assert not task.done()
+            assert runtime.proc.poll() is None
+            # The stream flows again: the task goes through, and when the model was asked,
+            # the delivered TaskRequest's record was already in the stream.
+            while not task.done():
+                stream.drain()
+                await asyncio.sleep(0.01)
+            status, body = task.result()
+            assert status == 200, (body, runtime.logs())
+        finally:
+            await asyncio.to_thread(runtime.stop)
+            os.close(stream.read_fd)
+    assert len(seen) == 1
+    [request] = [
+        r
+        for r in seen[0]
+        if r["messageType"] == "TaskRequest" and r.get("taskId") == body["taskId"]
+    ]
+    assert request["decision"] == "delivered" and request["tenant"] == TENANT
