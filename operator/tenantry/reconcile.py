@@ -58,7 +58,8 @@ from tenantry.render import (
     render,
     tenant_namespace,
 )
-from tenantry.report import StatusReporter
+from tenantry.report import StatusReporter, TenantGone
+from tenantry.resources import AgentTenantResource
 from tenantry.status import GroupState, Observation, condition_of
 from tenantry.writes import ChildWriter, gather_all
 
@@ -404,7 +405,13 @@ class Reconciler:
         self, manifest: dict[str, Any], tenant: AgentTenant, uid: str
     ) -> None:
         # Created, never applied, the first time: a server-side apply would silently take over a
-        # namespace that appeared since we looked; a create fails instead.
+        # namespace that appeared since we looked; a create fails instead. And only for a tenant
+        # that still exists: its deletion may not have reached this process yet (a busy watch),
+        # and a pass retried meanwhile would make it a namespace again after garbage collection
+        # took the first (seen by the fault tests on a loaded machine).
+        current = await self.writer.get(AgentTenantResource, tenant.name)
+        if current is None or current["metadata"].get("uid") != uid:
+            raise TenantGone(tenant.name)
         if await self.writer.create_namespace(manifest):
             return
         existing = await self.writer.get(Namespace, manifest["metadata"]["name"])
