@@ -145,16 +145,22 @@ def test_a_template_gives_its_tenants_a_claim_follows_edits_and_prunes_what_it_n
         "the hand-deleted claim to come back",
     )
 
-    # A tenant the template stops selecting loses its claim; deleting the template prunes the rest.
-    tenants.apply(
-        kube,
-        tenants.manifest(second, {"displayName": "Second", "sandbox": {"enabled": False}}),
-    )
+    # A tenant the template stops selecting loses its claim, and gets it back when selected again.
+    spec = {"displayName": "Second", "sandbox": {"enabled": False}}
+    tenants.apply(kube, tenants.manifest(second, spec))
     wait_until(
         lambda: claim(kube, f"tenant-{second}") is None, "the unselected tenant's claim to go"
     )
+    tenants.apply(kube, tenants.manifest(second, spec, {SELECT: selection}))
+    wait_until(lambda: claim(kube, f"tenant-{second}"), "the claim of the tenant selected again")
+
+    # Deleting the template prunes its objects from every tenant, and the quota follows.
     kube.delete(Template, template)
-    wait_until(lambda: claim(kube, f"tenant-{first}") is None, "the claim to go with its template")
+    for tenant in (first, second):
+        wait_until(
+            lambda t=tenant: claim(kube, f"tenant-{t}") is None,  # type: ignore[misc]
+            f"{tenant}'s claim to go with its template",
+        )
     wait_until(
         lambda: (
             kube.get(ResourceQuota, "tenant-quota", namespace=f"tenant-{first}").spec.hard[  # type: ignore[index,union-attr]

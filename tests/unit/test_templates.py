@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +380,19 @@ def test_a_templated_kind_the_cluster_does_not_serve_or_grant_stalls_in_words(
     # Tenantry's own kinds: a 403 or 404 is retried, not a stall.
     with pytest.raises(ApiError), refusals_stall(("Service", "tenant-acme", "runtime")):
         raise ApiError(status=Status(code=403, message="quota"))
+
+
+def test_an_operator_no_template_selects_never_loads_jinja2() -> None:
+    """2.3 MiB of every operator's memory (docs/benchmarks.md), for tenants with no template."""
+    script = (
+        "import sys\n"
+        "from tenantry import cli, controller, handlers\n"
+        "from tenantry.render import render\n"
+        "from tenantry.models import AgentTenant\n"
+        "render(AgentTenant.model_validate({'metadata': {'name': 'acme'}}), cli.OperatorConfig())\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False", result.stderr

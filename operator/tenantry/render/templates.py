@@ -26,9 +26,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import jinja2
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tenantry.config import OperatorConfig
 from tenantry.kinds import ChildKind, templated_kinds
@@ -92,6 +90,8 @@ class Placeholders:
         self.pattern = re.compile(f"tenantryvalue{self.nonce}n([0-9]+)x")
 
     def add(self, value: Any) -> str:
+        import jinja2  # noqa: PLC0415 - loaded already: a template is rendering
+
         if isinstance(value, jinja2.Undefined):
             str(value)  # StrictUndefined raises, saying what is undefined (or unsafe)
         try:
@@ -140,36 +140,42 @@ class Placeholders:
 CURRENT: contextvars.ContextVar[Placeholders] = contextvars.ContextVar("placeholders")
 
 
-@jinja2.pass_context  # so that Jinja2 never finalizes a constant once, at compile time
-def placeholder(context: Any, value: Any) -> str:
-    """How every `{{ value }}` is written (Jinja2's `finalize`)."""
-    return CURRENT.get().add(value)
+@functools.cache
+def environment() -> Any:
+    """Jinja2's immutable sandbox as templates use it, made on first use: Jinja2 is 2.3 MiB an
+    operator whose tenants no template selects never loads (docs/benchmarks.md, memory)."""
+    import jinja2  # noqa: PLC0415
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
 
+    class Environment(ImmutableSandboxedEnvironment):
+        """With `*` refused when it would build a string or a list past the output limit
+        (`"x" * 10**9` would otherwise be built before any limit applies)."""
 
-class Environment(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, with `*` refused when it would build a string or a list past
-    the output limit (`"x" * 10**9` would otherwise be built before any limit applies)."""
+        intercepted_binops = frozenset({"*"})
 
-    intercepted_binops = frozenset({"*"})
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            sized, count = (left, right) if isinstance(right, int) else (right, left)
+            too_big = isinstance(sized, str | list) and isinstance(count, int)
+            if too_big and len(sized) * count > MAX_OUTPUT_BYTES:
+                raise ValueError(f"renders more than {MAX_OUTPUT_BYTES // 1024} KiB")
+            return super().call_binop(context, operator, left, right)
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        sized, count = (left, right) if isinstance(right, int) else (right, left)
-        too_big = isinstance(sized, str | list) and isinstance(count, int)
-        if too_big and len(sized) * count > MAX_OUTPUT_BYTES:
-            raise ValueError(f"renders more than {MAX_OUTPUT_BYTES // 1024} KiB")
-        return super().call_binop(context, operator, left, right)
+    @jinja2.pass_context  # so that Jinja2 never finalizes a constant once, at compile time
+    def placeholder(context: Any, value: Any) -> str:
+        """How every `{{ value }}` is written (Jinja2's `finalize`)."""
+        return CURRENT.get().add(value)
 
-
-ENVIRONMENT = Environment(
-    undefined=jinja2.StrictUndefined,
-    finalize=placeholder,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-# Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context, and
-# its `random` filter would make every pass render something new, a write at rest each time.
-ENVIRONMENT.globals = {"range": ENVIRONMENT.globals["range"], "dict": dict}
-del ENVIRONMENT.filters["random"]
+    sandbox = Environment(
+        undefined=jinja2.StrictUndefined,
+        finalize=placeholder,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    # Jinja2's default globals (lipsum, cycler, joiner, namespace) are not part of the context,
+    # and its `random` filter would make every pass render something new, a write each time.
+    sandbox.globals = {"range": sandbox.globals["range"], "dict": dict}
+    del sandbox.filters["random"]
+    return sandbox
 
 
 class OutputLoader(yaml.SafeLoader):
@@ -183,9 +189,9 @@ class OutputLoader(yaml.SafeLoader):
 
 
 @functools.lru_cache(maxsize=512)
-def compiled(text: str) -> jinja2.Template:
+def compiled(text: str) -> Any:
     """One template, compiled once per text (every tenant it selects renders it)."""
-    return ENVIRONMENT.from_string(text)
+    return environment().from_string(text)
 
 
 def template_context(tenant: AgentTenant, namespace: str, config: OperatorConfig) -> dict[str, Any]:
@@ -244,6 +250,8 @@ def rendered_object(template: ChildTemplate, context: Mapping[str, Any]) -> Any:
 
 def problem(error: Exception) -> str:
     """A Jinja2, YAML or other error in words, with the line where Jinja2 knows it."""
+    import jinja2  # noqa: PLC0415 - loaded already: a template was compiled
+
     if isinstance(error, jinja2.TemplateSyntaxError):
         return f"line {error.lineno}: {error.message}"
     if isinstance(error, jinja2.UndefinedError):
