@@ -409,8 +409,9 @@ class Reconciler:
         # that still exists: its deletion may not have reached this process yet (a busy watch),
         # and a pass retried meanwhile would make it a namespace again after garbage collection
         # took the first (seen by the fault tests on a loaded machine).
-        current = await self.writer.get(AgentTenantResource, tenant.name)
-        if current is None or current["metadata"].get("uid") != uid:
+        # (A list by name, not a GET: the chart grants list and watch on tenants, nothing more.)
+        current = self.client.list(AgentTenantResource, fields={"metadata.name": tenant.name})
+        if not [found async for found in current if found.metadata and found.metadata.uid == uid]:
             raise TenantGone(tenant.name)
         if await self.writer.create_namespace(manifest):
             return
