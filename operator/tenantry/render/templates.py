@@ -119,7 +119,11 @@ class Placeholders:
         """The parsed object with every placeholder replaced: a whole scalar by the value itself
         (a string, number, list or map), one inside a longer string by its text."""
         if isinstance(node, dict):
-            return {self.key(k): self.substituted(v) for k, v in node.items()}
+            # A key is text (a list or a map cannot be one): its placeholders by their text.
+            return {
+                self.pattern.sub(self.text, k) if isinstance(k, str) else k: self.substituted(v)
+                for k, v in node.items()
+            }
         if isinstance(node, list):
             return [self.substituted(item) for item in node]
         if isinstance(node, str):
@@ -128,12 +132,6 @@ class Placeholders:
                 return copy.deepcopy(self.values[int(whole[1])])
             return self.pattern.sub(self.text, node)
         return node
-
-    def key(self, key: Any) -> Any:
-        if not isinstance(key, str):
-            return key
-        whole = self.pattern.fullmatch(key)
-        return self.text(whole) if whole else self.pattern.sub(self.text, key)
 
 
 # The placeholders of the render in progress (rendering is synchronous: one at a time per thread).
