@@ -212,38 +212,55 @@ async def at_rest(trial: Trial, drift_interval: float, workdir: Path) -> dict[st
     }
 
 
-async def latency(rate: float, duration: float, workdir: Path) -> dict[str, Any]:
-    """Tenants arriving at a steady rate: apply → Ready for each."""
+async def ceiling(count: int, workdir: Path) -> dict[str, Any]:
+    """The machine's direct-write ceiling: tenants per second when `count` are written at once
+    with no operator (section 1's baseline). Latency's arrival rates are fractions of it."""
+    result = await provisioning(count, "direct", workdir)
+    return {"count": count, "seconds": result["seconds"], "rate": count / result["seconds"]}
+
+
+async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dict[str, Any]:
+    """Tenants arriving at a steady rate: apply → ready for each, through the operator or
+    written directly (the baseline: the same children, the same readiness test as section 1)."""
     count = round(rate * duration)
     names = tenant_names(count)
-    result: dict[str, Any] = {"rate": rate, "count": count}
+    result: dict[str, Any] = {"rate": rate, "count": count, "mode": mode}
     await fresh_cluster(names)
     kube = Kube(KUBECONFIG)
     audit = AuditLog()
-    operator = Operator(workdir / f"operator-latency-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS)
-    mark = audit.mark()
-    operator.start()
-    watch = ReadyWatch(kube, "operator")
-    watcher = asyncio.create_task(watch.run())
-    try:
+    operator = None
+    if mode == "operator":
+        operator = Operator(
+            workdir / f"operator-latency-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS
+        )
+        mark = audit.mark()
+        operator.start()
         await operator.until_watching(audit, mark)
+    watch = ReadyWatch(kube, mode)
+    watcher = asyncio.create_task(watch.run())
+    config = OperatorConfig()
+    try:
         sent: dict[str, float] = {}
         started = time.monotonic()
 
         async def arrive(index: int, name: str) -> None:
             await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
             sent[name] = time.monotonic()
-            await kube.apply(tenant(name))
+            if operator:
+                await kube.apply(tenant(name))
+            else:
+                await write_directly(kube, name, config)
 
         await asyncio.gather(*(arrive(i, name) for i, name in enumerate(names)))
         result["arrival_seconds"] = time.monotonic() - started
         await watch.until(names, timeout=300 + count)
         result["latencies"] = sorted(watch.ready_at[n] - sent[n] for n in names)
-        log(f"latency at {rate}/s: median {result['latencies'][count // 2]:.2f}s")
+        log(f"latency {mode} at {rate:.2f}/s: median {result['latencies'][count // 2]:.2f}s")
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        operator.stop()
+        if operator:
+            operator.stop()
         await kube.close()
     return result

@@ -289,6 +289,7 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
     from lightkube import AsyncClient  # noqa: PLC0415
 
     from tenantry import metrics  # noqa: PLC0415
+    from tenantry.handlers import NoObjectMemories  # noqa: PLC0415
     from tenantry.leader import LeaderElector, default_identity  # noqa: PLC0415
 
     stopping, kopf_ready = asyncio.Event(), asyncio.Event()
@@ -317,6 +318,7 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
                 # images run as a numeric uid that has no entry there (KeyError at start).
                 identity=Identity(default_identity()),
                 memo=memo,
+                memories=NoObjectMemories(),
                 liveness_endpoint=args.liveness,
                 stop_flag=stopping,
                 ready_flag=kopf_ready,

@@ -21,6 +21,7 @@ from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, child_kinds, row
+from tenantry.memory import TrimWhenQuiet
 from tenantry.models import AgentTenantTemplate, BrokenTemplate, template_selects
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, PodCache
@@ -57,7 +58,11 @@ class Controller:
             self.sources.get,
             self.children.sandbox_token,
         )
-        self.queue = ReconcileQueue(self.reconcile, config.max_concurrent_reconciles)
+        self.queue = ReconcileQueue(
+            self.reconcile,
+            config.max_concurrent_reconciles,
+            on_idle=TrimWhenQuiet(lambda: self.queue.idle),
+        )
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
         self.outcomes: dict[str, str] = {}
         # When each tenant's last event came, counted in tenant events: a resync must not forget
@@ -120,10 +125,12 @@ class Controller:
         if event.get("type") == "DELETED":
             self.forget(name, body["metadata"].get("uid", ""))
             return
-        self.tenants[name] = body
+        before = self.tenants.get(name)
+        self.tenants[name] = body = without_managed_fields(body)
         self.events_seen += 1
         self.last_seen[name] = self.events_seen
-        self.queue.enqueue(name)
+        if before is None or asks_for_a_pass(before, body):
+            self.queue.enqueue(name)
 
     def forget(self, name: str, uid: str) -> None:
         self.tenants.pop(name, None)
@@ -252,7 +259,7 @@ class Controller:
             where = meta.get("name") if not child.namespaced else meta.get("namespace")
             home = self.home(tenant)
             if known["metadata"].get("uid") in owners or (home and where == home):
-                self.queue.enqueue(tenant)
+                self.queue.enqueue(tenant, follow_up=True)
 
     def home(self, tenant: str) -> str | None:
         """The namespace a known tenant's status names as its own (None before its first pass)."""
@@ -267,7 +274,7 @@ class Controller:
             # elsewhere could otherwise speak for it); plan.current_refusal checks it again.
             home = self.home(tenant)
             if home and (body.get("metadata") or {}).get("namespace") == home:
-                self.queue.enqueue(tenant)
+                self.queue.enqueue(tenant, follow_up=True)
 
     async def watch_secret_sources(self) -> None:
         """Reconcile the tenants that copy a source Secret whenever it changes.
@@ -300,6 +307,33 @@ class Controller:
                 logger.warning("could not resync the caches: %s", error.status.message)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
+
+
+def without_managed_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A tenant's body as the cache keeps it: managedFields dropped (nothing reads a tenant's,
+    and with the status writers' entries they are the biggest part of its metadata)."""
+    meta = body.get("metadata") or {}
+    if "managedFields" not in meta:
+        return body
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+# What a tenant's pass reads of its own object besides spec; resourceVersion changes with every
+# write, managedFields are dropped from the cache.
+_READ_METADATA = ("uid", "generation", "labels", "annotations", "deletionTimestamp", "finalizers")
+
+
+def asks_for_a_pass(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a tenant's new version asks for a reconcile: not when only its status changed.
+
+    Status is the operator's own writing: each pass that writes it made its decisions already,
+    and a pass for the event its write caused would only compute them again (under a burst,
+    one more pass for every status write of every tenant).
+    """
+    if before.get("spec") != after.get("spec"):
+        return True
+    old, new = before.get("metadata") or {}, after.get("metadata") or {}
+    return any(old.get(key) != new.get(key) for key in _READ_METADATA)
 
 
 class Known(Generic[T]):

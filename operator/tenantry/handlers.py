@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+
+# Not exported by kopf: the store of what it remembers about each object (see NoObjectMemories).
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 from lightkube import AsyncClient
 
 from tenantry.config import OperatorConfig
@@ -31,6 +34,8 @@ logger = logging.getLogger("tenantry.handlers")
 # the operator's configuration. Their watches are filtered server-side, by the label on every child.
 CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
+# Objects per page of Kopf's initial lists (one tenant has 17 watched objects).
+LIST_CHUNK = 200
 
 
 def controller(memo: kopf.Memo) -> Controller:
@@ -56,9 +61,36 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+class NoObjectMemories(ResourceMemories):
+    """Kopf's memory of each object, for an operator with only `on.event` handlers: none kept.
+
+    Kopf remembers every object it has seen until that object is deleted (a memo copy, an error
+    throttler, daemon and index bookkeeping: about 1 KiB each, measured), for the daemons,
+    timers, indexes and change handlers that read it from one event to the next. Tenantry has
+    none of those (tests/unit/test_handlers.py holds it to that), and watches 17 objects a
+    tenant: 17 MiB at 1000 tenants kept for nothing. Each event gets a fresh one instead.
+    """
+
+    async def recall(
+        self,
+        raw_body: Any,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> ResourceMemory:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
+
+
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
     settings.persistence.diffbase_storage = NoDiffBase()
+    # Kopf lists every watched kind at start, all kinds at once; each whole list parsed at
+    # once held the bodies of every object of the cluster's tenants together, a peak the
+    # process kept as its resident size afterwards (docs/benchmarks.md: memory after a restart).
+    settings.watching.chunk_size = LIST_CHUNK
     # Server-side filters: the API server sends only our children, not every Secret in the cluster.
     # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
     tenant_selector = config.tenant_selector

@@ -3,11 +3,19 @@
 Many events for one tenant (its own changes, its children's) collapse into one pending
 reconcile; an event that arrives while that tenant is being reconciled schedules exactly one
 more pass afterwards, so no change is ever missed and none is handled twice concurrently.
+
+Two lanes, the follow-up lane served first: a pass that continues a tenant's work in progress
+(its children or pods changed, or it changed while a pass ran) goes ahead of first passes,
+retries and drift checks. Under a burst of new tenants, the pass that turns a tenant Ready once
+its Deployments are available then waits for the passes running now, not for every other
+tenant's first pass (docs/benchmarks.md, latency). Follow-ups are bounded per tenant (its
+children settle), so they cannot starve the other lane.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -18,36 +26,53 @@ logger = logging.getLogger("tenantry.queue")
 
 Work = Callable[[str], Awaitable[None]]
 
+# Lanes, lower served first.
+FOLLOW_UP, FIRST = 0, 1
+
 
 class ReconcileQueue:
-    def __init__(self, work: Work, concurrency: int, max_backoff: float = 60.0) -> None:
+    def __init__(
+        self,
+        work: Work,
+        concurrency: int,
+        max_backoff: float = 60.0,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
         self._work = work
+        self._on_idle = on_idle  # called each time the last key is done
         self._concurrency = concurrency
         self._max_backoff = max_backoff
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._pending: set[str] = set()
+        # (lane, arrival, key); a key moved to the follow-up lane leaves a stale entry behind,
+        # skipped when it comes up (see _next).
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
+        self._pending: dict[str, int] = {}  # key → the lane it waits in
         self._running: set[str] = set()
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    def enqueue(self, key: str, delay: float = 0.0) -> None:
-        """Ask for a reconcile of `key`, now or after `delay` seconds."""
+    def enqueue(self, key: str, delay: float = 0.0, *, follow_up: bool = False) -> None:
+        """Ask for a reconcile of `key`, now or after `delay` seconds; `follow_up` for a pass
+        that continues work in progress (served first)."""
         if delay > 0:
             if key not in self._timers:
                 loop = asyncio.get_running_loop()
                 self._timers[key] = loop.call_later(delay, self._fire, key)
             return
+        lane = FOLLOW_UP if follow_up else FIRST
         if key in self._running:
             self._dirty.add(key)
-        elif key not in self._pending:
-            self._pending.add(key)
-            self._queue.put_nowait(key)
+        elif self._pending.get(key, lane + 1) > lane:  # not waiting, or in the slower lane
+            self._pending[key] = lane
+            self._queue.put_nowait((lane, next(self._arrivals), key))
         self._count()
 
     def _count(self) -> None:
         # A key is pending or running, never both; a dirty one is running.
         metrics.QUEUE_DEPTH.set(len(self._pending) + len(self._running))
+        if self._on_idle is not None and self.idle:
+            self._on_idle()
 
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
@@ -76,10 +101,19 @@ class ReconcileQueue:
             for timer in self._timers.values():
                 timer.cancel()
 
+    async def _next(self) -> str:
+        """The next key to reconcile: the oldest of the follow-up lane, else of the other."""
+        while True:
+            lane, _, key = await self._queue.get()
+            # An entry whose key was since moved to the faster lane (and ran from there), or
+            # already ran, is stale: its key is not waiting in this lane now.
+            if self._pending.get(key) == lane:
+                del self._pending[key]
+                return key
+
     async def _worker(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._pending.discard(key)
+            key = await self._next()
             self._running.add(key)
             self._count()
             try:
@@ -105,5 +139,5 @@ class ReconcileQueue:
                 self._running.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
-                    self.enqueue(key)
+                    self.enqueue(key, follow_up=True)
                 self._count()

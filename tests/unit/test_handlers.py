@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import kopf
 from tenantry.config import OperatorConfig
@@ -101,6 +102,39 @@ async def test_only_a_tenants_own_children_wake_it() -> None:
     assert woken({"namespace": "tenant-acme"})  # a child whose owner reference was removed
 
 
+async def test_a_tenants_own_status_write_wakes_nobody_and_anything_else_it_reads_does() -> None:
+    acme = {
+        "metadata": {
+            "name": "acme",
+            "uid": "uid-acme",
+            "generation": 1,
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"displayName": "Acme"},
+    }
+    ready = {**acme, "status": {"namespace": "tenant-acme", "conditions": [{"type": "Ready"}]}}
+
+    def woken(after: dict[str, Any]) -> bool:
+        controller = Controller(OperatorConfig(), None, None)  # type: ignore[arg-type] # no request is made
+        controller.tenant_seen({"type": "ADDED", "object": acme})
+        assert "acme" in controller.queue._pending  # a tenant first seen
+        controller.queue._pending.clear()
+        controller.tenant_seen({"type": "MODIFIED", "object": after})
+        assert controller.tenants["acme"].get("status") == after.get("status")  # cached anyway
+        assert "managedFields" not in controller.tenants["acme"]["metadata"]
+        return "acme" in controller.queue._pending
+
+    assert not woken(ready)
+    assert woken({**ready, "spec": {"displayName": "Acme Corp"}})
+    for key, value in (
+        ("generation", 2),
+        ("labels", {"tier": "gold"}),
+        ("annotations", {"note": "x"}),
+        ("deletionTimestamp", "2026-11-30T00:00:00Z"),
+    ):
+        assert woken({**ready, "metadata": {**acme["metadata"], key: value}}), key
+
+
 def test_in_a_pod_the_api_server_is_reached_by_the_services_address_not_by_name() -> None:
     """Finding (real node): Kopf's own login named https://kubernetes.default.svc, which the
     chart's NetworkPolicy, allowing the API server alone and no DNS, never let resolve."""
@@ -110,3 +144,26 @@ def test_in_a_pod_the_api_server_is_reached_by_the_services_address_not_by_name(
         == "https://[fd00::1]:6443"
     )
     assert in_cluster_server({}) is None
+
+
+def test_the_operator_has_only_event_handlers_so_kopf_need_remember_no_object() -> None:
+    # NoObjectMemories gives Kopf a fresh memory for every event: right only while no handler
+    # reads one across events (daemons, timers, indexes, change handlers, webhooks).
+    from tenantry.handlers import register_children  # noqa: PLC0415
+
+    register_children(OperatorConfig(template_kinds="v1/PersistentVolumeClaim"))  # type: ignore[arg-type]
+    registry = kopf.get_default_registry()
+    assert registry._watching.get_all_handlers()
+    for kind in ("_indexing", "_spawning", "_changing", "_webhooks"):
+        assert not getattr(registry, kind).get_all_handlers(), kind
+
+
+async def test_kopf_keeps_no_memory_of_the_objects_it_sees() -> None:
+    from tenantry.handlers import NoObjectMemories  # noqa: PLC0415
+
+    memories = NoObjectMemories()
+    body = {"metadata": {"uid": "a-uid", "name": "a"}}
+    first = await memories.recall(body, memobase=kopf.Memo(), noticed_by_listing=True)
+    again = await memories.recall(body, memobase=kopf.Memo())
+    assert first is not again
+    assert list(memories.iter_all_memories()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client import REGISTRY
+from tenantry.memory import MALLOC_TRIM, TrimWhenQuiet
 from tenantry.queue import ReconcileQueue
 
 
@@ -101,3 +102,77 @@ async def test_the_depth_gauge_counts_waiting_and_running_keys_and_is_zero_when_
     task.cancel()
     assert queue.idle
     assert depth() == 0
+
+
+async def ordered_run(enqueue_while_first_runs: list[tuple[str, bool]]) -> list[str]:
+    """Keys in the order one worker reconciles them: "a", "b", "c" waiting as first passes,
+    then, while "a" runs, the given (key, follow_up) enqueued."""
+    calls: list[str] = []
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def work(key: str) -> None:
+        calls.append(key)
+        started.set()
+        await release.wait()
+
+    queue = ReconcileQueue(work, concurrency=1)
+    task = asyncio.create_task(queue.run())
+    for key in ("a", "b", "c"):
+        queue.enqueue(key)
+    await started.wait()
+    for key, follow_up in enqueue_while_first_runs:
+        queue.enqueue(key, follow_up=follow_up)
+    release.set()
+    await until_idle(queue)
+    task.cancel()
+    return calls
+
+
+async def test_a_follow_up_pass_goes_ahead_of_first_passes_waiting_before_it() -> None:
+    # A tenant whose Deployments just became available ("x": a child event) is not left
+    # behind other tenants' first passes; a first pass still waits its turn.
+    assert await ordered_run([("y", False), ("x", True)]) == ["a", "x", "b", "c", "y"]
+
+
+async def test_a_waiting_first_pass_moves_to_the_follow_up_lane_and_runs_once() -> None:
+    assert await ordered_run([("c", True), ("c", False), ("c", True)]) == ["a", "c", "b"]
+
+
+async def test_a_change_during_a_pass_is_followed_up_before_other_first_passes() -> None:
+    # "a" changed while it ran: its next pass continues its work, ahead of "b" and "c".
+    assert await ordered_run([("a", False)]) == ["a", "a", "b", "c"]
+
+
+async def test_the_queue_says_when_it_drains_and_memory_is_trimmed_only_after_a_quiet_spell() -> (
+    None
+):
+    drained = 0
+
+    def on_idle() -> None:
+        nonlocal drained
+        drained += 1
+
+    async def work(key: str) -> None:
+        await asyncio.sleep(0.01)
+
+    queue = ReconcileQueue(work, concurrency=2, on_idle=on_idle)
+    task = asyncio.create_task(queue.run())
+    queue.enqueue("a")
+    queue.enqueue("b")
+    assert drained == 0
+    await until_idle(queue)
+    assert drained == 1  # once, when the last key was done
+    task.cancel()
+
+    busy = True
+    trimmer = TrimWhenQuiet(lambda: not busy, seconds=0.05)
+    trimmer()
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 0  # busy again when the spell ended: nothing walked the heap
+    busy = False
+    trimmer()
+    trimmer()  # drained twice within the spell: one trim
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 1
+    assert MALLOC_TRIM is not None  # glibc, as in the operator's image
