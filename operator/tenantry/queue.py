@@ -8,8 +8,10 @@ Two lanes, the follow-up lane served first: a pass that continues a tenant's wor
 (its children or pods changed, or it changed while a pass ran) goes ahead of first passes,
 retries and drift checks. Under a burst of new tenants, the pass that turns a tenant Ready once
 its Deployments are available then waits for the passes running now, not for every other
-tenant's first pass (docs/benchmarks.md, latency). Follow-ups are bounded per tenant (its
-children settle), so they cannot starve the other lane.
+tenant's first pass (docs/benchmarks.md, latency). A tenant holds at most one worker at a
+time and its children settle, so first passes wait only while more tenants than there are
+workers keep changing (another controller fighting over their children, say); the drift
+timer's passes wait with them.
 """
 
 from __future__ import annotations
