@@ -176,6 +176,11 @@ class _Connection:
             self.handling = False
             await self.close()
 
+    def dismiss(self) -> None:
+        """Ends a connection that is not in a request: closing its socket ends its wait for
+        bytes as if the client had left (no task is cancelled)."""
+        self.writer.close()
+
     async def refuse(self, response: Response) -> None:
         """Answers before reading anything, and closes."""
         with contextlib.suppress(ConnectionError, TimeoutError):
@@ -339,9 +344,9 @@ class HTTPServer:
         await stop.wait()
         self.stopping = True
         listener.close()
-        for connection, task in list(self.connections.items()):
+        for connection in list(self.connections):
             if not connection.handling:
-                task.cancel()
+                connection.dismiss()
         if self.connections:
             await asyncio.wait(list(self.connections.values()), timeout=SHUTDOWN_SECONDS)
         for task in self.connections.values():
@@ -358,7 +363,7 @@ class HTTPServer:
             # The connection idle the longest makes room: it was holding a place unused.
             oldest = next(iter(self.idle))
             del self.idle[oldest]
-            self.connections[oldest].cancel()
+            oldest.dismiss()
         task = asyncio.current_task()
         assert task is not None
         self.connections[connection] = task
