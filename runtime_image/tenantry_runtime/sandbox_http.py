@@ -98,7 +98,7 @@ def _plain(status: int, headers: tuple[tuple[str, str], ...] = ()) -> Response:
 class Request:
     """One request whose head has arrived; its body is read only if a handler asks."""
 
-    def __init__(self, event: h11.Request, path: tuple[str, ...], connection: _Connection):
+    def __init__(self, event: h11.Request, path: tuple[str, ...], connection: _Connection) -> None:
         self.method = event.method.decode("ascii")
         self.path = path
         """The path's segments, each percent-decoded ('/v1/workspaces/a%2Fb': v1, workspaces,
