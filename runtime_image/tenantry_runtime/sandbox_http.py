@@ -303,8 +303,14 @@ class _Connection:
         self.writer.write(data + self.h11.send(h11.EndOfMessage()))
         line = "-" if request is None else f"{request.method} {request.target[:200].decode()}"
         log.info('%s "%s" %d', self.peer, line, response.status)
-        async with asyncio.timeout(REQUEST_SECONDS):
-            await self.writer.drain()
+        try:
+            async with asyncio.timeout(REQUEST_SECONDS):
+                await self.writer.drain()
+        except TimeoutError:
+            # The client does not take its answer: what is left of it is dropped and the
+            # connection reset, since closing would wait for it to be taken, for ever.
+            self.writer.transport.abort()
+            raise
 
     async def close(self) -> None:
         """Closes the connection; when the client may still be sending (its request was not
@@ -319,8 +325,16 @@ class _Connection:
                             pass
         finally:
             self.writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.writer.wait_closed()
+            # A socket closes once what was written to it is taken: a client that keeps its
+            # window shut (an idle or dismissed connection with answers it never read) must
+            # not keep it, nor its place among MAX_CONNECTIONS, for that long.
+            try:
+                async with asyncio.timeout(REQUEST_SECONDS):
+                    await self.writer.wait_closed()
+            except TimeoutError:  # (an OSError: caught first)
+                self.writer.transport.abort()
+            except (ConnectionError, OSError):
+                pass
 
 
 def _http_date() -> str:

@@ -1,0 +1,83 @@
+"""A second, adversarial pass over the sandbox's HTTP layer (sandbox_http.py), on raw sockets to
+a real server process, with the helpers of test_sandbox_http.py.
+
+Each test is a way a client of the sandbox — its runtime, or the code it runs, on loopback —
+could make the server break a bound docs/security.md states, and what must hold instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.test_sandbox_http import (
+    REQUEST_SECONDS,
+    assert_still_serving,
+    request,
+    run_body,
+)
+from tests.support.runtime_services import Service, StartSandbox
+
+
+@pytest.fixture
+def sandbox(start_sandbox: StartSandbox) -> Service:
+    return start_sandbox(TENANTRY_SANDBOX_TIMEOUT_SECONDS="20")
+
+
+def port_of(sandbox: Service) -> int:
+    return int(sandbox.url.rsplit(":", 1)[1])
+
+
+def server_holds(sandbox: Service, client: socket.socket) -> bool:
+    """Whether the server process still holds its end of `client`'s connection (an open
+    socket of its own, whatever its TCP state)."""
+    server_port, client_port = port_of(sandbox), client.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = (int(address.split(":")[1], 16) for address in fields[1:3])
+        if (local, remote) == (server_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    fds = Path(f"/proc/{sandbox.proc.pid}/fd")
+    held = set()
+    for fd in os.listdir(fds):
+        try:
+            held.add(os.readlink(fds / fd))
+        except OSError:  # closed meanwhile
+            continue
+    return bool(inodes & held)
+
+
+# --- a client that never takes its answers ---------------------------------------------------
+
+
+def test_a_client_that_never_takes_its_answers_does_not_keep_its_connection(
+    sandbox: Service,
+) -> None:
+    """'10 s for a client to take its answer' (docs/security.md): past it the connection ends,
+    and with it the server's socket and its place among the 128. A client that keeps its
+    receive window shut (a small receive buffer, never read) must not keep the server's end
+    open: the answers it did not take are dropped."""
+    # Runs whose answers are large (each 64 KiB of output, JSON-escaped six times over), so
+    # that what the server cannot send outgrows the kernel's buffers and its own.
+    code = "head -c 65536 /dev/zero | tr '\\0' '\\1'"
+    pipelined = request("POST", "/v1/execute", run_body(code)) * 40
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(5)
+    client.connect(("127.0.0.1", port_of(sandbox)))
+    try:
+        sender = threading.Thread(target=lambda: client.sendall(pipelined), daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 3 * REQUEST_SECONDS + 15
+        while server_holds(sandbox, client) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not server_holds(sandbox, client), "the server still holds the connection"
+    finally:
+        client.close()
+    assert_still_serving(sandbox)
