@@ -111,7 +111,11 @@ def _parse_run(raw: bytes, limits: SandboxLimits) -> _Run:
         raise Refused(400, f"language {language!r} is not supported: python, sh or bash")
     if "\x00" in code:
         raise Refused(400, "code must not contain NUL characters")
-    if len(code.encode("utf-8")) > limits.code_bytes:
+    try:
+        encoded = code.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, but no text
+        raise Refused(400, "code must be valid Unicode (no lone surrogates)") from None
+    if len(encoded) > limits.code_bytes:
         raise Refused(413, f"code is longer than {limits.code_bytes} bytes")
     return _Run(normalized, code, task_id)
 

@@ -7,6 +7,7 @@ could make the server break a bound docs/security.md states, and what must hold 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -18,8 +19,10 @@ import pytest
 from tests.runtime.test_sandbox_http import (
     REQUEST_SECONDS,
     assert_still_serving,
+    exchange,
     request,
     run_body,
+    runs_audited,
 )
 from tests.support.runtime_services import Service, StartSandbox
 
@@ -81,3 +84,18 @@ def test_a_client_that_never_takes_its_answers_does_not_keep_its_connection(
     finally:
         client.close()
     assert_still_serving(sandbox)
+
+
+# --- bodies the handlers parse ---------------------------------------------------------------
+
+
+def test_code_that_is_no_valid_unicode_is_a_bad_request(sandbox: Service) -> None:
+    """A lone surrogate is valid JSON ("\\ud800") but no text: the code cannot be run, and
+    that is the client's error (400), not the server's (500 and a traceback)."""
+    for code in ("echo \\ud800", "echo \\udfff ok"):
+        body = b'{"language": "sh", "code": "%s"}' % code.encode()
+        answer = exchange(sandbox, request("POST", "/v1/execute", body))
+        assert answer.status == 400, answer.body
+        assert "Traceback" not in sandbox.logs()
+    assert runs_audited(sandbox) == 0
+    assert json.loads(exchange(sandbox, request("GET", "/healthz")).body) == {"status": "ok"}
