@@ -7,11 +7,14 @@ could make the server break a bound docs/security.md states, and what must hold 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,7 +59,37 @@ def server_holds(sandbox: Service, client: socket.socket) -> bool:
     return bool(inodes & held)
 
 
+def within(seconds: float, condition: Callable[[], bool]) -> bool:
+    """Whether `condition` holds at some point within `seconds` (polled)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 # --- a client that never takes its answers ---------------------------------------------------
+
+
+def never_reading_client(sandbox: Service) -> socket.socket:
+    """A connection that sends 40 runs at once, each answered with 64 KiB of output
+    (JSON-escaped six times over), and reads none of it, its receive buffer as small as can be:
+    what the server cannot send soon outgrows the kernel's buffers and the server's own."""
+    code = "head -c 65536 /dev/zero | tr '\\0' '\\1'"
+    pipelined = request("POST", "/v1/execute", run_body(code)) * 40
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(5)
+    client.connect(("127.0.0.1", port_of(sandbox)))
+    threading.Thread(target=send_until_cut_off, args=(client, [pipelined]), daemon=True).start()
+    return client
+
+
+def send_until_cut_off(client: socket.socket, pieces: list[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        for piece in pieces:
+            client.sendall(piece)
 
 
 def test_a_client_that_never_takes_its_answers_does_not_keep_its_connection(
@@ -66,24 +99,30 @@ def test_a_client_that_never_takes_its_answers_does_not_keep_its_connection(
     and with it the server's socket and its place among the 128. A client that keeps its
     receive window shut (a small receive buffer, never read) must not keep the server's end
     open: the answers it did not take are dropped."""
-    # Runs whose answers are large (each 64 KiB of output, JSON-escaped six times over), so
-    # that what the server cannot send outgrows the kernel's buffers and its own.
-    code = "head -c 65536 /dev/zero | tr '\\0' '\\1'"
-    pipelined = request("POST", "/v1/execute", run_body(code)) * 40
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.settimeout(5)
-    client.connect(("127.0.0.1", port_of(sandbox)))
+    client = never_reading_client(sandbox)
     try:
-        sender = threading.Thread(target=lambda: client.sendall(pipelined), daemon=True)
-        sender.start()
-        deadline = time.monotonic() + 3 * REQUEST_SECONDS + 15
-        while server_holds(sandbox, client) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not server_holds(sandbox, client), "the server still holds the connection"
+        assert within(10, lambda: server_holds(sandbox, client))  # the check can see
+        # The answer blocked, then REQUEST_SECONDS for it to be taken; and some slack.
+        released = within(3 * REQUEST_SECONDS + 15, lambda: not server_holds(sandbox, client))
+        assert released, "the server still holds the connection"
     finally:
         client.close()
     assert_still_serving(sandbox)
+
+
+def test_sigterm_is_not_held_up_by_a_client_that_never_takes_its_answers(
+    sandbox: Service,
+) -> None:
+    """The kubelet sends SIGKILL 30 s after SIGTERM (a pod's default grace period): the
+    server must be gone by then, its answers to a client that never takes them dropped."""
+    client = never_reading_client(sandbox)
+    try:
+        assert within(10, lambda: server_holds(sandbox, client))
+        time.sleep(2)  # the runs' answers pile up
+        sandbox.proc.send_signal(signal.SIGTERM)
+        assert sandbox.proc.wait(timeout=30) == 0
+    finally:
+        client.close()
 
 
 # --- bodies the handlers parse ---------------------------------------------------------------
