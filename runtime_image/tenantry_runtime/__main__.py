@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(agent_kinds.describe(agent_kinds.installed()), indent=2))
         else:
+            # The sandbox neither serves nor makes TLS, yet asyncio imports `ssl` (and with it
+            # OpenSSL's libssl) when it loads: 1.4 MiB of the sandbox's idle memory
+            # (bench/findings.md). Blocked here, before asyncio loads, in this process only;
+            # asyncio goes without it as it does on a Python built without ssl. Unless a
+            # bootstrap loaded it already (a test's): then it stays.
+            # tests/runtime/test_sandbox_http.py::test_the_sandbox_process_never_loads_ssl_nor_aiohttp
+            sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
             from .sandbox import serve_sandbox  # noqa: PLC0415
             from .sandbox_settings import load_sandbox_settings  # noqa: PLC0415
 

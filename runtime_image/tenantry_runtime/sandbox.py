@@ -9,7 +9,8 @@ has ended, and its files go (and, once no task is live, the IPC objects code lef
 in constant time; anything else gets 401 before the body is read. At most `concurrency` runs
 go at once and more are refused with 429 rather than queued, so a busy sandbox says so at
 once instead of letting its callers time out. `GET /healthz` is open, for probes. Paths,
-header and bodies are protocol.py's, shared with the runtime's client (executor.py).
+header and bodies are protocol.py's, shared with the runtime's client (executor.py); the HTTP
+server under the handlers, and what it holds against, is sandbox_http.py's.
 
 Should a process a run left resist being killed (runner.py), the sandbox fails closed: that
 run is answered 500, later runs 503 without running, and `/healthz` 503 (so the kubelet
@@ -26,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
+import signal
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
-from aiohttp import web
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 from .audit import AuditLog, code_digest
 from .protocol import (
@@ -47,6 +48,15 @@ from .protocol import (
 )
 from .refusals import pattern_refusal
 from .runner import ProcessesSurvived, Runner, RunOutcome
+from .sandbox_http import (
+    Handler,
+    HTTPServer,
+    Refused,
+    Request,
+    Response,
+    error_response,
+    json_response,
+)
 from .sandbox_settings import SandboxLimits, SandboxSettings
 from .workspace import TaskEnded, Workspaces
 
@@ -54,39 +64,26 @@ log = logging.getLogger(__name__)
 
 _SWEEP_SECONDS = 1.0
 
-_SETTINGS = web.AppKey("settings", SandboxSettings)
-_RUNNER = web.AppKey("runner", Runner)
-_SLOTS = web.AppKey("slots", asyncio.Semaphore)
-_AUDIT = web.AppKey("audit", AuditLog)
-_WORKSPACES = web.AppKey("workspaces", Workspaces)
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/")[1:])
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+_HEALTHZ, _EXECUTE, _WORKSPACES = map(_segments, (HEALTHZ_PATH, EXECUTE_PATH, WORKSPACES_PATH))
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    scheme, _, presented = request.headers.get(AUTHORIZATION, "").partition(" ")
-    # Compare bytes: compare_digest refuses non-ASCII str, and a header may hold any byte
-    # (aiohttp keeps undecodable ones as surrogates).
-    return scheme.lower() == BEARER.lower() and hmac.compare_digest(
-        presented.strip().encode("utf-8", "surrogateescape"), token.encode()
+def body_limit(limits: SandboxLimits) -> int:
+    """The longest body of a request: the code twice over (JSON escapes) and the rest of the
+    object. What aiohttp's `client_max_size` was set to; the code limit is checked again after."""
+    return limits.code_bytes * 2 + 4096
+
+
+def _authorized(request: Request, token: str) -> bool:
+    scheme, _, presented = (request.header(AUTHORIZATION.lower().encode()) or b"").partition(b" ")
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a header may hold any byte.
+    return scheme.lower() == BEARER.lower().encode() and hmac.compare_digest(
+        presented.strip(), token.encode()
     )
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    survivors = request.app[_RUNNER].survivors
-    if survivors:
-        # Not healthy: the kubelet restarts the container, and every process in it ends.
-        error = f"{len(survivors)} process(es) left by runs could not be killed"
-        return web.json_response({"status": "unclean", "error": error}, status=503)
-    return web.json_response({"status": "ok"})
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -96,114 +93,142 @@ class _Run:
     task_id: str | None
 
 
-async def _read_run(request: web.Request, limits: SandboxLimits) -> _Run:
-    """The run a request asks for, or _Refused saying what is wrong."""
+def _parse_run(raw: bytes, limits: SandboxLimits) -> _Run:
+    """The run a request's body asks for, or Refused saying what is wrong."""
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to parse
         body = None
     if not isinstance(body, dict):
-        raise _Refused(400, "the body must be a JSON object")
+        raise Refused(400, "the body must be a JSON object")
     code, language, task_id = body.get("code"), body.get("language"), body.get("taskId")
     if not isinstance(code, str) or not isinstance(language, str):
-        raise _Refused(400, "'code' and 'language' must be strings")
+        raise Refused(400, "'code' and 'language' must be strings")
     if task_id is not None and not (isinstance(task_id, str) and TASK_ID_RE.fullmatch(task_id)):
-        raise _Refused(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
+        raise Refused(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
     normalized = normalize_language(language)
     if normalized is None:
-        raise _Refused(400, f"language {language!r} is not supported: python, sh or bash")
+        raise Refused(400, f"language {language!r} is not supported: python, sh or bash")
     if "\x00" in code:
-        raise _Refused(400, "code must not contain NUL characters")
-    if len(code.encode("utf-8")) > limits.code_bytes:
-        raise _Refused(413, f"code is longer than {limits.code_bytes} bytes")
+        raise Refused(400, "code must not contain NUL characters")
+    try:
+        encoded = code.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, but no text
+        raise Refused(400, "code must be valid Unicode (no lone surrogates)") from None
+    if len(encoded) > limits.code_bytes:
+        raise Refused(413, f"code is longer than {limits.code_bytes} bytes")
     return _Run(normalized, code, task_id)
 
 
-async def _execute(request: web.Request) -> web.Response:
-    settings = request.app[_SETTINGS]
-    if not _authorized(request, settings.token):
-        return _error(401, "missing or wrong bearer token")
-    try:
-        run = await _read_run(request, settings.limits)
-        outcome, failure = await _run_in_its_task(request.app, run)
-    except _Refused as refusal:
-        return _error(refusal.status, str(refusal))
-    _audit(request, run, outcome)
-    if failure is not None:
-        return _error(500, f"the run is over, but {failure}")
-    answer: ExecuteResponse = {
-        "exitCode": outcome.exit_code,
-        "output": outcome.output,
-        "timedOut": outcome.timed_out,
-        "truncated": outcome.truncated,
-        "durationSeconds": round(outcome.duration_seconds, 3),
-    }
-    return web.json_response(answer)
+_UNAUTHORIZED = error_response(401, "missing or wrong bearer token")
 
 
-async def _run_in_its_task(
-    app: web.Application, run: _Run
-) -> tuple[RunOutcome, ProcessesSurvived | None]:
-    """The run's outcome, and whether it left processes that could not be killed; or
-    _Refused (nothing was run)."""
-    slots, workspaces, runner = app[_SLOTS], app[_WORKSPACES], app[_RUNNER]
-    if runner.survivors:
-        # Fail closed: they could read this run's code and files.
-        raise _Refused(503, str(ProcessesSurvived(runner.survivors)))
-    # Checked and taken with no await in between, so the check cannot go stale.
-    if slots.locked():
-        concurrency = app[_SETTINGS].limits.concurrency
-        raise _Refused(429, f"the sandbox is already running {concurrency} run(s)")
-    # A run without a task is a task of its own, over when the run is.
-    task_id = run.task_id or uuid.uuid4().hex
-    async with slots:
-        try:
-            workdir = workspaces.enter(task_id)
-        except TaskEnded:
-            raise _Refused(409, f"task {task_id!r} has ended; its workspace is gone") from None
-        try:
-            return await runner.run(run.language, run.code, workdir), None
-        except ProcessesSurvived as survived:
-            if survived.outcome is None:  # (checked above too): nothing ran
-                raise _Refused(503, str(survived)) from None
-            return survived.outcome, survived
-        finally:
-            await workspaces.leave(task_id)
-            if run.task_id is None:
-                await workspaces.end(task_id)
+@dataclass
+class _Sandbox:
+    """The server's state, and its handlers: plain functions of a request."""
+
+    settings: SandboxSettings
+    audit: AuditLog
+    runner: Runner
+    workspaces: Workspaces
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.settings.limits.concurrency)
+
+    def route(self, path: tuple[str, ...]) -> Mapping[str, Handler] | None:
+        if path == _HEALTHZ:
+            return {"GET": self.healthz, "HEAD": self.healthz}
+        if path == _EXECUTE:
+            return {"POST": self.execute}
+        if path == _WORKSPACES or (path[:-1] == _WORKSPACES and path[-1]):
+            return {"DELETE": self.end_tasks}
+        return None
+
+    async def healthz(self, request: Request) -> Response:
+        survivors = self.runner.survivors
+        if survivors:
+            # Not healthy: the kubelet restarts the container, and every process in it ends.
+            error = f"{len(survivors)} process(es) left by runs could not be killed"
+            return json_response({"status": "unclean", "error": error}, 503)
+        return json_response({"status": "ok"})
+
+    async def execute(self, request: Request) -> Response:
+        if not _authorized(request, self.settings.token):
+            return _UNAUTHORIZED  # before reading the body
+        limits = self.settings.limits
+        run = _parse_run(await request.body(body_limit(limits)), limits)
+        outcome, failure = await self._run_in_its_task(run)
+        self._audit(run, outcome)
+        if failure is not None:
+            return error_response(500, f"the run is over, but {failure}")
+        answer: ExecuteResponse = {
+            "exitCode": outcome.exit_code,
+            "output": outcome.output,
+            "timedOut": outcome.timed_out,
+            "truncated": outcome.truncated,
+            "durationSeconds": round(outcome.duration_seconds, 3),
+        }
+        return json_response(answer)
+
+    async def _run_in_its_task(self, run: _Run) -> tuple[RunOutcome, ProcessesSurvived | None]:
+        """The run's outcome, and whether it left processes that could not be killed; or
+        Refused (nothing was run)."""
+        slots, workspaces, runner = self.slots, self.workspaces, self.runner
+        if runner.survivors:
+            # Fail closed: they could read this run's code and files.
+            raise Refused(503, str(ProcessesSurvived(runner.survivors)))
+        # Checked and taken with no await in between, so the check cannot go stale.
+        if slots.locked():
+            concurrency = self.settings.limits.concurrency
+            raise Refused(429, f"the sandbox is already running {concurrency} run(s)")
+        # A run without a task is a task of its own, over when the run is.
+        task_id = run.task_id or uuid.uuid4().hex
+        async with slots:
+            try:
+                workdir = workspaces.enter(task_id)
+            except TaskEnded:
+                raise Refused(409, f"task {task_id!r} has ended; its workspace is gone") from None
+            try:
+                return await runner.run(run.language, run.code, workdir), None
+            except ProcessesSurvived as survived:
+                if survived.outcome is None:  # (checked above too): nothing ran
+                    raise Refused(503, str(survived)) from None
+                return survived.outcome, survived
+            finally:
+                await workspaces.leave(task_id)
+                if run.task_id is None:
+                    await workspaces.end(task_id)
+
+    def _audit(self, run: _Run, outcome: RunOutcome) -> None:
+        self.audit.code_execution(
+            actor="sandbox",
+            language=run.language,
+            sha256=code_digest(run.code),
+            exit_code=outcome.exit_code,
+            duration_seconds=outcome.duration_seconds,
+            timed_out=outcome.timed_out,
+            task_id=run.task_id,
+        )
+
+    async def end_tasks(self, request: Request) -> Response:
+        """DELETE /v1/workspaces[/<taskId>]: the task (or every task) has ended."""
+        if not _authorized(request, self.settings.token):
+            return _UNAUTHORIZED
+        if request.path == _WORKSPACES:
+            await self.workspaces.end_all()
+        elif TASK_ID_RE.fullmatch(task_id := request.path[-1]):
+            await self.workspaces.end(task_id)
+        else:
+            return error_response(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
+        return Response(204)
 
 
-def _audit(request: web.Request, run: _Run, outcome: RunOutcome) -> None:
-    request.app[_AUDIT].code_execution(
-        actor="sandbox",
-        language=run.language,
-        sha256=code_digest(run.code),
-        exit_code=outcome.exit_code,
-        duration_seconds=outcome.duration_seconds,
-        timed_out=outcome.timed_out,
-        task_id=run.task_id,
-    )
-
-
-async def _end_tasks(request: web.Request) -> web.Response:
-    """DELETE /v1/workspaces[/<taskId>]: the task (or every task) has ended."""
-    if not _authorized(request, request.app[_SETTINGS].token):
-        return _error(401, "missing or wrong bearer token")
-    workspaces = request.app[_WORKSPACES]
-    task_id = request.match_info.get("task_id")
-    if task_id is None:
-        await workspaces.end_all()
-    elif TASK_ID_RE.fullmatch(task_id):
-        await workspaces.end(task_id)
-    else:
-        return _error(400, pattern_refusal("taskId", task_id, TASK_ID_RE))
-    return web.Response(status=204)
-
-
-async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+@contextlib.asynccontextmanager
+async def _housekeeping(sandbox: _Sandbox) -> AsyncIterator[None]:
     """Empties the workspace at start; reaps, now and then, what runs left (see runner.py)."""
-    runner = app[_RUNNER]
-    await app[_WORKSPACES].wipe()
+    runner = sandbox.runner
+    await sandbox.workspaces.wipe()
     if not runner.become_subreaper():
         log.warning("could not become a child subreaper; orphans of runs go to PID 1")
 
@@ -213,33 +238,30 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await runner.sweep()
 
     task = asyncio.create_task(sweep_forever())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-def build_sandbox_app(settings: SandboxSettings, audit: AuditLog) -> web.Application:
-    # Bodies are bounded before they are parsed; the code limit is checked again after.
-    app = web.Application(client_max_size=settings.limits.code_bytes * 2 + 4096)
-    app[_SETTINGS] = settings
-    app[_RUNNER] = Runner(settings.limits)
-    app[_SLOTS] = asyncio.Semaphore(settings.limits.concurrency)
-    app[_AUDIT] = audit
+async def _serve(settings: SandboxSettings, audit: AuditLog) -> None:
     # Never as root: root's IPC objects outside a container are every root process's.
     wipe_ipc = settings.wipe_ipc and os.geteuid() != 0
-    app[_WORKSPACES] = Workspaces(
+    workspaces = Workspaces(
         settings.workdir,
         keep=settings.keep_workspace,
         ipc=wipe_ipc,
         termination_log=settings.termination_log,
     )
-    app.cleanup_ctx.append(_housekeeping)
-    app.router.add_get(HEALTHZ_PATH, _healthz)
-    app.router.add_post(EXECUTE_PATH, _execute)
-    app.router.add_delete(WORKSPACES_PATH, _end_tasks)
-    app.router.add_delete(WORKSPACES_PATH + "/{task_id}", _end_tasks)
-    return app
+    sandbox = _Sandbox(settings, audit, Runner(settings.limits), workspaces)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the kubelet's stop, and ^C
+        loop.add_signal_handler(signum, stop.set)
+    async with _housekeeping(sandbox):
+        await HTTPServer(sandbox.route).serve(settings.host, settings.port, stop)
 
 
 def serve_sandbox(settings: SandboxSettings) -> None:
@@ -250,6 +272,4 @@ def serve_sandbox(settings: SandboxSettings) -> None:
         )
     audit = AuditLog.open(settings.tenant, "-")
     log.info("sandbox for tenant %s on port %d", settings.tenant, settings.port)
-    web.run_app(
-        build_sandbox_app(settings, audit), host=settings.host, port=settings.port, print=None
-    )
+    asyncio.run(_serve(settings, audit))

@@ -72,8 +72,8 @@ def stage_sandbox_packages() -> Path:
     """Copy what the sandbox server imports to a directory SANDBOX_UID can read.
 
     The checkout and its virtualenv may sit below a directory private to root (a `mktemp -d`
-    clone, a home directory): that user could not import them from there. The copy is small
-    (the sandbox needs aiohttp and its dependencies, ~15 MB) and removed at exit.
+    clone, a home directory): that user could not import them from there. The copy holds the
+    packages this process has loaded (of them the sandbox needs only h11) and is removed at exit.
     """
     import tenantry_runtime.__main__  # noqa: PLC0415 - loads what the server imports
     import tenantry_runtime.sandbox  # noqa: F401, PLC0415
