@@ -7,10 +7,11 @@ of an unchanged tenant reads nothing from the API server and writes nothing to i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tenantry.kinds import row
 from tenantry.names import APPLIED_HASH, MANAGED_BY, OPERATOR, SANDBOX_TOKEN_SECRET, TENANT_LABEL
 from tenantry.render import Manifest
 
@@ -21,6 +22,8 @@ FIELD_MANAGER = "tenantry"
 SYSTEM_MANAGERS = frozenset({FIELD_MANAGER, "kube-controller-manager", "kube-scheduler"})
 
 ChildKey = tuple[str, str, str]  # (kind, namespace or "", name)
+# A field as managedFields name it, from the object's root: ("f:metadata", "f:labels", "f:team").
+FieldPath = tuple[str, ...]
 
 
 def child_key(manifest: Mapping[str, Any]) -> ChildKey:
@@ -49,6 +52,24 @@ class LiveChild:
     owner_uids: tuple[str, ...] = ()
     available: bool | None = None  # Deployments only
     problem: str = ""  # why a Deployment is not available, from its conditions
+    # Kinds never replaced only (kinds.ChildKind.replaceable): the fields our own entries in
+    # managedFields own; drift there is a field we set that they no longer own (`taken_fields`).
+    owned: OwnedFields | None = None
+
+
+@dataclass(frozen=True)
+class OwnedFields:
+    """The fields Tenantry's entries in an object's managedFields own."""
+
+    fields: frozenset[FieldPath]  # every field they name, and each one's parents
+    # Fields an Apply entry names with nothing under them: a value, or a list or struct the API
+    # server files as one field (a claim's accessModes, its selector). What lies inside such a
+    # field is ours too. (Only an Apply entry tells: it names exactly what we applied, whereas a
+    # create's entry names maps whole, and a map whose every key was taken looks the same.)
+    whole: frozenset[FieldPath]
+
+    def own(self, path: FieldPath) -> bool:
+        return path in self.fields or any(path[:n] in self.whole for n in range(1, len(path)))
 
 
 def deployment_health(body: Mapping[str, Any]) -> tuple[bool, str]:
@@ -69,14 +90,20 @@ def deployment_health(body: Mapping[str, Any]) -> tuple[bool, str]:
 
 def summarize(body: Mapping[str, Any]) -> LiveChild:
     meta = body.get("metadata", {})
-    foreign = sorted(
-        {
-            entry.get("manager", "")
-            for entry in meta.get("managedFields") or []
-            # Status is the controllers' to write; any other subresource (a `scale`) is a change.
-            if entry.get("subresource") != "status" and entry.get("manager") not in SYSTEM_MANAGERS
-        }
-    )
+    entries = meta.get("managedFields") or []
+    if row(body.get("kind", "")).replaceable:
+        owned = None
+        foreign = sorted(
+            {
+                entry.get("manager", "")
+                for entry in entries
+                # Status is the controllers' to write; any other subresource (a `scale`) is a change.
+                if entry.get("subresource") != "status"
+                and entry.get("manager") not in SYSTEM_MANAGERS
+            }
+        )
+    else:  # who else wrote to it decides nothing, see `taken_fields`
+        owned, foreign = owned_fields(entries), []
     available, problem = deployment_health(body) if body.get("kind") == "Deployment" else (None, "")
     return LiveChild(
         applied_hash=(meta.get("annotations") or {}).get(APPLIED_HASH),
@@ -85,7 +112,93 @@ def summarize(body: Mapping[str, Any]) -> LiveChild:
         owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
         available=available,
         problem=problem,
+        owned=owned,
     )
+
+
+# The reference to the tenant in metadata.ownerReferences. The API server names it by the
+# tenant's uid; our entries never own another reference (a namespace with another owner is
+# never written, plan.owns), and the uid is checked where it matters (plan.ours). Named alike
+# for every tenant, children of one shape own the same fields: see `owned_fields`.
+TENANT_REFERENCE = "k:tenant"
+OWNER_REFERENCES = ("f:metadata", "f:ownerReferences")
+# One copy of each set of owned fields: a thousand tenants' namespaces would otherwise hold
+# 5 MB of the same paths. The shapes are few (the namespace's, the claim's, each template's,
+# and what people take from them); should they not be, the copies are only shared less.
+_SHAPES: dict[OwnedFields, OwnedFields] = {}
+SHAPES_KEPT = 1000
+
+
+def owned_fields(entries: list[Mapping[str, Any]]) -> OwnedFields:
+    """What Tenantry's own entries (the namespace's create, every apply) own."""
+    fields: set[FieldPath] = set()
+    whole: set[FieldPath] = set()
+    for entry in entries:
+        if entry.get("manager") == FIELD_MANAGER and not entry.get("subresource"):
+            for path, leaf in _named(entry.get("fieldsV1") or {}, ()):
+                fields.add(path)
+                if leaf and entry.get("operation") == "Apply":
+                    whole.add(path)
+    owned = OwnedFields(frozenset(fields), frozenset(whole))
+    if len(_SHAPES) >= SHAPES_KEPT:
+        _SHAPES.clear()
+    return _SHAPES.setdefault(owned, owned)
+
+
+def _named(tree: Mapping[str, Any], parent: FieldPath) -> Iterator[tuple[FieldPath, bool]]:
+    """Each field of a fieldsV1 tree, and whether it names nothing under it."""
+    for step, under in tree.items():
+        if step != ".":  # the field above, itself
+            path = (*parent, TENANT_REFERENCE if parent == OWNER_REFERENCES else step)
+            yield path, not under
+            yield from _named(under, path)
+
+
+def rendered_fields(manifest: Mapping[str, Any]) -> Iterator[FieldPath]:
+    """The fields a manifest sets, named as managedFields name them: each value, each list
+    whole (the API server files the lists we set as one field), but ownerReferences, filed by
+    reference. Empty maps and nulls set nothing."""
+    meta = manifest.get("metadata") or {}
+    kept = ("labels", "annotations", "ownerReferences")  # name and namespace are no fields
+    body = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
+    yield from _set({**body, "metadata": {key: meta[key] for key in kept if key in meta}}, ())
+
+
+def _set(value: Any, path: FieldPath) -> Iterator[FieldPath]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _set(item, (*path, f"f:{key}"))
+    elif path == OWNER_REFERENCES:  # filed by reference, each reference one field
+        yield from ((*path, TENANT_REFERENCE) for _ in value)
+    elif value is not None:
+        yield path
+
+
+def taken_fields(desired: Manifest, owned: OwnedFields) -> list[str]:
+    """The fields we set that our entries no longer own, as a human reads them.
+
+    For the children never replaced, this alone is drift. A field leaves our entries only when
+    someone else changes its value (an update, or an apply forced over ours) or removes it;
+    whoever applies the same value shares it, and a field we do not set was never ours. So a
+    manager that owns only fields of its own (an admin's `kubectl label namespace`) is no
+    drift, and a forced apply could never make it go; a `kubectl label --overwrite` of the
+    Pod Security label, or its removal, takes the field from us, and the next pass takes it
+    back. Decided from the live object alone: a restart, which lists every child afresh,
+    finds nothing to write either.
+    """
+    return [readable(path) for path in rendered_fields(desired) if not owned.own(path)]
+
+
+def readable(path: FieldPath) -> str:
+    """("f:metadata", "f:labels", "f:a.b/c") as metadata.labels[a.b/c]."""
+    text = ""
+    for step in path:
+        name = step[2:]
+        if name.replace("_", "").isalnum() and not step.startswith("k:"):
+            text += f".{name}" if text else name
+        else:
+            text += f"[{name}]"
+    return text
 
 
 def apply_reason(desired: Manifest, live: LiveChild | None) -> str | None:
@@ -94,6 +207,10 @@ def apply_reason(desired: Manifest, live: LiveChild | None) -> str | None:
         return "missing"
     if live.applied_hash != desired["metadata"]["annotations"][APPLIED_HASH]:
         return "changed"
+    if live.owned is not None:
+        taken = taken_fields(desired, live.owned)
+        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+        return f"someone changed {', '.join(taken[:3])}{more}" if taken else None
     if live.foreign_managers:
         return f"changed by {', '.join(live.foreign_managers)}"
     return None

@@ -53,8 +53,10 @@ class ChildKind:
     # refused, and its ReplicaSet retries only after a backoff).
     phase: int
     # Whether drift (fields another manager wrote) is corrected by replacing the object whole.
-    # A claim's spec is immutable once bound (a replace is refused, a delete loses its data):
-    # drift there is corrected by a forced apply, which takes back the fields we own.
+    # Not a claim: its spec is immutable once bound (a replace is refused, a delete loses its
+    # data). Nor the namespace: it is the cluster admin's to label as well (a replace would drop
+    # their labels). Drift on those is a field we set that someone changed or removed, taken
+    # back by a forced apply (children.taken_fields).
     replaceable: bool = True
     # Whether AgentTenantTemplates may render objects of this kind too (see the module's notes).
     templatable: bool = False
@@ -76,7 +78,7 @@ class ChildKind:
 
 
 CHILD_KINDS: tuple[ChildKind, ...] = (
-    ChildKind("Namespace", Namespace, 0),
+    ChildKind("Namespace", Namespace, 0, replaceable=False),
     ChildKind("RoleBinding", RoleBinding, 1),
     ChildKind("ResourceQuota", ResourceQuota, 2),
     ChildKind("LimitRange", LimitRange, 2),

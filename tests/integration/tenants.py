@@ -6,15 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from lightkube import Client, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_global_resource
-from lightkube.resources.core_v1 import (
-    Namespace,
-)
+from lightkube.resources.core_v1 import Event, Namespace
 from tenantry.kinds import CHILD_KINDS as KINDS
 from waiting import wait_until
 
@@ -144,3 +143,47 @@ def audit(kubeconfig: Path, *args: str) -> tuple[int, dict[str, Any]]:
     )
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def drift_events(kube: Client, name: str) -> list[str]:
+    """The messages of the DriftCorrected events posted on a tenant, oldest first."""
+    events = [
+        e
+        for e in kube.list(Event, namespace="default")
+        if e.involvedObject.name == name and e.reason == "DriftCorrected"
+    ]
+    events.sort(key=lambda e: e.metadata.creationTimestamp)  # type: ignore[union-attr]
+    return [e.message or "" for e in events]
+
+
+def writes_logged(log: Path, since: int, name: str, kind: str = "") -> list[str]:
+    """The operator's log lines after offset `since` that wrote a child of the tenant (of that
+    kind): a forced apply that changes nothing leaves no trace in the API server, only here."""
+    lines = log.read_text()[since:].splitlines()
+    return [
+        line
+        for line in lines
+        if f'"tenant": "{name}"' in line and f'"message": "applied {kind}' in line
+    ]
+
+
+def assert_quiet_at_rest(kube: Client, name: str, log: Path) -> None:
+    """Two drift periods (and their jitter) over a tenant write none of its children, change
+    nothing in its namespace and post no DriftCorrected event."""
+    namespace = get(kube, name).status["namespace"]
+    time.sleep(2)  # the pass the last change caused
+    before, events, since = (
+        versions(kube, namespace),
+        len(drift_events(kube, name)),
+        len(log.read_text()),
+    )
+    time.sleep(DRIFT_INTERVAL_SECONDS * 2.5)
+    written = writes_logged(log, since, name)
+    assert not written, f"{len(written)} writes at rest, the last: {written[-1:]}"
+    posted = drift_events(kube, name)[events:]
+    assert not posted, f"DriftCorrected at rest: {posted}"
+    after = versions(kube, namespace)
+    changed = sorted(
+        key for key in before.keys() | after.keys() if before.get(key) != after.get(key)
+    )
+    assert not changed, f"changed at rest: {changed}"

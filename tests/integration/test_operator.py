@@ -22,6 +22,7 @@ from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
+from operator_process import OperatorProcess
 from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
 
@@ -538,6 +539,87 @@ def test_fields_someone_adds_to_a_child_are_removed(kube: Client, new_tenant: Ne
         )
 
     wait_until(removed, "the added fields and their manager to be removed", timeout=60)
+
+
+def test_a_label_an_admin_adds_to_the_namespace_is_no_drift_even_after_a_restart(
+    kube: Client, new_tenant: NewTenant, operator_process: OperatorProcess
+) -> None:
+    """Finding: a manager of fields Tenantry does not set (an admin's `kubectl label namespace`)
+    stays in a namespace's managedFields after a forced apply, so every pass re-applied the
+    namespace and posted DriftCorrected, for ever and after every restart. The namespace is
+    never replaced: a label of the admin's is theirs to keep."""
+    name = new_tenant(prefix="labelled")
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    kube.patch(
+        Namespace,
+        namespace,
+        {"metadata": {"labels": {"team": "payments"}}},
+        patch_type=PatchType.MERGE,
+        field_manager="kubectl-label",
+    )
+    tenants.assert_quiet_at_rest(kube, name, operator_process.log)
+    labels = kube.get(Namespace, namespace).metadata.labels  # type: ignore[union-attr]
+    assert labels["team"] == "payments"  # type: ignore[index]
+    assert tenants.drift_events(kube, name) == []
+
+    # A restart lists the namespace afresh and finds nothing to write either. A child deleted
+    # meanwhile proves the restarted operator passed over the tenant.
+    since = len(operator_process.log.read_text())
+    operator_process.stop()
+    kube.delete(ConfigMap, "runtime-config", namespace=namespace)
+    operator_process.start()
+    wait_until(
+        lambda: tenants.drift_events(kube, name), "the restarted operator to restore the ConfigMap"
+    )
+    assert tenants.drift_events(kube, name) == [
+        f"restored ConfigMap {namespace}/runtime-config (missing)"
+    ]
+    assert tenants.writes_logged(operator_process.log, since, name, "Namespace") == []
+    tenants.assert_quiet_at_rest(kube, name, operator_process.log)
+
+
+@pytest.mark.parametrize("change", ["overwritten", "removed"])
+def test_a_change_to_the_namespaces_pod_security_is_taken_back(
+    kube: Client, new_tenant: NewTenant, operator_process: OperatorProcess, change: str
+) -> None:
+    """What an admin's `kubectl label --overwrite` or `kubectl label KEY-` does to a label Tenantry
+    sets is taken back at the next pass, also by a manager that owns a label of its own there.
+    Finding: a removal leaves no manager of it behind, and went unnoticed."""
+    name = new_tenant(prefix="psa")
+    tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    enforce = "pod-security.kubernetes.io/enforce"
+
+    def label(labels: dict[str, str | None]) -> None:
+        kube.patch(
+            Namespace,
+            namespace,
+            {"metadata": {"labels": labels}},
+            patch_type=PatchType.MERGE,
+            field_manager="kubectl-label",
+        )
+
+    def taken_back(times: int) -> None:
+        label({enforce: "privileged" if change == "overwritten" else None})
+        wait_until(
+            lambda: (
+                (kube.get(Namespace, namespace).metadata.labels or {}).get(enforce)  # type: ignore[union-attr]
+                == "restricted"
+            ),
+            f"the {change} {enforce} label to be restored",
+        )
+        wait_until(
+            lambda: len(tenants.drift_events(kube, name)) == times, f"DriftCorrected #{times}"
+        )
+        assert tenants.drift_events(kube, name)[-1].startswith(f"restored Namespace {namespace} (")
+        tenants.assert_quiet_at_rest(kube, name, operator_process.log)
+
+    taken_back(1)
+    label({"team": "payments"})
+    tenants.assert_quiet_at_rest(kube, name, operator_process.log)
+    taken_back(2)
+    assert (kube.get(Namespace, namespace).metadata.labels or {})["team"] == "payments"  # type: ignore[union-attr]
 
 
 def test_a_refused_change_leaves_a_running_tenant_as_it_was(

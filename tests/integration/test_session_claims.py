@@ -20,6 +20,7 @@ from lightkube.models.core_v1 import HostPathVolumeSource, PersistentVolumeSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, ResourceQuota
+from lightkube.types import PatchType
 from tenants import DRIFT_INTERVAL_SECONDS
 from waiting import wait_until
 
@@ -151,3 +152,48 @@ def test_refused_session_changes_leave_the_claim_as_it_was_and_turning_off_delet
     tenants.wait_condition(kube, tenant_name, "Ready", timeout=90)
     bound = claim(kube, namespace)
     assert bound is not None and bound.status.phase == "Bound"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("change", ["overwritten", "removed"])
+def test_a_label_someone_adds_to_the_claim_is_no_drift_and_one_of_ours_is_taken_back(
+    kube: Client, storage_class: str, tenant_name: str, operator: Path, change: str
+) -> None:
+    """Finding: a claim is never replaced, so a manager of fields Tenantry does not set stays in
+    its managedFields after a forced apply; every pass re-applied the claim and posted
+    DriftCorrected. A change to a field Tenantry does set is still taken back (and a removal,
+    which leaves no manager of it behind, went unnoticed)."""
+    tenants.apply(kube, tenants.manifest(tenant_name, sessions_spec(storage_class)))
+    tenants.wait_condition(kube, tenant_name, "Ready", timeout=90)
+    namespace = f"tenant-{tenant_name}"
+    component = "app.kubernetes.io/component"
+
+    def label(labels: dict[str, str | None]) -> None:
+        kube.patch(
+            PersistentVolumeClaim,
+            "sessions",
+            {"metadata": {"labels": labels}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager="kubectl-label",
+        )
+
+    def taken_back(times: int) -> None:
+        label({component: "someone" if change == "overwritten" else None})
+        wait_until(
+            lambda: (claim(kube, namespace).metadata.labels or {}).get(component) == "runtime",  # type: ignore[union-attr]
+            f"the {change} {component} label to be restored",
+        )
+        wait_until(
+            lambda: len(tenants.drift_events(kube, tenant_name)) == times,
+            f"DriftCorrected #{times}",
+        )
+        assert tenants.drift_events(kube, tenant_name)[-1].startswith(
+            f"restored PersistentVolumeClaim {namespace}/sessions ("
+        )
+        tenants.assert_quiet_at_rest(kube, tenant_name, operator)
+
+    taken_back(1)
+    label({"backup": "nightly"})
+    tenants.assert_quiet_at_rest(kube, tenant_name, operator)
+    taken_back(2)
+    assert (claim(kube, namespace).metadata.labels or {})["backup"] == "nightly"  # type: ignore[union-attr]

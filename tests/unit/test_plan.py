@@ -41,17 +41,44 @@ def desired(tenant: AgentTenant | None = None) -> list[dict[str, Any]]:
     return render(tenant or acme(), OperatorConfig(), FACTS)
 
 
+def applied_fields(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The fieldsV1 the API server files for an apply of the manifest: every value a field, a
+    list one field, an owner reference by its uid (tests/unit/test_children.py has the real
+    thing, from the API server)."""
+
+    def tree(value: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {f"f:{key}": tree(item, (*path, key)) for key, item in value.items()}
+        if path == ("metadata", "ownerReferences"):
+            return {f'k:{{"uid":"{ref["uid"]}"}}': {} for ref in value}
+        return {}
+
+    meta = manifest["metadata"]
+    kept = {key: meta[key] for key in ("labels", "annotations", "ownerReferences") if key in meta}
+    body = {key: value for key, value in manifest.items() if key not in ("apiVersion", "kind")}
+    return tree({**body, "metadata": kept}, ())
+
+
 def as_live(
-    manifests: list[dict[str, Any]], managers: Mapping[ChildKey, str] = {}, available: bool = True
+    manifests: list[dict[str, Any]],
+    managers: Mapping[ChildKey, str] = {},
+    available: bool = True,
+    taken: Mapping[ChildKey, str] = {},
 ) -> dict[ChildKey, LiveChild]:
     """The live children the watch would report for these manifests, as applied by us (and by
-    the managers given, per child), with every Deployment available or not."""
+    the managers given, per child, which own fields of their own or, for a child in `taken`,
+    that label of ours: they changed it), with every Deployment available or not."""
     live = {}
     for manifest in manifests:
         key = child_key(manifest)
-        entries = [{"manager": "tenantry", "operation": "Apply"}]
+        ours = applied_fields(manifest)
+        theirs: dict[str, Any] = {"f:metadata": {"f:labels": {"f:team": {}}}}
+        if key in taken:
+            del ours["f:metadata"]["f:labels"][f"f:{taken[key]}"]
+            theirs["f:metadata"]["f:labels"][f"f:{taken[key]}"] = {}
+        entries = [{"manager": "tenantry", "operation": "Apply", "fieldsV1": ours}]
         if key in managers:
-            entries.append({"manager": managers[key], "operation": "Update"})
+            entries.append({"manager": managers[key], "operation": "Update", "fieldsV1": theirs})
         body = {
             **manifest,
             "metadata": {**manifest["metadata"], "uid": f"uid-{key[2]}", "managedFields": entries},
@@ -167,30 +194,41 @@ def test_nothing_is_drift_before_the_tenant_was_ready() -> None:
     assert decided.corrected == ()
 
 
-def test_the_namespace_is_applied_not_replaced_when_someone_else_wrote_to_it() -> None:
+def test_the_namespace_is_applied_not_replaced_and_only_a_field_of_ours_changed_is_drift() -> None:
     """Replacing a namespace would drop what the namespace controller and admins legitimately
-    keep on it (finalizers, labels of their own); our fields are taken back by a forced apply."""
+    keep on it (finalizers, labels of their own); our fields are taken back by a forced apply.
+    Someone's label of their own is no drift: a forced apply could never make its manager go."""
     children = desired()
     key = ("Namespace", "", NAMESPACE)
-    decided = plan(acme(), NAMESPACE, children, as_live(children, {key: "kubectl"}), True, True)
-    assert written(decided) == {key: ("apply", "changed by kubectl")}
+    labelled = as_live(children, {key: "kubectl-label"})
+    assert written(plan(acme(), NAMESPACE, children, labelled, True, True)) == {}
+    enforce = "pod-security.kubernetes.io/enforce"
+    changed = as_live(children, {key: "kubectl-label"}, taken={key: enforce})
+    decided = plan(acme(), NAMESPACE, children, changed, True, True)
+    assert written(decided) == {key: ("apply", f"someone changed metadata.labels[{enforce}]")}
+    assert [str(c) for c in decided.corrected] == [
+        f"Namespace {NAMESPACE} (someone changed metadata.labels[{enforce}])"
+    ]
 
 
 def test_a_sessions_claim_is_applied_never_replaced_and_the_binders_are_no_drift() -> None:
     """A bound claim's spec is immutable: a replace would be refused (and a delete would lose
-    every session's history); the volume binder and the scheduler write to it by design."""
+    every session's history); the volume binder and the scheduler write to it by design, and
+    so may anyone to fields of their own."""
     runtime = acme().spec.runtime.model_copy(
         update={"sessions": acme().spec.runtime.sessions.model_copy(update={"enabled": True})}
     )
     tenant = acme(runtime=runtime)
     children = desired(tenant)
     key = ("PersistentVolumeClaim", NAMESPACE, "sessions")
-    for manager in ("kube-controller-manager", "kube-scheduler"):
+    for manager in ("kube-controller-manager", "kube-scheduler", "kubectl"):
         live = as_live(children, {key: manager})
         assert written(plan(tenant, NAMESPACE, children, live, True, True)) == {}
-    live = as_live(children, {key: "kubectl"})
+    live = as_live(children, {key: "kubectl"}, taken={key: "app.kubernetes.io/component"})
     decided = plan(tenant, NAMESPACE, children, live, True, True)
-    assert written(decided) == {key: ("apply", "changed by kubectl")}
+    assert written(decided) == {
+        key: ("apply", "someone changed metadata.labels[app.kubernetes.io/component]")
+    }
 
 
 def test_what_the_spec_no_longer_wants_is_pruned_but_never_the_namespace() -> None:
