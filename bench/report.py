@@ -408,9 +408,11 @@ Per round, each pod from its container running to Ready, and the first answer:
 {table(["round", "first: sandbox, s", "runtime, s", "answered, s", "second: sandbox, s", "runtime, s", "answered, s"], per_round)}
 
 - **The readiness probes decide it.** The kubelet probes a pod as its container starts, again
-  about a second later, then every {period} s (`render.workloads.http_probe`: no initial delay,
-  no startup probe; the kubelet's log shows the probes' times). A process listening by the second probe
-  is Ready about a second after its start; one that is not waits for the next, {period} s on.
+  about a second later (both triggered by its syncs of the pod's status), then every {period} s
+  (`render.workloads.http_probe`: no initial delay, no startup probe; the kubelet's log shows
+  the probes' times; the first round starts once the kubelet has run for a period, as it delays
+  the first probes of pods it meets sooner). A process listening by the second probe is Ready
+  about a second after its start; one that is not waits for the next, {period} s on.
   The runtime, which imports autogen and the model client before it listens, is the one that
   misses most: its wait is {spread(share, "{:.0%}")} of the time to the first answer.
   A shorter period, or a startup probe, would take most of it off.
@@ -418,8 +420,8 @@ Per round, each pod from its container running to Ready, and the first answer:
   answering request took {spread((t["request_seconds"] for t in every), "{:.2f}")} s (two model calls
   and the program's run in the sandbox pod); the rest is the Service's new endpoint reaching
   kube-proxy, and the gateway's next attempt. Until then the gateway's connections to the
-  Service are dropped, not refused: they time out. A client left to TCP's own retries would
-  wait 1, 2, then 4 s more for its answer. Failed attempts over every tenant: {failures}.
+  Service are not refused but time out, and a client left to TCP's own retries waits for them:
+  1, 2, then 4 s more. Failed attempts over every tenant: {failures}.
 - **The busy first tenant** ran {spread((len(b) for b in busy_tasks), "{:.0f}")} tasks while
   the second came up, each taking {spread(busy_seconds, "{:.1f}")} s. The second's time to its
   first answer over the first's: {spread(slower)}.
