@@ -99,7 +99,7 @@ test-unit: venv ## only the tests that need no cluster (the chart's need helm an
 	$(BIN)/pytest -m "not cluster"
 
 # Not part of `make test`: it takes about 40 minutes and wants the machine to itself.
-bench: venv ## benchmarks on a cluster of their own; writes docs/benchmarks.md and docs/bench/ (SECTIONS=provisioning,latency,runtime)
+bench: venv ## benchmarks on a cluster of their own; writes docs/benchmarks.md and docs/bench/ (SECTIONS=provisioning,latency,runtime,realnode)
 	@start=$$SECONDS; $(BIN)/python -m bench; status=$$?; \
 	  echo "make bench: $$((SECONDS - start))s"; exit $$status
 

@@ -4,6 +4,7 @@
     python -m bench --sections latency --rounds 1    # one section, once
     python -m bench --report-only                    # re-render the page from the JSON
     python -m bench --sections rest                  # section 3 alone (cost at rest, 500 tenants)
+    python -m bench --sections realnode              # the real node: apply → first answer
 
 Each section's raw results go to docs/bench/<section>.json; the page is rendered from whatever
 JSON is there, so one section can be re-run alone.
@@ -23,14 +24,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import control_plane, report
+from bench import control_plane, realnode, report
 from bench import runtime as runtime_section
 from bench.harness import REPO, cluster, log
 from e2e.images import toolchain_versions
 
 RESULTS = REPO / "docs" / "bench"
 WORKDIR = REPO / ".cache" / "bench"
-SECTIONS = ("provisioning", "latency", "runtime")
+SECTIONS = ("provisioning", "latency", "runtime", "realnode")
 # Run only when named: a part of a section above, refreshed in that section's JSON.
 PARTS = {"rest": "provisioning"}
 # The runtime's rounds are seconds each; its guard overhead moves by points from round to round
@@ -171,6 +172,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, sections: list[str]) -> None:
+    if "realnode" in sections:
+        realnode.check()  # now, not after the other sections' 45 minutes
     for section in sections:
         started = time.monotonic()
         log(f"section {section}: started")
@@ -183,12 +186,14 @@ def run(args: argparse.Namespace, sections: list[str]) -> None:
             elif section == "latency":
                 loads = [float(x) for x in args.loads.split(",")]
                 data = asyncio.run(latency(args.rounds, loads, args.duration, args.ceiling_count))
+            elif section == "realnode":
+                data = asyncio.run(realnode.run(args.rounds, WORKDIR))
             else:
                 data = asyncio.run(
                     runtime_section.run(max(RUNTIME_ROUNDS, args.rounds), WORKDIR / "runtime")
                 )
         finally:
-            if section != "runtime":
+            if section not in ("runtime", "realnode"):  # realnode stops the cluster it started
                 cluster("down")
         if section not in PARTS:
             data["machine"] = environment()

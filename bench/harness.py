@@ -56,21 +56,23 @@ def log(message: str) -> None:
 # ---- the cluster ---------------------------------------------------------------------------
 
 
-def cluster(command: str) -> None:
-    env = {
-        **os.environ,
-        "TENANTRY_CLUSTER_NAME": CLUSTER_NAME,
-        "TENANTRY_KWOK_CREATE_ARGS": f"--disable-qps-limits --kube-audit-policy {AUDIT_POLICY} "
-        # 2 Services per tenant: the default /24 of Service IPs holds only 127 tenants.
-        "--extra-args kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
-        # 2 pods per tenant: kwok's two nodes (110 pods, 32 CPUs each) would hold 110 tenants.
-        "TENANTRY_NODE_ALLOCATABLE": "pods=1500,cpu=1000,memory=4Ti",
-    }
+# e2e/cluster.py's settings for the benchmarks' own cluster.
+BENCH_CLUSTER = {
+    "TENANTRY_CLUSTER_NAME": CLUSTER_NAME,
+    "TENANTRY_KWOK_CREATE_ARGS": f"--disable-qps-limits --kube-audit-policy {AUDIT_POLICY} "
+    # 2 Services per tenant: the default /24 of Service IPs holds only 127 tenants.
+    "--extra-args kube-apiserver=service-cluster-ip-range=10.96.0.0/16",
+    # 2 pods per tenant: kwok's two nodes (110 pods, 32 CPUs each) would hold 110 tenants.
+    "TENANTRY_NODE_ALLOCATABLE": "pods=1500,cpu=1000,memory=4Ti",
+}
+
+
+def cluster(command: str, settings: Mapping[str, str] = BENCH_CLUSTER, quiet: bool = True) -> None:
     subprocess.run(
         [sys.executable, str(REPO / "e2e" / "cluster.py"), command],
-        env=env,
+        env={**os.environ, **settings},
         check=True,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else None,
     )
 
 
@@ -80,22 +82,25 @@ async def fresh_cluster(tenant_names: Iterable[str]) -> None:
     cluster("up")
     kube = Kube(KUBECONFIG)
     try:
-        for plural, build in CRDS.items():
-            await kube.apply(build())
-            crd_path = (
-                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.tenantry.dev"
-            )
-            while not any(
-                c["type"] == "Established" and c["status"] == "True"
-                for c in ((await kube.get(crd_path)).get("status") or {}).get("conditions") or []
-            ):
-                await asyncio.sleep(0.2)
-        await kube.apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SECRET_SOURCE_NAMESPACE}}
-        )
-        await kube.apply(source_secret(tenant_names))
+        await prepare(kube, tenant_names)
     finally:
         await kube.close()
+
+
+async def prepare(kube: Kube, tenant_names: Iterable[str]) -> None:
+    """The CRDs, Established, and a model Secret that the named tenants may copy."""
+    for plural, build in CRDS.items():
+        await kube.apply(build())
+        crd_path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.tenantry.dev"
+        while not any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in ((await kube.get(crd_path)).get("status") or {}).get("conditions") or []
+        ):
+            await asyncio.sleep(0.2)
+    await kube.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SECRET_SOURCE_NAMESPACE}}
+    )
+    await kube.apply(source_secret(tenant_names))
 
 
 def source_secret(tenant_names: Iterable[str]) -> dict[str, Any]:
@@ -282,9 +287,12 @@ class Operator:
     # Every process started and not yet stopped: stopped at exit, so a failed run leaves none.
     running: ClassVar[set[Operator]] = set()
 
-    def __init__(self, log_file: Path, drift_interval: float) -> None:
+    def __init__(
+        self, log_file: Path, drift_interval: float, kubeconfig: Path = KUBECONFIG
+    ) -> None:
         self.log_file = log_file
         self.drift_interval = drift_interval
+        self.kubeconfig = kubeconfig
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.profiler: subprocess.Popen[bytes] | None = None
@@ -301,7 +309,7 @@ class Operator:
                     # Section 3 adds an AgentTenantTemplate of a claim per tenant.
                     f"--template-kinds={TEMPLATE_KIND}",
                 ],
-                env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+                env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from tenantry.render.workloads import http_probe
 
 from bench import runtime as runtime_section
 from bench.stats import percentile
@@ -413,6 +414,109 @@ over the rounds.
 """
 
 
+# The rows of the real node's table: from a tenant's apply until ...
+REALNODE_ROWS: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+    ("its two pods bound to the node", lambda t: max(p["scheduled"] for p in t["pods"].values())),
+    ("sandbox container running", lambda t: t["pods"]["sandbox"]["running"]),
+    ("runtime container running", lambda t: t["pods"]["runtime"]["running"]),
+    ("sandbox pod Ready", lambda t: t["pods"]["sandbox"]["ready"]),
+    ("runtime pod Ready", lambda t: t["pods"]["runtime"]["ready"]),
+    ("tenant `Ready=True`", lambda t: t["ready_seconds"]),
+    ("**first task answered**", lambda t: t["answered_seconds"]),
+]
+
+
+def waits(tenant: dict[str, Any]) -> list[str]:
+    """A tenant's pods from container running to Ready (sandbox, runtime), then its answer."""
+    pods = tenant["pods"]
+    return [f"{pods[c]['ready'] - pods[c]['running']:.1f}" for c in ("sandbox", "runtime")] + [
+        f"{tenant['answered_seconds']:.1f}"
+    ]
+
+
+def realnode_section(data: dict[str, Any]) -> str:
+    rounds = data["rounds"]
+    first, second = [r["first"] for r in rounds], [r["second"] for r in rounds]
+    every = first + second
+    rows = [
+        [label, spread(map(value, first), "{:.1f}"), spread(map(value, second), "{:.1f}")]
+        for label, value in REALNODE_ROWS
+    ]
+    per_round = [[r["round"], *waits(r["first"]), *waits(r["second"])] for r in rounds]
+    runtime = [t["pods"]["runtime"] for t in every]
+    share = [
+        (p["ready"] - p["running"]) / t["answered_seconds"]
+        for p, t in zip(runtime, every, strict=True)
+    ]
+    after_ready = [t["answered_seconds"] - p["ready"] for p, t in zip(runtime, every, strict=True)]
+    failed: dict[str, int] = {}
+    for t in every:
+        for error, (count, _) in t["failures"].items():
+            failed[error] = failed.get(error, 0) + count
+    failures = "; ".join(f"`{error}` {count}" for error, count in sorted(failed.items()))
+    busy_tasks = [t["first_busy"] for t in second]
+    busy_seconds = [end - began for tasks in busy_tasks for began, end in tasks]
+    slower = [
+        s["answered_seconds"] / f["answered_seconds"] for f, s in zip(first, second, strict=True)
+    ]
+    period = http_probe("/readyz")["periodSeconds"]
+    return f"""## 6. The real node: apply → first answer
+
+Tenants on the real node ([docs/real-node.md](real-node.md): a kubelet and containerd running
+the project's images, kube-proxy, CoreDNS and kube-router enforcing NetworkPolicy, on this
+machine), the kwok nodes cordoned, the operator as `tenantry run` with its defaults. Each round
+applies a first tenant to an idle node and waits for its first answer, then applies a second
+while the first is busy: a gateway pod sends the first tasks one after another whose programs
+keep its sandbox computing ({data["busy_task_seconds"]} s each; its limit is one core of this
+machine's two), from before the second's apply until after its answer. Both are deleted, and
+their namespaces gone, before the next round; every round has new names. A tenant is the other
+sections' (examples/acme.yaml: an assistant, a coder, a sandbox) with its model on the scripted
+stand-in outside the cluster (e2e/model_server.py, at 203.0.113.10:443, answering at once).
+
+Each figure runs from the moment the tenant's apply is sent: until a watch first saw its pods
+bound to the node, their containers running and the pods Ready, until it saw the tenant
+`Ready=True`, and until its first task was **answered**. From just before the apply, the
+gateway pod POSTs the demo's task ("What is 7 times the sum of 1 to 100?") to
+`http://runtime.tenant-<name>.svc.cluster.local:8080/v1/tasks`, again 0.2 s after each failure
+(a name that does not resolve yet, no route to the Service yet, a connection refused or not
+accepted within 0.5 s), until one returns 200 with the sandbox's output in it (`sum: 35350`):
+the runtime called the model, the sandbox pod ran the program the model wrote, and the model's
+second reply quoted what it printed. Measured {data["machine"]["date"]}, {len(rounds)} rounds,
+the 1-minute load average {spread((t["load_average"] for t in every), "{:.1f}")} at the applies.
+
+{command("make bench SECTIONS=realnode")}
+{table(["from the apply until", "first tenant, s", "second tenant, the first busy, s"], rows)}
+
+Per round, each pod from its container running to Ready, and the first answer:
+
+{table(["round", "first: sandbox, s", "runtime, s", "answered, s", "second: sandbox, s", "runtime, s", "answered, s"], per_round)}
+
+- **The readiness probes decide it.** The kubelet probes a pod as its container starts, again
+  about a second later (both triggered by its syncs of the pod's status), then every {period} s
+  (`render.workloads.http_probe`: no initial delay, no startup probe; the kubelet's log shows
+  the probes' times; the first round starts once the kubelet has run for a period, as it delays
+  the first probes of pods it meets sooner). A process listening by the second probe is Ready
+  about a second after its start; one that is not waits for the next, {period} s on.
+  The runtime, which imports autogen and the model client before it listens, is the one that
+  misses most: its wait is {spread(share, "{:.0%}")} of the time to the first answer.
+  A shorter period, or a startup probe, would take most of it off.
+- **From the runtime pod Ready to the answer**: {spread(after_ready, "{:.1f}")} s, of which the
+  answering request took {spread((t["request_seconds"] for t in every), "{:.2f}")} s (two model calls
+  and the program's run in the sandbox pod); the rest is the Service's new endpoint reaching
+  kube-proxy, and the gateway's next attempt. Until then the gateway's connections to the
+  Service are not refused but time out, and a client left to TCP's own retries waits for them:
+  1, 2, then 4 s more. Failed attempts over every tenant: {failures}.
+- **The busy first tenant** ran {spread((len(b) for b in busy_tasks), "{:.0f}")} tasks while
+  the second came up, each taking {spread(busy_seconds, "{:.1f}")} s. The second's time to its
+  first answer over the first's: {spread(slower)}.
+- **No image is pulled.** The node's containerd imports the images from their archives when it
+  starts, before the first round (no registry is reachable here), and the gateway pod runs from
+  the runtime image too: the figures hold the containers' start (the pod's sandbox and network,
+  runc), never a pull. Starting the cluster and the node took
+  {data["cluster_up_seconds"]:.0f} s of the section's {data["seconds"] / 60:.1f} min.
+"""
+
+
 def plot_provisioning(trials: list[dict[str, Any]], sizes: list[int], path: Path) -> None:
     fig, axes = plt.subplots(figsize=(6, 3.5))
     for mode in ("direct", "operator"):
@@ -484,6 +588,7 @@ def render(results: Path) -> str:
         ),
         ("latency", lambda d: [latency_section(d, results, targets)]),
         ("runtime", lambda d: [runtime_target(d, targets), runtime_section.report(d, results)]),
+        ("realnode", lambda d: [realnode_section(d)]),
     ]
     for name, build in sections:
         data = load(results, name)

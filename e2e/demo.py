@@ -27,8 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "demo"
 PID_FILE = STATE / "operator.pid"
 MODEL_PID_FILE = STATE / "model.pid"
-# acme's egress allows 203.0.113.0/24 on 443 (examples/acme.yaml): the model stands in there.
-MODEL_ADDRESS, MODEL_PORT = "203.0.113.10", 443
+MODEL_ADDRESS, MODEL_PORT = node.MODEL
 GATEWAY = "demo-gateway"
 LOG_FILE = STATE / "operator.log"
 KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
@@ -99,9 +98,7 @@ def capture(*args: str) -> str:
 
 def start_model() -> None:
     """The scripted model on its stand-in address, in the node's `outside` namespace."""
-    argv = [sys.executable, str(REPO / "e2e" / "model_server.py"), MODEL_ADDRESS, str(MODEL_PORT),
-            str(STATE / "model-requests.jsonl")]  # fmt: skip
-    process = node.stand_in(MODEL_ADDRESS, MODEL_PORT, argv)
+    process = node.scripted_model(STATE / "model-requests.jsonl")
     MODEL_PID_FILE.write_text(str(process.pid))
 
 
@@ -135,19 +132,10 @@ def send_a_task() -> None:
     kubectl("wait", "--for=condition=Ready", "pod/edge", "-n", GATEWAY, "--timeout=120s")
     task = {"topicType": "default", "content": "What is 7 times the sum of 1 to 100?"}
     say(f"POST http://runtime.tenant-acme.svc.cluster.local:8080/v1/tasks {json.dumps(task)}")
-    script = (
-        "import sys, time, urllib.request\n"
-        "for attempt in range(60):\n"
-        "    try:\n"
-        "        request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(),"
-        " headers={'Content-Type': 'application/json'})\n"
-        "        print(urllib.request.urlopen(request, timeout=120).read().decode()); break\n"
-        "    except OSError:\n"
-        "        time.sleep(1)  # the Service is programmed a moment after the tenant is Ready\n"
-    )
+    # Tried again until answered: the Service is programmed a moment after the tenant is Ready.
     url = "http://runtime.tenant-acme.svc.cluster.local:8080/v1/tasks"
-    answer = json.loads(capture("exec", "-n", GATEWAY, "edge", "--", "python", "-c", script,
-                                url, json.dumps(task)))  # fmt: skip
+    answer = json.loads(capture("exec", "-n", GATEWAY, "edge", "--", "python", "-c",
+                                node.TASK_UNTIL_ANSWERED, url, json.dumps(task), "60"))["answer"]  # fmt: skip
     print(f"answer (task {answer['taskId']}):\n{answer['result']}")
     say("the audit lines of that task (kubectl logs -n tenant-acme deploy/runtime)")
     for line in capture("logs", "-n", "tenant-acme", "deploy/runtime").splitlines():

@@ -40,7 +40,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import images
+if __package__:  # imported as e2e.node (the benchmarks)
+    from e2e import images
+else:  # a script of e2e/, or imported from it: cluster.py, demo.py, the tests' nodekit
+    import images  # type: ignore[import-not-found, no-redef]
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "node"
@@ -775,6 +778,57 @@ def stand_in(address: str, port: int, argv: Sequence[str] | None = None) -> subp
             raise SystemExit(f"[node] the stand-in on {address}:{port} did not start")
         time.sleep(0.1)
     return process
+
+
+# The model provider as the cluster sees one: acme's egress (examples/acme.yaml) allows
+# 203.0.113.0/24 on 443, and nothing answers there but the scripted model (e2e/model_server.py).
+MODEL = ("203.0.113.10", 443)
+
+
+def scripted_model(log: Path) -> subprocess.Popen[bytes]:
+    """The scripted model on MODEL in the outside namespace; it appends each request to LOG."""
+    host, port = MODEL
+    argv = [sys.executable, str(REPO / "e2e" / "model_server.py"), host, str(port), str(log)]
+    return stand_in(host, port, argv)
+
+
+# Run in a pod (python -c SCRIPT URL BODY SECONDS): POSTs a task to a tenant's runtime until it is
+# answered. A name that does not resolve yet, a Service kube-proxy has not programmed yet
+# ("Network is unreachable"), a connection refused or not taken within 0.5 s, or an error status
+# is tried again 0.2 s later, for SECONDS at most: a connection attempt left to TCP's retries
+# would wait 1, 2, then 4 s more when its first packets are dropped (they are, for a moment, on
+# the real node). Prints the answer, when it came (a pod's clock is this machine's), how long the
+# answered request took, and the failed attempts by error: how many, how long in all.
+TASK_UNTIL_ANSWERED = """
+import http.client, json, sys, time, urllib.parse
+url, body = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2].encode()
+deadline, failures = time.time() + float(sys.argv[3]), {}
+while True:
+    began = time.time()
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=0.5)
+    try:
+        connection.connect()
+        connection.sock.settimeout(120)
+        connection.request("POST", url.path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status == 200:
+            answer = json.load(response)
+            break
+        error = f"status {response.status}"
+    except OSError as exception:
+        error = str(exception)
+    finally:
+        connection.close()
+    failed = failures.setdefault(error, [0, 0.0])
+    failed[0] += 1
+    failed[1] += time.time() - began
+    if time.time() > deadline:
+        sys.exit(f"no answer from {sys.argv[1]}: {failures}")
+    time.sleep(0.2)
+answered = time.time()
+print(json.dumps({"answered_at": answered, "request_seconds": answered - began,
+                  "failures": failures, "answer": answer}))
+"""
 
 
 # A pod that listens on 8080 and answers "hello": the demo's gateway, the tests' gateway and

@@ -20,7 +20,6 @@ from realnode.nodekit import (
     INSIDE_ACME_EGRESS,
     KUBECTL,
     METADATA,
-    MODEL,
     OUTSIDE_EVERY_EGRESS,
     REPO,
     SECRET_SOURCE,
@@ -77,20 +76,7 @@ def outside(on_real_node: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     model_log = tmp_path_factory.mktemp("model") / "requests.jsonl"
     processes = []
     try:
-        host, port = MODEL
-        processes.append(
-            node.stand_in(
-                host,
-                port,
-                [
-                    sys.executable,
-                    str(REPO / "e2e" / "model_server.py"),
-                    host,
-                    str(port),
-                    str(model_log),
-                ],
-            )
-        )
+        processes.append(node.scripted_model(model_log))
         for address, port in (INSIDE_ACME_EGRESS, OUTSIDE_EVERY_EGRESS, METADATA):
             processes.append(node.stand_in(address, port))
         yield Outside(model_log, processes)

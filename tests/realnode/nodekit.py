@@ -23,7 +23,7 @@ import node  # noqa: E402 - e2e/ is not a package; its scripts run before any ve
 KUBECTL = str(node.BIN_DIR / "kubectl")
 SECRET_SOURCE = "tenantry-secrets"
 API_KEY = "sk-e2e-key-that-only-the-runtime-may-read"
-MODEL = ("203.0.113.10", 443)
+MODEL = node.MODEL
 # Inside acme's listed egress range, outside globex's (which lists the model's address alone).
 INSIDE_ACME_EGRESS = ("203.0.113.20", 443)
 OUTSIDE_EVERY_EGRESS = ("198.51.100.20", 443)
