@@ -72,6 +72,15 @@ async def write_directly(kube: Kube, name: str, config: OperatorConfig) -> None:
         await asyncio.gather(*(kube.apply(m) for m in manifests if apply_phase(m["kind"]) == phase))
 
 
+async def watching_operator(audit: AuditLog, log_file: Path) -> Operator:
+    """`tenantry run` with the default drift interval, once it watches AgentTenants."""
+    operator = Operator(log_file, DEFAULT_DRIFT_SECONDS)
+    mark = audit.mark()
+    operator.start()
+    await operator.until_watching(audit, mark)
+    return operator
+
+
 @contextlib.asynccontextmanager
 async def provisioned(
     count: int, mode: str, workdir: Path, result: dict[str, Any]
@@ -84,12 +93,9 @@ async def provisioned(
     audit = AuditLog()
     operator = None
     if mode == "operator":
-        operator = Operator(
-            workdir / f"operator-{count}-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS
+        operator = await watching_operator(
+            audit, workdir / f"operator-{count}-{int(time.time())}.log"
         )
-        mark = audit.mark()
-        operator.start()
-        await operator.until_watching(audit, mark)
         result["rss_mib_empty"] = operator.rss_mib()
     watch = ReadyWatch(kube, mode)
     watcher = asyncio.create_task(watch.run())
@@ -230,12 +236,9 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
     audit = AuditLog()
     operator = None
     if mode == "operator":
-        operator = Operator(
-            workdir / f"operator-latency-{int(time.time())}.log", DEFAULT_DRIFT_SECONDS
+        operator = await watching_operator(
+            audit, workdir / f"operator-latency-{int(time.time())}.log"
         )
-        mark = audit.mark()
-        operator.start()
-        await operator.until_watching(audit, mark)
     watch = ReadyWatch(kube, mode)
     watcher = asyncio.create_task(watch.run())
     config = OperatorConfig()
