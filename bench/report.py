@@ -475,7 +475,7 @@ stand-in outside the cluster (e2e/model_server.py, at 203.0.113.10:443, answerin
 
 Each figure runs from the moment the tenant's apply is sent: until a watch first saw its pods
 bound to the node, their containers running and the pods Ready, until it saw the tenant
-`Ready=True`, and until its first task was **answered**. From just before the apply, the
+`Ready=True`, and until its first task was **answered**. Started as the apply is sent, the
 gateway pod POSTs the demo's task ("What is 7 times the sum of 1 to 100?") to
 `http://runtime.tenant-<name>.svc.cluster.local:8080/v1/tasks`, again 0.2 s after each failure
 (a name that does not resolve yet, no route to the Service yet, a connection refused or not
