@@ -833,12 +833,17 @@ def verify_runtime(container: str, config: dict[str, Any]) -> None:
     )
     rootfs = run(["buildah", "mount", container]).strip()
     try:
-        token, token_file = "verify-token", "/var/run/secrets/tenantry/sandbox/token"
+        token = "verify-token"  # noqa: S105 - a token of this check only
         code = (
             "import os, pathlib\n"
             "pathlib.Path('f').write_text('ok')\n"
+            # The server's environment holds the token: closed to its runs (not dumpable).
+            "try:\n"
+            "    environ = 'open' if open(f'/proc/{os.getppid()}/environ').read() else 'empty'\n"
+            "except PermissionError:\n"
+            "    environ = 'closed'\n"
             # The image's /tmp is world-writable: only a read-only root makes it not so.
-            "print(os.getuid(), os.access('/tmp', os.W_OK), pathlib.Path('f').read_text())\n"
+            "print(os.getuid(), os.access('/tmp', os.W_OK), pathlib.Path('f').read_text(), environ)\n"
         )
         # As rendered: a writable /workspace, no writable /tmp (docs/runtime-contract.md).
         answer = runc_readonly(
@@ -847,17 +852,18 @@ def verify_runtime(container: str, config: dict[str, Any]) -> None:
             ReadOnlyRun(
                 args=[*entrypoint, "sandbox"],
                 uid=4242,
-                env=["TENANTRY_TENANT=acme", f"TENANTRY_SANDBOX_TOKEN_FILE={token_file}"],
+                env=["TENANTRY_TENANT=acme", f"TENANTRY_SANDBOX_TOKEN={token}"],
                 tmpfs=["/workspace"],
-                files={token_file: token},
+                files={},
                 url="http://127.0.0.1:8080/v1/execute",
                 token=token,
                 body=json.dumps({"language": "python", "code": code}),
             ),
         )
         expect(
-            answer.get("exitCode") == 0 and answer.get("output") == "4242 False ok\n",
-            "runtime: `sandbox` as uid 4242 on a read-only root runs code in its workspace",
+            answer.get("exitCode") == 0 and answer.get("output") == "4242 False ok closed\n",
+            "runtime: `sandbox` as uid 4242 on a read-only root runs code in its workspace, "
+            "and the server's environment (its token) is closed to it",
             json.dumps(answer),
         )
         runtime_json = {"tenant": "acme", "topicTypes": ["default"], "agents": [], "model": None}

@@ -55,6 +55,7 @@ TIMEOUT_EXIT_CODE = 124
 # After the run's group is killed the pipe closes at once; only a process that left the
 # group can hold it open, and a run does not wait for that one longer than this.
 _DRAIN_SECONDS = 2.0
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 # A sweep stops strays in rounds until none is left; should some resist (a process of
 # another user cannot be signalled), it gives up after this and the next sweep tries again.
@@ -137,6 +138,11 @@ def _limiter(limits: SandboxLimits) -> Callable[[], None]:
         _limit(resource.RLIMIT_CORE, 0)
 
     return apply_limits
+
+
+def _prctl(option: int, value: int) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(option, value, 0, 0, 0) == 0)
 
 
 def _signal(pid: int, signum: int, *, group: bool = False) -> None:
@@ -262,8 +268,15 @@ class Runner:
     @staticmethod
     def become_subreaper() -> bool:
         """Adopt orphaned descendants (Linux); without it they go to PID 1 instead."""
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+    @staticmethod
+    def close_to_runs() -> bool:
+        """Make this process not dumpable (Linux): its /proc files (environ, mem, fd) are then
+        root's, and no process without CAP_SYS_PTRACE reads them, its own uid's included. Runs
+        have that uid; without this their code could read the token in the server's environ.
+        The runs themselves are dumpable again once they exec (the kernel resets the flag)."""
+        return _prctl(_PR_SET_DUMPABLE, 0)
 
     async def sweep(self) -> None:
         """Kill and reap every process of ours that no run in flight owns (see the top)."""

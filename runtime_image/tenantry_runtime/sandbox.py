@@ -17,6 +17,9 @@ run is answered 500, later runs 503 without running, and `/healthz` 503 (so the 
 restarts the container, which ends every process in it), until a sweep finds it gone.
 
 The server holds no model credentials and runs code with an environment built from nothing.
+Its token, the one secret it holds, reaches it in its environment (never a file: runs have the
+server's uid and could read one) and the server makes itself undumpable before any run, so no
+run reads it from /proc either; with it, code could ask for runs of its own that no run owns.
 What it cannot contain on its own (rlimits are per process, RLIMIT_NPROC per user, the
 pod's /tmp) is left to the pod around it: its own container, uid, PID and memory limits, no
 network. See docs/runtime.md.
@@ -46,7 +49,7 @@ from .protocol import (
     ExecuteResponse,
     normalize_language,
 )
-from .refusals import pattern_refusal
+from .refusals import ConfigError, pattern_refusal
 from .runner import ProcessesSurvived, Runner, RunOutcome
 from .sandbox_http import (
     Handler,
@@ -57,7 +60,7 @@ from .sandbox_http import (
     error_response,
     json_response,
 )
-from .sandbox_settings import SandboxLimits, SandboxSettings
+from .sandbox_settings import TOKEN_ENV, SandboxLimits, SandboxSettings
 from .workspace import TaskEnded, Workspaces
 
 log = logging.getLogger(__name__)
@@ -265,6 +268,14 @@ async def _serve(settings: SandboxSettings, audit: AuditLog) -> None:
 
 
 def serve_sandbox(settings: SandboxSettings) -> None:
+    # Before any run: the token must be out of their reach (docs/security.md). The kubelet put
+    # it in this process's environment, which /proc shows to every process of its uid.
+    if not Runner.close_to_runs():
+        raise ConfigError(
+            "cannot make the sandbox server undumpable (prctl PR_SET_DUMPABLE): its runs could "
+            "read its token; the sandbox needs Linux"
+        )
+    os.environ.pop(TOKEN_ENV, None)
     if os.geteuid() == 0:
         log.warning(
             "running as root: RLIMIT_NPROC does not bind root, and IPC objects code leaves "

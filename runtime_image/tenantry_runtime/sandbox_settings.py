@@ -16,12 +16,12 @@ from .env import (
     port_from_env,
     positive_float_env,
     positive_int_env,
-    read_secret,
     tenant_from_env,
 )
 from .protocol import MAX_CODE_BYTES
 from .refusals import ConfigError
 
+TOKEN_ENV = "TENANTRY_SANDBOX_TOKEN"  # noqa: S105 - the variable's name, not a token
 DEFAULT_WORKDIR = "/workspace"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
@@ -62,11 +62,19 @@ class SandboxSettings:
 
 def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
     tenant = tenant_from_env(env)
-    token_file = env.get("TENANTRY_SANDBOX_TOKEN_FILE")
-    if not token_file:
+    if env.get("TENANTRY_SANDBOX_TOKEN_FILE"):
+        # A file is readable by every process of the sandbox's uid, so by the code it runs
+        # (the way to a run that outlives its own: docs/security.md).
         raise ConfigError(
-            "TENANTRY_SANDBOX_TOKEN_FILE is not set: the sandbox only serves its tenant's "
-            "runtime and needs the token it presents"
+            "TENANTRY_SANDBOX_TOKEN_FILE is not read any more: code the sandbox runs could read "
+            "that file. Give the token in TENANTRY_SANDBOX_TOKEN instead (env valueFrom "
+            "secretKeyRef: Secret sandbox-token, key token); the server keeps it from its runs"
+        )
+    token = env.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigError(
+            "TENANTRY_SANDBOX_TOKEN is not set: the sandbox only serves its tenant's runtime "
+            "and needs the token it presents"
         )
     defaults = SandboxLimits()
     limits = SandboxLimits(
@@ -90,7 +98,7 @@ def load_sandbox_settings(env: Mapping[str, str]) -> SandboxSettings:
         raise ConfigError(f"TENANTRY_SANDBOX_WORKDIR {workdir} is not a directory")
     return SandboxSettings(
         tenant=tenant,
-        token=read_secret(Path(token_file), "TENANTRY_SANDBOX_TOKEN_FILE"),
+        token=token,
         workdir=workdir,
         host=host_from_env(env),
         port=port_from_env(env),

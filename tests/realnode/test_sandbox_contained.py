@@ -5,6 +5,7 @@ scripted model obeys a task's fenced block), which is exactly how hostile code r
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -83,6 +84,12 @@ for root, dirs, files in os.walk('/'):
                     found.append(path)
         except OSError:
             pass
+for pid in filter(str.isdigit, os.listdir('/proc')):  # every environment it can read
+    try:
+        if needle in open(f'/proc/{{pid}}/environ', 'rb').read():
+            found.append(f'/proc/{{pid}}/environ')
+    except OSError:
+        pass
 tokens = [p for p in ('/var/run/secrets/kubernetes.io', '/run/secrets/kubernetes.io') if os.path.exists(p)]
 environ = [k for k, v in os.environ.items() if needle.decode() in v]
 print('found:', found, 'tokens:', tokens, 'environ:', environ)
@@ -181,6 +188,16 @@ def test_the_sandbox_has_no_network_no_token_and_no_model_key(
     runtime = tenant_pod("acme", "runtime")["metadata"]["name"]
     in_runtime = exec_python("tenant-acme", runtime, scan)
     assert "/model-credentials/" in in_runtime, in_runtime
+
+    # Nor its own token, with which its code could ask its server for runs no run owns: in no
+    # file, in no environment it can read (the server's holds it, closed to its runs: not
+    # dumpable). The runtime's pod holds it in a file, and the scan finds it there.
+    secret = get("secret", "-n", "tenant-acme", "sandbox-token")["data"]["token"]
+    scan = SCAN.format(needle=base64.b64decode(secret).hex())
+    seen = result_of(post_task(gateway_name, "acme", fenced(scan)))
+    assert "found: [] tokens: [] environ: []" in seen, seen
+    in_runtime = exec_python("tenant-acme", runtime, scan)
+    assert "/sandbox/" in in_runtime, in_runtime
     assert (
         get("pod", "-n", "tenant-acme", tenant_pod("acme", "sandbox")["metadata"]["name"])["spec"][
             "automountServiceAccountToken"

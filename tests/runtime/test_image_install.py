@@ -77,12 +77,11 @@ def test_the_image_install_has_pinned_packages_and_working_entrypoints(tmp_path:
     start_service("serve", serve_env, tmp_path / "serve", python=python).stop()
 
     # `sandbox` answers its health check.
-    workspace, token = tmp_path / "workspace", tmp_path / "token"
+    workspace = tmp_path / "workspace"
     workspace.mkdir()
-    token.write_text("t0ken")
     sandbox_env = base_env(
         TENANTRY_TENANT=TENANT,
-        TENANTRY_SANDBOX_TOKEN_FILE=str(token),
+        TENANTRY_SANDBOX_TOKEN="t0ken",
         TENANTRY_SANDBOX_WORKDIR=str(workspace),
         TENANTRY_HOST="127.0.0.1",
         TENANTRY_PORT=str(free_port()),

@@ -286,11 +286,9 @@ def test_secrets_are_read_from_the_files_the_config_names(tmp_path: Path) -> Non
 
 
 def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("tok")
     env = {
         "TENANTRY_TENANT": "acme",
-        "TENANTRY_SANDBOX_TOKEN_FILE": str(token),
+        "TENANTRY_SANDBOX_TOKEN": " tok\n",
         "TENANTRY_SANDBOX_WORKDIR": str(tmp_path),
     }
     settings = load_sandbox_settings(env)
@@ -316,7 +314,14 @@ def test_sandbox_settings_defaults_and_overrides(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=name):
             load_sandbox_settings(env | {name: value})
-    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_TOKEN_FILE is not set"):
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_TOKEN is not set"):
         load_sandbox_settings({"TENANTRY_TENANT": "acme"})
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_TOKEN is not set"):
+        load_sandbox_settings(env | {"TENANTRY_SANDBOX_TOKEN": " "})
+    # A token in a file is refused, not read: code the sandbox runs could read the file too.
+    token = tmp_path / "token"
+    token.write_text("tok")
+    with pytest.raises(ConfigError, match="TENANTRY_SANDBOX_TOKEN_FILE is not read any more"):
+        load_sandbox_settings(env | {"TENANTRY_SANDBOX_TOKEN_FILE": str(token)})
     with pytest.raises(ConfigError, match="not a directory"):
         load_sandbox_settings(env | {"TENANTRY_SANDBOX_WORKDIR": str(token)})

@@ -375,6 +375,57 @@ print("done")
     assert scanner.stdout == ""
 
 
+# Code that looks for the sandbox's token wherever a process of the sandbox's user could read
+# it: the environment of every process (the server's names the token, or the file holding it),
+# and any file such a variable names. With the token it asks its own server, on loopback, for a
+# run of its own (no taskId): that run would be the server's, not this run's, so it would be
+# neither killed with it nor bounded by its time limit, and could ask for the next in turn.
+ASK_FOR_A_RUN_OF_ITS_OWN = """
+import json, os, socket
+evidence = {evidence!r}
+token, seen = None, []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        environ = open(f"/proc/{{pid}}/environ", "rb").read().split(b"\\0")
+    except OSError as error:
+        seen.append(f"{{pid}}: {{type(error).__name__}}")
+        continue
+    for item in environ:
+        name, _, value = item.decode(errors="replace").partition("=")
+        try:
+            if name == "TENANTRY_SANDBOX_TOKEN":
+                token = value
+            elif name == "TENANTRY_SANDBOX_TOKEN_FILE":
+                token = open(value).read().strip()
+        except OSError as error:
+            seen.append(f"{{name}} of {{pid}}: {{type(error).__name__}}")
+if token is None:
+    print("no token;", ", ".join(seen))
+else:
+    inner = json.dumps({{"language": "sh", "code": f"sleep 3; echo outlived > {{evidence}}/outlived"}})
+    client = socket.create_connection(("127.0.0.1", {port}))
+    client.sendall(
+        b"POST /v1/execute HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer " + token.encode()
+        + b"\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(inner) + inner.encode()
+    )
+    print("asked")
+"""
+
+
+def test_a_run_finds_no_token_to_ask_its_server_for_a_run_of_its_own(
+    start_sandbox: StartSandbox, evidence: Path
+) -> None:
+    """'Nothing of a run outlives it' holds only if code cannot ask for a run of its own: the
+    token is in no file of the sandbox and in no environment a run can read (the server's
+    process is not dumpable, so /proc/<pid>/environ of it is closed to its own uid)."""
+    sandbox = start_sandbox(**LIMITS)
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    code = ASK_FOR_A_RUN_OF_ITS_OWN.format(evidence=str(evidence), port=port)
+    output = run(sandbox, code)["output"]
+    server = f"{sandbox.proc.pid}: PermissionError"
+    assert output.startswith("no token;") and server in output, output
+
+
 def test_files_stay_within_their_task(
     start_sandbox: StartSandbox, sandbox_home: SandboxHome
 ) -> None:

@@ -257,7 +257,7 @@ def sandbox_env(home: SandboxHome, **extra: str) -> dict[str, str]:
     to it or overrides."""
     return base_env(
         TENANTRY_TENANT=TENANT,
-        TENANTRY_SANDBOX_TOKEN_FILE=str(home.token_file),
+        TENANTRY_SANDBOX_TOKEN=SANDBOX_TOKEN,
         TENANTRY_SANDBOX_WORKDIR=str(home.workspace),
         TENANTRY_HOST="127.0.0.1",
         TENANTRY_PORT=str(free_port()),
@@ -266,7 +266,10 @@ def sandbox_env(home: SandboxHome, **extra: str) -> dict[str, str]:
 
 
 def make_sandbox_home(uid: int = SANDBOX_UID) -> SandboxHome:
-    """A fresh workspace and token file, owned by `uid` when the tests run as root.
+    """A fresh workspace, owned by `uid` when the tests run as root, and the token file of the
+    runtime's side (the sandbox gets its token in its env: sandbox_env). The file stays the
+    tester's: as in a pod, where it is in the runtime's pod only, the sandbox's user cannot
+    read it (unless the tests run as that user, not as root).
 
     Not pytest's tmp_path: its parents are private to root, and the sandbox user must reach
     its workspace. Remove `root` when done.
@@ -277,7 +280,7 @@ def make_sandbox_home(uid: int = SANDBOX_UID) -> SandboxHome:
     token_file = root / "token"
     token_file.write_text(SANDBOX_TOKEN + "\n")
     if os.geteuid() == 0:
-        for path in (root, workspace, token_file):
+        for path in (root, workspace):
             os.chown(path, uid, uid)
     token_file.chmod(0o400)
     return SandboxHome(root, workspace, token_file)

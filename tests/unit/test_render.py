@@ -91,9 +91,15 @@ def test_pods_pass_pod_security_restricted() -> None:
 def test_the_sandbox_never_gets_model_credentials_or_egress() -> None:
     children = by_key(render(acme(), CONFIG, FACTS))
     sandbox = children[("Deployment", "sandbox")]["spec"]["template"]["spec"]
-    secrets = {v["secret"]["secretName"] for v in sandbox["volumes"] if "secret" in v}
-    assert secrets == {"sandbox-token"}
-    assert all("valueFrom" not in e for c in sandbox["containers"] for e in c["env"])
+    # The one secret it gets is its token, in its env (a mounted file its code could read).
+    assert [v for v in sandbox["volumes"] if "emptyDir" not in v] == []
+    from_secrets = [e for c in sandbox["containers"] for e in c["env"] if "valueFrom" in e]
+    assert from_secrets == [
+        {
+            "name": "TENANTRY_SANDBOX_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "sandbox-token", "key": "token"}},
+        }
+    ]
     policy = children[("NetworkPolicy", "sandbox")]["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
     assert policy["ingress"] == [

@@ -10,7 +10,6 @@ from tenantry.names import (
     CONFIG_HASH,
     HTTP_PORT,
     SANDBOX,
-    SANDBOX_TOKEN_DIR,
     SANDBOX_TOKEN_SECRET,
     WORKSPACE_DIR,
 )
@@ -36,16 +35,26 @@ def build_sandbox_deployment(
         "name": SANDBOX,
         **image_and_pull_policy(sandbox.image, config.sandbox_image, config),
         "args": ["sandbox"],
-        "env": env(
+        "env": [
+            *env(
+                {
+                    "TENANTRY_TENANT": tenant.name,
+                    "TENANTRY_SANDBOX_WORKDIR": WORKSPACE_DIR,
+                    "TENANTRY_SANDBOX_TIMEOUT_SECONDS": str(sandbox.timeout_seconds),
+                    "TENANTRY_SANDBOX_KEEP_WORKSPACE": "true"
+                    if sandbox.keep_workspace
+                    else "false",
+                    "TENANTRY_PORT": str(HTTP_PORT),
+                }
+            ),
+            # In the environment, not a mounted file: code the sandbox runs has the server's uid
+            # and could read a file, while the server closes its own /proc entries to it
+            # (runner.Runner.close_to_runs; docs/security.md).
             {
-                "TENANTRY_TENANT": tenant.name,
-                "TENANTRY_SANDBOX_TOKEN_FILE": f"{SANDBOX_TOKEN_DIR}/token",
-                "TENANTRY_SANDBOX_WORKDIR": WORKSPACE_DIR,
-                "TENANTRY_SANDBOX_TIMEOUT_SECONDS": str(sandbox.timeout_seconds),
-                "TENANTRY_SANDBOX_KEEP_WORKSPACE": "true" if sandbox.keep_workspace else "false",
-                "TENANTRY_PORT": str(HTTP_PORT),
-            }
-        ),
+                "name": "TENANTRY_SANDBOX_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": SANDBOX_TOKEN_SECRET, "key": "token"}},
+            },
+        ],
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": http_probe("/healthz"),
         "livenessProbe": http_probe("/healthz"),
@@ -55,15 +64,11 @@ def build_sandbox_deployment(
             # No writable /tmp: code's TMPDIR is its task's own directory in the workspace, so
             # nothing a task leaves in a temporary file reaches a later task.
             {"name": "workspace", "mountPath": WORKSPACE_DIR},
-            {"name": "sandbox-token", "mountPath": SANDBOX_TOKEN_DIR, "readOnly": True},
         ],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": [
-            memory_volume("workspace", WORKSPACE_SIZE),
-            {"name": "sandbox-token", "secret": {"secretName": SANDBOX_TOKEN_SECRET}},
-        ],
+        "volumes": [memory_volume("workspace", WORKSPACE_SIZE)],
     }
     if sandbox.runtime_class_name:
         pod_spec["runtimeClassName"] = sandbox.runtime_class_name
