@@ -249,6 +249,15 @@ class ChildCache:
                 self._tokens[key[1]] = (summary.owner_uids, token)
         return tenant if summary != before else None
 
+    def makes_available(self, body: Mapping[str, Any]) -> bool:
+        """Whether this event turns a Deployment available that the cache knew as not (or did
+        not know): the change a tenant's Ready waits for."""
+        if body.get("kind") != "Deployment" or not deployment_health(body)[0]:
+            return False
+        tenant = (body.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL, "")
+        before = self._children.get(tenant, {}).get(child_key(body))
+        return not (before is not None and before.available)
+
     def sandbox_token(self, namespace: str, uid: str) -> str | None:
         """The base64 token of the namespace's token Secret as the watch saw it, if owned by uid."""
         owners, token = self._tokens.get(namespace, ((), ""))

@@ -247,7 +247,12 @@ class Controller:
 
     def child_seen(self, event: dict[str, Any]) -> None:
         body = event["object"]
-        tenant = self.children.observe(body, deleted=event.get("type") == "DELETED")
+        deleted = event.get("type") == "DELETED"
+        # Only what moves a tenant toward Ready goes ahead of first passes; the echoes of its own
+        # writes and a Deployment's progress before it is available wait their turn (each such
+        # pass would write a new status message, and under a burst that doubled the status writes).
+        progress = not deleted and self.children.makes_available(body)
+        tenant = self.children.observe(body, deleted=deleted)
         if tenant and tenant in self.tenants:
             # Only an object the tenant owns, or one in its own namespace (a child whose owner
             # reference was removed), wakes it: a label anyone can set does not (the reconcile
@@ -259,7 +264,7 @@ class Controller:
             where = meta.get("name") if not child.namespaced else meta.get("namespace")
             home = self.home(tenant)
             if known["metadata"].get("uid") in owners or (home and where == home):
-                self.queue.enqueue(tenant, follow_up=True)
+                self.queue.enqueue(tenant, follow_up=progress)
 
     def home(self, tenant: str) -> str | None:
         """The namespace a known tenant's status names as its own (None before its first pass)."""

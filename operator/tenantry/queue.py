@@ -5,8 +5,8 @@ reconcile; an event that arrives while that tenant is being reconciled schedules
 more pass afterwards, so no change is ever missed and none is handled twice concurrently.
 
 Two lanes, the follow-up lane served first: a pass that continues a tenant's work in progress
-(its children or pods changed, or it changed while a pass ran) goes ahead of first passes,
-retries and drift checks. Under a burst of new tenants, the pass that turns a tenant Ready once
+(one of its Deployments became available, its runtime pod refused to start) goes ahead of first
+passes, retries, drift checks and every other event. Under a burst of new tenants, the pass that turns a tenant Ready once
 its Deployments are available then waits for the passes running now, not for every other
 tenant's first pass (docs/benchmarks.md, latency). A tenant holds at most one worker at a
 time and its children settle, so first passes wait only while more tenants than there are
@@ -50,7 +50,7 @@ class ReconcileQueue:
         self._arrivals = itertools.count()
         self._pending: dict[str, int] = {}  # key → the lane it waits in
         self._running: set[str] = set()
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, int] = {}  # key → the lane its next pass goes to
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -64,7 +64,7 @@ class ReconcileQueue:
             return
         lane = FOLLOW_UP if follow_up else FIRST
         if key in self._running:
-            self._dirty.add(key)
+            self._dirty[key] = min(lane, self._dirty.get(key, lane))
         elif self._pending.get(key, lane + 1) > lane:  # not waiting, or in the slower lane
             self._pending[key] = lane
             self._queue.put_nowait((lane, next(self._arrivals), key))
@@ -82,7 +82,7 @@ class ReconcileQueue:
 
     def forget(self, key: str) -> None:
         """Drop a key that no longer exists (a deleted tenant); a running pass finishes."""
-        self._dirty.discard(key)
+        self._dirty.pop(key, None)
         self._failures.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
@@ -140,6 +140,5 @@ class ReconcileQueue:
             finally:
                 self._running.discard(key)
                 if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key, follow_up=True)
+                    self.enqueue(key, follow_up=self._dirty.pop(key) == FOLLOW_UP)
                 self._count()

@@ -57,3 +57,32 @@ def test_a_list_never_undoes_what_an_event_said_while_it_was_read() -> None:
     # The next list is the truth again.
     known.replace({"a": "newer"}, known.events)
     assert known.items == {"a": "newer"}
+
+
+def test_only_a_deployment_turning_available_is_progress() -> None:
+    cache = ChildCache()
+    labels = {"app.kubernetes.io/managed-by": "tenantry", "tenantry.dev/tenant": "acme"}
+
+    def deployment(available: int) -> dict[str, Any]:
+        return {
+            "kind": "Deployment",
+            "metadata": {
+                "name": "runtime",
+                "namespace": "tenant-acme",
+                "labels": labels,
+                "generation": 1,
+            },
+            "spec": {"replicas": 1},
+            "status": {
+                "observedGeneration": 1,
+                "updatedReplicas": 1,
+                "availableReplicas": available,
+            },
+        }
+
+    assert not cache.makes_available(deployment(0))  # created, not yet available
+    cache.observe(deployment(0), deleted=False)
+    assert cache.makes_available(deployment(1))
+    cache.observe(deployment(1), deleted=False)
+    assert not cache.makes_available(deployment(1))  # available already: no news
+    assert not cache.makes_available({**deployment(1), "kind": "Service"})

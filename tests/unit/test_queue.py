@@ -139,9 +139,12 @@ async def test_a_waiting_first_pass_moves_to_the_follow_up_lane_and_runs_once() 
     assert await ordered_run([("c", True), ("c", False), ("c", True)]) == ["a", "c", "b"]
 
 
-async def test_a_change_during_a_pass_is_followed_up_before_other_first_passes() -> None:
-    # "a" changed while it ran: its next pass continues its work, ahead of "b" and "c".
-    assert await ordered_run([("a", False)]) == ["a", "a", "b", "c"]
+async def test_a_change_during_a_pass_keeps_the_lane_it_asked_for() -> None:
+    # Progress while "a" ran (a Deployment became available): its next pass goes first.
+    assert await ordered_run([("a", True)]) == ["a", "a", "b", "c"]
+    # Anything else (the echo of its own writes): its next pass waits its turn.
+    assert await ordered_run([("a", False)]) == ["a", "b", "c", "a"]
+    assert await ordered_run([("a", False), ("a", True)]) == ["a", "a", "b", "c"]
 
 
 async def test_the_queue_says_when_it_drains_and_memory_is_trimmed_only_after_a_quiet_spell() -> (
