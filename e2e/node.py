@@ -768,14 +768,25 @@ def stand_in(address: str, port: int, argv: Sequence[str] | None = None) -> subp
     ever reach past it."""
     claim(address)
     command = argv or [sys.executable, "-c", LISTENER, address, str(port)]
-    process = subprocess.Popen(
-        in_outside(command), stdin=subprocess.DEVNULL, start_new_session=True
-    )
+    # Its output goes to a file of its own: it outlives the command that started it (`make
+    # demo`), and holding that command's stdout would keep a reader (`make demo | tail`) waiting.
+    STATE.mkdir(parents=True, exist_ok=True)
+    log = STATE / f"stand-in-{address}-{port}.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            in_outside(command),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 30
     while f"{address}:{port} " not in run(in_outside(["ss", "-Hltn"])):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise SystemExit(f"[node] the stand-in on {address}:{port} did not start")
+            raise SystemExit(
+                f"[node] the stand-in on {address}:{port} did not start; its output: {log}"
+            )
         time.sleep(0.1)
     return process
 
