@@ -21,8 +21,11 @@ tests/runtime/test_sandbox_http.py tries each against a real server:
 - A connection is kept for the next request only when its request was read to its end; any
   other answer closes it, reading and dropping what the client still sends for a moment first,
   so that it reads the answer rather than a reset.
-- On SIGTERM (`serve(stop=...)`) the server stops listening, closes the connections that are
-  not in a request, answers the requests being handled, and returns.
+- On SIGTERM (`serve(stop=...)`) the server closes the connections that are not in a request,
+  answers the requests being handled, and returns. It keeps its port until then, answering new
+  connections 503: let go while runs are in flight, the port could be taken by one of them (the
+  server's uid, which may send it that SIGTERM), and the runtime's next request, its token in
+  it, would be that run's to read (and to answer).
 """
 
 from __future__ import annotations
@@ -357,7 +360,8 @@ class HTTPServer:
         )
         await stop.wait()
         self.stopping = True
-        listener.close()
+        # The listener stays open (new connections are answered 503) until nothing of a run is
+        # left: closed now, its port would be free for a run in flight to listen on.
         for connection in list(self.connections):
             if not connection.handling:
                 connection.dismiss()
@@ -366,10 +370,14 @@ class HTTPServer:
         for task in self.connections.values():
             task.cancel()
         await asyncio.gather(*self.connections.values(), return_exceptions=True)
+        listener.close()
         await listener.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(self, reader, writer)
+        if self.stopping:
+            await connection.refuse(error_response(503, "the sandbox is stopping"))
+            return
         if len(self.connections) >= MAX_CONNECTIONS:
             if not self.idle:
                 await connection.refuse(error_response(503, "too many connections are open"))

@@ -593,8 +593,13 @@ def test_sigterm_answers_the_run_in_flight_and_exits_cleanly(sandbox: Service) -
         sandbox.proc.send_signal(signal.SIGTERM)
         assert idle.closed_within(1)  # at once, while the run goes on
         time.sleep(0.3)
-        with pytest.raises(ConnectionRefusedError):  # no longer listening
-            Wire(sandbox)
+        # Still listening, so that no run in flight can take the port (and the runtime's next
+        # request, with its token: test_sandbox_isolation.py), but running nothing more.
+        with Wire(sandbox) as late:
+            late.send(request("POST", "/v1/execute", run_body("echo late", "u")))
+            refused = late.answer()
+            assert (refused.status, refused.json()) == (503, {"error": "the sandbox is stopping"})
+            assert late.closed_within(1)
     thread.join(timeout=30)
     assert sandbox.proc.wait(timeout=30) == 0
     answer = outcome["answer"]

@@ -735,3 +735,69 @@ def test_the_termination_log_carries_nothing_from_one_task_to_the_next(
         shutil.rmtree(home.root, ignore_errors=True)
         shutil.rmtree(log_dir, ignore_errors=True)
     assert (in_a, in_b) == ("'SECRET-OF-TASK-A'", "''")
+
+
+# Code that takes its server's port: it asks the server to stop (SIGTERM: its uid may signal
+# the server, and in a pod the server's handler makes PID 1 take it), waits for the listening
+# socket to close while the server still waits for the runs in flight (this one), binds the
+# port itself and answers the next request: the runtime's, with the token. Kept somewhere that
+# outlives the container (a kept workspace, an emptyDir, an IPC object), the token lets a
+# later run ask its server for runs no run owns; meanwhile it also reads other tasks' code and
+# answers them as it likes.
+TAKE_THE_PORT = """
+import os, signal, socket, time
+evidence, port = {evidence!r}, {port}
+os.kill(os.getppid(), signal.SIGTERM)
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+deadline = time.monotonic() + 8
+while True:
+    try:
+        listener.bind(("127.0.0.1", port))
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            print("the port stayed the server's")
+            raise SystemExit(0)
+        time.sleep(0.01)
+listener.listen()
+open(os.path.join(evidence, "bound"), "w").close()
+listener.settimeout(8)
+try:
+    client, _ = listener.accept()
+except socket.timeout:
+    raise SystemExit(0)
+client.settimeout(5)
+head = client.recv(65536)
+open(os.path.join(evidence, "captured"), "wb").write(head)
+body = b'{{"exitCode": 0, "output": "forged", "timedOut": false, "truncated": false, "durationSeconds": 0}}'
+client.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n"
+               b"Connection: close\\r\\n\\r\\n" % len(body) + body)
+client.close()
+print("captured")
+"""
+
+
+def test_a_run_cannot_take_its_servers_port_and_the_next_request_with_its_token(
+    start_sandbox: StartSandbox, evidence: Path
+) -> None:
+    """A stopping server keeps its port until it exits: should it let go while it still waits
+    for the runs in flight, a run (which may make it stop: it has the server's uid) could
+    listen there and read the token off the runtime's next request."""
+    sandbox = start_sandbox(**LIMITS)
+    port = int(sandbox.url.rsplit(":", 1)[1])
+    hostile: dict[str, Any] = {}
+    code = TAKE_THE_PORT.format(evidence=str(evidence), port=port)
+    thread = threading.Thread(target=lambda: hostile.update(answer=run(sandbox, code)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (evidence / "bound").exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The runtime's next request, as it sends every one: with the token.
+    with contextlib.suppress(OSError):
+        sandbox_request(sandbox, "POST", "/v1/execute", {"language": "sh", "code": "echo hi"})
+    thread.join(timeout=60)
+    captured = (evidence / "captured").read_bytes() if (evidence / "captured").exists() else b""
+    assert SANDBOX_TOKEN.encode() not in captured, captured
+    assert not (evidence / "bound").exists(), hostile
+    assert "the port stayed the server's" in hostile["answer"]["output"], hostile
