@@ -84,10 +84,15 @@ class Pod:
                 os.chown(path, self.owner, self.owner)
 
     def env(self, **overrides: str) -> dict[str, str]:
-        """The container's env, with paths under mounts moved below `root`."""
+        """The container's env, with paths under mounts moved below `root` and a Secret's key
+        (`valueFrom.secretKeyRef`) read as the kubelet would."""
         mounts = [m["mountPath"] for m in self.container["volumeMounts"]]
         env = {}
         for item in self.container["env"]:
+            if "valueFrom" in item:
+                ref = item["valueFrom"]["secretKeyRef"]
+                env[item["name"]] = SECRET_VALUES[ref["name"]][ref["key"]]
+                continue
             value = item["value"]
             env[item["name"]] = (
                 str(self.host(value)) if any(value.startswith(m) for m in mounts) else value
@@ -166,6 +171,8 @@ async def test_a_rendered_tenant_answers_a_task_with_code_run_in_its_sandbox(
             runtime.stop()
     finally:
         sandbox.stop()
-    # The sandbox got the token and nothing else: no model key anywhere under its root.
+    # No secret is a file of the sandbox's: the model key is the runtime's, and the sandbox's
+    # token reaches it in its environment (render/sandbox.py).
     files = sandbox_files(pod_root / "sandbox")
-    assert "api-key" not in files and "token" in files
+    assert "api-key" not in files and "token" not in files
+    assert sandbox_env["TENANTRY_SANDBOX_TOKEN"] == SECRET_VALUES["sandbox-token"]["token"]
