@@ -348,6 +348,29 @@ def test_the_sandbox_workspace_is_a_tmpfs_of_a_hard_size() -> None:
     assert {"name": "TENANTRY_SANDBOX_KEEP_WORKSPACE", "value": "false"} in sandbox["env"]
 
 
+def test_pods_are_probed_every_second_only_until_they_have_started() -> None:
+    """Ready a second after listening, not at the next 10 s readiness tick (workloads.startup_probe)."""
+    children = by_key(render(acme(), CONFIG, FACTS))
+    budgets = {}
+    for component in ("runtime", "sandbox"):
+        pod = children[("Deployment", component)]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] == 1
+        # What the process answers as soon as it serves: a startup probe that failed because
+        # the runtime's sandbox is missing would restart a runtime that is fine.
+        assert startup["httpGet"] == container["livenessProbe"]["httpGet"]
+        assert startup["httpGet"]["path"] == "/healthz"
+        # At rest the pod is asked no more often than before.
+        assert container["readinessProbe"]["periodSeconds"] >= 10
+        assert container["livenessProbe"]["periodSeconds"] >= 10
+        budgets[component] = startup["periodSeconds"] * startup["failureThreshold"]
+    # A runtime with sessions may wait 60 s for the one it replaces to let go of the volume
+    # (tenantry_runtime.sessions), then refuses with its own message: not restarted first.
+    assert budgets["runtime"] > 60
+    assert budgets["sandbox"] >= 30
+
+
 def test_no_tenant_namespace_is_ever_among_a_runtimes_callers() -> None:
     policy = by_key(render(acme(), CONFIG, FACTS))[("NetworkPolicy", "runtime")]["spec"]
     for rule in policy["ingress"]:

@@ -33,9 +33,15 @@ from tenantry.render.workloads import (
     image_and_pull_policy,
     memory_volume,
     resources,
+    startup_probe,
 )
 
 TMP_SIZE = "64Mi"
+# How long the runtime may take to listen (render.workloads.startup_probe): with sessions it
+# first waits up to 60 s for the runtime it replaces to let go of the volume
+# (tenantry_runtime.sessions), then refuses to start with a message of its own; the probe must
+# not restart it first.
+START_SECONDS = 90
 
 
 def runtime_config(tenant: AgentTenant) -> dict[str, Any]:
@@ -178,6 +184,7 @@ def build_runtime_deployment(
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": http_probe("/readyz"),
         "livenessProbe": http_probe("/healthz"),
+        "startupProbe": startup_probe("/healthz", START_SECONDS),
         "resources": resources(spec.runtime.resources),
         "securityContext": container_security(tenant_uid(tenant, RUNTIME)),
         "volumeMounts": mounts,

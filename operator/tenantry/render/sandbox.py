@@ -22,9 +22,13 @@ from tenantry.render.workloads import (
     image_and_pull_policy,
     memory_volume,
     resources,
+    startup_probe,
 )
 
 WORKSPACE_SIZE = "256Mi"
+# How long the sandbox may take to listen (render.workloads.startup_probe); it imports little
+# and empties its workspace, so what liveness allowed before (three misses 10 s apart).
+START_SECONDS = 30
 
 
 def build_sandbox_deployment(
@@ -58,6 +62,7 @@ def build_sandbox_deployment(
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "readinessProbe": http_probe("/healthz"),
         "livenessProbe": http_probe("/healthz"),
+        "startupProbe": startup_probe("/healthz", START_SECONDS),
         "resources": resources(sandbox.resources),
         "securityContext": container_security(tenant_uid(tenant, SANDBOX)),
         "volumeMounts": [

@@ -93,8 +93,45 @@ def memory_volume(name: str, size: str) -> dict[str, Any]:
     return {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": size}}
 
 
+# How often the kubelet asks a running pod whether it is live and ready. Every readiness probe of
+# the runtime also pings its sandbox, so this stays slow: a pod that stops answering is noticed
+# within a period, and a pod at rest costs the node one request per period.
+PROBE_PERIOD_SECONDS = 10
+# How often the kubelet asks a starting container whether it has started: only until it has.
+STARTUP_PROBE_PERIOD_SECONDS = 1
+
+
 def http_probe(path: str) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": 10}
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": PROBE_PERIOD_SECONDS}
+
+
+def startup_probe(path: str, within_seconds: int) -> dict[str, Any]:
+    """Asked every second from the container's start until it first answers, never again.
+
+    Why (kubelet 1.35, pkg/kubelet/prober): without a startup probe a pod is Ready at the first
+    readiness probe that finds it listening, and those come as its container starts, at each
+    sync of the pod's status while it is not ready (one or two within about a second;
+    prober_manager.go `UpdatePodStatus` triggers them), then every PROBE_PERIOD_SECONDS: a
+    process that takes longer to listen (the runtime imports autogen) was Ready 10 s late.
+    While a startup probe has not succeeded, readiness and liveness are not probed at all
+    (worker.go `doProbe`); its success changes a result, the kubelet syncs the pod
+    (kubelet.go `syncLoopIteration`), and that sync, finding the container started and not
+    ready, runs its readiness probe at once (`UpdatePodStatus`, kubernetes#101738). So the pod
+    is Ready within about a second of listening and is then asked only every
+    PROBE_PERIOD_SECONDS; a short readiness period would buy the same start by probing every
+    pod that often for ever.
+
+    WITHIN_SECONDS is how long the container may take to listen before the kubelet restarts it
+    (failureThreshold probes a second apart); liveness, which bounded that before (three misses
+    10 s apart), waits for it. The path must answer as soon as the process serves, never wait
+    for anything else (the runtime's /readyz waits for its sandbox): a startup probe that fails
+    restarts the container, which cures nothing when the sandbox is what is missing.
+    """
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+        "failureThreshold": within_seconds // STARTUP_PROBE_PERIOD_SECONDS,
+    }
 
 
 def build_service(
