@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-from tenantry.render.workloads import http_probe
+from tenantry.render.workloads import http_probe, startup_probe
 
 from bench import runtime as runtime_section
 from bench.stats import percentile
@@ -460,6 +460,9 @@ def realnode_section(data: dict[str, Any]) -> str:
         s["answered_seconds"] / f["answered_seconds"] for f, s in zip(first, second, strict=True)
     ]
     period = http_probe("/readyz")["periodSeconds"]
+    startup = startup_probe("/healthz", 1)["periodSeconds"]
+    sandbox_waits = [t["pods"]["sandbox"]["ready"] - t["pods"]["sandbox"]["running"] for t in every]
+    runtime_waits = [p["ready"] - p["running"] for p in runtime]
     return f"""## 6. The real node: apply → first answer
 
 Tenants on the real node ([docs/real-node.md](real-node.md): a kubelet and containerd running
@@ -491,19 +494,23 @@ Per round, each pod from its container running to Ready, and the first answer:
 
 {table(["round", "first: sandbox, s", "runtime, s", "answered, s", "second: sandbox, s", "runtime, s", "answered, s"], per_round)}
 
-- **The readiness probes decide it.** The kubelet probes a pod as its container starts, again
-  about a second later (both triggered by its syncs of the pod's status), then every {period} s
-  (`render.workloads.http_probe`: no initial delay, no startup probe; the kubelet's log shows
-  the probes' times; the first round starts once the kubelet has run for a period, as it delays
-  the first probes of pods it meets sooner). A process listening by the second probe is Ready
-  about a second after its start; one that is not waits for the next, {period} s on.
-  The runtime, which imports autogen and the model client before it listens, is the one that
-  misses most: its wait is {spread(share, "{:.0%}")} of the time to the first answer.
-  A shorter period, or a startup probe, would take most of it off.
+- **The probes decide when a pod is Ready.** Each container has a startup probe, asked every
+  {startup} s from its start until it first answers, and readiness is not probed before it
+  (`render.workloads.startup_probe`); its success makes the kubelet sync the pod, and that sync
+  runs the readiness probe as soon as it has the containers' state, which it refreshes every
+  second. So a pod is Ready within about two seconds of its process listening, and then its
+  probes come every {period} s. From container running to Ready: the sandbox
+  {spread(sandbox_waits, "{:.1f}")} s; the runtime, which imports autogen and the model client
+  before it listens, {spread(runtime_waits, "{:.1f}")} s, {spread(share, "{:.0%}")} of the time
+  to the first answer (the kubelet's log shows the probes' times; the first round starts once
+  the kubelet has run for a readiness period, as it delays the first probes of pods it meets
+  sooner).
 - **From the runtime pod Ready to the answer**: {spread(after_ready, "{:.1f}")} s, of which the
   answering request took {spread((t["request_seconds"] for t in every), "{:.2f}")} s (two model calls
   and the program's run in the sandbox pod); the rest is the Service's new endpoint reaching
-  kube-proxy, and the gateway's next attempt. Until then the gateway's connections to the
+  kube-proxy and the gateway's next attempt; and, where the gateway asked for the Service's
+  name before the Service existed, that name: CoreDNS keeps its answer that there is none
+  (`Name or service not known`) for 5 s, its kubernetes plugin's TTL. Until then the gateway's connections to the
   Service are not refused but time out, and a client left to TCP's own retries waits for them:
   1, 2, then 4 s more. Failed attempts over every tenant: {failures}.
 - **The busy first tenant** ran {spread((len(b) for b in busy_tasks), "{:.0f}")} tasks while
