@@ -12,6 +12,11 @@ once instead of letting its callers time out. `GET /healthz` is open, for probes
 header and bodies are protocol.py's, shared with the runtime's client (executor.py); the HTTP
 server under the handlers, and what it holds against, is sandbox_http.py's.
 
+On SIGTERM (the kubelet stopping the pod) the server takes no more requests (503) and waits
+for the runs in flight to end, each by its time limit at the latest, and answers and audits
+them before it exits: a run cut short would go unaudited. The pod's grace period, rendered by
+the operator from the same time limit, outlasts that wait (docs/runtime-contract.md).
+
 Should a process a run left resist being killed (runner.py), the sandbox fails closed: that
 run is answered 500, later runs 503 without running, and `/healthz` 503 (so the kubelet
 restarts the container, which ends every process in it), until a sweep finds it gone.
@@ -66,6 +71,12 @@ from .workspace import TaskEnded, Workspaces
 log = logging.getLogger(__name__)
 
 _SWEEP_SECONDS = 1.0
+STOP_MARGIN_SECONDS = 30.0
+"""How long beyond the run time limit a stopping server waits for the requests in flight: the
+rest of a run's request (its body within sandbox_http.REQUEST_SECONDS of its first byte), the
+kill and sweep of what the run left and the drain of its output (runner.py: 5 s, then 2 s),
+then its answer, taken within REQUEST_SECONDS. Its audit line is written before the answer.
+The operator gives the pod this, the limit and a moment to exit as its grace period."""
 
 
 def _segments(path: str) -> tuple[str, ...]:
@@ -264,7 +275,12 @@ async def _serve(settings: SandboxSettings, audit: AuditLog) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):  # the kubelet's stop, and ^C
         loop.add_signal_handler(signum, stop.set)
     async with _housekeeping(sandbox):
-        await HTTPServer(sandbox.route).serve(settings.host, settings.port, stop)
+        await HTTPServer(sandbox.route).serve(
+            settings.host,
+            settings.port,
+            stop,
+            shutdown_seconds=settings.limits.timeout_seconds + STOP_MARGIN_SECONDS,
+        )
 
 
 def serve_sandbox(settings: SandboxSettings) -> None:

@@ -22,10 +22,11 @@ tests/runtime/test_sandbox_http.py tries each against a real server:
   other answer closes it, reading and dropping what the client still sends for a moment first,
   so that it reads the answer rather than a reset.
 - On SIGTERM (`serve(stop=...)`) the server closes the connections that are not in a request,
-  answers the requests being handled, and returns. It keeps its port until then, answering new
-  connections 503: let go while runs are in flight, the port could be taken by one of them (the
-  server's uid, which may send it that SIGTERM), and the runtime's next request, its token in
-  it, would be that run's to read (and to answer).
+  answers the requests being handled (waiting up to the `shutdown_seconds` its caller gives),
+  and returns. It keeps its port until then, answering new connections 503: let go while runs
+  are in flight, the port could be taken by one of them (the server's uid, which may send it
+  that SIGTERM), and the runtime's next request, its token in it, would be that run's to read
+  (and to answer).
 """
 
 from __future__ import annotations
@@ -61,9 +62,6 @@ for the runs (pipes, the code's memfd). The runtime needs a few."""
 LINGER_SECONDS = 5.0
 """How long an answered connection still reads (and drops) what its client sends, before it
 closes: closing with unread data resets the connection, and the client may lose the answer."""
-SHUTDOWN_SECONDS = 60.0
-"""How long a stopping server waits for the requests it is handling (aiohttp's default); a run
-ends by its own time limit well before."""
 _READ_BYTES = 16 * 1024
 
 
@@ -353,8 +351,11 @@ class HTTPServer:
         self.idle: dict[_Connection, None] = {}
         """The connections waiting for a request, the longest waiting first."""
 
-    async def serve(self, host: str | None, port: int, stop: asyncio.Event) -> None:
-        """Serves on host:port (every interface for None) until `stop` is set."""
+    async def serve(
+        self, host: str | None, port: int, stop: asyncio.Event, *, shutdown_seconds: float
+    ) -> None:
+        """Serves on host:port (every interface for None) until `stop` is set, then waits up to
+        `shutdown_seconds` for the requests being handled before it cancels them."""
         listener = await asyncio.start_server(
             self._accept, host, port, limit=_READ_BYTES, backlog=128
         )
@@ -366,7 +367,7 @@ class HTTPServer:
             if not connection.handling:
                 connection.dismiss()
         if self.connections:
-            await asyncio.wait(list(self.connections.values()), timeout=SHUTDOWN_SECONDS)
+            await asyncio.wait(list(self.connections.values()), timeout=shutdown_seconds)
         for task in self.connections.values():
             task.cancel()
         await asyncio.gather(*self.connections.values(), return_exceptions=True)

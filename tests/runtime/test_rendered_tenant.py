@@ -8,9 +8,11 @@ and binds to loopback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from tenantry_runtime.sandbox import STOP_MARGIN_SECONDS
 
 from tests.support.ports import free_port
 from tests.support.runtime_services import SANDBOX_UID, Service, base_env, json_lines, start_service
@@ -35,13 +38,11 @@ SECRET_VALUES = {
 }
 
 
-def rendered() -> dict[tuple[str, str], dict[str, Any]]:
+def rendered(
+    tenant_file: Path = REPO / "examples" / "acme.yaml",
+) -> dict[tuple[str, str], dict[str, Any]]:
     result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "tenantry"),
-            "render",
-            str(REPO / "examples" / "acme.yaml"),
-        ],
+        [str(Path(sys.executable).parent / "tenantry"), "render", str(tenant_file)],
         capture_output=True,
         text=True,
         check=True,
@@ -112,6 +113,15 @@ def localise_config(runtime_pod: Pod, model_url: str, sandbox_url: str) -> None:
     config_file.write_text(json.dumps(config))
 
 
+def acme_with(directory: Path, sandbox: dict[str, Any]) -> Path:
+    """examples/acme.yaml with `sandbox` as its spec.sandbox, written below `directory`."""
+    tenant = yaml.safe_load((REPO / "examples" / "acme.yaml").read_text())
+    tenant["spec"]["sandbox"] = sandbox
+    path = directory / "acme.yaml"
+    path.write_text(yaml.safe_dump(tenant))
+    return path
+
+
 def sandbox_files(root: Path) -> set[str]:
     return {p.name for p in root.rglob("*") if p.is_file()}
 
@@ -176,3 +186,62 @@ async def test_a_rendered_tenant_answers_a_task_with_code_run_in_its_sandbox(
     files = sandbox_files(pod_root / "sandbox")
     assert "api-key" not in files and "token" not in files
     assert sandbox_env["TENANTRY_SANDBOX_TOKEN"] == SECRET_VALUES["sandbox-token"]["token"]
+
+
+# The time limit of a run in the tests below: beyond the minute for which the server used to
+# wait for the runs in flight when stopped.
+LONG_RUN_LIMIT = 65
+
+
+async def test_a_rendered_sandbox_stopped_mid_run_audits_and_answers_the_run_before_it_exits(
+    pod_root: Path,
+) -> None:
+    """A run may last its whole time limit, spec.sandbox.timeoutSeconds (600 s at most). On
+    SIGTERM the server used to wait a minute for the runs in flight, then cancel them: killed,
+    neither answered nor audited. It now waits for them to end, even a run that meets its limit
+    long after that minute (the pod's grace period outlasts the wait: the test below)."""
+    manifests = rendered(acme_with(pod_root, {"timeoutSeconds": LONG_RUN_LIMIT}))
+    sandbox_pod = Pod(manifests, "sandbox", pod_root / "sandbox")
+    env = sandbox_pod.env(TENANTRY_PORT=str(free_port()))
+    assert env["TENANTRY_SANDBOX_TIMEOUT_SECONDS"] == str(LONG_RUN_LIMIT)
+    workspace = Path(env["TENANTRY_SANDBOX_WORKDIR"])
+    sandbox = start_service(
+        "sandbox", env, pod_root / "logs-sandbox", as_sandbox_user=True, cwd=workspace
+    )
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            run = asyncio.create_task(
+                session.post(
+                    f"{sandbox.url}/v1/execute",
+                    json={"language": "sh", "code": "touch started; sleep 600", "taskId": "t"},
+                    headers={"Authorization": f"Bearer {SECRET_VALUES['sandbox-token']['token']}"},
+                )
+            )
+            while not (workspace / "t" / "started").exists():
+                answered, _ = await asyncio.wait({run}, timeout=0.05)
+                assert not answered, "the run was answered before it started"
+            sandbox.proc.send_signal(signal.SIGTERM)  # as the kubelet stops the pod
+            async with await run as response:
+                answer = await response.json()
+        assert response.status == 200, answer
+        assert (answer["exitCode"], answer["timedOut"]) == (124, True)  # met its limit
+        assert await asyncio.to_thread(sandbox.proc.wait) == 0
+    finally:
+        sandbox.stop()
+    (audited,) = [r for r in json_lines(sandbox.stdout) if r.get("event") == "code_execution"]
+    assert (audited["taskId"], audited["exitCode"], audited["timedOut"]) == ("t", 124, True)
+
+
+@pytest.mark.parametrize("limit", [1, 30, LONG_RUN_LIMIT, 600])
+async def test_the_kubelet_kills_a_stopped_sandbox_only_after_the_servers_wait_for_its_runs(
+    pod_root: Path, limit: int
+) -> None:
+    """The kubelet sends SIGKILL terminationGracePeriodSeconds after SIGTERM (30 s unless the
+    pod sets it): later than the longest the server waits for the runs in flight, its time
+    limit (from the env the pod gives it) and STOP_MARGIN_SECONDS, with time to exit."""
+    manifests = rendered(acme_with(pod_root, {"timeoutSeconds": limit}))
+    spec = manifests[("Deployment", "sandbox")]["spec"]["template"]["spec"]
+    sandbox_pod = Pod(manifests, "sandbox", pod_root / "sandbox")
+    run_limit = float(sandbox_pod.env()["TENANTRY_SANDBOX_TIMEOUT_SECONDS"])
+    assert run_limit == limit
+    assert spec["terminationGracePeriodSeconds"] >= run_limit + STOP_MARGIN_SECONDS + 10

@@ -371,6 +371,20 @@ def test_pods_are_probed_every_second_only_until_they_have_started() -> None:
     assert budgets["sandbox"] >= 30
 
 
+@pytest.mark.parametrize("timeout", [1, 30, 600])
+def test_the_sandbox_pod_is_given_time_to_finish_and_audit_its_runs_when_stopped(
+    timeout: int,
+) -> None:
+    """A run may last spec.sandbox.timeoutSeconds; the kubelet's SIGKILL comes
+    terminationGracePeriodSeconds after its SIGTERM (30 s unless set), and a run it kills is
+    never audited. The server waits for its runs up to their limit and 30 s more
+    (tenantry_runtime.sandbox.STOP_MARGIN_SECONDS; tests/runtime checks the two agree)."""
+    sandboxed = tenant({"sandbox": {"timeoutSeconds": timeout}})
+    children = by_key(render(sandboxed, CONFIG, FACTS))
+    pod = children[("Deployment", "sandbox")]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > timeout + 30
+
+
 def test_no_tenant_namespace_is_ever_among_a_runtimes_callers() -> None:
     policy = by_key(render(acme(), CONFIG, FACTS))[("NetworkPolicy", "runtime")]["spec"]
     for rule in policy["ingress"]:

@@ -29,6 +29,11 @@ WORKSPACE_SIZE = "256Mi"
 # How long the sandbox may take to listen (render.workloads.startup_probe); it imports little
 # and empties its workspace, so what liveness allowed before (three misses 10 s apart).
 START_SECONDS = 30
+# How long the sandbox may take to stop beyond its run time limit: on SIGTERM the server answers
+# and audits the runs in flight first, waiting up to the limit and 30 s more
+# (tenantry_runtime.sandbox.STOP_MARGIN_SECONDS), then exits. The kubelet's SIGKILL, at the end
+# of the pod's grace period (30 s unless set), must come after that, or a run ends unaudited.
+STOP_MARGIN_SECONDS = 45
 
 
 def build_sandbox_deployment(
@@ -77,6 +82,7 @@ def build_sandbox_deployment(
     }
     if sandbox.runtime_class_name:
         pod_spec["runtimeClassName"] = sandbox.runtime_class_name
+    pod_spec["terminationGracePeriodSeconds"] = sandbox.timeout_seconds + STOP_MARGIN_SECONDS
     token_hash = digest({"token": facts.sandbox_token})
     # System V shared memory no process is attached to is removed, so no segment outlives the
     # run (and the task) that made it. A "safe" sysctl: Pod Security restricted allows it.
