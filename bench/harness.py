@@ -398,6 +398,31 @@ class Operator:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"operator not idle with {ready} Ready tenants after {timeout:.0f}s")
 
+    async def until_trimmed(self, timeout: float = 60) -> float:
+        """Wait until the operator, idle, has handed the memory it freed back to the system, and
+        return the seconds that took; call it as soon as `until_idle` returns.
+
+        The operator trims its heap once its queue has stayed empty for a few seconds
+        (tenantry.memory.TrimWhenQuiet, counted by `tenantry_memory_trims_total`). Its resident
+        size is read after that, what it holds while nothing happens, not in the seconds after
+        a burst when the heap of the burst is still mapped. `until_idle`'s time is unchanged."""
+        started = time.monotonic()
+        samples = await asyncio.to_thread(self.gauges)
+        assert samples is not None, "the operator's metrics do not answer"
+        before = samples.get("tenantry_memory_trims_total", 0.0)
+        while time.monotonic() - started < timeout:
+            assert self.process is not None and self.process.poll() is None, "operator exited"
+            await asyncio.sleep(0.2)
+            samples = await asyncio.to_thread(self.gauges)
+            if (
+                samples
+                and samples.get("tenantry_memory_trims_total", 0.0) > before
+                and samples.get("tenantry_queue_depth") == 0
+            ):
+                return time.monotonic() - started
+        # Only glibc has malloc_trim: the operator trims nothing on another C library.
+        raise TimeoutError(f"the operator did not trim its memory within {timeout:.0f}s of idling")
+
     async def until_watching(self, audit: AuditLog, since: int, timeout: float = 60) -> None:
         """Wait until the operator watches AgentTenants: tenants applied earlier would be found
         by its first list, and the trial would time Kopf's start-up, not provisioning."""

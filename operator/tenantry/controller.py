@@ -33,6 +33,14 @@ from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 logger = logging.getLogger("tenantry.controller")
 T = TypeVar("T")
 
+# Objects per page of the resync's lists of children and pods. A list read whole is one response
+# of every Deployment (say) of every tenant, parsed at once into lightkube's models beside their
+# dicts: on a restart over 1000 tenants, while Kopf's own lists and watch events were in flight,
+# that peak left the heap 30-40 MiB larger for good (docs/bench/operator-memory.md, 2026-11-30
+# afternoon). A page at a time costs N/200 list requests per kind and drift period instead of
+# one, and no GET.
+RESYNC_CHUNK = 200
+
 
 class Controller:
     """The state one operator process keeps: tenants and children seen, and the work queue."""
@@ -58,10 +66,10 @@ class Controller:
             self.sources.get,
             self.children.sandbox_token,
         )
+        # Every watch event handled below puts the trim off too (see TrimWhenQuiet).
+        self.trimmer = TrimWhenQuiet(lambda: self.queue.idle)
         self.queue = ReconcileQueue(
-            self.reconcile,
-            config.max_concurrent_reconciles,
-            on_idle=TrimWhenQuiet(lambda: self.queue.idle),
+            self.reconcile, config.max_concurrent_reconciles, on_idle=self.trimmer
         )
         # The outcome of each tenant's last pass (ready, progressing, stalled), for the gauge.
         self.outcomes: dict[str, str] = {}
@@ -110,6 +118,7 @@ class Controller:
     def template_seen(self, event: dict[str, Any]) -> None:
         """A template changed: reconcile the tenants it selected before and selects now (a
         tenant whose output did not change writes nothing)."""
+        self.trimmer.activity()
         body = event["object"]
         name = body["metadata"]["name"]
         after = None if event.get("type") == "DELETED" else read_template(body)
@@ -120,6 +129,7 @@ class Controller:
                 self.queue.enqueue(tenant)
 
     def tenant_seen(self, event: dict[str, Any]) -> None:
+        self.trimmer.activity()
         body = event["object"]
         name = body["metadata"]["name"]
         if event.get("type") == "DELETED":
@@ -175,7 +185,7 @@ class Controller:
             where = {"namespace": "*"} if child.namespaced else {}
             try:
                 async for obj in client.list(
-                    child.resource, labels={MANAGED_BY: OPERATOR}, **where
+                    child.resource, labels={MANAGED_BY: OPERATOR}, chunk_size=RESYNC_CHUNK, **where
                 ):  # type: ignore[call-overload]
                     fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
             except ApiError as error:
@@ -187,7 +197,9 @@ class Controller:
         self.children.replace(fresh)
         pods = PodCache()
         try:
-            async for pod in client.list(Pod, namespace="*", labels=dict(RUNTIME_POD_LABELS)):
+            async for pod in client.list(
+                Pod, namespace="*", labels=dict(RUNTIME_POD_LABELS), chunk_size=RESYNC_CHUNK
+            ):
                 pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
         except ApiError as error:
             if error.status.code != 403:
@@ -246,6 +258,7 @@ class Controller:
         await self.queue.run()
 
     def child_seen(self, event: dict[str, Any]) -> None:
+        self.trimmer.activity()
         body = event["object"]
         deleted = event.get("type") == "DELETED"
         # Only what moves a tenant toward Ready goes ahead of first passes; the echoes of its own
@@ -272,6 +285,7 @@ class Controller:
         return namespace if isinstance(namespace, str) else None
 
     def pod_seen(self, event: dict[str, Any]) -> None:
+        self.trimmer.activity()
         body = event["object"]
         tenant = self.pods.observe(body, deleted=event.get("type") == "DELETED")
         if tenant and tenant in self.tenants:

@@ -36,6 +36,9 @@ CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
 # Objects per page of Kopf's initial lists (one tenant has 17 watched objects).
 LIST_CHUNK = 200
+# Seconds one of Kopf's per-object workers waits for the object's next event before it exits
+# (Kopf's default: 5). See configure.
+WORKER_IDLE_SECONDS = 0.5
 
 
 def controller(memo: kopf.Memo) -> Controller:
@@ -91,6 +94,15 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # once held the bodies of every object of the cluster's tenants together, a peak the
     # process kept as its resident size afterwards (docs/benchmarks.md: memory after a restart).
     settings.watching.chunk_size = LIST_CHUNK
+    # Kopf runs a worker per object that has an event, and the worker keeps its last event until
+    # it has waited `idle_timeout` for the next one. A restart replays every watched object (17
+    # a tenant): with Kopf's 5 s, thousands of workers and their events were alive together at
+    # the peak (2314 still at idle over 1000 tenants), and the heap grown for them stayed
+    # resident. Tenantry's handlers keep nothing between one event of an object and the next, so
+    # a worker is worth keeping only while its object's events come in a burst. Over 1000
+    # tenants: resident after a restart and a trim 235-244 → 163-179 MiB, after provisioning
+    # 110 → 104 MiB (docs/bench/operator-memory.md, 2026-11-30 afternoon).
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Server-side filters: the API server sends only our children, not every Secret in the cluster.
     # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
     tenant_selector = config.tenant_selector

@@ -54,6 +54,11 @@ RECONCILE_RETRIES = Counter(
     "tenantry_reconcile_retries",
     "Reconciles scheduled again, with exponential backoff, after a pass failed.",
 )
+MEMORY_TRIMS = Counter(
+    "tenantry_memory_trims",
+    "Times the operator handed freed heap back to the system (glibc's malloc_trim) once its "
+    "queue had stayed empty for a few seconds.",
+)
 LEADER = Gauge(
     "tenantry_leader",
     "1 while this process reconciles (it holds the leader Lease, or runs without leader "

@@ -11,12 +11,15 @@ from tenantry.controller import Controller
 from tenantry.handlers import (
     CHILD_RESOURCES,
     CHILD_SELECTOR,
+    LIST_CHUNK,
+    WORKER_IDLE_SECONDS,
     child_event,
     configure,
     in_cluster_server,
     tenant_event,
     watched_children,
 )
+from tenantry.memory import QUIET_SECONDS
 
 
 def test_child_watches_carry_a_server_side_label_selector() -> None:
@@ -68,6 +71,17 @@ def test_every_event_handler_is_a_coroutine_and_kopf_keeps_no_diff_base() -> Non
     body = kopf.Body({"metadata": {"name": "x"}, "spec": {"a": 1}})
     assert storage.build(body=body) is None
     assert storage.fetch(body=body) is None
+
+
+def test_kopf_lists_in_pages_and_its_workers_let_go_of_their_events_before_the_trim() -> None:
+    # Memory after a restart (docs/bench/operator-memory.md): Kopf's lists come in pages, and a
+    # per-object worker exits soon after its object's last event, dropping the event it holds,
+    # well before the operator trims its heap (a quiet spell of QUIET_SECONDS).
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorConfig())
+    assert settings.watching.chunk_size == LIST_CHUNK
+    assert settings.queueing.idle_timeout == WORKER_IDLE_SECONDS
+    assert WORKER_IDLE_SECONDS < QUIET_SECONDS
 
 
 async def test_a_resync_keeps_a_tenant_created_while_it_listed() -> None:
