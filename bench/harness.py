@@ -402,10 +402,11 @@ class Operator:
         """Wait until the operator, idle, has handed the memory it freed back to the system, and
         return the seconds that took; call it as soon as `until_idle` returns.
 
-        The operator trims its heap once its queue has stayed empty for a few seconds
-        (tenantry.memory.TrimWhenQuiet, counted by `tenantry_memory_trims_total`). Its resident
-        size is read after that, what it holds while nothing happens, not in the seconds after
-        a burst when the heap of the burst is still mapped. `until_idle`'s time is unchanged."""
+        The operator trims its heap once its queue has stayed empty and no watch event has come
+        for a few seconds (tenantry.memory.TrimWhenQuiet, counted by
+        `tenantry_memory_trims_total`). Its resident size is read after that: what it holds
+        while nothing happens, not in the seconds after a burst when the heap of the burst is
+        still mapped. `until_idle`'s time is unchanged."""
         started = time.monotonic()
         samples = await asyncio.to_thread(self.gauges)
         assert samples is not None, "the operator's metrics do not answer"

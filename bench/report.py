@@ -207,8 +207,8 @@ def memory_section(data: dict[str, Any], plots: Path, targets: list[list[str]]) 
 
 Resident memory (VmRSS) of the operator process once it is idle after provisioning N tenants
 (the trials of section 1), read after the operator has handed the heap it freed back to the
-system (it does 5 s after its queue drains: `tenantry_memory_trims_total`), not in the seconds
-after the burst. At start, watching, with no tenant: {spread(empty, "{:.1f}")} MiB.
+system (once its queue has been empty and no watch event has come for 5 s:
+`tenantry_memory_trims_total`), not in the seconds after the burst. At start, watching, with no tenant: {spread(empty, "{:.1f}")} MiB.
 Growth per tenant (least squares over every trial): **{slope * 1024:.0f} KiB**. After a restart
 over {largest} tenants (section 5) it holds {spread(after_restart, "{:.1f}")} MiB.
 

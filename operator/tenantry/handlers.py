@@ -34,8 +34,8 @@ logger = logging.getLogger("tenantry.handlers")
 # the operator's configuration. Their watches are filtered server-side, by the label on every child.
 CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
 CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
-# Objects per page of Kopf's initial lists (one tenant has 17 watched objects).
-LIST_CHUNK = 200
+# Objects per page of Kopf's initial lists (one tenant has 17 watched objects). See configure.
+LIST_CHUNK = 50
 # Seconds one of Kopf's per-object workers waits for the object's next event before it exits
 # (Kopf's default: 5). See configure.
 WORKER_IDLE_SECONDS = 0.5
@@ -93,6 +93,10 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # Kopf lists every watched kind at start, all kinds at once; each whole list parsed at
     # once held the bodies of every object of the cluster's tenants together, a peak the
     # process kept as its resident size afterwards (docs/benchmarks.md: memory after a restart).
+    # Pages of 200 still had 200 objects of each of 17 kinds in flight at once: over 1000
+    # tenants, pages of 50 took the resident size after a restart and a trim from 134-136 to
+    # 118-119 MiB, for about 340 list requests in that restart instead of 85, and no slower
+    # (docs/bench/operator-memory.md, 2026-11-30 afternoon).
     settings.watching.chunk_size = LIST_CHUNK
     # Kopf runs a worker per object that has an event, and the worker keeps its last event until
     # it has waited `idle_timeout` for the next one. A restart replays every watched object (17
@@ -101,7 +105,7 @@ def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # resident. Tenantry's handlers keep nothing between one event of an object and the next, so
     # a worker is worth keeping only while its object's events come in a burst. Over 1000
     # tenants: resident after a restart and a trim 235-244 → 163-179 MiB, after provisioning
-    # 110 → 104 MiB (docs/bench/operator-memory.md, 2026-11-30 afternoon).
+    # 110 → 104 MiB (one run; docs/bench/operator-memory.md, 2026-11-30 afternoon).
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Server-side filters: the API server sends only our children, not every Secret in the cluster.
     # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".

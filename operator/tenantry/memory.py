@@ -43,8 +43,8 @@ class TrimWhenQuiet:
     count: after a restart our queue drains while Kopf is still handing over the events of its
     initial lists (most change nothing a reconcile reads, so they queue nothing), for several
     seconds over a thousand tenants, and a trim in the middle of that returned too little: a
-    second trim from outside once the events had stopped gave back another 17 MiB
-    (docs/bench/operator-memory.md, 2026-11-30 afternoon).
+    second trim from outside once the events had stopped gave back another 17 MiB (measured
+    before the other changes of that day: docs/bench/operator-memory.md, 2026-11-30 afternoon).
     """
 
     def __init__(

@@ -56,8 +56,8 @@ RECONCILE_RETRIES = Counter(
 )
 MEMORY_TRIMS = Counter(
     "tenantry_memory_trims",
-    "Times the operator handed freed heap back to the system (glibc's malloc_trim) once its "
-    "queue had stayed empty for a few seconds.",
+    "Times the operator handed freed heap back to the system (glibc's malloc_trim), each once "
+    "its queue had stayed empty and no watch event had come for a few seconds.",
 )
 LEADER = Gauge(
     "tenantry_leader",
