@@ -117,9 +117,7 @@ async def provisioned(
             result["operator_cpu_seconds"] = operator.cpu_seconds()
             # The figure of section 4 is read once the operator has trimmed its heap (see
             # Operator.until_trimmed); the moment it went idle is kept beside it.
-            result["rss_mib_at_idle"] = operator.rss_mib()
-            result["trimmed_after_seconds"] = await operator.until_trimmed()
-            result["rss_mib"] = operator.rss_mib()
+            result.update(await operator.idle_memory())
         requests = audit.requests(mark)
         result["requests"] = {
             agent: by_verb(requests, agent)
@@ -154,18 +152,14 @@ async def restart(trial: Trial, drift_interval: float, workdir: Path) -> dict[st
     seconds = await trial.operator.until_idle(len(trial.names), timeout=600)
     requests = by_verb(trial.audit.requests(mark), "operator")
     cpu_seconds = trial.operator.cpu_seconds()
-    # As after provisioning: the resident size once the operator has trimmed its heap.
-    at_idle = trial.operator.rss_mib()
-    trimmed_after = await trial.operator.until_trimmed()
     return {
         "count": len(trial.names),
         "seconds_to_idle": seconds,
         "cpu_seconds_to_idle": cpu_seconds,
         "requests": requests,
         "writes": writes(requests),
-        "rss_mib_at_idle": at_idle,
-        "trimmed_after_seconds": trimmed_after,
-        "rss_mib": trial.operator.rss_mib(),
+        # As after provisioning: the resident size once the operator has trimmed its heap.
+        **await trial.operator.idle_memory(),
     }
 
 

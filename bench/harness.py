@@ -398,6 +398,18 @@ class Operator:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"operator not idle with {ready} Ready tenants after {timeout:.0f}s")
 
+    async def idle_memory(self) -> dict[str, float]:
+        """Its resident size the moment it went idle and once it has trimmed its heap (the
+        figure sections 4 and 5 report), and how long the trim took; call it as soon as
+        `until_idle` returns."""
+        at_idle = self.rss_mib()
+        trimmed_after = await self.until_trimmed()
+        return {
+            "rss_mib_at_idle": at_idle,
+            "trimmed_after_seconds": trimmed_after,
+            "rss_mib": self.rss_mib(),
+        }
+
     async def until_trimmed(self, timeout: float = 60) -> float:
         """Wait until the operator, idle, has handed the memory it freed back to the system, and
         return the seconds that took; call it as soon as `until_idle` returns.

@@ -128,7 +128,7 @@ def startup_probe(path: str, within_seconds: int) -> dict[str, Any]:
     restarts the container, which cures nothing when the sandbox is what is missing.
     """
     return {
-        "httpGet": {"path": path, "port": "http"},
+        **http_probe(path),
         "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
         "failureThreshold": within_seconds // STARTUP_PROBE_PERIOD_SECONDS,
     }
