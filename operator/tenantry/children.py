@@ -225,6 +225,9 @@ class ChildCache:
         # The token Secret of each namespace, as (owner uids, base64 token), for
         # reconcile.Reconciler._sandbox_token: never the truth about the token once it is known.
         self._tokens: dict[str, tuple[tuple[str, ...], str]] = {}
+        # While a resync lists: the children an event (or a write's answer) told of since it
+        # began, and their tenants. What the list read of them may be older (see `replace`).
+        self._touched: dict[ChildKey, str] | None = None
 
     def observe(self, body: Mapping[str, Any], deleted: bool) -> str | None:
         """Record one watch event; return the tenant it belongs to, if it is one of ours and the
@@ -235,6 +238,8 @@ class ChildCache:
         if labels.get(MANAGED_BY) != OPERATOR or not tenant:
             return None
         key = child_key(body)
+        if self._touched is not None:
+            self._touched[key] = tenant
         children = self._children.setdefault(tenant, {})
         before = children.get(key)
         if deleted:
@@ -269,7 +274,34 @@ class ChildCache:
     def forget(self, tenant: str) -> None:
         self._children.pop(tenant, None)
 
+    def written(self, body: Mapping[str, Any]) -> None:
+        """Record the API server's answer to one of our own writes, before its watch event.
+
+        A pass that came next (the drift timer's, another child's event) would otherwise plan
+        from what the child was before the write, write it again and post DriftCorrected a
+        second time. Its watch event then changes nothing and wakes nobody."""
+        self.observe(body, deleted=False)
+
+    def begin_resync(self) -> None:
+        """Note the children events tell of from now on, until `replace`."""
+        self._touched = {}
+
     def replace(self, fresh: ChildCache) -> None:
-        """Take over what a fresh listing found (see Controller.resync)."""
+        """Take over what a fresh listing found (see Controller.resync), but for the children an
+        event told of while it was being read: the list may have read them before that event
+        (an apply's own echo, say), and would undo it until the next event or resync."""
+        for key, tenant in (self._touched or {}).items():
+            now = self._children.get(tenant, {}).get(key)
+            if now is None:
+                fresh._children.get(tenant, {}).pop(key, None)
+            else:
+                fresh._children.setdefault(tenant, {})[key] = now
+            if key[0] == "Secret" and key[2] == SANDBOX_TOKEN_SECRET:
+                token = self._tokens.get(key[1])
+                if token is None:
+                    fresh._tokens.pop(key[1], None)
+                else:
+                    fresh._tokens[key[1]] = token
         self._children = fresh._children
         self._tokens = fresh._tokens
+        self._touched = None

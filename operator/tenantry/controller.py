@@ -65,6 +65,7 @@ class Controller:
             self.known_templates,
             self.sources.get,
             self.children.sandbox_token,
+            self.children.written,
         )
         # Every watch event handled below puts the trim off too (see TrimWhenQuiet).
         self.trimmer = TrimWhenQuiet(lambda: self.queue.idle)
@@ -169,6 +170,8 @@ class Controller:
         """
         client = self.reconciler.client
         listing_since = self.events_seen
+        self.children.begin_resync()
+        self.pods.begin_resync()
         # All tenants, whatever --tenant-selector says: only the ones cached here are compared.
         listed = {
             str(t.metadata.name): kube_time(t.metadata.creationTimestamp)  # type: ignore[union-attr]

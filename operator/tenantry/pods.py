@@ -73,6 +73,8 @@ class PodCache:
 
     def __init__(self) -> None:
         self._refusals: dict[str, dict[tuple[str, str], RuntimeRefusal]] = {}
+        # While a resync lists: the pods events told of since it began, and their tenants.
+        self._touched: dict[tuple[str, str], str] | None = None
 
     def observe(self, body: Mapping[str, Any], deleted: bool) -> str | None:
         """Record one pod event; return its tenant when that changed the tenant's refusals."""
@@ -81,6 +83,8 @@ class PodCache:
         if not isinstance(tenant, str) or not tenant:
             return None
         key = (meta.get("namespace") or "", meta.get("name") or "")
+        if self._touched is not None:
+            self._touched[key] = tenant
         refusal = None if deleted else runtime_refusal(body)
         known = self._refusals.get(tenant, {})
         if known.get(key) == refusal:
@@ -101,5 +105,20 @@ class PodCache:
     def forget(self, tenant: str) -> None:
         self._refusals.pop(tenant, None)
 
+    def begin_resync(self) -> None:
+        """Note the pods events tell of from now on, until `replace`."""
+        self._touched = {}
+
     def replace(self, fresh: PodCache) -> None:
+        """Take over a fresh listing, but for the pods an event told of while it was read."""
+        for key, tenant in (self._touched or {}).items():
+            now = self._refusals.get(tenant, {}).get(key)
+            listed = fresh._refusals.setdefault(tenant, {})
+            if now is None:
+                listed.pop(key, None)
+            else:
+                listed[key] = now
+            if not listed:
+                del fresh._refusals[tenant]
         self._refusals = fresh._refusals
+        self._touched = None

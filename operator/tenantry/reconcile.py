@@ -61,7 +61,7 @@ from tenantry.render import (
 from tenantry.report import StatusReporter, TenantGone
 from tenantry.resources import AgentTenantResource
 from tenantry.status import GroupState, Observation, condition_of
-from tenantry.writes import ChildWriter, gather_all
+from tenantry.writes import ChildWriter, Written, gather_all
 
 logger = logging.getLogger("tenantry.reconcile")
 
@@ -113,6 +113,7 @@ class Reconciler:
     # them (a Reconciler of its own), each is read from the API server.
     sources: Sources | None = None
     seen_token: SeenToken | None = None
+    written: Written | None = None
     # Sandbox tokens by tenant uid: generated once, then read back from the tenant's Secret.
     _tokens: dict[str, str] = field(default_factory=dict)
     # The templated children each tenant's last pass rendered, by uid: one a template renders
@@ -122,7 +123,7 @@ class Reconciler:
     reporter: StatusReporter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writer = ChildWriter(self.client, self.config.template_kinds)
+        self.writer = ChildWriter(self.client, self.config.template_kinds, self.written)
         self.reporter = StatusReporter(self.client)
 
     async def reconcile(

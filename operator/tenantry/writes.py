@@ -8,7 +8,7 @@ tenant, a 404 on a read is None, a 404 on a delete is done).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -64,11 +64,21 @@ async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
             raise result
 
 
+# Told each child as the API server answered a write of it: what the child is now, before the
+# watch event of that write arrives (children.ChildCache.written).
+Written = Callable[[Mapping[str, Any]], None]
+
+
 @dataclass
 class ChildWriter:
     client: AsyncClient
     # The operator's --template-kinds: the classes of templated children (tenantry.kinds).
     template_kinds: tuple[str, ...] = ()
+    written: Written | None = None
+
+    def _answered(self, kind: str, obj: Any) -> None:
+        if self.written is not None:
+            self.written({**obj.to_dict(), "kind": kind})
 
     def resource(self, kind: str) -> Any:
         return resource_of(kind, self.template_kinds)
@@ -89,17 +99,20 @@ class ChildWriter:
         """Create the tenant's namespace; False when one of that name appeared meanwhile (the
         caller decides whether it is the tenant's, see plan.owns)."""
         try:
-            await self.client.create(Namespace.from_dict(manifest), field_manager=FIELD_MANAGER)  # type: ignore[call-overload]
+            created = await self.client.create(  # type: ignore[call-overload]
+                Namespace.from_dict(manifest), field_manager=FIELD_MANAGER
+            )
         except ApiError as error:
             if error.status.code != 409:
                 raise
             return False
+        self._answered("Namespace", created)
         return True
 
     async def apply(self, manifest: Manifest) -> None:
         kind, namespace, name = key = child_key(manifest)
         with refusals_stall(key):
-            await self.client.patch(
+            applied = await self.client.patch(
                 self.resource(kind),
                 name,
                 manifest,
@@ -108,6 +121,7 @@ class ChildWriter:
                 field_manager=FIELD_MANAGER,
                 force=True,
             )
+        self._answered(kind, applied)
 
     async def replace(self, manifest: Manifest) -> None:
         """Make a child exactly what we render, dropping what others added to it.
@@ -137,9 +151,10 @@ class ChildWriter:
         }
         # A 404 or 409 (changed meanwhile) is raised as it is: the queue's retry looks again.
         with refusals_stall(key):
-            await self.client.replace(
+            replaced = await self.client.replace(
                 resource.from_dict({**manifest, "metadata": meta}), field_manager=FIELD_MANAGER
             )
+        self._answered(kind, replaced)
 
     async def delete(self, key: ChildKey) -> None:
         kind, namespace, name = key

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantry.children import ChildCache
+from tenantry.children import ChildCache, summarize
 from tenantry.controller import Known
+from tenantry.pods import PodCache
+from test_pods import pod
 
 
 def child(kind: str = "Service", name: str = "runtime", **meta: Any) -> dict[str, Any]:
@@ -86,3 +88,44 @@ def test_only_a_deployment_turning_available_is_progress() -> None:
     cache.observe(deployment(1), deleted=False)
     assert not cache.makes_available(deployment(1))  # available already: no news
     assert not cache.makes_available({**deployment(1), "kind": "Service"})
+
+
+def test_a_resync_never_undoes_what_an_event_said_of_a_child_while_it_listed() -> None:
+    """Finding (a flaky DriftCorrected count): the echo of a pass's restore arrived while the
+    drift timer's resync was listing, after it had read that child; the list's older copy
+    replaced the echo, and the timer's pass restored the child and posted DriftCorrected again."""
+    cache = ChildCache()
+    tampered = child(managedFields=[{"manager": "kubectl-label", "operation": "Update"}])
+    cache.observe(tampered, deleted=False)
+    cache.begin_resync()
+    listed = ChildCache()
+    listed.observe(tampered, deleted=False)  # the list read the child before the restore
+    restored, gone = child(), child(name="gone")
+    cache.observe(restored, deleted=False)  # the restore's echo, while the list went on
+    cache.observe(gone, deleted=False)
+    listed.observe(gone, deleted=False)
+    cache.observe(gone, deleted=True)  # deleted after the list read it
+    token = {**child("Secret", "sandbox-token"), "data": {"token": "bmV3"}}
+    listed.observe({**token, "data": {"token": "b2xk"}}, deleted=False)
+    cache.written(token)  # a write's answer counts as an event
+    cache.replace(listed)
+    children = cache.of("acme")
+    assert children[("Service", "tenant-acme", "runtime")] == summarize(restored)
+    assert ("Service", "tenant-acme", "gone") not in children
+    assert cache.sandbox_token("tenant-acme", "tenant-uid") == "bmV3"
+    # The next list is the truth again.
+    cache.begin_resync()
+    cache.replace(ChildCache())
+    assert cache.of("acme") == {}
+
+
+def test_a_resync_never_undoes_what_an_event_said_of_a_pod_while_it_listed() -> None:
+    refusing = pod(terminated={"exitCode": 2, "message": "refusing to start: x"})
+    cache = PodCache()
+    cache.observe(refusing, deleted=False)
+    cache.begin_resync()
+    listed = PodCache()
+    listed.observe(refusing, deleted=False)
+    cache.observe(refusing, deleted=True)  # the refusing pod went while the list was read
+    cache.replace(listed)
+    assert cache.of("acme") == ()
