@@ -18,7 +18,6 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from autogen_core import (
     CancellationToken,
@@ -33,7 +32,6 @@ from autogen_core.models import (
     AssistantMessage,
     ChatCompletionClient,
     LLMMessage,
-    ModelFamily,
     ModelInfo,
     SystemMessage,
     UserMessage,
@@ -45,12 +43,10 @@ from .executor import SandboxCodeExecutor, SandboxError
 from .guard import GuardedAgentRuntime
 from .mcp_tools import McpTools, McpUnavailable
 from .messages import RESULT_TOPIC_TYPE, CodeOutput, CodeRequest, TaskRequest, TaskResult
+from .model_client import PLAIN_CHAT_MODEL, ModelClient, known_model_info
 from .protocol import normalize_language
 from .runtime_json import AgentConfig, ModelConfig, RuntimeConfig
 from .sessions import SessionError, SessionStore
-
-if TYPE_CHECKING:
-    from autogen_ext.models.openai.config import OpenAIClientConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +68,6 @@ history back to the model on every later turn."""
 # A fence line: ``` and a language tag opens a block; ``` alone (spaces and tabs aside) closes it.
 _OPENING_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]+)[ \t]*")
 _CLOSING_FENCE_RE = re.compile(r"```[ \t]*")
-
-# For model names autogen does not know (any OpenAI-compatible server's own models): claim
-# nothing beyond plain chat, which is all these agents use.
-_PLAIN_CHAT_MODEL = ModelInfo(
-    vision=False,
-    function_calling=False,
-    json_output=False,
-    family=ModelFamily.UNKNOWN,
-    structured_output=False,
-)
 
 
 def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
@@ -129,28 +115,13 @@ def format_code_output(output: CodeOutput) -> str:
 def build_model_client(
     model: ModelConfig, api_key: str, timeout_seconds: float, *, function_calling: bool = False
 ) -> ChatCompletionClient:
-    """The tenant's model client. `function_calling`: an agent offers the model tools (an
-    assistant with MCP tools), so a model name autogen does not know is taken to call functions
-    (autogen refuses tools to a model that does not claim it).
-
-    autogen-ext's OpenAI client is imported here, when a tenant has a model: it brings the
-    `openai` package and its types, about 15 MiB of an idle runtime's memory, which a runtime
-    without a model (a platform team's kinds, no agent) never uses (docs/benchmarks.md)."""
-    from autogen_ext.models.openai import OpenAIChatCompletionClient  # noqa: PLC0415
-
-    settings: OpenAIClientConfiguration = {
-        "model": model.model,
-        "base_url": model.base_url,
-        "api_key": api_key,
-        "timeout": timeout_seconds,
-        "max_retries": 1,
-    }
-    try:
-        return OpenAIChatCompletionClient(**settings)
-    except ValueError:
-        # autogen refuses model names it has no capabilities table for unless told them.
-        settings["model_info"] = {**_PLAIN_CHAT_MODEL, "function_calling": function_calling}
-        return OpenAIChatCompletionClient(**settings)
+    """The tenant's model client (model_client.py). `function_calling`: an agent offers the
+    model tools (an assistant with MCP tools), so a model name autogen does not know is taken to
+    call functions (autogen refuses tools to a model that does not claim it)."""
+    info = known_model_info(model.model) or ModelInfo(
+        **{**PLAIN_CHAT_MODEL, "function_calling": function_calling}
+    )
+    return ModelClient(model.model, model.base_url, api_key, timeout_seconds, info)
 
 
 class PendingTasks:

@@ -42,6 +42,9 @@ def test_the_image_install_has_pinned_packages_and_working_entrypoints(tmp_path:
     installed = {line.lower() for line in freeze.stdout.splitlines()}
     assert installed - pinned() == set()
     assert "autogen-core==0.7.5" in installed
+    # The model client is the runtime's own: none of autogen-ext's `openai` extra is installed.
+    names = {line.split("==")[0] for line in installed}
+    assert names & {"openai", "tiktoken", "requests"} == set()
     # The package comes from the venv, not from this checkout.
     where = subprocess.run(
         [python, "-c", "import tenantry_runtime; print(tenantry_runtime.__file__)"],
