@@ -16,7 +16,7 @@ the same run, interleaved (the order alternates each round), and each figure is 
 reported as min / median / max. Nothing here asserts a timing; only results are checked.
 
 The model is the one stand-in: no model hub is reachable, so an OpenAI-compatible server with
-a fixed script answers (the runtime talks to it through autogen-ext's OpenAI client, as it
+a fixed script answers (the runtime talks to it through its own model client, model_client.py, as it
 would to a real one). Its answers take microseconds, so the round trips show our overhead.
 
 Run alone, from the repository root: `python -m bench.runtime --rounds 5 --out /tmp/runtime.json`
@@ -680,8 +680,8 @@ OpenTelemetry spans (made even with no tracer configured) and event logging.
 `POST /v1/tasks` to a real `python -m tenantry_runtime serve` process, with its sandbox as a
 second real process, on loopback; {params["tasks_per_round"] * params["rounds"]} tasks of each
 kind, alternating, over one kept-alive connection. The model is a stand-in: no model hub is
-reachable here, so a scripted OpenAI-compatible server answers at once (through autogen-ext's
-OpenAI client, as a real one would), and the times are the runtime's own. "model only" is one
+reachable here, so a scripted OpenAI-compatible server answers at once (through the runtime's
+model client, as a real one would), and the times are the runtime's own. "model only" is one
 model call; "model + sandbox" is a model call, the coder running the reply's python block in
 the sandbox, and a second model call.
 
