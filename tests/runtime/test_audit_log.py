@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tenantry_runtime.audit import AuditLog
 
 from e2e.model_server import completion
-from tests.support.ports import free_port
+from tests.support.ports import served
 from tests.support.runtime_services import (
     MODEL_API_KEY,
     TENANT,
@@ -180,14 +180,8 @@ async def model_that_reads_the_audit(
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", complete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with served(app) as url:
+        yield f"{url}/v1"
 
 
 @pytest.mark.asyncio(loop_scope="session")

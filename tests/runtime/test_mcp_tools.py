@@ -30,7 +30,7 @@ import pytest_asyncio
 from aiohttp import web
 from tenantry_runtime.mcp_tools import MAX_RESULT_CHARS, checked_url
 
-from tests.support.ports import free_port
+from tests.support.ports import free_port, served
 from tests.support.processes import stop
 from tests.support.runtime_services import (
     REPO,
@@ -97,13 +97,8 @@ async def tool_model() -> AsyncIterator[ToolModel]:
     scripted = ToolModel()
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", scripted.complete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    scripted.url = f"http://127.0.0.1:{port}"
-    yield scripted
-    await runner.cleanup()
+    async with served(app) as scripted.url:
+        yield scripted
 
 
 def script(*calls: tuple[str, Any], rounds: int = 1) -> str:

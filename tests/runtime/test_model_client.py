@@ -37,7 +37,7 @@ from tenantry_runtime.model_client import (
 from tenantry_runtime.runtime_json import ModelConfig
 
 from e2e.model_server import completion
-from tests.support.ports import free_port
+from tests.support.ports import served
 
 # The endpoint's server runs on the session's loop (its fixture's): so do the tests.
 session_loop = pytest.mark.asyncio(loop_scope="session")
@@ -66,16 +66,11 @@ class Endpoint:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def endpoint() -> AsyncIterator[Endpoint]:
-    served = Endpoint()
+    endpoint = Endpoint()
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", served.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    served.url = f"http://127.0.0.1:{port}"
-    yield served
-    await runner.cleanup()
+    app.router.add_route("*", "/{tail:.*}", endpoint.handle)
+    async with served(app) as endpoint.url:
+        yield endpoint
 
 
 def replying(body: Any, status: int = 200, **headers: str) -> Answer:

@@ -28,7 +28,7 @@ from aiohttp import web
 # One OpenAI chat-completion shape for every scripted model: the real node's (e2e/, which runs
 # with the standard library alone, before any venv exists) is its home.
 from e2e.model_server import completion
-from tests.support.ports import free_port
+from tests.support.ports import served
 
 CODE = (
     "import os\nprint('sum:', sum(range(101)) * 7)\nprint('cwd:', os.getcwd())\n"
@@ -130,11 +130,6 @@ async def model() -> AsyncIterator[ScriptedModel]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", scripted.complete)
     app.router.add_post("/slow/v1/chat/completions", scripted.stall)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    scripted.url = f"http://127.0.0.1:{port}"
-    yield scripted
-    scripted.release.set()
-    await runner.cleanup()
+    async with served(app) as scripted.url:
+        yield scripted
+        scripted.release.set()
