@@ -43,12 +43,21 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
-MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 """The largest answer read from the model's endpoint; a larger one fails the call. Above the
-assistant's own limit on a reply (agents.MAX_REPLY_CHARS), so that limit is the one a task
-meets, with its own message, for any reply the endpoint could sensibly send."""
+assistant's own limit on a reply (agents.MAX_REPLY_CHARS, 256 Ki characters, up to 6 bytes
+each in JSON), so that limit is the one a task meets, with its own message, for any reply the
+endpoint could sensibly send; low enough that parsing one (up to ~25 times its size in
+objects, for JSON of empty objects) cannot take a runtime's memory with a few tasks."""
+MAX_ERROR_BYTES = 64 * 1024
+"""What is read of a failed call's answer: enough for any provider's error object."""
 MAX_ERROR_CHARS = 500
 """How much of an endpoint's error message a failed call repeats."""
+MAX_TOOL_CALLS = 64
+"""The most function calls one reply may ask for. Each is answered (refused past the MCP
+tools' own limit, and audited) and sent back to the model with its result: the bound of what
+one reply makes the runtime write and send."""
+MAX_CALL_ID_CHARS = 256
 RETRY_DELAY_SECONDS = 0.5
 MAX_RETRY_DELAY_SECONDS = 5.0
 """The longest `Retry-After` honoured before the one retry; a longer one is cut to this."""
@@ -214,14 +223,15 @@ class ModelClient(ChatCompletionClient):
     async def _post(self, body: dict[str, Any]) -> CreateResult:
         try:
             async with self._client().post(self._url, json=body, allow_redirects=False) as answer:
-                data = await _read_capped(answer)
                 status = answer.status
+                failed = status >= 300
+                data = await _read_capped(answer, MAX_ERROR_BYTES if failed else MAX_RESPONSE_BYTES)
                 retry_after = answer.headers.get("Retry-After", "")
         except TimeoutError:
             raise APITimeoutError("Request timed out.") from None
         except aiohttp.ClientError:
             raise _Retryable(APIConnectionError("Connection error."), RETRY_DELAY_SECONDS) from None
-        if status >= 300:
+        if failed:
             error = APIStatusError(f"Error code: {status} - {error_message(data)}")
             if status in RETRIED_STATUSES or status >= 500:
                 raise _Retryable(error, retry_delay(retry_after))
@@ -271,7 +281,9 @@ class _Retryable(Exception):
         self.error, self.delay = error, delay
 
 
-async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
+async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, never inflated; past `limit` bytes a failed call's is cut (its text
+    is cut anyway), any other fails the call."""
     encoding = answer.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise BadReply(
@@ -280,8 +292,10 @@ async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
     data = bytearray()
     async for chunk in answer.content.iter_chunked(64 * 1024):
         data += chunk
-        if len(data) > MAX_RESPONSE_BYTES:
-            raise BadReply(f"the model's endpoint answered more than {MAX_RESPONSE_BYTES} bytes")
+        if len(data) > limit:
+            if answer.status >= 300:
+                return bytes(data[:limit])
+            raise BadReply(f"the model's endpoint answered more than {limit} bytes")
     return bytes(data)
 
 
@@ -403,8 +417,10 @@ def error_message(data: bytes) -> str:
     error = parsed.get("error") if isinstance(parsed, dict) else None
     said = error.get("message") if isinstance(error, dict) else error
     text = said if isinstance(said, str) else data.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text[:MAX_ERROR_CHARS] + ("…" if len(text) > MAX_ERROR_CHARS else "")
+    cut = " ".join(text[: MAX_ERROR_CHARS * 4].split())[:MAX_ERROR_CHARS]
+    # It reaches a task's error and the pod's log: no escape sequence, NUL or bidi override.
+    shown = "".join(char if char.isprintable() else "\ufffd" for char in cut)
+    return shown + ("…" if len(cut) < len(" ".join(text.split())) else "")
 
 
 def read_completion(data: bytes) -> CreateResult:
@@ -434,9 +450,12 @@ def read_completion(data: bytes) -> CreateResult:
         completion_tokens=_count(usage, "completion_tokens"),
     )
     if calls:
+        asked = _list(calls)
+        if len(asked) > MAX_TOOL_CALLS:
+            raise BadReply(f"the model asked for more than {MAX_TOOL_CALLS} tool calls at once")
         return CreateResult(
             finish_reason="function_calls",
-            content=[function_call(call) for call in _list(calls)],
+            content=[function_call(call) for call in asked],
             usage=result_usage,
             cached=False,
             thought=content or thought,
@@ -463,6 +482,8 @@ def function_call(call: Any) -> FunctionCall:
     call_id, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
     if not isinstance(call_id, str) or not isinstance(name, str):
         raise BadReply("a tool call of the model has no id or name")
+    if len(call_id) > MAX_CALL_ID_CHARS:
+        raise BadReply(f"a tool call's id is longer than {MAX_CALL_ID_CHARS} characters")
     if not isinstance(arguments, str):
         try:
             arguments = json.dumps(arguments)
@@ -475,4 +496,6 @@ def function_call(call: Any) -> FunctionCall:
 
 def _count(usage: Any, key: str) -> int:
     value = usage.get(key) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return 0  # a count no model spends

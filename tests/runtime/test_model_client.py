@@ -5,8 +5,10 @@ task's error)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +28,11 @@ from autogen_core.models import (
 from autogen_core.tools import ToolSchema
 from tenantry_runtime.agents import build_model_client
 from tenantry_runtime.model_client import (
+    MAX_CALL_ID_CHARS,
     MAX_ERROR_CHARS,
     MAX_RESPONSE_BYTES,
     MAX_RETRY_DELAY_SECONDS,
+    MAX_TOOL_CALLS,
     APIStatusError,
     BadReply,
     ModelClient,
@@ -174,6 +178,8 @@ def first_message(message: Any) -> dict[str, Any]:
     return {"choices": [{"message": message, "finish_reason": "stop"}]}
 
 
+CALL = {"id": "c", "type": "function", "function": {"name": "t", "arguments": "{}"}}
+
 HOSTILE = {
     "no JSON": (b"<html>hello</html>", "no JSON chat completion"),
     "JSON nested past the recursion limit": (b"[" * 200_000 + b"]" * 200_000, "no JSON"),
@@ -185,6 +191,16 @@ HOSTILE = {
     "a tool call without an id": (
         first_message({"tool_calls": [{"function": {"name": "x", "arguments": "{}"}}]}),
         "no id or name",
+    ),
+    # Review: each call is answered (the MCP tools refuse and audit those past their limit)
+    # and sent back with its result; a reply of 2 MiB held about 30,000.
+    "more tool calls than a reply may ask for": (
+        first_message({"tool_calls": [CALL] * (MAX_TOOL_CALLS + 1)}),
+        f"more than {MAX_TOOL_CALLS} tool calls",
+    ),
+    "a tool call id past its length": (
+        first_message({"tool_calls": [{**CALL, "id": "i" * (MAX_CALL_ID_CHARS + 1)}]}),
+        f"longer than {MAX_CALL_ID_CHARS} characters",
     ),
 }
 
@@ -283,3 +299,56 @@ async def test_a_stream_is_the_whole_answer_then_the_result(endpoint: Endpoint) 
     await client.close()
     assert chunks[0] == "all at once"
     assert getattr(chunks[1], "content", None) == "all at once"
+
+
+@session_loop
+async def test_an_error_is_shown_as_one_printable_line(endpoint: Endpoint) -> None:
+    """Review: an endpoint's error text reaches the task's error and the pod's plain-text log."""
+    said = "\x1b[2J\x1b[1;31mFAKE\nLOG LINE\x00\u202eevil\x07"
+    endpoint.answers = [replying({"error": {"message": said}}, status=400)]
+    client = endpoint.client()
+    with pytest.raises(APIStatusError) as failed:
+        await client.create(ASK)
+    await client.close()
+    assert str(failed.value).isprintable()
+    assert "FAKE LOG LINE" in str(failed.value)
+
+
+@session_loop
+@pytest.mark.parametrize("status", [400, 200])
+async def test_no_answer_makes_the_client_hold_many_times_the_cap(
+    endpoint: Endpoint, status: int
+) -> None:
+    """Review: an error body as large as the cap was split into millions of strings (183 MiB
+    of Python objects), and JSON of empty objects under an 8 MiB cap parsed into 210 MiB. An
+    error is read to 64 KiB now and the cap is 2 MiB (about 50 MiB at worst): a bound on what
+    one answer makes this process allocate (tracemalloc counts allocations, not time)."""
+    if status == 400:
+        body = b"ab " * (MAX_RESPONSE_BYTES // 3)
+    else:
+        pad = b"{}," * ((MAX_RESPONSE_BYTES - 100) // 3 - 1) + b"{}"
+        body = b'{"choices":[{"message":{"content":"ok"}}],"pad":[' + pad + b"]}"
+    endpoint.answers = [replying(body, status=status)]
+    client = endpoint.client()
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(APIStatusError):
+            await client.create(ASK)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        await client.close()
+    mib = 1024 * 1024
+    # A runtime's memory limit is 1 GiB by default, shared by up to 64 tasks in flight.
+    assert peak < (8 * mib if status == 400 else 64 * mib), peak
+
+
+@session_loop
+async def test_usage_no_model_spends_counts_nothing(endpoint: Endpoint) -> None:
+    reply = completion("m", "ok")
+    reply["usage"] = {"prompt_tokens": int("9" * 4000), "completion_tokens": -3}
+    endpoint.answers = [replying(reply)]
+    client = endpoint.client()
+    result = await client.create(ASK)
+    await client.close()
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (0, 0)
