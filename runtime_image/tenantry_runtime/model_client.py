@@ -225,17 +225,23 @@ class ModelClient(ChatCompletionClient):
             async with self._client().post(self._url, json=body, allow_redirects=False) as answer:
                 status = answer.status
                 failed = status >= 300
-                data = await _read_capped(answer, MAX_ERROR_BYTES if failed else MAX_RESPONSE_BYTES)
+                data = await _read_at_most(
+                    answer, MAX_ERROR_BYTES if failed else MAX_RESPONSE_BYTES
+                )
                 retry_after = answer.headers.get("Retry-After", "")
         except TimeoutError:
             raise APITimeoutError("Request timed out.") from None
         except aiohttp.ClientError:
             raise _Retryable(APIConnectionError("Connection error."), RETRY_DELAY_SECONDS) from None
         if failed:
-            error = APIStatusError(f"Error code: {status} - {error_message(data)}")
+            error = APIStatusError(
+                f"Error code: {status} - {error_message(data[:MAX_ERROR_BYTES])}"
+            )
             if status in RETRIED_STATUSES or status >= 500:
                 raise _Retryable(error, retry_delay(retry_after))
             raise error
+        if len(data) > MAX_RESPONSE_BYTES:
+            raise BadReply(f"the model's endpoint answered more than {MAX_RESPONSE_BYTES} bytes")
         return read_completion(data)
 
     async def close(self) -> None:
@@ -281,9 +287,9 @@ class _Retryable(Exception):
         self.error, self.delay = error, delay
 
 
-async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The answer's body, never inflated; past `limit` bytes a failed call's is cut (its text
-    is cut anyway), any other fails the call."""
+async def _read_at_most(answer: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body, never inflated, read no further than `limit` + 1 bytes (one more than
+    the caller takes tells it the body was longer)."""
     encoding = answer.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise BadReply(
@@ -293,10 +299,8 @@ async def _read_capped(answer: aiohttp.ClientResponse, limit: int) -> bytes:
     async for chunk in answer.content.iter_chunked(64 * 1024):
         data += chunk
         if len(data) > limit:
-            if answer.status >= 300:
-                return bytes(data[:limit])
-            raise BadReply(f"the model's endpoint answered more than {limit} bytes")
-    return bytes(data)
+            break
+    return bytes(data[: limit + 1])
 
 
 def retry_delay(retry_after: str) -> float:
@@ -417,10 +421,10 @@ def error_message(data: bytes) -> str:
     error = parsed.get("error") if isinstance(parsed, dict) else None
     said = error.get("message") if isinstance(error, dict) else error
     text = said if isinstance(said, str) else data.decode("utf-8", "replace")
-    cut = " ".join(text[: MAX_ERROR_CHARS * 4].split())[:MAX_ERROR_CHARS]
+    flat = " ".join(text.split())  # of at most MAX_ERROR_BYTES read
     # It reaches a task's error and the pod's log: no escape sequence, NUL or bidi override.
-    shown = "".join(char if char.isprintable() else "\ufffd" for char in cut)
-    return shown + ("…" if len(cut) < len(" ".join(text.split())) else "")
+    shown = "".join(char if char.isprintable() else "\ufffd" for char in flat[:MAX_ERROR_CHARS])
+    return shown + ("…" if len(flat) > MAX_ERROR_CHARS else "")
 
 
 def read_completion(data: bytes) -> CreateResult:
