@@ -286,11 +286,11 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
 
     # Not exported by kopf: its type of operator identities (a str).
     from kopf._core.engines.peering import Identity  # noqa: PLC0415
-    from lightkube import AsyncClient  # noqa: PLC0415
 
     from tenantry import metrics  # noqa: PLC0415
     from tenantry.handlers import NoObjectMemories  # noqa: PLC0415
     from tenantry.leader import LeaderElector, default_identity  # noqa: PLC0415
+    from tenantry.transport import api_client  # noqa: PLC0415
 
     stopping, kopf_ready = asyncio.Event(), asyncio.Event()
     stop_on_signals(stopping)
@@ -299,7 +299,7 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
     try:
         if args.leader_election:
             elector = LeaderElector(
-                AsyncClient(), args.leader_election_namespace, default_identity(), timings
+                api_client(), args.leader_election_namespace, default_identity(), timings
             )
             if not await first_of(elector.acquire(), stopping):
                 return  # stopped while waiting: nothing was held

@@ -19,7 +19,6 @@ import kopf
 
 # Not exported by kopf: the store of what it remembers about each object (see NoObjectMemories).
 from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
-from lightkube import AsyncClient
 
 from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
@@ -27,6 +26,7 @@ from tenantry.kinds import CHILD_KINDS, child_kinds
 from tenantry.models import GROUP, PLURAL, TEMPLATE_PLURAL, VERSION
 from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, RUNTIME_PODS_SELECTOR
+from tenantry.transport import api_client
 
 logger = logging.getLogger("tenantry.handlers")
 
@@ -147,7 +147,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings, memo["config"])
-    client = AsyncClient()
+    client = api_client()
     state = Controller(memo["config"], client, memo.get("operator_namespace"))
     memo["controller"] = state
     memo["client"] = client

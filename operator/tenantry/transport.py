@@ -1,0 +1,156 @@
+"""How the operator's requests reach the API server: lightkube's client, carried by aiohttp.
+
+lightkube sends through httpx, and httpx through its own connection pool (httpcore), which
+checks every pooled connection before each request and keeps at most 20 of them open between
+requests, so a burst opens new TLS connections again and again. While the operator provisioned
+300 tenants, a py-spy profile found 45 % of its CPU in lightkube's requests, 27 % in httpcore
+alone; per server-side apply, the client's CPU was 1.50 ms through httpcore and 0.85 ms through
+the transport below (docs/benchmarks.md). aiohttp is loaded anyway: Kopf's own client uses it.
+
+Only the carrying changes. lightkube still reads the configuration and does the credentials
+(kubeconfig, the in-cluster token it re-reads on a 401, exec plugins), httpx still builds each
+request, follows the authentication flow and decodes what the server compressed, and every
+failure reaches lightkube as the httpx error it handles (a broken watch is retried, a refusal
+is an ApiError).
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+import httpx2
+import yarl
+from lightkube import AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
+from lightkube.config.kubeconfig import SingleConfig
+
+# Connections to the API server at once, watches included: httpx's limit, which the operator
+# has always run with (8 reconciles writing up to 16 children at once, a few watches).
+CONNECTIONS = 100
+# Seconds an idle connection stays open: httpx's keep-alive expiry. Long enough for a burst's
+# requests to reuse it, short enough that an idle operator holds no connections it once needed.
+KEEPALIVE_SECONDS = 2.0
+
+
+def api_client(config: KubeConfig | SingleConfig | None = None) -> AsyncClient:
+    """lightkube's AsyncClient, as `AsyncClient()` makes it from the environment (or CONFIG),
+    sending through aiohttp.
+
+    When the environment names a proxy for the API server (HTTPS_PROXY and NO_PROXY), lightkube's
+    own httpx client is returned instead: it honours them, and this transport does not.
+    """
+    if config is None:
+        config = KubeConfig.from_env()
+    single = config if isinstance(config, SingleConfig) else config.get()
+    assert single is not None, "no kubeconfig context"  # get() raises ConfigError first
+    if proxied(single.cluster.server):
+        return AsyncClient(config=single)
+    assert single.user is not None, (
+        "a kubeconfig context without a user"
+    )  # lightkube asserts it too
+    context = verify_cluster(single.cluster, single.user, single.abs_file)
+    return AsyncClient(config=single, transport=AiohttpTransport(context))
+
+
+def proxied(server: str) -> bool:
+    """Whether the environment sends requests to SERVER through a proxy (as httpx reads it)."""
+    parts = urlsplit(server)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class AiohttpTransport(httpx2.AsyncBaseTransport):
+    """An httpx transport that sends each request, as httpx built it, through one aiohttp session."""
+
+    def __init__(self, context: ssl.SSLContext, connections: int = CONNECTIONS) -> None:
+        self._context = context
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _opened(self) -> aiohttp.ClientSession:
+        # Made at the first request, inside the event loop that will use it.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    ssl=self._context,
+                    limit=self._connections,
+                    keepalive_timeout=KEEPALIVE_SECONDS,
+                ),
+                # httpx's headers are sent as they are, and httpx decodes the body by them.
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        limits = request.extensions.get("timeout") or {}
+        body = await request.aread()
+        try:
+            response = await self._opened().request(
+                request.method,
+                # httpx has encoded it already (a label selector's `=` as %3D): sent as it is.
+                yarl.URL(str(request.url), encoded=True),
+                headers=request.headers.multi_items(),
+                data=body or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=limits.get("pool"),
+                    sock_connect=limits.get("connect"),
+                    sock_read=limits.get("read"),
+                ),
+            )
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise as_httpx_error(error, request) from error
+        return httpx2.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=ResponseBody(response, request),
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode(),
+            },
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class ResponseBody(httpx2.AsyncByteStream):
+    """A response's body as aiohttp reads it, chunk by chunk (a watch is one long body)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise as_httpx_error(error, self._request) from error
+
+    async def aclose(self) -> None:
+        # A body read to its end leaves the connection to the next request; one left unread (a
+        # watch stopped) closes it.
+        self._response.release()
+
+
+def as_httpx_error(error: BaseException, request: httpx2.Request) -> httpx2.TransportError:
+    """The httpx error lightkube expects for what aiohttp raised (a watch retries on any)."""
+    message = str(error) or type(error).__name__
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return httpx2.ConnectError(message, request=request)
+    if isinstance(error, TimeoutError):
+        return httpx2.ReadTimeout(message, request=request)
+    return httpx2.ReadError(message, request=request)

@@ -1,0 +1,192 @@
+"""The operator's API client (lightkube carried by aiohttp, tenantry.transport), on the real API
+server and against a stand-in for what the API server cannot be made to do on demand: break a
+watch in the middle of its body, compress an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from lightkube import AsyncClient, Client, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap
+from lightkube.types import OnErrorAction, OnErrorResult, PatchType
+from tenantry.transport import AiohttpTransport, api_client
+
+from tests.support.ports import served
+
+pytestmark = pytest.mark.cluster
+
+
+def carried_by_aiohttp(client: AsyncClient) -> bool:
+    return isinstance(client._client._client._transport, AiohttpTransport)
+
+
+async def test_every_verb_the_operator_uses_on_the_real_api_server(
+    kubeconfig: Path, kube: Client, make_namespace: Callable[..., str]
+) -> None:
+    namespace = make_namespace("transport")
+    client = api_client(KubeConfig.from_file(kubeconfig))
+    assert carried_by_aiohttp(client)
+    try:
+        watch = client.watch(ConfigMap, namespace=namespace, labels={"test": "transport"})
+        events = asyncio.Queue[tuple[str, str]]()
+
+        async def follow() -> None:
+            async for kind, obj in watch:
+                await events.put((kind, str(obj.metadata.name)))  # type: ignore[union-attr]
+
+        follower = asyncio.create_task(follow())
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "applied",
+                "namespace": namespace,
+                "labels": {"test": "transport"},
+            },
+            "data": {"key": "value"},
+        }
+        applied = await client.patch(
+            ConfigMap, "applied", manifest, namespace=namespace,
+            patch_type=PatchType.APPLY, field_manager="tenantry-tests", force=True,
+        )  # fmt: skip
+        assert applied.data == {"key": "value"}
+        assert (await client.get(ConfigMap, "applied", namespace=namespace)).data == {
+            "key": "value"
+        }
+        listed = [cm.metadata.name async for cm in client.list(ConfigMap, namespace=namespace)]  # type: ignore[union-attr]
+        assert "applied" in listed
+        assert await asyncio.wait_for(events.get(), 30) == ("ADDED", "applied")
+
+        with pytest.raises(ApiError) as missing:
+            await client.get(ConfigMap, "absent", namespace=namespace)
+        assert missing.value.status.code == 404
+        with pytest.raises(ApiError) as refused:
+            await client.create(
+                ConfigMap(metadata=ObjectMeta(name="Not_A_Name", namespace=namespace))
+            )
+        assert refused.value.status.code == 422
+
+        await client.delete(ConfigMap, "applied", namespace=namespace)
+        assert await asyncio.wait_for(events.get(), 30) == ("DELETED", "applied")
+        follower.cancel()
+    finally:
+        await client.close()
+
+
+def stand_in_config(base_url: str) -> KubeConfig:
+    return KubeConfig.from_dict(
+        {
+            "clusters": [{"name": "stand-in", "cluster": {"server": base_url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "stand-in", "user": "u"}}],
+            "current-context": "c",
+        }
+    )
+
+
+def config_map_event(name: str, version: str) -> bytes:
+    obj = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "resourceVersion": version},
+    }
+    return json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
+
+
+async def test_a_watch_broken_in_the_middle_of_its_body_is_resumed() -> None:
+    """aiohttp's errors reach lightkube as httpx's, which its watch retries; an aiohttp error
+    would end the watch (and with it the operator's follow of source Secrets)."""
+    connections: list[str | None] = []
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        connections.append(request.query.get("resourceVersion"))
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if len(connections) == 1:
+            await response.write(config_map_event("first", "10"))
+            await response.write(b'{"type": "ADDED", "obj')  # and the connection is gone
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        await response.write(config_map_event("second", "11"))
+        await asyncio.sleep(30)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps", watch)
+    async with served(app) as base_url:
+        client = api_client(stand_in_config(base_url))
+        assert carried_by_aiohttp(client)
+        errors: list[BaseException] = []
+
+        def retry(error: BaseException, count: int) -> OnErrorResult:
+            errors.append(error)
+            return OnErrorResult(OnErrorAction.RETRY, sleep=0)
+
+        seen = []
+        try:
+            async for _, obj in client.watch(ConfigMap, namespace="ns", on_error=retry):
+                seen.append(obj.metadata.name)  # type: ignore[union-attr]
+                if len(seen) == 2:
+                    break
+        finally:
+            await client.close()
+    assert seen == ["first", "second"]
+    assert connections == [None, "10"]  # resumed from the last version it saw
+    assert len(errors) == 1, errors
+
+
+async def test_a_compressed_answer_is_decoded_and_a_refusal_is_an_api_error() -> None:
+    async def get(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t"
+        name = request.match_info["name"]
+        if name == "absent":
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                      "reason": "NotFound", "message": 'configmaps "absent" not found'}  # fmt: skip
+            # As the API server sends it: lightkube reads a Status only from exactly this type.
+            return web.Response(
+                body=json.dumps(status).encode(), status=404,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": name}, "data": {"k": "v" * 1000}}  # fmt: skip
+        return web.Response(
+            body=gzip.compress(json.dumps(body).encode()),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/configmaps/{name}", get)
+    async with served(app) as base_url:
+        client = api_client(stand_in_config(base_url))
+        try:
+            found = await client.get(ConfigMap, "zipped", namespace="ns")
+            assert found.data == {"k": "v" * 1000}
+            with pytest.raises(ApiError) as missing:
+                await client.get(ConfigMap, "absent", namespace="ns")
+            assert missing.value.status.code == 404
+        finally:
+            await client.close()
+
+
+def test_a_proxy_for_the_api_server_keeps_lightkubes_own_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = f"http://127.0.0.1:1/{uuid.uuid4().hex}"
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:2")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:2")
+    assert not carried_by_aiohttp(api_client(stand_in_config(server)))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert carried_by_aiohttp(api_client(stand_in_config(server)))
