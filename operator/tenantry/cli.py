@@ -339,6 +339,8 @@ async def operate(args: argparse.Namespace, memo: kopf.Memo, timings: Timings) -
         metrics.LEADER.set(0)
         if elector is not None and elector.holder == elector.identity:
             await elector.release()
+        if elector is not None:
+            await elector.client.close()
         if runner is not None:
             await runner.cleanup()
 

@@ -16,14 +16,18 @@ is an ApiError).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-import urllib.request
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx2
 import yarl
+from aiohttp.http_exceptions import HttpProcessingError
+
+# httpx's own reading of the proxy environment, so that this client is used exactly where
+# httpx would not have proxied (httpx2 does not export them).
+from httpx2._utils import URLPattern, get_environment_proxies
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import SingleConfig
@@ -57,12 +61,15 @@ def api_client(config: KubeConfig | SingleConfig | None = None) -> AsyncClient:
 
 
 def proxied(server: str) -> bool:
-    """Whether the environment sends requests to SERVER through a proxy (as httpx reads it)."""
-    parts = urlsplit(server)
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
+    """Whether httpx would send requests to SERVER through a proxy from the environment.
+
+    As httpx decides (AsyncClient._transport_for_url): the most specific pattern that matches.
+    urllib's reading differs: no CIDR ("10.0.0.0/8", common in-cluster), no "*.example.com",
+    and ".example.com" exempts example.com itself, which httpx proxies.
+    """
+    url = httpx2.URL(server)
+    patterns = sorted((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items())
+    return next((proxy is not None for pattern, proxy in patterns if pattern.matches(url)), False)
 
 
 class AiohttpTransport(httpx2.AsyncBaseTransport):
@@ -93,23 +100,31 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         limits = request.extensions.get("timeout") or {}
         body = await request.aread()
+        # aiohttp has no write timeout, and its read timeout starts once the body is sent: a
+        # peer that stops reading would hold a write forever. Sending and the answer's head are
+        # bounded by httpx's four limits together (a watch, with no read limit, is not).
+        parts: list[float | None] = [limits.get(k) for k in ("pool", "connect", "write", "read")]
+        budget = sum(p for p in parts if p is not None) if None not in parts else None
         try:
-            response = await self._opened().request(
-                request.method,
-                # httpx has encoded it already (a label selector's `=` as %3D): sent as it is.
-                yarl.URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
-                data=body or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=limits.get("pool"),
-                    sock_connect=limits.get("connect"),
-                    sock_read=limits.get("read"),
-                ),
-            )
-        except (aiohttp.ClientError, TimeoutError) as error:
+            async with asyncio.timeout(budget):
+                response = await self._opened().request(
+                    request.method,
+                    # httpx has encoded it already (a label selector's `=` as %3D): sent as is.
+                    yarl.URL(str(request.url), encoded=True),
+                    headers=request.headers.multi_items(),
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None,
+                        connect=limits.get("pool"),
+                        sock_connect=limits.get("connect"),
+                        sock_read=limits.get("read"),
+                    ),
+                )
+        except (aiohttp.ClientError, HttpProcessingError) as error:
             raise as_httpx_error(error, request) from error
+        except TimeoutError as error:  # the budget's, not aiohttp's (a ClientError)
+            raise httpx2.WriteTimeout("no answer in time", request=request) from error
         return httpx2.Response(
             response.status,
             headers=list(response.raw_headers),
@@ -132,18 +147,46 @@ class ResponseBody(httpx2.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> None:
         self._response = response
         self._request = request
+        # On a malformed chunk header aiohttp's C parser closes the connection but leaves the
+        # body neither ended nor failed, with no read timeout left: a read would wait forever.
+        # So the body fails when its connection is lost before its end.
+        # (A protocol with nothing buffered is falsy: `is None`, never truthiness.)
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        self._closed = protocol.closed if protocol is not None else None
+        if self._closed is None:
+            self._connection_lost()  # lost already (or released after the whole body)
+        else:
+            self._closed.add_done_callback(self._connection_lost)
+            # Once per connection, however many bodies it carries.
+            self._closed.remove_done_callback(seen)
+            self._closed.add_done_callback(seen)
+
+    def _connection_lost(self, closed: asyncio.Future[None] | None = None) -> None:
+        content = self._response.content
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(aiohttp.ClientPayloadError("connection lost inside the body"))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (aiohttp.ClientError, HttpProcessingError, TimeoutError) as error:
             raise as_httpx_error(error, self._request) from error
 
     async def aclose(self) -> None:
+        if self._closed is not None:
+            self._closed.remove_done_callback(self._connection_lost)
         # A body read to its end leaves the connection to the next request; one left unread (a
         # watch stopped) closes it.
         self._response.release()
+
+
+def seen(closed: asyncio.Future[None]) -> None:
+    """Take note of how a connection closed: asyncio logs a future's error nobody retrieved,
+    and a connection lost with one is an event for the body reading it, not for the log."""
+    if not closed.cancelled():
+        closed.exception()
 
 
 def as_httpx_error(error: BaseException, request: httpx2.Request) -> httpx2.TransportError:
@@ -151,6 +194,16 @@ def as_httpx_error(error: BaseException, request: httpx2.Request) -> httpx2.Tran
     message = str(error) or type(error).__name__
     if isinstance(error, aiohttp.ClientConnectorError):
         return httpx2.ConnectError(message, request=request)
+    if isinstance(error, aiohttp.ConnectionTimeoutError):  # waiting for the pool, or connecting
+        return httpx2.PoolTimeout(message, request=request)
     if isinstance(error, TimeoutError):
         return httpx2.ReadTimeout(message, request=request)
+    answer_broke = (
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientResponseError,
+        HttpProcessingError,
+    )
+    if isinstance(error, answer_broke):
+        return httpx2.RemoteProtocolError(message, request=request)
     return httpx2.ReadError(message, request=request)

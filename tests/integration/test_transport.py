@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import uuid
-from collections.abc import Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from aiohttp import web
 from lightkube import AsyncClient, Client, KubeConfig
@@ -184,9 +186,91 @@ async def test_a_compressed_answer_is_decoded_and_a_refusal_is_an_api_error() ->
 def test_a_proxy_for_the_api_server_keeps_lightkubes_own_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = f"http://127.0.0.1:1/{uuid.uuid4().hex}"
+    """As httpx reads the environment: a CIDR or `*.domain` in NO_PROXY exempts the server, and
+    `.domain` only its subdomains (urllib, asked first, read both the other way)."""
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:2")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:2")
-    assert not carried_by_aiohttp(api_client(stand_in_config(server)))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert carried_by_aiohttp(api_client(stand_in_config(server)))
+    cases = [
+        ("https://10.96.0.1:443", "", True),
+        ("https://10.96.0.1:443", "10.96.0.1", False),
+        ("https://10.96.0.1:443", "10.0.0.0/8", False),
+        ("https://api.example.com:6443", "*.example.com", False),
+        ("https://api.example.com:6443", ".example.com", False),
+        ("https://example.com:6443", ".example.com", True),
+    ]
+    for server, no_proxy, proxied in cases:
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        client = api_client(stand_in_config(server))
+        assert carried_by_aiohttp(client) is not proxied, (server, no_proxy)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handle: Handler) -> AsyncIterator[str]:
+    """A loopback server that writes whatever bytes HANDLE writes: framing no HTTP library sends."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_a_watch_whose_framing_breaks_is_resumed_and_never_hangs() -> None:
+    """Finding (review): on a malformed chunk header aiohttp's parser closes the connection but
+    leaves the body neither ended nor failed, with no read timeout left: the watch waited
+    forever. The body now fails when its connection is lost before its end."""
+    connections = 0
+    first_seen = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        line = config_map_event("first" if connections == 1 else "second", str(10 + connections))
+        writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+        await writer.drain()
+        if connections == 1:
+            await first_seen.wait()  # the body is being read: the break comes inside it
+            writer.write(b"zz\r\n")  # not a chunk size
+            await writer.drain()
+        await asyncio.sleep(30)
+
+    async with raw_server(handle) as base_url:
+        client = api_client(stand_in_config(base_url))
+        errors: list[BaseException] = []
+
+        def retry(error: BaseException, count: int) -> OnErrorResult:
+            errors.append(error)
+            return OnErrorResult(OnErrorAction.RETRY, sleep=0)
+
+        seen = []
+        try:
+            async with asyncio.timeout(20):
+                async for _, obj in client.watch(ConfigMap, namespace="ns", on_error=retry):
+                    seen.append(obj.metadata.name)  # type: ignore[union-attr]
+                    first_seen.set()
+                    if len(seen) == 2:
+                        break
+        finally:
+            await client.close()
+    assert seen == ["first", "second"]
+    assert [type(error) for error in errors] == [httpx2.RemoteProtocolError]
+
+
+async def test_a_server_that_never_reads_a_request_body_times_out() -> None:
+    """Finding (review): aiohttp has no write timeout, and its read timeout starts once the body
+    is sent: a peer that stopped reading held a large write (a Secret, a ConfigMap) forever."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)  # reads nothing
+
+    async with raw_server(handle) as base_url:
+        transport = AiohttpTransport(ssl.create_default_context())
+        async with httpx2.AsyncClient(transport=transport, timeout=0.5) as client:
+            with pytest.raises(httpx2.WriteTimeout):
+                async with asyncio.timeout(20):
+                    await client.post(f"{base_url}/x", content=b"x" * (32 << 20))
