@@ -10,8 +10,8 @@ the transport below (docs/benchmarks.md). aiohttp is loaded anyway: Kopf's own c
 Only the carrying changes. lightkube still reads the configuration and does the credentials
 (kubeconfig, the in-cluster token it re-reads on a 401, exec plugins), httpx still builds each
 request, follows the authentication flow and decodes what the server compressed, and every
-failure reaches lightkube as the httpx error it handles (a broken watch is retried, a refusal
-is an ApiError).
+failure reaches lightkube as the httpx error it handles (a watch broken inside its body is
+retried, a refusal is an ApiError).
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ from lightkube.config.kubeconfig import SingleConfig
 # Connections to the API server at once, watches included: httpx's limit, which the operator
 # has always run with (8 reconciles writing up to 16 children at once, a few watches).
 CONNECTIONS = 100
-# Seconds an idle connection stays open: httpx's keep-alive expiry. Long enough for a burst's
-# requests to reuse it, short enough that an idle operator holds no connections it once needed.
+# Seconds an idle connection stays open (httpx: 5). Long enough for a burst's requests to reuse
+# it; short enough that an idle operator holds none of a burst's connections by the time it
+# trims its heap (tenantry.memory, 5 s after the last event): asyncio keeps a 256 KiB read
+# buffer for each TLS connection, and with 5 s the operator was read at 104 MiB idle after 300
+# tenants instead of 81 (docs/benchmarks.md).
 KEEPALIVE_SECONDS = 2.0
 
 
@@ -53,10 +56,9 @@ def api_client(config: KubeConfig | SingleConfig | None = None) -> AsyncClient:
     assert single is not None, "no kubeconfig context"  # get() raises ConfigError first
     if proxied(single.cluster.server):
         return AsyncClient(config=single)
-    assert single.user is not None, (
-        "a kubeconfig context without a user"
-    )  # lightkube asserts it too
-    context = verify_cluster(single.cluster, single.user, single.abs_file)
+    user = single.user
+    assert user is not None, "a kubeconfig context without a user"  # lightkube asserts it too
+    context = verify_cluster(single.cluster, user, single.abs_file)
     return AsyncClient(config=single, transport=AiohttpTransport(context))
 
 

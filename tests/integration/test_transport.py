@@ -106,10 +106,38 @@ def config_map_event(name: str, version: str) -> bytes:
     return json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n"
 
 
+async def watch_two_events(
+    base_url: str, first_seen: asyncio.Event | None = None
+) -> tuple[list[str], list[BaseException]]:
+    """Watch the stand-in's ConfigMaps through api_client until two events, every error retried
+    at once: the names seen and the errors retried (FIRST_SEEN is set at the first event)."""
+    client = api_client(stand_in_config(base_url))
+    assert carried_by_aiohttp(client)
+    errors: list[BaseException] = []
+
+    def retry(error: BaseException, count: int) -> OnErrorResult:
+        errors.append(error)
+        return OnErrorResult(OnErrorAction.RETRY, sleep=0)
+
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            async for _, obj in client.watch(ConfigMap, namespace="ns", on_error=retry):
+                seen.append(str(obj.metadata.name))  # type: ignore[union-attr]
+                if first_seen is not None:
+                    first_seen.set()
+                if len(seen) == 2:
+                    break
+    finally:
+        await client.close()
+    return seen, errors
+
+
 async def test_a_watch_broken_in_the_middle_of_its_body_is_resumed() -> None:
     """aiohttp's errors reach lightkube as httpx's, which its watch retries; an aiohttp error
     would end the watch (and with it the operator's follow of source Secrets)."""
     connections: list[str | None] = []
+    watched = asyncio.Event()
 
     async def watch(request: web.Request) -> web.StreamResponse:
         connections.append(request.query.get("resourceVersion"))
@@ -123,28 +151,14 @@ async def test_a_watch_broken_in_the_middle_of_its_body_is_resumed() -> None:
             request.transport.close()
             return response
         await response.write(config_map_event("second", "11"))
-        await asyncio.sleep(30)
+        await watched.wait()  # the watch stays open until the client has what it wanted
         return response
 
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/ns/configmaps", watch)
     async with served(app) as base_url:
-        client = api_client(stand_in_config(base_url))
-        assert carried_by_aiohttp(client)
-        errors: list[BaseException] = []
-
-        def retry(error: BaseException, count: int) -> OnErrorResult:
-            errors.append(error)
-            return OnErrorResult(OnErrorAction.RETRY, sleep=0)
-
-        seen = []
-        try:
-            async for _, obj in client.watch(ConfigMap, namespace="ns", on_error=retry):
-                seen.append(obj.metadata.name)  # type: ignore[union-attr]
-                if len(seen) == 2:
-                    break
-        finally:
-            await client.close()
+        seen, errors = await watch_two_events(base_url)
+        watched.set()
     assert seen == ["first", "second"]
     assert connections == [None, "10"]  # resumed from the last version it saw
     assert len(errors) == 1, errors
@@ -222,7 +236,7 @@ async def test_a_watch_whose_framing_breaks_is_resumed_and_never_hangs() -> None
     leaves the body neither ended nor failed, with no read timeout left: the watch waited
     forever. The body now fails when its connection is lost before its end."""
     connections = 0
-    first_seen = asyncio.Event()
+    first_seen, watched = asyncio.Event(), asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
@@ -237,26 +251,11 @@ async def test_a_watch_whose_framing_breaks_is_resumed_and_never_hangs() -> None
             await first_seen.wait()  # the body is being read: the break comes inside it
             writer.write(b"zz\r\n")  # not a chunk size
             await writer.drain()
-        await asyncio.sleep(30)
+        await watched.wait()
 
     async with raw_server(handle) as base_url:
-        client = api_client(stand_in_config(base_url))
-        errors: list[BaseException] = []
-
-        def retry(error: BaseException, count: int) -> OnErrorResult:
-            errors.append(error)
-            return OnErrorResult(OnErrorAction.RETRY, sleep=0)
-
-        seen = []
-        try:
-            async with asyncio.timeout(20):
-                async for _, obj in client.watch(ConfigMap, namespace="ns", on_error=retry):
-                    seen.append(obj.metadata.name)  # type: ignore[union-attr]
-                    first_seen.set()
-                    if len(seen) == 2:
-                        break
-        finally:
-            await client.close()
+        seen, errors = await watch_two_events(base_url, first_seen)
+        watched.set()
     assert seen == ["first", "second"]
     assert [type(error) for error in errors] == [httpx2.RemoteProtocolError]
 
