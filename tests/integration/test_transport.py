@@ -9,8 +9,7 @@ import asyncio
 import gzip
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
 from tenantry.transport import AiohttpTransport, api_client
 
-from tests.support.ports import served
+from tests.support.ports import served, served_raw
 
 pytestmark = pytest.mark.cluster
 
@@ -218,19 +217,6 @@ def test_a_proxy_for_the_api_server_keeps_lightkubes_own_client(
         assert carried_by_aiohttp(client) is not proxied, (server, no_proxy)
 
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@asynccontextmanager
-async def raw_server(handle: Handler) -> AsyncIterator[str]:
-    """A loopback server that writes whatever bytes HANDLE writes: framing no HTTP library sends."""
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
 async def test_a_watch_whose_framing_breaks_is_resumed_and_never_hangs() -> None:
     """Finding (review): on a malformed chunk header aiohttp's parser closes the connection but
     leaves the body neither ended nor failed, with no read timeout left: the watch waited
@@ -253,7 +239,7 @@ async def test_a_watch_whose_framing_breaks_is_resumed_and_never_hangs() -> None
             await writer.drain()
         await watched.wait()
 
-    async with raw_server(handle) as base_url:
+    async with served_raw(handle) as base_url:
         seen, errors = await watch_two_events(base_url, first_seen)
         watched.set()
     assert seen == ["first", "second"]
@@ -267,7 +253,7 @@ async def test_a_server_that_never_reads_a_request_body_times_out() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(30)  # reads nothing
 
-    async with raw_server(handle) as base_url:
+    async with served_raw(handle) as base_url:
         transport = AiohttpTransport(ssl.create_default_context())
         async with httpx2.AsyncClient(transport=transport, timeout=0.5) as client:
             with pytest.raises(httpx2.WriteTimeout):

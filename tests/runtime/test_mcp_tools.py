@@ -30,7 +30,7 @@ import pytest_asyncio
 from aiohttp import web
 from tenantry_runtime.mcp_tools import MAX_RESULT_CHARS, checked_url
 
-from tests.support.ports import free_port, served
+from tests.support.ports import free_port, served, served_raw
 from tests.support.processes import stop
 from tests.support.runtime_services import (
     REPO,
@@ -477,10 +477,8 @@ async def test_a_server_that_never_answers_is_ended_with_the_task(
     start_runtime: StartRuntime,
 ) -> None:
     silent = SilentServer()
-    server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        mcp = {"url": f"http://127.0.0.1:{port}/mcp", "credentialSecret": "acme-tools"}
+    async with served_raw(silent.handle) as base_url:
+        mcp = {"url": f"{base_url}/mcp", "credentialSecret": "acme-tools"}
         runtime = start_runtime({**mcp, "timeoutSeconds": 600}, taskTimeoutSeconds=3)
 
         status, body = await post_task(runtime, script(("echo", {"text": "x"})))
@@ -500,8 +498,6 @@ async def test_a_server_that_never_answers_is_ended_with_the_task(
             session.get(f"{runtime.service.url}/healthz") as response,
         ):
             assert response.status == 200
-    finally:
-        server.close()
 
 
 LOADED_MODULES = """

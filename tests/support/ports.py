@@ -1,9 +1,10 @@
-"""Free TCP ports on loopback for servers the tests start, and aiohttp apps served on them."""
+"""Free TCP ports on loopback for servers the tests start: aiohttp apps, and raw byte servers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -27,3 +28,17 @@ async def served(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def served_raw(handle: Handler) -> AsyncIterator[str]:
+    """Serve every connection with `handle` on a free loopback port, bytes as it writes them
+    (what no HTTP library would send, or nothing at all); its base URL meanwhile."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
