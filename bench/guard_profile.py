@@ -133,7 +133,7 @@ def profile(guard: ModuleType, audit: ModuleType, workdir: Path) -> str:
         return spent(file_part, function, 2)
 
     shares = {
-        "guard: the publish_message and send_message overrides' own time (the extra coroutine)": own(
+        "guard: the publish_message and send_message overrides' own time": own(
             "guard.py", "publish_message"
         )
         + own("guard.py", "send_message"),

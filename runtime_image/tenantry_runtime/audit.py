@@ -9,19 +9,29 @@ A process crash loses nothing written: a record is in the kernel (the file, or t
 the pod's stdout) once its call returns; only what the node itself loses when it fails (the
 file system's unsynced pages) is beyond this, as it is for every log line of the pod.
 
+One kind of record may wait: the record of a message the guard admitted (`message(...,
+until_delivery=True)`). It is held in this process until the first of: the delivery of any
+message (`GuardedAgentRuntime` calls `write_held` before it delivers one), any other record,
+`HELD_RECORDS` records held, `close`, or the end of the event loop's turn. So a burst of
+messages costs one write, not one each, and still no message is delivered before its record
+is in the kernel; what a crash can lose is the records of messages admitted and not yet
+delivered in the turn of the loop the crash ends (docs/security.md). A refusal is never held.
+
 The message record, one per message the guard judges, is most of the guard's cost, so it is
 built directly as text (bench/runtime.py, docs/benchmarks.md): its keys are fixed, and every
 string in it goes through the JSON encoder's own escaping (`encode_basestring_ascii`, the
 function `json` uses for every string with `ensure_ascii`), so the line is byte for byte what
 `json` writes for the same record (tests/runtime/test_audit_log.py checks it with
-hypothesis). Files and stdout opened by `AuditLog.open` are written with one `os.write` per
-record, with no buffer in between.
+hypothesis). Files and stdout opened by `AuditLog.open` are written with `os.write`, held
+records and the record that follows them in one call, with no other buffer in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -51,6 +61,28 @@ def code_digest(code: str) -> str:
 
 _CLOSED = -1  # the descriptor of a log `close` closed: writing to it fails
 
+HELD_RECORDS = 64
+"""At most this many admitted messages' records wait for a delivery (about 20 KiB): a burst
+longer than this is written in several writes, and an agent that queues a million messages
+in one turn of the loop does not hold a million lines here."""
+
+_MESSAGE_BODIES = 256
+"""At most this many admitted messages' record texts are kept for reuse (their topics and
+agents are the tenant's own, their task ids at most 128 characters); past it they are all
+dropped and built again."""
+
+_log = logging.getLogger(__name__)
+
+
+def timestamp_of(time_ns: int) -> str:
+    """A time as `json` writes `round(seconds, 6)`: seconds with up to six decimals, trailing
+    zeros dropped (the float's shortest repr is exactly that for times from 2001, written
+    without an exponent, to 2106, while a microsecond is more than the float's precision).
+    Three times cheaper than the float's round and repr, which were a fifth of a message
+    record's cost (bench/runtime.py)."""
+    seconds, micros = divmod(time_ns // 1000, 1_000_000)
+    return f"{seconds}.{micros:06d}".rstrip("0") if micros else f"{seconds}.0"
+
 
 def _write_all(fd: int, data: bytes) -> None:
     """All of `data` to `fd`: a write may take less than it is given (a pipe, a signal)."""
@@ -69,8 +101,12 @@ class AuditLog:
         self._owns_stream = owns_stream
         self._fd: int | None = None
         self._owns_fd = False
+        self._held: list[str] = []  # admitted messages' records, oldest first (module docstring)
         # What every message record holds between its time stamp and its own fields.
         self._message_head = f',"tenant":{_quote(tenant)},"event":"message","kind":'
+        # A message record less its time stamp, by its fields: a task's messages repeat the
+        # same few, and quoting them was half a record's cost (bench/runtime.py).
+        self._message_bodies: dict[tuple[str | None, ...], str] = {}
 
     @classmethod
     def open(cls, tenant: str, target: str) -> AuditLog:
@@ -90,6 +126,7 @@ class AuditLog:
         return log
 
     def close(self) -> None:
+        self.write_held()
         if self._owns_fd and self._fd is not None and self._fd != _CLOSED:
             os.close(self._fd)
             # A record written after this fails (EBADF), as one to a closed file did: it never
@@ -99,12 +136,40 @@ class AuditLog:
             self._stream.close()
 
     def _emit(self, line: str) -> None:
-        """One whole record, in the kernel (or the stream, flushed) when this returns."""
+        """Every held record, then `line` (one whole record, or nothing), in the kernel (or the
+        stream, flushed) when this returns. If the write fails the held records stay held: a
+        message whose record is not written is not delivered (fail closed)."""
+        if self._held:
+            line = "".join(self._held) + line
         if self._fd is not None:
             _write_all(self._fd, line.encode())
         else:
             self._stream.write(line)
             self._stream.flush()
+        self._held.clear()
+
+    def write_held(self) -> None:
+        """Every held record into the stream now: called before a message is delivered."""
+        if self._held:
+            self._emit("")
+
+    def _write_held_at_end_of_turn(self) -> None:
+        try:
+            self.write_held()
+        except OSError:  # the next delivery tries again, and fails closed if this still fails
+            _log.exception("the audit log could not be written")
+
+    def _hold(self, line: str) -> None:
+        if len(self._held) >= HELD_RECORDS - 1:  # as many as may wait: all go now, with this
+            self._emit(line)
+            return
+        if not self._held:
+            try:
+                asyncio.get_running_loop().call_soon(self._write_held_at_end_of_turn)
+            except RuntimeError:  # no event loop: nothing would write it, so it is written now
+                self._emit(line)
+                return
+        self._held.append(line)
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
         record = {"ts": round(time.time(), 6), "tenant": self.tenant, "event": event, **fields}
@@ -121,24 +186,39 @@ class AuditLog:
         decision: Decision,
         task_id: str | None = None,
         reason: str | None = None,
+        until_delivery: bool = False,
     ) -> None:
         """A message offered to the runtime, and whether the tenant guard let it through.
 
         `sender` is whatever the publisher claimed (autogen does not authenticate it).
         The record is what `_write("message", {...})` would write, built as text (module
         docstring): every value is quoted by the JSON encoder's own function.
+        `until_delivery`: the record may be held until the message is delivered (module
+        docstring); only for an admitted message, whose delivery calls `write_held`.
         """
-        line = (
-            f'{{"ts":{round(time.time(), 6)!r}{self._message_head}{_quote(kind)}'
-            f',"topic":{_quote_or_null(topic)},"sender":{_quote_or_null(sender)}'
-            f',"recipient":{_quote_or_null(recipient)},"messageType":{_quote(message_type)}'
-            f',"decision":{_quote(decision)}'
-        )
-        if task_id is not None:
-            line += f',"taskId":{_quote(task_id)}'
-        if reason is not None:
-            line += f',"reason":{_quote(reason)}'
-        self._emit(line + "}\n")
+        fields = (kind, topic, sender, recipient, message_type, decision, task_id, reason)
+        body = self._message_bodies.get(fields)
+        if body is None:
+            body = (
+                f"{self._message_head}{_quote(kind)}"
+                f',"topic":{_quote_or_null(topic)},"sender":{_quote_or_null(sender)}'
+                f',"recipient":{_quote_or_null(recipient)},"messageType":{_quote(message_type)}'
+                f',"decision":{_quote(decision)}'
+            )
+            if task_id is not None:
+                body += f',"taskId":{_quote(task_id)}'
+            if reason is not None:
+                body += f',"reason":{_quote(reason)}'
+            body += "}\n"
+            if reason is None:  # a refusal's fields are whatever its sender chose: not kept
+                if len(self._message_bodies) >= _MESSAGE_BODIES:
+                    self._message_bodies.clear()
+                self._message_bodies[fields] = body
+        line = f'{{"ts":{timestamp_of(time.time_ns())}{body}'
+        if until_delivery and decision == "delivered":
+            self._hold(line)
+        else:
+            self._emit(line)
 
     def code_execution(
         self,

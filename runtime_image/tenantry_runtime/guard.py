@@ -12,32 +12,45 @@ Every agent reaches the runtime through these two methods (`BaseAgent.publish_me
 the whole message path. It is a boundary for messages, not for code: anything running in
 this process could call the base class directly, which is why each tenant gets its own
 process and only allowlisted agent code runs in it.
+
+The record of an admitted message may wait until just before a delivery (audit.py): the
+runtime's two delivering methods, `_process_send` and `_process_publish`, write every held
+record first, and deliver nothing if that write fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from autogen_core import AgentId, CancellationToken, SingleThreadedAgentRuntime, TopicId
+from autogen_core._single_threaded_agent_runtime import (
+    PublishMessageEnvelope,
+    SendMessageEnvelope,
+)
 from autogen_core.exceptions import MessageDroppedException
 
 from .audit import AuditLog
+
+_log = logging.getLogger(__name__)
 
 
 class TenantGuard:
     """Decides and records; pinned to one tenant for its whole life."""
 
-    __slots__ = ("_audit", "delivered", "dropped", "tenant")
+    __slots__ = ("_audit", "delivered", "dropped", "holds_records", "tenant")
 
     def __init__(self, tenant: str, audit: AuditLog) -> None:
         self.tenant = tenant
         self._audit = audit
         self.delivered = 0
         self.dropped = 0
+        # Whether an admitted message's record may wait for its delivery (audit.py): only in a
+        # GuardedAgentRuntime, which writes held records before it delivers anything.
+        self.holds_records = False
 
     def _foreign_sender(self, sender: AgentId | None) -> str | None:
         # The sender is caller-supplied and can be forged, so it grants nothing; but an agent
@@ -82,8 +95,13 @@ class TenantGuard:
             decision="delivered" if reason is None else "dropped",
             task_id=self._task_of(message),
             reason=reason,
+            until_delivery=self.holds_records,
         )
         return reason is None
+
+    def write_held_records(self) -> None:
+        """Before a delivery: every admitted message's record into the audit stream."""
+        self._audit.write_held()
 
     def _task_of(self, message: Any) -> str | None:
         return audited_task_id(message)
@@ -149,10 +167,41 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         # guard admitted, since the guard judges before a message is queued (module docstring).
         super().__init__(**options)
         self.guard = guard
+        # An intervention handler sees a message as it leaves the queue, before a delivery
+        # writes held records: with one, every record is written when its message is judged.
+        guard.holds_records = not self._intervention_handlers
 
     @property
     def tenant(self) -> str:
         return self.guard.tenant
+
+    # autogen-core 0.7.5 delivers a queued message only in the coroutines of these two methods,
+    # each called as the message leaves the queue and run as a task of its own. They are not
+    # coroutines here: held records are written at that call, before the stock coroutine is
+    # made, so a delivery costs no coroutine more than the bare runtime's (bench/runtime.py).
+    # A failed write is accounted as autogen accounts a handler's failure (the queue's
+    # task_done, the sender's future), so neither stop_when_idle() nor the sender waits for it.
+    def _process_send(self, message_envelope: SendMessageEnvelope) -> Coroutine[Any, Any, None]:
+        try:
+            self.guard.write_held_records()
+        except Exception as error:
+            message_envelope.future.set_exception(error)
+            self._message_queue.task_done()
+            return _nothing()
+        return super()._process_send(message_envelope)
+
+    def _process_publish(
+        self, message_envelope: PublishMessageEnvelope
+    ) -> Coroutine[Any, Any, None]:
+        try:
+            self.guard.write_held_records()
+        except Exception as error:
+            _log.error("a published message was not delivered: %s", error)
+            if not self._ignore_unhandled_handler_exceptions:
+                self._background_exception = error
+            self._message_queue.task_done()
+            return _nothing()
+        return super()._process_publish(message_envelope)
 
     async def cancel_handlers(self) -> None:
         """Cancel every message handler running and wait for each to end, until none is left
@@ -167,7 +216,10 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         """The tenant's topic of `topic_type`: the only kind of topic this runtime carries."""
         return TopicId(topic_type, self.guard.tenant)
 
-    async def publish_message(
+    # Not coroutines either: a message is judged and recorded when the method is called (an
+    # agent awaits the call at once), and the stock coroutine is returned, so the guard adds
+    # no coroutine to a message's way (bench/runtime.py).
+    def publish_message(
         self,
         message: Any,
         topic_id: TopicId,
@@ -175,17 +227,18 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         sender: AgentId | None = None,
         cancellation_token: CancellationToken | None = None,
         message_id: str | None = None,
-    ) -> None:
-        if self.guard.admit_publish(message, topic_id, sender):
-            await super().publish_message(
-                message,
-                topic_id,
-                sender=sender,
-                cancellation_token=cancellation_token,
-                message_id=message_id,
-            )
+    ) -> Coroutine[Any, Any, None]:
+        if not self.guard.admit_publish(message, topic_id, sender):
+            return _nothing()
+        return super().publish_message(
+            message,
+            topic_id,
+            sender=sender,
+            cancellation_token=cancellation_token,
+            message_id=message_id,
+        )
 
-    async def send_message(
+    def send_message(
         self,
         message: Any,
         recipient: AgentId,
@@ -193,16 +246,26 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         sender: AgentId | None = None,
         cancellation_token: CancellationToken | None = None,
         message_id: str | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         if not self.guard.admit_send(message, recipient, sender):
-            raise MessageDroppedException(f"recipient {recipient} is outside tenant {self.tenant}")
-        return await super().send_message(
+            return _raise(
+                MessageDroppedException(f"recipient {recipient} is outside tenant {self.tenant}")
+            )
+        return super().send_message(
             message,
             recipient,
             sender=sender,
             cancellation_token=cancellation_token,
             message_id=message_id,
         )
+
+
+async def _nothing() -> None:
+    """What awaiting a message the runtime does not take gives: nothing (as autogen's drop)."""
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
 
 
 class _QuietCancellation(logging.Filter):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import io
 import json
 import os
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from tenantry_runtime.audit import AuditLog
+from tenantry_runtime.audit import HELD_RECORDS, AuditLog, timestamp_of
 
 from e2e.model_server import completion
 from tests.support.ports import served
@@ -130,6 +132,110 @@ def test_a_file_gets_every_record_whole_and_in_order(tmp_path: Path) -> None:
     assert [r.get("recipient") for r in records] == ["agent/0", "agent/1", "agent/2", None]
     assert records[-1]["event"] == "code_execution"
     assert all(line + "\n" == encoded(line) for line in lines[1:])
+
+
+@given(st.integers(min_value=10**18, max_value=2**32 * 10**9 - 1))  # 2001 to 2106
+def test_a_time_stamp_is_the_microsecond_as_json_writes_it(time_ns: int) -> None:
+    text = timestamp_of(time_ns)
+    assert Decimal(text) == Decimal(time_ns // 1000) / 10**6  # the microsecond, exactly
+    assert json.dumps(json.loads(text)) == text  # the float's own shortest form
+    assert text == repr(round(float(text), 6))  # what the record held before: round(time, 6)
+
+
+# --- held records: an admitted message's record waits, at most until its delivery ------------
+
+
+def admitted(log: AuditLog, n: int, *, decision: Any = "delivered") -> None:
+    """The record of message `n`, as the guard of a GuardedAgentRuntime writes it."""
+    log.message(
+        kind="publish", topic="default/acme", sender=None, recipient=None, message_type="Ping",
+        decision=decision, task_id=str(n), until_delivery=True,
+    )  # fmt: skip
+
+
+def task_ids(stream: io.StringIO) -> list[str | None]:
+    return [json.loads(line).get("taskId") for line in stream.getvalue().splitlines()]
+
+
+async def test_held_records_go_first_and_in_order_with_the_next_record() -> None:
+    stream = io.StringIO()
+    log = AuditLog(TENANT, stream)
+    for n in range(3):
+        admitted(log, n)
+    assert stream.getvalue() == ""
+    log.tool_call(
+        actor="assistant", tool="search", arguments_sha256="0", duration_seconds=0.1, outcome="ok"
+    )
+    assert task_ids(stream) == ["0", "1", "2", None]
+    assert all(line + "\n" == encoded(line) for line in stream.getvalue().splitlines())
+
+
+async def test_a_refusal_is_never_held() -> None:
+    stream = io.StringIO()
+    log = AuditLog(TENANT, stream)
+    admitted(log, 0)
+    admitted(log, 1, decision="dropped")
+    assert task_ids(stream) == ["0", "1"]  # the held record first, then the refusal, at once
+
+
+async def test_held_records_are_written_by_the_end_of_the_loops_turn() -> None:
+    stream = io.StringIO()
+    log = AuditLog(TENANT, stream)
+    admitted(log, 0)
+    admitted(log, 1)
+    assert stream.getvalue() == ""
+    await asyncio.sleep(0)  # nothing delivered them: the loop's next turn writes them
+    assert task_ids(stream) == ["0", "1"]
+
+
+async def test_no_more_than_HELD_RECORDS_records_wait() -> None:
+    stream = io.StringIO()
+    log = AuditLog(TENANT, stream)
+    for n in range(HELD_RECORDS - 1):
+        admitted(log, n)
+    assert stream.getvalue() == ""
+    admitted(log, HELD_RECORDS - 1)
+    assert task_ids(stream) == [str(n) for n in range(HELD_RECORDS)]
+
+
+def test_without_an_event_loop_no_record_is_held() -> None:
+    stream = io.StringIO()
+    admitted(AuditLog(TENANT, stream), 0)  # no loop's turn would ever end to write it
+    assert task_ids(stream) == ["0"]
+
+
+async def test_closing_the_log_writes_its_held_records(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog.open(TENANT, str(path))
+    admitted(log, 0)
+    admitted(log, 1)
+    assert path.read_text() == ""
+    log.close()
+    assert [json.loads(line)["taskId"] for line in path.read_text().splitlines()] == ["0", "1"]
+
+
+class FailingStream(io.StringIO):
+    """A stream whose writes fail (a full disk) while `failing` is set."""
+
+    failing = True
+
+    def write(self, text: str) -> int:
+        if self.failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(text)
+
+
+async def test_a_failed_write_keeps_the_held_records_and_raises() -> None:
+    stream = FailingStream()
+    log = AuditLog(TENANT, stream)
+    admitted(log, 0)
+    with pytest.raises(OSError, match="No space left"):
+        log.write_held()  # as a delivery does: it fails, and nothing is delivered
+    await asyncio.sleep(0)  # the end of the turn's write fails too, and is only logged
+    stream.failing = False
+    admitted(log, 1)
+    log.write_held()
+    assert task_ids(stream) == ["0", "1"]  # nothing lost, nothing twice
 
 
 # --- the real process: no delivery before the record is in the stream -----------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import json
 import uuid
@@ -301,14 +302,16 @@ def test_a_message_whose_task_id_raises_is_still_judged() -> None:
 
 
 async def test_the_stock_runtimes_options_are_accepted_and_the_guard_still_judges_first() -> None:
-    seen_by_handler: list[str] = []
+    seen_by_handler: list[tuple[str, int]] = []
 
     class Watcher(DefaultInterventionHandler):
         async def on_publish(self, message: Any, *, message_context: Any) -> Any:
-            seen_by_handler.append(message_context.topic_id.source)
+            # A handler sees a message before any delivery, so its record is written already:
+            # a guard in a runtime with intervention handlers holds no record (audit.py).
+            seen_by_handler.append((message_context.topic_id.source, len(records(stream))))
             return message
 
-    guard, _ = new_guard()
+    guard, stream = new_guard()
     runtime = GuardedAgentRuntime(
         guard,
         intervention_handlers=[Watcher()],
@@ -319,5 +322,97 @@ async def test_the_stock_runtimes_options_are_accepted_and_the_guard_still_judge
     await runtime.publish_message(Ping(1), TopicId("default", "globex"))
     await runtime.publish_message(Ping(2), runtime.topic("default"))
     await runtime.stop_when_idle()
-    assert seen_by_handler == [TENANT]  # the foreign publish never reached the handler
+    assert seen_by_handler == [(TENANT, 2)]  # the foreign publish never reached the handler
     assert (guard.delivered, guard.dropped) == (1, 1)
+
+
+# --- held records: written before any delivery, a burst's together --------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    n: int
+    task_id: str
+
+
+class RecordChecker(RoutedAgent):
+    """Notes, for every message it is delivered, whether the audit stream held its record."""
+
+    def __init__(self, stream: io.StringIO, found: dict[str, bool]) -> None:
+        super().__init__("checks the audit stream on every delivery")
+        self._stream, self._found = stream, found
+
+    def _check(self, task_id: str) -> None:
+        self._found[task_id] = task_id in {r.get("taskId") for r in records(self._stream)}
+
+    @event
+    async def on_ping(self, message: Ping, ctx: MessageContext) -> None:
+        self._check(message.task_id)
+
+    @rpc
+    async def on_question(self, message: Question, ctx: MessageContext) -> int:
+        self._check(message.task_id)
+        return message.n
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_a_burst_is_written_in_a_few_writes_each_record_before_its_delivery() -> None:
+    stream = CountingStream()
+    guard = TenantGuard(TENANT, AuditLog(TENANT, stream))
+    runtime = GuardedAgentRuntime(guard)
+    found: dict[str, bool] = {}
+    await RecordChecker.register(
+        runtime, "checker", lambda: RecordChecker(stream, found), skip_class_subscriptions=True
+    )
+    await runtime.add_subscription(TypeSubscription("default", "checker"))
+    runtime.start()
+    sends = [
+        runtime.send_message(Question(n, f"send-{n}"), AgentId("checker", TENANT))
+        for n in range(100)
+    ]
+    for n in range(100):
+        await runtime.publish_message(Ping(n, f"publish-{n}"), runtime.topic("default"))
+    assert await asyncio.gather(*sends) == list(range(100))
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+    assert len(found) == 200 and all(found.values()), "a message was delivered before its record"
+    assert len(records(stream)) == 200
+    assert stream.writes <= 200 // 10  # held and written together, not one write each
+
+
+class FailingStream(io.StringIO):
+    """A stream whose writes fail (a full disk) while `failing` is set."""
+
+    failing = False
+
+    def write(self, text: str) -> int:
+        if self.failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(text)
+
+
+async def test_a_message_whose_record_cannot_be_written_is_not_delivered() -> None:
+    stream = FailingStream()
+    guard = TenantGuard(TENANT, AuditLog(TENANT, stream))
+    runtime, seen = await probed_runtime(guard, subscription="default")
+    stream.failing = True
+    await runtime.publish_message(Ping(1), runtime.topic("default"))
+    with pytest.raises(OSError, match="No space left"):  # the sender learns why
+        await runtime.send_message(Ask(2), AgentId("probe", TENANT))
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)  # the queue's count is exact
+    assert seen == []
+    stream.failing = False
+    runtime.start()
+    await runtime.publish_message(Ping(3), runtime.topic("default"))
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+    assert seen == [(TENANT, 3)]
+    # The records held through the failure are written with the next write that succeeds.
+    assert [r.get("taskId") for r in records(stream)] == ["t-1", None, "t-1"]
