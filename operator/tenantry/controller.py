@@ -11,6 +11,7 @@ import random
 import time
 from typing import Any, Generic, TypeVar
 
+import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, Secret
@@ -303,20 +304,36 @@ class Controller:
 
         A rotated key then reaches the runtime at once, and a tenant stalled on a Secret that
         did not exist or did not allow it resumes as soon as that is fixed.
+
+        lightkube retries a watch whose answer breaks (`on_error`), not one whose request to
+        reconnect fails: it sends that request outside its retry. An API server still away when
+        the watch reconnected ended this task for good, and rotated keys waited for the drift
+        resync. Such a failure starts the watch over after the same backoff; its first events
+        are every source again, so nothing that changed meanwhile is missed.
         """
-        watch = self.reconciler.client.watch(
-            Secret, namespace=self.config.secret_source_namespace, on_error=retry_with_backoff
-        )
-        async for kind, secret in watch:
-            name = secret.metadata.name if secret.metadata else None
-            if not name:
-                continue
-            self.sources.seen(name, None if kind == "DELETED" else source_of(secret))
-            for tenant, body in list(self.tenants.items()):
-                if any(
-                    ref.get("from") == name for ref in (body.get("spec") or {}).get("secrets") or []
-                ):
-                    self.queue.enqueue(tenant)
+        attempt = 0
+        while True:
+            watch = self.reconciler.client.watch(
+                Secret, namespace=self.config.secret_source_namespace, on_error=retry_with_backoff
+            )
+            try:
+                async for kind, secret in watch:
+                    attempt = 0
+                    self.source_seen(secret, deleted=kind == "DELETED")
+            except httpx2.HTTPError as error:
+                attempt += 1
+                await asyncio.sleep(retry_with_backoff(error, attempt).sleep)
+
+    def source_seen(self, secret: Secret, *, deleted: bool) -> None:
+        name = secret.metadata.name if secret.metadata else None
+        if not name:
+            return
+        self.sources.seen(name, None if deleted else source_of(secret))
+        for tenant, body in list(self.tenants.items()):
+            if any(
+                ref.get("from") == name for ref in (body.get("spec") or {}).get("secrets") or []
+            ):
+                self.queue.enqueue(tenant)
 
     async def correct_drift(self) -> None:
         """Reconcile every tenant about once per interval, spread out so they do not all fire at once."""

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tenants
 from lightkube import Client, KubeConfig, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.core_v1 import ConfigMap, Namespace, ServiceAccount
-from operator_process import OperatorProcess
-from tenants import SECRET_SOURCE_NAMESPACE
+from operator_process import LOGS, TENANTRY, Operator, OperatorProcess, StartOperator
+from tenants import OPERATOR_LABEL, SECRET_SOURCE_NAMESPACE
 from waiting import wait_until
+
+from tests.support import processes
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -37,12 +43,18 @@ def make_namespace(kube: Client) -> Iterator[Callable[..., str]]:
     """Create namespaces with unique names; delete them when the test ends."""
     created: list[str] = []
 
-    def make(prefix: str = "test", labels: dict[str, str] | None = None) -> str:
+    def make(
+        prefix: str = "test", labels: dict[str, str] | None = None, fill_timeout: float = 60
+    ) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         kube.create(Namespace(metadata=ObjectMeta(name=name, labels=labels or {})))
         created.append(name)
         # kube-controller-manager fills every new namespace; wait, so snapshots start quiet.
-        wait_until(lambda: namespace_filled(kube, name), f"namespace {name} to be filled")
+        wait_until(
+            lambda: namespace_filled(kube, name),
+            f"namespace {name} to be filled",
+            timeout=fill_timeout,
+        )
         return name
 
     yield make
@@ -107,3 +119,59 @@ def operator(operator_process: OperatorProcess) -> Path:
     if not operator_process.running():  # a fault test killed it and failed before restarting
         operator_process.start()
     return operator_process.log
+
+
+# Operators a test starts itself, with flags of its own (test_ha.py, test_faults.py): each
+# selects only the tenants labelled for that test, so two never reconcile the same tenant.
+@pytest.fixture
+def start_operator(
+    kubeconfig: Path, crd_installed: None, request: pytest.FixtureRequest
+) -> Iterator[StartOperator]:
+    """Start `tenantry run` processes for one test; stop whatever is left of them afterwards."""
+    started: list[Operator] = []
+    LOGS.mkdir(parents=True, exist_ok=True)
+
+    def start(name: str, *flags: str) -> Operator:
+        port = free_port()
+        log = LOGS / f"{request.node.name[:60]}-{name}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [TENANTRY, "run", "--metrics-address", f"127.0.0.1:{port}", *flags],
+                # POD_NAME as the Downward API would set it: the Lease identity starts with it.
+                env={
+                    **os.environ,
+                    "KUBECONFIG": str(kubeconfig),
+                    "POD_NAME": name,
+                    "TENANTRY_SECRET_SOURCE_NAMESPACE": SECRET_SOURCE_NAMESPACE,
+                },
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(Operator(name, process, log, port))
+        return started[-1]
+
+    yield start
+    for operator in started:
+        processes.stop(operator.process, timeout=15)
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for operator in started:
+            print(f"---- last lines of the log of {operator.name} ----")
+            print("\n".join(operator.log_text().splitlines()[-40:]))
+
+
+@pytest.fixture
+def labelled_tenants(kube: Client) -> Iterator[Callable[..., list[str]]]:
+    """Apply AgentTenants labelled for one test's operators; delete them when the test ends."""
+    names: list[str] = []
+
+    def make(shard: str, count: int, spec: dict[str, Any] | None = None) -> list[str]:
+        batch = [f"{shard}-{index}-{uuid.uuid4().hex[:4]}" for index in range(count)]
+        for name in batch:
+            tenants.apply(kube, tenants.manifest(name, spec, labels={OPERATOR_LABEL: shard}))
+        names.extend(batch)
+        return batch
+
+    yield make
+    for name in names:
+        tenants.delete(kube, name)

@@ -1,12 +1,17 @@
-"""The operator as a child process of the tests, which fault tests may kill and start again."""
+"""The operator as a child process of the tests: the shared one, which fault tests may kill and
+start again, and the ones a test starts with flags of its own (`Operator`)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from tenants import (
     DRIFT_INTERVAL_SECONDS,
     OPERATOR_LABEL,
@@ -63,3 +68,40 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is not None:
             processes.stop(self.process, timeout=15)
+
+
+TENANTRY = str(Path(sys.executable).parent / "tenantry")
+LOGS = Path(__file__).resolve().parents[2] / ".cache" / "test-logs"
+
+
+@dataclass
+class Operator:
+    """One `tenantry run` process, its log and its metrics endpoint."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's value; 0 when absent, as for a labelled series never touched."""
+        return self.scrape().get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str) -> float:
+        """The sum of a metric over all its label values."""
+        return sum(value for (sample, _), value in self.scrape().items() if sample == name)
+
+
+StartOperator = Callable[..., Operator]

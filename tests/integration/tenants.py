@@ -13,7 +13,8 @@ from typing import Any
 from lightkube import Client, codecs
 from lightkube.core.exceptions import ApiError
 from lightkube.generic_resource import create_global_resource
-from lightkube.resources.core_v1 import Event, Namespace
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Namespace, Secret
 from tenantry.kinds import CHILD_KINDS as KINDS
 from waiting import wait_until
 
@@ -187,3 +188,35 @@ def assert_quiet_at_rest(kube: Client, name: str, log: Path) -> None:
         key for key in before.keys() | after.keys() if before.get(key) != after.get(key)
     )
     assert not changed, f"changed at rest: {changed}"
+
+
+def source_secret(
+    kube: Client, name: str, allowed: str | None, data: dict[str, str] | None = None
+) -> None:
+    """A Secret in the secret-source namespace, granted to the tenants `allowed` names."""
+    annotations = {"tenantry.dev/allowed-tenants": allowed} if allowed is not None else {}
+    secret = Secret(
+        metadata=ObjectMeta(name=name, namespace=SECRET_SOURCE_NAMESPACE, annotations=annotations),
+        stringData=data or {"api-key": "sk-test"},
+    )
+    kube.apply(secret, field_manager="tenantry-tests", force=True)
+
+
+def model_spec(secret_from: str) -> dict[str, Any]:
+    """A spec with a model whose key is copied from the source Secret `secret_from`."""
+    return {
+        "runtime": {
+            "topicTypes": ["default", "code"],
+            "agents": [
+                {"name": "assistant", "kind": "assistant", "topicType": "default"},
+                {"name": "coder", "kind": "coder", "topicType": "code"},
+            ],
+            "model": {
+                "model": "m",
+                "baseUrl": "https://203.0.113.7/v1",
+                "credentialsSecret": "model-credentials",
+            },
+        },
+        "secrets": [{"name": "model-credentials", "from": secret_from}],
+        "network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [443]}]},
+    }

@@ -19,9 +19,8 @@ import yaml
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Namespace, Secret
+from lightkube.resources.core_v1 import ConfigMap, Namespace
 from operator_process import OperatorProcess
-from tenants import SECRET_SOURCE_NAMESPACE
 
 from tests.support import tally
 
@@ -29,21 +28,6 @@ pytestmark = pytest.mark.cluster
 CORPUS = yaml.safe_load((Path(__file__).parent / "bad_inputs.yaml").read_text())
 SHARED_SECRET = "bad-inputs-shared"
 FOREIGN_SECRET = "bad-inputs-foreign"
-
-
-def source_secret(kube: Client, name: str, allowed: str) -> None:
-    kube.apply(
-        Secret(
-            metadata=ObjectMeta(
-                name=name,
-                namespace=SECRET_SOURCE_NAMESPACE,
-                annotations={"tenantry.dev/allowed-tenants": allowed},
-            ),
-            stringData={"api-key": "sk-bad-inputs"},
-        ),
-        field_manager="tenantry-tests",
-        force=True,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,7 @@ def neighbours(kube: Client, operator_process: OperatorProcess) -> Iterator[dict
     other = f"bystander-{suffix}"
     tenants.apply(kube, tenants.manifest(other))
     tenants.wait_condition(kube, other, "Ready")
-    source_secret(kube, FOREIGN_SECRET, allowed="someone-else")
+    tenants.source_secret(kube, FOREIGN_SECRET, allowed="someone-else")
     yield {
         "USER_NAMESPACE": user_namespace,
         "OTHER_TENANT_NAMESPACE": f"tenant-{other}",
@@ -96,7 +80,7 @@ def test_bad_input_is_refused_and_touches_nothing(
 ) -> None:
     name = substitute(case.get("name"), neighbours) or f"bad-{uuid.uuid4().hex[:6]}"
     spec = substitute(case["spec"], neighbours)
-    source_secret(kube, SHARED_SECRET, allowed=name)
+    tenants.source_secret(kube, SHARED_SECRET, allowed=name)
     snapshots.settle(kube)
     before = snapshots.snapshot(kube, exclude_tenants=frozenset({name}))
     tally.counts["bad inputs tried"] += 1

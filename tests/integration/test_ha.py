@@ -8,17 +8,12 @@ tenants. So no tenant is ever reconciled by two operators that do not share a Le
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import tenants
@@ -26,101 +21,14 @@ from lightkube import AsyncClient, Client, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.networking_v1 import NetworkPolicy
-from prometheus_client.parser import text_string_to_metric_families
+from operator_process import StartOperator
 from tenantry.leader import LEASE_NAME, LeaderElector, Timings
 from tenants import OPERATOR_LABEL
 from waiting import wait_until
 
-from tests.support import processes
-from tests.support.ports import free_port
-
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
-TENANTRY = str(Path(sys.executable).parent / "tenantry")
-LOGS = REPO / ".cache" / "test-logs"
-
-
-@dataclass
-class Operator:
-    """One `tenantry run` process, its log and its metrics endpoint."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    port: int
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-    def metric(self, name: str, **labels: str) -> float:
-        """A sample's value; 0 when absent, as for a labelled series never touched."""
-        return self.scrape().get((name, frozenset(labels.items())), 0.0)
-
-    def total(self, name: str) -> float:
-        """The sum of a metric over all its label values."""
-        return sum(value for (sample, _), value in self.scrape().items() if sample == name)
-
-
-StartOperator = Callable[..., Operator]
-
-
-@pytest.fixture
-def start_operator(
-    kubeconfig: Path, crd_installed: None, request: pytest.FixtureRequest
-) -> Iterator[StartOperator]:
-    """Start `tenantry run` processes for one test; stop whatever is left of them afterwards."""
-    started: list[Operator] = []
-    LOGS.mkdir(parents=True, exist_ok=True)
-
-    def start(name: str, *flags: str) -> Operator:
-        port = free_port()
-        log = LOGS / f"{request.node.name[:60]}-{name}.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                [TENANTRY, "run", "--metrics-address", f"127.0.0.1:{port}", *flags],
-                # POD_NAME as the Downward API would set it: the Lease identity starts with it.
-                env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": name},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        started.append(Operator(name, process, log, port))
-        return started[-1]
-
-    yield start
-    for operator in started:
-        processes.stop(operator.process, timeout=15)
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        for operator in started:
-            print(f"---- last lines of the log of {operator.name} ----")
-            print("\n".join(operator.log_text().splitlines()[-40:]))
-
-
-@pytest.fixture
-def labelled_tenants(kube: Client) -> Iterator[Callable[..., list[str]]]:
-    """Apply AgentTenants labelled for one test's operators; delete them when the test ends."""
-    names: list[str] = []
-
-    def make(shard: str, count: int, spec: dict[str, Any] | None = None) -> list[str]:
-        batch = [f"{shard}-{index}-{uuid.uuid4().hex[:4]}" for index in range(count)]
-        for name in batch:
-            tenants.apply(kube, tenants.manifest(name, spec, labels={OPERATOR_LABEL: shard}))
-        names.extend(batch)
-        return batch
-
-    yield make
-    for name in names:
-        tenants.delete(kube, name)
 
 
 def holder(kube: Client, namespace: str) -> str:

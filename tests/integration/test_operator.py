@@ -23,7 +23,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from operator_process import OperatorProcess
-from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE
+from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE, model_spec, source_secret
 from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -54,34 +54,6 @@ def operator_log_on_failure(request: pytest.FixtureRequest, operator: Path) -> I
     if report is not None and report.failed:
         print("---- last lines of the operator log ----")
         print("\n".join(operator.read_text().splitlines()[-60:]))
-
-
-def source_secret(kube: Client, name: str, allowed: str | None, data: dict[str, str]) -> None:
-    annotations = {"tenantry.dev/allowed-tenants": allowed} if allowed is not None else {}
-    secret = Secret(
-        metadata=ObjectMeta(name=name, namespace=SECRET_SOURCE_NAMESPACE, annotations=annotations),
-        stringData=data,
-    )
-    kube.apply(secret, field_manager="tenantry-tests", force=True)
-
-
-def model_spec(secret_from: str) -> dict[str, Any]:
-    return {
-        "runtime": {
-            "topicTypes": ["default", "code"],
-            "agents": [
-                {"name": "assistant", "kind": "assistant", "topicType": "default"},
-                {"name": "coder", "kind": "coder", "topicType": "code"},
-            ],
-            "model": {
-                "model": "m",
-                "baseUrl": "https://203.0.113.7/v1",
-                "credentialsSecret": "model-credentials",
-            },
-        },
-        "secrets": [{"name": "model-credentials", "from": secret_from}],
-        "network": {"egress": [{"cidr": "203.0.113.0/24", "ports": [443]}]},
-    }
 
 
 def ready_tenant_with_model(
