@@ -183,11 +183,10 @@ async def _guard_cost(messages: int, workdir: Path) -> dict[str, float]:
     path = workdir / "audit-cost.jsonl"
     audit = AuditLog.open(TENANT, str(path))
     guard, ping = TenantGuard(TENANT, audit), Ping(task_id="0" * 32)
-    guard.holds_records = True  # as GuardedAgentRuntime sets it
     topic, sender = TopicId("ping", TENANT), AgentId("driver", TENANT)
 
     def decide() -> None:
-        guard.admit_publish(ping, topic, sender)
+        guard.admit_publish(ping, topic, sender, hold=True)  # as GuardedAgentRuntime asks
 
     def audit_line() -> None:
         audit.message(
@@ -676,8 +675,9 @@ one. Where the guard's share goes, measured alone in the same run:
 
 The audit line (its text, with the time stamp; the write is one system call per burst, made
 before any of the burst's messages is delivered) is most of the guard's own cost; the two
-string comparisons of the check are next to nothing. The guard's overrides add no coroutine
-to a message's way (they return autogen's own). Most of a message's
+string comparisons of the check are next to nothing. The guard's `publish_message` and
+`send_message` add one coroutine call per message (a message is judged when it is awaited);
+its delivering overrides add none. Most of a message's
 cost is autogen-core's own, paid by both runtimes: a profile shows its per-message
 OpenTelemetry spans (made even with no tracer configured) and event logging.
 

@@ -71,24 +71,20 @@ _MESSAGE_BODIES = 256
 agents are the tenant's own, their task ids at most 128 characters); past it they are all
 dropped and built again."""
 
+_MESSAGE_BODY_CHARS = 1024
+"""A record text longer than this is built each time, never kept."""
+
 _log = logging.getLogger(__name__)
 
 
 def timestamp_of(time_ns: int) -> str:
-    """A time as `json` writes `round(seconds, 6)`: seconds with up to six decimals, trailing
-    zeros dropped (the float's shortest repr is exactly that for times from 2001, written
-    without an exponent, to 2106, while a microsecond is more than the float's precision).
-    Three times cheaper than the float's round and repr, which were a fifth of a message
+    """A time as `json` writes `round(seconds, 6)`: the nearest microsecond, up to six decimals,
+    trailing zeros dropped (the float's shortest repr is exactly that for times from 2001,
+    written without an exponent, to 2106, while a microsecond is more than the float's
+    precision). Half the cost of the float's round and repr, which were a fifth of a message
     record's cost (bench/runtime.py)."""
-    seconds, micros = divmod(time_ns // 1000, 1_000_000)
+    seconds, micros = divmod((time_ns + 500) // 1000, 1_000_000)
     return f"{seconds}.{micros:06d}".rstrip("0") if micros else f"{seconds}.0"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """All of `data` to `fd`: a write may take less than it is given (a pipe, a signal)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class AuditLog:
@@ -102,6 +98,10 @@ class AuditLog:
         self._fd: int | None = None
         self._owns_fd = False
         self._held: list[str] = []  # admitted messages' records, oldest first (module docstring)
+        # What a write that failed part way left unwritten: it goes first, so nothing is written
+        # twice and a line cut by the failure is completed, not repeated.
+        self._unwritten = b""
+        self._write_scheduled_on: asyncio.AbstractEventLoop | None = None
         # What every message record holds between its time stamp and its own fields.
         self._message_head = f',"tenant":{_quote(tenant)},"event":"message","kind":'
         # A message record less its time stamp, by its fields: a task's messages repeat the
@@ -126,34 +126,61 @@ class AuditLog:
         return log
 
     def close(self) -> None:
-        self.write_held()
-        if self._owns_fd and self._fd is not None and self._fd != _CLOSED:
-            os.close(self._fd)
-            # A record written after this fails (EBADF), as one to a closed file did: it never
-            # goes anywhere else, nor to whatever file takes the descriptor's number next.
-            self._fd = _CLOSED
-        elif self._owns_stream:
-            self._stream.close()
+        try:
+            self.write_held()
+        finally:
+            if self._owns_fd and self._fd is not None and self._fd != _CLOSED:
+                os.close(self._fd)
+                # A record written after this fails (EBADF), as one to a closed file did: it
+                # never goes anywhere else, nor to whatever file takes the descriptor's number.
+                self._fd = _CLOSED
+            elif self._owns_stream:
+                self._stream.close()
 
     def _emit(self, line: str) -> None:
         """Every held record, then `line` (one whole record, or nothing), in the kernel (or the
-        stream, flushed) when this returns. If the write fails the held records stay held: a
-        message whose record is not written is not delivered (fail closed)."""
+        stream, flushed) when this returns. If the write fails nothing is lost or repeated:
+        what was not written goes first with the next write, and the error propagates (a
+        message whose record is not written is not delivered: fail closed)."""
         if self._held:
             line = "".join(self._held) + line
-        if self._fd is not None:
-            _write_all(self._fd, line.encode())
-        else:
+            self._held.clear()
+        if self._fd is None:
+            self._write_stream(line)
+            return
+        data = line.encode()
+        if self._unwritten:
+            data, self._unwritten = self._unwritten + data, b""
+        try:
+            written = os.write(self._fd, data)
+        except BaseException:
+            self._unwritten = data
+            raise
+        if written < len(data):  # a write may take less than it is given (a pipe, a signal)
+            self._write_rest(self._fd, memoryview(data)[written:])
+
+    def _write_rest(self, fd: int, rest: memoryview) -> None:
+        try:
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        finally:
+            self._unwritten = bytes(rest)
+
+    def _write_stream(self, line: str) -> None:
+        try:
             self._stream.write(line)
-            self._stream.flush()
-        self._held.clear()
+        except BaseException:
+            self._held.insert(0, line)  # a stream takes all of it or nothing
+            raise
+        self._stream.flush()
 
     def write_held(self) -> None:
         """Every held record into the stream now: called before a message is delivered."""
-        if self._held:
+        if self._held or self._unwritten:
             self._emit("")
 
     def _write_held_at_end_of_turn(self) -> None:
+        self._write_scheduled_on = None
         try:
             self.write_held()
         except OSError:  # the next delivery tries again, and fails closed if this still fails
@@ -163,17 +190,22 @@ class AuditLog:
         if len(self._held) >= HELD_RECORDS - 1:  # as many as may wait: all go now, with this
             self._emit(line)
             return
-        if not self._held:
+        scheduled = self._write_scheduled_on
+        if scheduled is None or scheduled.is_closed():  # closed: its write will never run
             try:
-                asyncio.get_running_loop().call_soon(self._write_held_at_end_of_turn)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop: nothing would write it, so it is written now
                 self._emit(line)
                 return
+            loop.call_soon(self._write_held_at_end_of_turn)
+            self._write_scheduled_on = loop
         self._held.append(line)
 
     def _write(self, event: str, fields: dict[str, Any]) -> None:
-        record = {"ts": round(time.time(), 6), "tenant": self.tenant, "event": event, **fields}
-        self._emit(_encode(record) + "\n")
+        # The time stamp as a message record's (`timestamp_of`), so records never go back by
+        # a microsecond from one line to the next whatever their kind.
+        rest = _encode({"tenant": self.tenant, "event": event, **fields})
+        self._emit(f'{{"ts":{timestamp_of(time.time_ns())},{rest[1:]}\n')
 
     def message(
         self,
@@ -210,7 +242,9 @@ class AuditLog:
             if reason is not None:
                 body += f',"reason":{_quote(reason)}'
             body += "}\n"
-            if reason is None:  # a refusal's fields are whatever its sender chose: not kept
+            # A refusal's fields are whatever its sender chose, and a topic type has no bound
+            # of autogen's: neither is kept.
+            if reason is None and len(body) <= _MESSAGE_BODY_CHARS:
                 if len(self._message_bodies) >= _MESSAGE_BODIES:
                     self._message_bodies.clear()
                 self._message_bodies[fields] = body

@@ -41,16 +41,13 @@ _log = logging.getLogger(__name__)
 class TenantGuard:
     """Decides and records; pinned to one tenant for its whole life."""
 
-    __slots__ = ("_audit", "delivered", "dropped", "holds_records", "tenant")
+    __slots__ = ("_audit", "delivered", "dropped", "tenant")
 
     def __init__(self, tenant: str, audit: AuditLog) -> None:
         self.tenant = tenant
         self._audit = audit
         self.delivered = 0
         self.dropped = 0
-        # Whether an admitted message's record may wait for its delivery (audit.py): only in a
-        # GuardedAgentRuntime, which writes held records before it delivers anything.
-        self.holds_records = False
 
     def _foreign_sender(self, sender: AgentId | None) -> str | None:
         # The sender is caller-supplied and can be forged, so it grants nothing; but an agent
@@ -59,19 +56,25 @@ class TenantGuard:
             return f"sender key {sender.key!r} is not the tenant"
         return None
 
-    def admit_publish(self, message: Any, topic_id: TopicId, sender: AgentId | None) -> bool:
+    # `hold`: the record of an admitted message may wait for its delivery (audit.py); only a
+    # runtime that writes held records before it delivers anything may ask for it.
+    def admit_publish(
+        self, message: Any, topic_id: TopicId, sender: AgentId | None, *, hold: bool = False
+    ) -> bool:
         if topic_id.source != self.tenant:
             reason: str | None = f"topic source {topic_id.source!r} is not the tenant"
         else:
             reason = self._foreign_sender(sender)
-        return self._record("publish", message, str(topic_id), None, sender, reason)
+        return self._record("publish", message, str(topic_id), None, sender, reason, hold)
 
-    def admit_send(self, message: Any, recipient: AgentId, sender: AgentId | None) -> bool:
+    def admit_send(
+        self, message: Any, recipient: AgentId, sender: AgentId | None, *, hold: bool = False
+    ) -> bool:
         if recipient.key != self.tenant:
             reason: str | None = f"recipient key {recipient.key!r} is not the tenant"
         else:
             reason = self._foreign_sender(sender)
-        return self._record("send", message, None, str(recipient), sender, reason)
+        return self._record("send", message, None, str(recipient), sender, reason, hold)
 
     def _record(
         self,
@@ -81,6 +84,7 @@ class TenantGuard:
         recipient: str | None,
         sender: AgentId | None,
         reason: str | None,
+        hold: bool = False,
     ) -> bool:
         if reason is None:
             self.delivered += 1
@@ -95,7 +99,7 @@ class TenantGuard:
             decision="delivered" if reason is None else "dropped",
             task_id=self._task_of(message),
             reason=reason,
-            until_delivery=self.holds_records,
+            until_delivery=hold,
         )
         return reason is None
 
@@ -122,15 +126,19 @@ class TaskGuard(TenantGuard):
     def end(self) -> None:
         self._over = True
 
-    def admit_publish(self, message: Any, topic_id: TopicId, sender: AgentId | None) -> bool:
+    def admit_publish(
+        self, message: Any, topic_id: TopicId, sender: AgentId | None, *, hold: bool = False
+    ) -> bool:
         if self._over:
             return self._record("publish", message, str(topic_id), None, sender, _TASK_OVER)
-        return super().admit_publish(message, topic_id, sender)
+        return super().admit_publish(message, topic_id, sender, hold=hold)
 
-    def admit_send(self, message: Any, recipient: AgentId, sender: AgentId | None) -> bool:
+    def admit_send(
+        self, message: Any, recipient: AgentId, sender: AgentId | None, *, hold: bool = False
+    ) -> bool:
         if self._over:
             return self._record("send", message, None, str(recipient), sender, _TASK_OVER)
-        return super().admit_send(message, recipient, sender)
+        return super().admit_send(message, recipient, sender, hold=hold)
 
     def _task_of(self, message: Any) -> str | None:
         return self.task_id
@@ -167,26 +175,34 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         # guard admitted, since the guard judges before a message is queued (module docstring).
         super().__init__(**options)
         self.guard = guard
-        # An intervention handler sees a message as it leaves the queue, before a delivery
-        # writes held records: with one, every record is written when its message is judged.
-        guard.holds_records = not self._intervention_handlers
 
     @property
     def tenant(self) -> str:
         return self.guard.tenant
+
+    @property
+    def _holds_records(self) -> bool:
+        # An intervention handler sees a message as it leaves the queue, before a delivery
+        # writes held records: with one, every record is written when its message is judged.
+        # Asked at every message, so a handler added to the runtime's list later counts too.
+        return not self._intervention_handlers
 
     # autogen-core 0.7.5 delivers a queued message only in the coroutines of these two methods,
     # each called as the message leaves the queue and run as a task of its own. They are not
     # coroutines here: held records are written at that call, before the stock coroutine is
     # made, so a delivery costs no coroutine more than the bare runtime's (bench/runtime.py).
     # A failed write is accounted as autogen accounts a handler's failure (the queue's
-    # task_done, the sender's future), so neither stop_when_idle() nor the sender waits for it.
+    # task_done, the sender's future unless its caller gave up), so neither stop_when_idle()
+    # nor the sender waits for it; and it never escapes, since it would end the message loop.
     def _process_send(self, message_envelope: SendMessageEnvelope) -> Coroutine[Any, Any, None]:
         try:
             self.guard.write_held_records()
         except Exception as error:
-            message_envelope.future.set_exception(error)
-            self._message_queue.task_done()
+            try:
+                if not message_envelope.future.done():  # a cancelled caller's is
+                    message_envelope.future.set_exception(error)
+            finally:
+                self._message_queue.task_done()
             return _nothing()
         return super()._process_send(message_envelope)
 
@@ -196,10 +212,12 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         try:
             self.guard.write_held_records()
         except Exception as error:
-            _log.error("a published message was not delivered: %s", error)
-            if not self._ignore_unhandled_handler_exceptions:
-                self._background_exception = error
-            self._message_queue.task_done()
+            try:
+                _log.error("a published message was not delivered: %s", error)
+                if not self._ignore_unhandled_handler_exceptions:
+                    self._background_exception = error
+            finally:
+                self._message_queue.task_done()
             return _nothing()
         return super()._process_publish(message_envelope)
 
@@ -216,10 +234,7 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         """The tenant's topic of `topic_type`: the only kind of topic this runtime carries."""
         return TopicId(topic_type, self.guard.tenant)
 
-    # Not coroutines either: a message is judged and recorded when the method is called (an
-    # agent awaits the call at once), and the stock coroutine is returned, so the guard adds
-    # no coroutine to a message's way (bench/runtime.py).
-    def publish_message(
+    async def publish_message(
         self,
         message: Any,
         topic_id: TopicId,
@@ -227,18 +242,19 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         sender: AgentId | None = None,
         cancellation_token: CancellationToken | None = None,
         message_id: str | None = None,
-    ) -> Coroutine[Any, Any, None]:
-        if not self.guard.admit_publish(message, topic_id, sender):
-            return _nothing()
-        return super().publish_message(
-            message,
-            topic_id,
-            sender=sender,
-            cancellation_token=cancellation_token,
-            message_id=message_id,
-        )
+    ) -> None:
+        # Judged when awaited, not when called: a publish made before its task ended and
+        # awaited after is refused (TaskGuard), as its message would reach no one in time.
+        if self.guard.admit_publish(message, topic_id, sender, hold=self._holds_records):
+            await super().publish_message(
+                message,
+                topic_id,
+                sender=sender,
+                cancellation_token=cancellation_token,
+                message_id=message_id,
+            )
 
-    def send_message(
+    async def send_message(
         self,
         message: Any,
         recipient: AgentId,
@@ -246,12 +262,10 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
         sender: AgentId | None = None,
         cancellation_token: CancellationToken | None = None,
         message_id: str | None = None,
-    ) -> Coroutine[Any, Any, Any]:
-        if not self.guard.admit_send(message, recipient, sender):
-            return _raise(
-                MessageDroppedException(f"recipient {recipient} is outside tenant {self.tenant}")
-            )
-        return super().send_message(
+    ) -> Any:
+        if not self.guard.admit_send(message, recipient, sender, hold=self._holds_records):
+            raise MessageDroppedException(f"recipient {recipient} is outside tenant {self.tenant}")
+        return await super().send_message(
             message,
             recipient,
             sender=sender,
@@ -261,11 +275,7 @@ class GuardedAgentRuntime(SingleThreadedAgentRuntime):
 
 
 async def _nothing() -> None:
-    """What awaiting a message the runtime does not take gives: nothing (as autogen's drop)."""
-
-
-async def _raise(error: Exception) -> Any:
-    raise error
+    """A delivery given up before it started: nothing to run."""
 
 
 class _QuietCancellation(logging.Filter):

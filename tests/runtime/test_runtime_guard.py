@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from autogen_core import (
     AgentId,
+    CancellationToken,
     DefaultInterventionHandler,
     MessageContext,
     RoutedAgent,
@@ -27,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from tenantry_runtime.audit import AuditLog
-from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard
+from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard, task_runtime
 
 TENANT = "acme"
 
@@ -318,6 +319,9 @@ async def test_the_stock_runtimes_options_are_accepted_and_the_guard_still_judge
         tracer_provider=None,
         ignore_unhandled_exceptions=False,
     )
+    # Review: whether records were held was the guard's, set by the runtime built last; a
+    # guard shared with a runtime without handlers then held records the handler saw first.
+    GuardedAgentRuntime(guard)
     runtime.start()
     await runtime.publish_message(Ping(1), TopicId("default", "globex"))
     await runtime.publish_message(Ping(2), runtime.topic("default"))
@@ -416,3 +420,40 @@ async def test_a_message_whose_record_cannot_be_written_is_not_delivered() -> No
     assert seen == [(TENANT, 3)]
     # The records held through the failure are written with the next write that succeeds.
     assert [r.get("taskId") for r in records(stream)] == ["t-1", None, "t-1"]
+
+
+async def test_a_failed_write_for_a_send_whose_caller_gave_up_leaves_the_loop_running() -> None:
+    """Review: the sender's future was failed even when its caller had cancelled it, which
+    raised in the message loop itself and ended it: nothing more was delivered, and
+    stop_when_idle() never returned."""
+    stream = FailingStream()
+    runtime, seen = await probed_runtime(TenantGuard(TENANT, AuditLog(TENANT, stream)))
+    stream.failing = True
+    token = CancellationToken()
+    send = asyncio.create_task(
+        runtime.send_message(Ask(1), AgentId("probe", TENANT), cancellation_token=token)
+    )
+    await asyncio.sleep(0)  # queued, its record held
+    token.cancel()  # the caller gives up before the runtime takes the message
+    with pytest.raises(asyncio.CancelledError):
+        await send
+    await asyncio.sleep(0.05)  # the runtime takes it: the write fails, nothing is delivered
+    stream.failing = False
+    await runtime.publish_message(Ping(2), runtime.topic("default"))
+    await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+    assert seen == [(TENANT, 2)]
+
+
+async def test_a_message_made_before_its_task_ended_and_awaited_after_is_refused() -> None:
+    """Review: judged when the call was made rather than when awaited, a publish made while
+    its task ran and awaited once it was over was admitted and recorded as delivered."""
+    stream = io.StringIO()
+    async with task_runtime(TENANT, AuditLog(TENANT, stream), "task-1") as runtime:
+        late = runtime.publish_message(Ping(1), runtime.topic("default"))
+    await late
+    (record,) = records(stream)
+    assert (record["decision"], record["reason"], record["taskId"]) == (
+        "dropped",
+        "the task is over",
+        "task-1",
+    )
