@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import io
 import json
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 from tenantry_runtime.audit import HELD_RECORDS, AuditLog, timestamp_of
 
 from e2e.model_server import completion
+from tests.support.audit_streams import FailingStream
 from tests.support.ports import served
 from tests.support.runtime_services import (
     MODEL_API_KEY,
@@ -216,19 +216,9 @@ async def test_closing_the_log_writes_its_held_records(tmp_path: Path) -> None:
     assert [json.loads(line)["taskId"] for line in path.read_text().splitlines()] == ["0", "1"]
 
 
-class FailingStream(io.StringIO):
-    """A stream whose writes fail (a full disk) while `failing` is set."""
-
-    failing = True
-
-    def write(self, text: str) -> int:
-        if self.failing:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return super().write(text)
-
-
 async def test_a_failed_write_keeps_the_held_records_and_raises() -> None:
     stream = FailingStream()
+    stream.failing = True
     log = AuditLog(TENANT, stream)
     admitted(log, 0)
     with pytest.raises(OSError, match="No space left"):

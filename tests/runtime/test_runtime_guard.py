@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import io
 import json
 import uuid
@@ -29,6 +28,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from tenantry_runtime.audit import AuditLog
 from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard, task_runtime
+
+from tests.support.audit_streams import FailingStream
 
 TENANT = "acme"
 
@@ -390,17 +391,6 @@ async def test_a_burst_is_written_in_a_few_writes_each_record_before_its_deliver
     assert len(found) == 200 and all(found.values()), "a message was delivered before its record"
     assert len(records(stream)) == 200
     assert stream.writes <= 200 // 10  # held and written together, not one write each
-
-
-class FailingStream(io.StringIO):
-    """A stream whose writes fail (a full disk) while `failing` is set."""
-
-    failing = False
-
-    def write(self, text: str) -> int:
-        if self.failing:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return super().write(text)
 
 
 async def test_a_message_whose_record_cannot_be_written_is_not_delivered() -> None:
