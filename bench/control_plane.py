@@ -249,6 +249,8 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
     config = OperatorConfig()
     try:
         sent: dict[str, float] = {}
+        mark = audit.mark()
+        cpu_before = operator.cpu_seconds() if operator else 0.0
         started = time.monotonic()
 
         async def arrive(index: int, name: str) -> None:
@@ -263,6 +265,13 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
         result["arrival_seconds"] = time.monotonic() - started
         await watch.until(names, timeout=300 + count)
         result["latencies"] = sorted(watch.ready_at[n] - sent[n] for n in names)
+        if operator:
+            # What each tenant cost the operator at this rate, its start-up left out. Each
+            # watch event of a child may queue a pass, so this differs from a burst's (section 1).
+            await operator.until_idle(count, timeout=60)
+            result["operator_cpu_seconds"] = operator.cpu_seconds() - cpu_before
+        requests = audit.requests(mark)
+        result["requests"] = {agent: by_verb(requests, agent) for agent in ("operator", "bench")}
         log(f"latency {mode} at {rate:.2f}/s: median {result['latencies'][count // 2]:.2f}s")
     finally:
         watcher.cancel()

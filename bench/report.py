@@ -402,6 +402,25 @@ def latency_section(data: dict[str, Any], plots: Path, targets: list[list[str]])
         "p50 operator / direct",
         "p99 operator / direct",
     ]
+    costs = []
+    for load in data["loads"]:
+        measured = [r for r in runs if r["load"] == load and "operator_cpu_seconds" in r]
+        if measured:
+            costs.append(
+                f"At {load:.0%}, operator requests per tenant (median, by verb): "
+                + median_verbs(
+                    [
+                        {verb: n / r["count"] for verb, n in r["requests"]["operator"].items()}
+                        for r in measured
+                    ]
+                )
+                + "; operator CPU per tenant: "
+                + spread(
+                    (1000 * r["operator_cpu_seconds"] / r["count"] for r in measured), "{:.0f}"
+                )
+                + " ms."
+            )
+    cost = "\n\n" + " ".join(costs) if costs else ""
     return f"""## 2. Latency
 
 Each round first measures this machine's **direct ceiling**: {data["ceilings"][0]["count"]} tenants written at once
@@ -417,7 +436,7 @@ ratio is the operator's over the direct run of the same round and rate; all are 
 over the rounds.
 
 {command("make bench SECTIONS=latency")}
-{table(header, rows)}
+{table(header, rows)}{cost}
 
 ![distribution of apply → ready](bench/latency.png)
 """

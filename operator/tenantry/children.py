@@ -20,6 +20,8 @@ FIELD_MANAGER = "tenantry"
 # annotation, the volume binder binds a claim; the scheduler picks a claim's node when its class
 # waits for the first consumer. Any other manager writing to a child means someone changed it: drift.
 SYSTEM_MANAGERS = frozenset({FIELD_MANAGER, "kube-controller-manager", "kube-scheduler"})
+# The reason of a Deployment's Progressing condition once its latest rollout has finished.
+ROLLED_OUT = "NewReplicaSetAvailable"
 
 ChildKey = tuple[str, str, str]  # (kind, namespace or "", name)
 # A field as managedFields name it, from the object's root: ("f:metadata", "f:labels", "f:team").
@@ -73,19 +75,34 @@ class OwnedFields:
 
 
 def deployment_health(body: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether a Deployment has rolled out its current spec and has every replica available."""
-    spec, status = body.get("spec", {}), body.get("status", {})
+    """Whether a Deployment has rolled out its current spec with every replica available, and
+    if not, what is wrong: "" while a rollout goes as it should.
+
+    A rollout's steps (the controller seeing the spec, the replicas updated, then available)
+    are one state, not one each: each step that changed the message changed the child's
+    summary, which queued a pass, which wrote the new message into the tenant's status (five
+    status writes for a new tenant instead of three; docs/benchmarks.md). What `Ready` waits
+    for is said by `plan.group_states` ("rolling out"); a message here is a problem: a replica
+    the controller cannot create, a rollout past its progress deadline, or a replica lost after
+    the rollout finished.
+    """
+    spec, status = body.get("spec") or {}, body.get("status") or {}
     wanted = spec.get("replicas", 1)
-    if status.get("observedGeneration", 0) < body.get("metadata", {}).get("generation", 0):
-        return False, "the Deployment controller has not seen the latest spec yet"
-    for condition in status.get("conditions", []):
-        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
-            return False, condition.get("message", "replicas cannot be created")
-    if status.get("updatedReplicas", 0) < wanted:
-        return False, f"{status.get('updatedReplicas', 0)} of {wanted} replicas updated"
-    if status.get("availableReplicas", 0) < wanted:
-        return False, f"{status.get('availableReplicas', 0)} of {wanted} replicas available"
-    return True, ""
+    if status.get("observedGeneration", 0) < (body.get("metadata") or {}).get("generation", 0):
+        return False, ""  # its conditions describe an older spec
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    failure = conditions.get("ReplicaFailure") or {}
+    if failure.get("status") == "True":
+        return False, failure.get("message") or "replicas cannot be created"
+    progressing = conditions.get("Progressing") or {}
+    if progressing.get("status") == "False":  # ProgressDeadlineExceeded
+        return False, progressing.get("message") or "the rollout stopped progressing"
+    available = status.get("availableReplicas", 0)
+    if status.get("updatedReplicas", 0) >= wanted and available >= wanted:
+        return True, ""
+    if status.get("updatedReplicas", 0) >= wanted and progressing.get("reason") == ROLLED_OUT:
+        return False, f"{available} of {wanted} replicas available"
+    return False, ""
 
 
 def summarize(body: Mapping[str, Any]) -> LiveChild:

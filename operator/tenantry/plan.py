@@ -209,12 +209,14 @@ def group_states(
 
     def workload(component: str) -> GroupState:
         key = ("Deployment", namespace, component)
-        child = live.get(key)
-        if key in written or child is None:
-            return GroupState(False, "RollingOut", f"the {component} Deployment is rolling out")
-        if not child.available:
+        child = None if key in written else live.get(key)  # one just written is not seen yet
+        if child is not None and child.available:
+            return GroupState(True, "Available")
+        if child is not None and child.problem:
             return GroupState(False, "Unavailable", f"{component}: {child.problem}")
-        return GroupState(True, "Available")
+        # Not seen yet, or rolling out as it should (children.deployment_health): one message
+        # for all, so that a rollout's steps write no new status.
+        return GroupState(False, "RollingOut", f"the {component} Deployment is rolling out")
 
     return {
         # False only when a stall revokes a copy (reconcile.Reconciler._revoke).

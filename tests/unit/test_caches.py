@@ -36,6 +36,21 @@ def test_an_event_that_changes_nothing_the_reconcile_reads_wakes_no_tenant() -> 
     assert cache.observe(child(), deleted=True) is None  # already gone
 
 
+def test_a_rollout_wakes_its_tenant_only_when_it_ends() -> None:
+    cache = ChildCache()
+    created = {**child("Deployment"), "spec": {"replicas": 1}}
+
+    def rolled(**status: Any) -> dict[str, Any]:
+        return {**created, "metadata": {**created["metadata"], "generation": 1}, "status": status}
+
+    assert cache.observe(created, deleted=False) == "acme"
+    # The controller sees the spec, then updates the replica, then waits for it: no pass each.
+    assert cache.observe(rolled(observedGeneration=1), deleted=False) is None
+    assert cache.observe(rolled(observedGeneration=1, updatedReplicas=1), False) is None
+    done = rolled(observedGeneration=1, updatedReplicas=1, availableReplicas=1)
+    assert cache.observe(done, deleted=False) == "acme"
+
+
 def test_a_sandbox_token_is_handed_only_to_the_tenant_that_owns_its_secret() -> None:
     cache = ChildCache()
     token = {**child("Secret", "sandbox-token"), "data": {"token": "dG9rZW4="}}

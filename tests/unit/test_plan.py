@@ -64,10 +64,12 @@ def as_live(
     managers: Mapping[ChildKey, str] = {},
     available: bool = True,
     taken: Mapping[ChildKey, str] = {},
+    deployment_status: Mapping[str, Any] | None = None,
 ) -> dict[ChildKey, LiveChild]:
     """The live children the watch would report for these manifests, as applied by us (and by
     the managers given, per child, which own fields of their own or, for a child in `taken`,
-    that label of ours: they changed it), with every Deployment available or not."""
+    that label of ours: they changed it), with every Deployment available or not (or with the
+    status given)."""
     live = {}
     for manifest in manifests:
         key = child_key(manifest)
@@ -84,12 +86,16 @@ def as_live(
             "metadata": {**manifest["metadata"], "uid": f"uid-{key[2]}", "managedFields": entries},
         }
         if manifest["kind"] == "Deployment":
+            # Rolled out, and (unless available) its replica lost since: a problem, not a rollout.
             replicas = 1 if available else 0
             body["status"] = {
                 "updatedReplicas": 1,
                 "availableReplicas": replicas,
                 "observedGeneration": 0,
+                "conditions": [{"type": "Progressing", "reason": "NewReplicaSetAvailable"}],
             }
+            if deployment_status is not None:
+                body["status"] = deployment_status
         live[key] = summarize(body)
     return live
 
@@ -125,6 +131,21 @@ def test_a_workload_that_is_not_available_keeps_its_group_false_with_the_reason(
     assert decided.writes == ()
     assert decided.groups["RuntimeReady"].reason == "Unavailable"
     assert "0 of 1 replicas available" in decided.groups["RuntimeReady"].message
+
+
+def test_a_workload_rolling_out_says_so_whatever_the_step_of_its_rollout() -> None:
+    children = desired()
+    steps = ({}, {"observedGeneration": 1}, {"observedGeneration": 1, "updatedReplicas": 1})
+    for status in steps:
+        live = as_live(children, deployment_status=status)
+        decided = plan(acme(), NAMESPACE, children, live, True, was_ready=False)
+        assert decided.writes == ()  # seen, not just written
+        for group, name in (("RuntimeReady", "runtime"), ("SandboxReady", "sandbox")):
+            state = decided.groups[group]
+            assert (state.reason, state.message) == (
+                "RollingOut",
+                f"the {name} Deployment is rolling out",
+            )
 
 
 def test_a_tenant_without_a_sandbox_reports_it_disabled() -> None:

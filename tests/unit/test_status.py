@@ -90,8 +90,21 @@ def test_events_for_transitions_only() -> None:
 
 
 def deployment(
-    generation: int, observed: int, available: int, updated: int = 1
+    generation: int,
+    observed: int,
+    available: int,
+    updated: int = 1,
+    progressing: tuple[str, str] | None = None,
+    failure: str | None = None,
 ) -> dict[str, object]:
+    conditions = []
+    if progressing:
+        status, reason = progressing
+        conditions.append(
+            {"type": "Progressing", "status": status, "reason": reason, "message": reason}
+        )
+    if failure:
+        conditions.append({"type": "ReplicaFailure", "status": "True", "message": failure})
     return {
         "kind": "Deployment",
         "metadata": {"generation": generation, "annotations": {APPLIED_HASH: "h"}},
@@ -100,6 +113,7 @@ def deployment(
             "observedGeneration": observed,
             "availableReplicas": available,
             "updatedReplicas": updated,
+            "conditions": conditions,
         },
     }
 
@@ -109,6 +123,32 @@ def test_deployment_health() -> None:
     assert deployment_health(deployment(3, 2, 1))[0] is False
     assert deployment_health(deployment(2, 2, 0))[0] is False
     assert deployment_health(deployment(2, 2, 1, updated=0))[0] is False
+
+
+def test_a_rollout_going_as_it_should_is_one_state_whatever_its_step() -> None:
+    # Each step used to be a message of its own: a new summary, a pass and a status write each.
+    steps = [
+        {"kind": "Deployment", "metadata": {"generation": 1}, "spec": {"replicas": 1}},
+        deployment(1, 1, 0, updated=0, progressing=("True", "NewReplicaSetCreated")),
+        deployment(1, 1, 0, updated=1, progressing=("True", "ReplicaSetUpdated")),
+        # A new spec: its conditions still describe the old one, a finished rollout.
+        deployment(2, 1, 1, progressing=("True", "NewReplicaSetAvailable")),
+        deployment(2, 1, 0, progressing=("False", "ProgressDeadlineExceeded")),
+    ]
+    assert [deployment_health(step) for step in steps] == [(False, "")] * len(steps)
+    assert deployment_health(deployment(1, 1, 1, progressing=("True", "ReplicaSetUpdated"))) == (
+        True,
+        "",
+    )
+
+
+def test_a_deployment_that_cannot_finish_its_rollout_says_why() -> None:
+    stuck = deployment(1, 1, 0, progressing=("False", "ProgressDeadlineExceeded"))
+    assert deployment_health(stuck) == (False, "ProgressDeadlineExceeded")
+    refused = deployment(1, 1, 0, updated=0, failure='pods "runtime-x" is forbidden: quota')
+    assert deployment_health(refused) == (False, 'pods "runtime-x" is forbidden: quota')
+    lost = deployment(1, 1, 0, progressing=("True", "NewReplicaSetAvailable"))
+    assert deployment_health(lost) == (False, "0 of 1 replicas available")
 
 
 def test_apply_is_skipped_only_for_what_we_applied_and_nobody_changed() -> None:
