@@ -73,11 +73,13 @@ async def write_directly(kube: Kube, name: str, config: OperatorConfig) -> None:
 
 
 async def watching_operator(audit: AuditLog, log_file: Path) -> Operator:
-    """`tenantry run` with the default drift interval, once it watches AgentTenants."""
+    """`tenantry run` with the default drift interval, once it watches AgentTenants and
+    reconciles: a trial times provisioning, not the operator's start."""
     operator = Operator(log_file, DEFAULT_DRIFT_SECONDS)
     mark = audit.mark()
     operator.start()
     await operator.until_watching(audit, mark)
+    await operator.until_synced()
     return operator
 
 

@@ -436,6 +436,20 @@ class Operator:
         # Only glibc has malloc_trim: the operator trims nothing on another C library.
         raise TimeoutError(f"the operator did not trim its memory within {timeout:.0f}s of idling")
 
+    async def until_synced(self, timeout: float = 60) -> None:
+        """Wait until the operator has filled its caches from fresh lists and reconciles
+        (`tenantry_caches_synced`): before, tenant events wait in its queue. On a fresh
+        cluster the first lists can be refused for a second ("storage is (re)initializing"),
+        and a trial started then timed that second too."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, "operator exited"
+            samples = await asyncio.to_thread(self.gauges)
+            if samples and samples.get("tenantry_caches_synced") == 1:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"the operator did not fill its caches within {timeout:.0f}s")
+
     async def until_watching(self, audit: AuditLog, since: int, timeout: float = 60) -> None:
         """Wait until the operator watches AgentTenants: tenants applied earlier would be found
         by its first list, and the trial would time Kopf's start-up, not provisioning."""

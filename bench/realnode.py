@@ -296,6 +296,7 @@ async def run(count: int, workdir: Path) -> dict[str, Any]:
             mark = audit.mark()
             operator.start()
             await operator.until_watching(audit, mark)
+            await operator.until_synced()
             # A kubelet delays the first probe of every pod it meets within one probe period of
             # its own start by a random part of a period (pkg/kubelet/prober/worker.go): the first
             # round would not be like the others.

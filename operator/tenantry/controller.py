@@ -259,6 +259,8 @@ class Controller:
                 logger.warning("could not list the children yet: %s", error)
             await asyncio.sleep(delay)
             delay = min(30.0, delay * 2)
+        logger.info("caches filled from fresh lists: reconciling")
+        metrics.CACHES_SYNCED.set(1)
         await self.queue.run()
 
     def child_seen(self, event: dict[str, Any]) -> None:

@@ -59,6 +59,11 @@ MEMORY_TRIMS = Counter(
     "Times the operator handed freed heap back to the system (glibc's malloc_trim), each once "
     "its queue had stayed empty and no watch event had come for a few seconds.",
 )
+CACHES_SYNCED = Gauge(
+    "tenantry_caches_synced",
+    "1 once this process has filled its caches of children, pods and source Secrets from fresh "
+    "lists and reconciles; 0 before (starting, or waiting for the leader Lease).",
+)
 LEADER = Gauge(
     "tenantry_leader",
     "1 while this process reconciles (it holds the leader Lease, or runs without leader "

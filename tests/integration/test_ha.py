@@ -113,6 +113,8 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
     wait_until(lambda: waiting in standby.log_text(), f"{standby.name} to wait for {identity}")
     wait_until(lambda: leader.metric("tenantry_leader") == 1, "the leader's metrics to say so")
     assert standby.metric("tenantry_leader") == 0
+    assert standby.metric("tenantry_caches_synced") == 0
+    wait_until(lambda: leader.metric("tenantry_caches_synced") == 1, "the leader's caches")
 
     # A first batch becomes Ready under the leader; the standby reconciles nothing meanwhile.
     settled = labelled_tenants(shard, 5)
@@ -203,6 +205,7 @@ def test_metrics_count_reconciles_tenants_by_condition_and_drift(
     expected = {"Ready": 2.0, "Reconciling": 0.0, "Stalled": 1.0}
     wait_until(lambda: by_condition() == expected, f"tenants by condition to be {expected}")
     assert operator.metric("tenantry_leader") == 1
+    assert operator.metric("tenantry_caches_synced") == 1
     for outcome in ("ready", "stalled"):
         count = operator.metric("tenantry_reconcile_duration_seconds_count", outcome=outcome)
         assert count > 0, outcome
