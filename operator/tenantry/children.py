@@ -14,6 +14,7 @@ from typing import Any
 from tenantry.kinds import row
 from tenantry.names import APPLIED_HASH, MANAGED_BY, OPERATOR, SANDBOX_TOKEN_SECRET, TENANT_LABEL
 from tenantry.render import Manifest
+from tenantry.text import shown
 
 FIELD_MANAGER = "tenantry"
 # Managers that legitimately write to our children: the Deployment controller stamps a revision
@@ -92,15 +93,18 @@ def deployment_health(body: Mapping[str, Any]) -> tuple[bool, str]:
         return False, ""  # its conditions describe an older spec
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     failure = conditions.get("ReplicaFailure") or {}
-    if failure.get("status") == "True":
-        return False, failure.get("message") or "replicas cannot be created"
+    if failure.get("status") == "True":  # the API server's refusal of a pod
+        return False, shown(str(failure.get("message") or "replicas cannot be created"))
     progressing = conditions.get("Progressing") or {}
     if progressing.get("status") == "False":  # ProgressDeadlineExceeded
-        return False, progressing.get("message") or "the rollout stopped progressing"
-    available = status.get("availableReplicas", 0)
-    if status.get("updatedReplicas", 0) >= wanted and available >= wanted:
+        return False, shown(str(progressing.get("message") or "the rollout stopped progressing"))
+    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
+    # Old replicas still running (a surge: `replicas` counts every ReplicaSet's) mean the
+    # rollout is not over, though as many replicas as wanted are available, the old ones among
+    # them: `kubectl rollout status` waits for them to go too.
+    if updated >= wanted and available >= wanted and status.get("replicas", 0) <= updated:
         return True, ""
-    if status.get("updatedReplicas", 0) >= wanted and progressing.get("reason") == ROLLED_OUT:
+    if updated >= wanted and progressing.get("reason") == ROLLED_OUT:
         return False, f"{available} of {wanted} replicas available"
     return False, ""
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tenantry.names import COMPONENT_LABEL, CONFIG_HASH, RUNTIME, TENANT_LABEL
+from tenantry.text import shown
 
 # The runtime's exit status for a configuration it refuses (docs/runtime-contract.md).
 REFUSED_EXIT_CODE = 2
-MAX_MESSAGE_CHARS = 1024
 # The runtime pods, as the watch filters them on the server and the resync lists them.
 RUNTIME_POD_LABELS = {COMPONENT_LABEL: RUNTIME}
 RUNTIME_PODS_SELECTOR = ",".join(f"{key}={value}" for key, value in RUNTIME_POD_LABELS.items())
@@ -32,13 +32,6 @@ class RuntimeRefusal:
     config_hash: str  # the pod template's tenantry.dev/config-hash
     image: str  # the runtime container's image: a config may be refused by one image only
     message: str
-
-
-def shown(message: str) -> str:
-    """A termination message as status and events show it: one line of printable text, cut.
-    The runtime image may be the tenant's own, so its last words are data, not markup."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in message).split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
 
 def runtime_refusal(body: Mapping[str, Any]) -> RuntimeRefusal | None:

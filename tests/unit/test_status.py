@@ -142,6 +142,23 @@ def test_a_rollout_going_as_it_should_is_one_state_whatever_its_step() -> None:
     )
 
 
+def test_a_rollout_with_old_replicas_left_is_not_over() -> None:
+    # A surge: the new replica updated, the old one still running and counted as available.
+    surge = deployment(2, 2, 1, progressing=("True", "ReplicaSetUpdated"))
+    surge["status"]["replicas"] = 2  # type: ignore[index]
+    assert deployment_health(surge) == (False, "")
+    surge["status"]["availableReplicas"] = 2  # type: ignore[index]  # the new one ready too
+    assert deployment_health(surge) == (False, "")
+    surge["status"]["replicas"] = 1  # type: ignore[index]  # the old one gone
+    assert deployment_health(surge) == (True, "")
+
+
+def test_a_problem_is_said_in_one_line_of_bounded_length() -> None:
+    long = deployment(1, 1, 0, updated=0, failure="forbidden:\n" + "x" * 40_000)
+    ok, problem = deployment_health(long)
+    assert not ok and len(problem) == 1024 and "\n" not in problem
+
+
 def test_a_deployment_that_cannot_finish_its_rollout_says_why() -> None:
     stuck = deployment(1, 1, 0, progressing=("False", "ProgressDeadlineExceeded"))
     assert deployment_health(stuck) == (False, "ProgressDeadlineExceeded")
