@@ -82,7 +82,7 @@ def deployment_health(body: Mapping[str, Any]) -> tuple[bool, str]:
     A rollout's steps (the controller seeing the spec, the replicas updated, then available)
     are one state, not one each: each step that changed the message changed the child's
     summary, which queued a pass, which wrote the new message into the tenant's status (five
-    status writes for a new tenant instead of three; docs/benchmarks.md). What `Ready` waits
+    to seven status writes for a new tenant instead of three; bench/findings.md). What `Ready` waits
     for is said by `plan.group_states` ("rolling out"); a message here is a problem: a replica
     the controller cannot create, a rollout past its progress deadline, or a replica lost after
     the rollout finished.
