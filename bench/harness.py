@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -382,20 +382,32 @@ class Operator:
                 samples[key] = float(value)
         return samples
 
-    async def until_idle(self, ready: int, timeout: float) -> float:
-        """Wait until the operator has reconciled `ready` tenants to Ready and its queue is empty.
-        Returns seconds since the process started."""
+    async def _until_samples(
+        self, met: Callable[[dict[str, float]], bool], timeout: float, interval: float
+    ) -> bool:
+        """Poll /metrics every `interval` seconds until `met` holds for its samples (True), or
+        until `timeout` has passed (False); the operator must stay up meanwhile."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "operator exited"
             samples = await asyncio.to_thread(self.gauges)
-            if (
-                samples
-                and samples.get('tenantry_tenants{condition="Ready"}') == ready
+            if samples and met(samples):
+                return True
+            await asyncio.sleep(interval)
+        return False
+
+    async def until_idle(self, ready: int, timeout: float) -> float:
+        """Wait until the operator has reconciled `ready` tenants to Ready and its queue is empty.
+        Returns seconds since the process started."""
+
+        def idle(samples: dict[str, float]) -> bool:
+            return (
+                samples.get('tenantry_tenants{condition="Ready"}') == ready
                 and samples.get("tenantry_queue_depth") == 0
-            ):
-                return time.monotonic() - self.started
-            await asyncio.sleep(0.2)
+            )
+
+        if await self._until_samples(idle, timeout, 0.2):
+            return time.monotonic() - self.started
         raise TimeoutError(f"operator not idle with {ready} Ready tenants after {timeout:.0f}s")
 
     async def idle_memory(self) -> dict[str, float]:
@@ -423,16 +435,15 @@ class Operator:
         samples = await asyncio.to_thread(self.gauges)
         assert samples is not None, "the operator's metrics do not answer"
         before = samples.get("tenantry_memory_trims_total", 0.0)
-        while time.monotonic() - started < timeout:
-            assert self.process is not None and self.process.poll() is None, "operator exited"
-            await asyncio.sleep(0.2)
-            samples = await asyncio.to_thread(self.gauges)
-            if (
-                samples
-                and samples.get("tenantry_memory_trims_total", 0.0) > before
+
+        def trimmed(samples: dict[str, float]) -> bool:
+            return (
+                samples.get("tenantry_memory_trims_total", 0.0) > before
                 and samples.get("tenantry_queue_depth") == 0
-            ):
-                return time.monotonic() - started
+            )
+
+        if await self._until_samples(trimmed, timeout, 0.2):
+            return time.monotonic() - started
         # Only glibc has malloc_trim: the operator trims nothing on another C library.
         raise TimeoutError(f"the operator did not trim its memory within {timeout:.0f}s of idling")
 
@@ -441,14 +452,11 @@ class Operator:
         (`tenantry_caches_synced`): before, tenant events wait in its queue. On a fresh
         cluster the first lists can be refused for a second ("storage is (re)initializing"),
         and a trial started then timed that second too."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, "operator exited"
-            samples = await asyncio.to_thread(self.gauges)
-            if samples and samples.get("tenantry_caches_synced") == 1:
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"the operator did not fill its caches within {timeout:.0f}s")
+        synced = await self._until_samples(
+            lambda samples: samples.get("tenantry_caches_synced") == 1, timeout, 0.1
+        )
+        if not synced:
+            raise TimeoutError(f"the operator did not fill its caches within {timeout:.0f}s")
 
     async def until_watching(self, audit: AuditLog, since: int, timeout: float = 60) -> None:
         """Wait until the operator watches AgentTenants: tenants applied earlier would be found

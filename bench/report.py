@@ -143,8 +143,9 @@ def provisioning_section(data: dict[str, Any], plots: Path, targets: list[list[s
 
 N tenants applied at once (32 requests in flight), timed from the first apply until every
 tenant is ready. **Operator**: the bench applies the AgentTenants; `tenantry run` does the rest,
-started before the clock, which starts once it reconciles (`tenantry_caches_synced`); ready means `Ready=True` for the current generation in the tenant's status (what `kubectl wait`
-and Argo CD check). **Direct** (the baseline): no operator; the bench itself writes each tenant and
+started before the clock, which starts once it reconciles (`tenantry_caches_synced`); ready
+means `Ready=True` for the current generation in the tenant's status (what `kubectl wait` and
+Argo CD check). **Direct** (the baseline): no operator; the bench itself writes each tenant and
 the same 16 children the operator renders (`tenantry.render`, server-side apply, in the
 operator's phases: the namespace, then accounts, policies and Secrets at once, then the
 workloads at once), and a tenant is ready when both its Deployments are available —
@@ -430,8 +431,8 @@ tenants arrive one at a time at a steady rate, a fraction of that round's ceilin
 for {data["duration_seconds"]:.0f} s, each on its own schedule (a late answer does not delay the
 next arrival), once through the operator and once written directly (the baseline: the bench
 writes the tenant and its children, as in section 1), each on a fresh cluster, the two modes
-alternating which goes first; the first arrival comes once the operator reconciles. For each tenant: from the moment its apply is sent until it is
-ready (operator: `Ready=True` in its status; direct: both its Deployments available, the test
+alternating which goes first; the first arrival comes once the operator reconciles. For each
+tenant: from the moment its apply is sent until it is ready (operator: `Ready=True` in its status; direct: both its Deployments available, the test
 the operator makes before it reports Ready). Percentiles are per run (nearest rank); each
 ratio is the operator's over the direct run of the same round and rate; all are summarized
 over the rounds.
