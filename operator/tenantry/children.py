@@ -150,6 +150,44 @@ _SHAPES: dict[OwnedFields, OwnedFields] = {}
 SHAPES_KEPT = 1000
 
 
+def replacement(manifest: Manifest, live: Mapping[str, Any]) -> Manifest:
+    """The object a replace of `live` sends: what we render, at the live object's version.
+
+    It drops what other managers added; the managedFields it sends keep only our own entries and
+    the system managers' (and the status writers'), so the others' entries go too. Clearing
+    managedFields outright would not do: the next apply would file every field it does not set
+    (the API server's defaults) under "before-first-apply", a manager of nobody's, and the child
+    would look tampered with forever. The labels and annotations a system manager wrote stay:
+    the Deployment controller's revision annotation dropped moves a Deployment's generation (it
+    counts annotations), a rollout of nothing that turned its tenant NotReady for a moment.
+    """
+    live_meta = live["metadata"]
+    kept = [
+        entry
+        for entry in live_meta.get("managedFields") or []
+        if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource") == "status"
+    ]
+    meta = {
+        **manifest["metadata"],
+        "resourceVersion": live_meta["resourceVersion"],
+        "managedFields": kept or [{}],
+    }
+    for field in ("labels", "annotations"):
+        theirs = {
+            key: value
+            for key, value in (live_meta.get(field) or {}).items()
+            if any(
+                f"f:{key}" in entry.get("fieldsV1", {}).get("f:metadata", {}).get(f"f:{field}", {})
+                for entry in kept
+                # The revision annotation comes with a write of the Deployment's status.
+                if entry.get("manager") in SYSTEM_MANAGERS - {FIELD_MANAGER}
+            )
+        }
+        if theirs:
+            meta[field] = {**theirs, **(manifest["metadata"].get(field) or {})}
+    return {**manifest, "metadata": meta}
+
+
 def owned_fields(entries: list[Mapping[str, Any]]) -> OwnedFields:
     """What Tenantry's own entries (the namespace's create, every apply) own."""
     fields: set[FieldPath] = set()

@@ -10,7 +10,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tenantry.children import ChildKey, LiveChild, apply_reason, child_key, child_path
+from tenantry.children import (
+    ChildKey,
+    LiveChild,
+    apply_reason,
+    child_key,
+    child_path,
+    summarize,
+)
 from tenantry.kinds import row
 from tenantry.models import KIND, AgentTenant
 from tenantry.names import CONFIG_HASH, RUNTIME, SANDBOX, TENANT_LABEL
@@ -96,15 +103,12 @@ class Write:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one pass does: its writes phase by phase, what it prunes, and what it will report."""
+    """What one pass writes, phase by phase, what it prunes, and which writes correct drift.
+    How the tenant then stands is `outcome`'s, from what the writes answered."""
 
     phases: tuple[tuple[Write, ...], ...]  # in order; every write of one phase at once
     prune: tuple[ChildKey, ...]
     corrected: tuple[Correction, ...]
-    groups: Mapping[str, GroupState]
-    # (reason, message) when the tenant cannot become Ready until a human acts, although
-    # everything was written: its runtime refuses the configuration it was given.
-    stalled: tuple[str, str] | None = None
 
     @property
     def writes(self) -> tuple[Write, ...]:
@@ -129,7 +133,6 @@ def plan(
     live: Mapping[ChildKey, LiveChild],
     namespace_exists: bool,
     was_ready: bool,
-    refusals: Iterable[RuntimeRefusal] = (),
     new: frozenset[ChildKey] = frozenset(),
 ) -> Plan:
     """Compare the rendered children with the live ones (this tenant's only, see `ours`).
@@ -150,12 +153,6 @@ def plan(
         if was_ready and write.reason != "changed" and write.key not in new
     )
     wanted = {child_key(manifest) for manifest in desired}
-    groups = group_states(tenant, namespace, {write.key for write in writes}, live)
-    refused = current_refusal(namespace, desired, refusals)
-    stalled = None
-    if refused is not None and not groups["RuntimeReady"].ok:
-        stalled = (RUNTIME_CONFIG_REFUSED, refused.message)
-        groups["RuntimeReady"] = GroupState(False, *stalled)
     return Plan(
         phases=tuple(
             tuple(write for write in writes if row(write.key[0]).phase == phase) for phase in phases
@@ -164,9 +161,28 @@ def plan(
         # by garbage collection, never because a pass did not render it.
         prune=tuple(key for key in sorted(set(live) - wanted) if row(key[0]).namespaced),
         corrected=corrected,
-        groups=groups,
-        stalled=stalled,
     )
+
+
+def outcome(
+    tenant: AgentTenant,
+    namespace: str,
+    desired: Iterable[Manifest],
+    live: Mapping[ChildKey, LiveChild],
+    answers: Mapping[ChildKey, Mapping[str, Any]],
+    refusals: Iterable[RuntimeRefusal] = (),
+) -> tuple[dict[str, GroupState], tuple[str, str] | None]:
+    """How the tenant stands after a pass that did not stall: the state of each child group,
+    and (reason, message) when it cannot become Ready until a human acts although everything
+    was written (its runtime refuses the configuration it was given). `answers` are the API
+    server's answers to this pass's writes, newer than `live`."""
+    groups = group_states(tenant, namespace, live, answers)
+    refused = current_refusal(namespace, desired, refusals)
+    if refused is None or groups["RuntimeReady"].ok:
+        return groups, None
+    stalled = (RUNTIME_CONFIG_REFUSED, refused.message)
+    groups["RuntimeReady"] = GroupState(False, *stalled)
+    return groups, stalled
 
 
 RUNTIME_CONFIG_REFUSED = "RuntimeConfigRefused"
@@ -197,24 +213,28 @@ def current_refusal(
 def group_states(
     tenant: AgentTenant,
     namespace: str,
-    written: set[ChildKey],
     live: Mapping[ChildKey, LiveChild],
+    answers: Mapping[ChildKey, Mapping[str, Any]],
 ) -> dict[str, GroupState]:
-    """The state of each child group after a pass that wrote `written` (it did not stall).
+    """The state of each child group after a pass (it did not stall) whose writes were answered
+    `answers`.
 
     The namespace, quota, policies and accounts have no state of their own beyond being applied,
     which a pass that did not stall has done: `Ready` covers them. The workloads do: available
-    only once their Deployment's controller says so, never merely because they were applied.
+    only once their Deployment's controller says so, never merely because they were applied. A
+    Deployment this pass wrote is judged by the write's answer, not by what it was before: a
+    replace that takes back a label changes no spec, and leaves it available.
     """
 
     def workload(component: str) -> GroupState:
         key = ("Deployment", namespace, component)
-        child = None if key in written else live.get(key)  # one just written is not seen yet
+        answer = answers.get(key)
+        child = summarize(answer) if answer is not None else live.get(key)
         if child is not None and child.available:
             return GroupState(True, "Available")
         if child is not None and child.problem:
             return GroupState(False, "Unavailable", f"{component}: {child.problem}")
-        # Not seen yet, or rolling out as it should (children.deployment_health): one message
+        # Just created, or rolling out as it should (children.deployment_health): one message
         # for all, so that a rollout's steps write no new status.
         return GroupState(False, "RollingOut", f"the {component} Deployment is rolling out")
 

@@ -45,6 +45,7 @@ from tenantry.plan import (
     check_namespace_name,
     check_uid_slot,
     ours,
+    outcome,
     owns,
     plan,
 )
@@ -61,7 +62,7 @@ from tenantry.render import (
 from tenantry.report import StatusReporter, TenantGone
 from tenantry.resources import AgentTenantResource
 from tenantry.status import GroupState, Observation, condition_of
-from tenantry.writes import ChildWriter, Written, gather_all
+from tenantry.writes import Answer, ChildWriter, Written, gather_all
 
 logger = logging.getLogger("tenantry.reconcile")
 
@@ -213,29 +214,35 @@ class Reconciler:
             facts.live,
             facts.namespace_exists,
             was_ready,
-            refusals,
             templated - self._templated.get(uid, templated),
         )
-        await self._carry_out(decided, tenant, uid)
+        answers = await self._carry_out(decided, tenant, uid)
         self._templated[uid] = templated
+        groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
         return Observation(
             generation=generation,
             namespace=facts.namespace,
             topic_source=tenant.name,
-            groups=decided.groups,
-            stalled=decided.stalled,
+            groups=groups,
+            stalled=stalled,
             corrected=decided.corrected,
             pruned=tuple(describe_child(key) for key in decided.prune),
         )
 
-    async def _carry_out(self, decided: Plan, tenant: AgentTenant, uid: str) -> None:
+    async def _carry_out(
+        self, decided: Plan, tenant: AgentTenant, uid: str
+    ) -> dict[ChildKey, Answer]:
+        """Write and prune what the plan says; the API server's answers to the writes (but the
+        namespace's creation), by child."""
+        answers: dict[ChildKey, Answer] = {}
+
         async def write(item: Write) -> None:
             if item.method == "create":
                 await self._create_namespace(item.manifest, tenant, uid)
             elif item.method == "replace":
-                await self.writer.replace(item.manifest)
+                answers[item.key] = await self.writer.replace(item.manifest)
             else:
-                await self.writer.apply(item.manifest)
+                answers[item.key] = await self.writer.apply(item.manifest)
             logger.info(
                 "applied %s (%s)",
                 describe_child(item.key),
@@ -253,6 +260,7 @@ class Reconciler:
                 describe_child(key),
                 extra={"tenant": tenant.name},
             )
+        return answers
 
     async def _read_facts(
         self, tenant: AgentTenant, uid: str, live: Mapping[ChildKey, LiveChild]

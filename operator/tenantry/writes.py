@@ -18,7 +18,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
-from tenantry.children import FIELD_MANAGER, SYSTEM_MANAGERS, ChildKey, child_key, describe_child
+from tenantry.children import FIELD_MANAGER, ChildKey, child_key, describe_child, replacement
 from tenantry.kinds import BY_KIND, resource_of
 from tenantry.plan import Stall
 from tenantry.render import Manifest
@@ -67,6 +67,8 @@ async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
 # Told each child as the API server answered a write of it: what the child is now, before the
 # watch event of that write arrives (children.ChildCache.written).
 Written = Callable[[Mapping[str, Any]], None]
+# The API server's answer to a write: the child as it is after it.
+Answer = dict[str, Any]
 
 
 @dataclass
@@ -76,9 +78,11 @@ class ChildWriter:
     template_kinds: tuple[str, ...] = ()
     written: Written | None = None
 
-    def _answered(self, kind: str, obj: Any) -> None:
+    def _answered(self, kind: str, obj: Any) -> Answer:
+        answer = {**obj.to_dict(), "kind": kind}
         if self.written is not None:
-            self.written({**obj.to_dict(), "kind": kind})
+            self.written(answer)
+        return answer
 
     def resource(self, kind: str) -> Any:
         return resource_of(kind, self.template_kinds)
@@ -95,8 +99,8 @@ class ChildWriter:
         result: dict[str, Any] = obj.to_dict()
         return result
 
-    async def create_namespace(self, manifest: Manifest) -> bool:
-        """Create the tenant's namespace; False when one of that name appeared meanwhile (the
+    async def create_namespace(self, manifest: Manifest) -> Answer | None:
+        """Create the tenant's namespace; None when one of that name appeared meanwhile (the
         caller decides whether it is the tenant's, see plan.owns)."""
         try:
             created = await self.client.create(  # type: ignore[call-overload]
@@ -105,11 +109,10 @@ class ChildWriter:
         except ApiError as error:
             if error.status.code != 409:
                 raise
-            return False
-        self._answered("Namespace", created)
-        return True
+            return None
+        return self._answered("Namespace", created)
 
-    async def apply(self, manifest: Manifest) -> None:
+    async def apply(self, manifest: Manifest) -> Answer:
         kind, namespace, name = key = child_key(manifest)
         with refusals_stall(key):
             applied = await self.client.patch(
@@ -121,40 +124,23 @@ class ChildWriter:
                 field_manager=FIELD_MANAGER,
                 force=True,
             )
-        self._answered(kind, applied)
+        return self._answered(kind, applied)
 
-    async def replace(self, manifest: Manifest) -> None:
-        """Make a child exactly what we render, dropping what others added to it.
-
-        A forced apply takes back the fields we own, but leaves fields another manager added (a
-        label added to a policy's podSelector narrows it to nothing). A replace drops them; the
-        managedFields it sends keep only our own entries (and the status writers'), so their
-        managers go too. Clearing managedFields outright would not do: the next apply would file
-        every field it does not set (the API server's defaults) under "before-first-apply", a
-        manager of nobody's, and the child would look tampered with forever.
-        """
+    async def replace(self, manifest: Manifest) -> Answer:
+        """Make a child exactly what we render, dropping what others added to it
+        (children.replacement). A forced apply takes back the fields we own, but leaves fields
+        another manager added (a label added to a policy's podSelector narrows it to nothing)."""
         kind, namespace, name = key = child_key(manifest)
         resource = self.resource(kind)
         live = await self.get(resource, name, namespace or None)
         if live is None:
-            await self.apply(manifest)  # deleted meanwhile: put it back
-            return
-        entries = [
-            entry
-            for entry in live["metadata"].get("managedFields") or []
-            if entry.get("manager") in SYSTEM_MANAGERS or entry.get("subresource") == "status"
-        ]
-        meta = {
-            **manifest["metadata"],
-            "resourceVersion": live["metadata"]["resourceVersion"],
-            "managedFields": entries or [{}],
-        }
+            return await self.apply(manifest)  # deleted meanwhile: put it back
         # A 404 or 409 (changed meanwhile) is raised as it is: the queue's retry looks again.
         with refusals_stall(key):
             replaced = await self.client.replace(
-                resource.from_dict({**manifest, "metadata": meta}), field_manager=FIELD_MANAGER
+                resource.from_dict(replacement(manifest, live)), field_manager=FIELD_MANAGER
             )
-        self._answered(kind, replaced)
+        return self._answered(kind, replaced)
 
     async def delete(self, key: ChildKey) -> None:
         kind, namespace, name = key

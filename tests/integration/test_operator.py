@@ -272,6 +272,46 @@ def test_drift_is_corrected(kube: Client, new_tenant: NewTenant) -> None:
     assert "DriftCorrected" in {e.reason for e in events}
 
 
+def test_a_label_taken_back_from_a_deployment_leaves_the_tenant_ready(
+    kube: Client, new_tenant: NewTenant
+) -> None:
+    """Finding: taking back a label someone added to a Deployment replaced it without the
+    revision annotation its controller had written. A Deployment's generation counts its
+    annotations, so the replace started a rollout of nothing: the tenant went NotReady, with a
+    Warning event, until the controller wrote the annotation again."""
+    name = new_tenant(prefix="relabel")
+    ready = tenants.wait_condition(kube, name, "Ready")
+    namespace = namespace_of(name)
+    generation = kube.get(Deployment, "runtime", namespace=namespace).metadata.generation  # type: ignore[union-attr]
+    time.sleep(1.1)  # a flap now would move lastTransitionTime, which has whole seconds
+    kube.patch(
+        Deployment,
+        "runtime",
+        {"metadata": {"labels": {"team": "intruder"}}},
+        namespace=namespace,
+        patch_type=PatchType.MERGE,
+        field_manager="intruder",
+    )
+
+    def taken_back() -> bool:
+        labels = kube.get(Deployment, "runtime", namespace=namespace).metadata.labels or {}  # type: ignore[union-attr]
+        corrected = any("Deployment" in message for message in tenants.drift_events(kube, name))
+        return corrected and "team" not in labels
+
+    wait_until(taken_back, "the label to be taken back", timeout=60)
+    time.sleep(3)  # the passes that the replace's own events cause
+    after = kube.get(Deployment, "runtime", namespace=namespace)
+    assert after.metadata.generation == generation  # type: ignore[union-attr]
+    now = tenants.condition(kube, name, "Ready")
+    assert (now["status"], now["lastTransitionTime"]) == ("True", ready["lastTransitionTime"])
+    warned = [
+        e.reason
+        for e in kube.list(Event, namespace="default")
+        if e.involvedObject.name == name and e.reason == "NotReady"
+    ]
+    assert not warned
+
+
 @pytest.mark.parametrize(
     ("claimed", "expected"),
     [

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tenantry.children import apply_reason, summarize
+from tenantry.children import apply_reason, replacement, summarize
 from tenantry.cli import load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.render import ClusterFacts, render
@@ -192,3 +192,49 @@ def test_a_claim_owns_lists_and_structs_the_api_server_files_whole() -> None:
     del applied["f:spec"]["f:selector"]
     reason = apply_reason(desired, summarize(live(desired, ours, binder)))
     assert reason == "someone changed spec.selector.matchLabels.tier"
+
+
+def deployment(name: str = "runtime") -> dict[str, Any]:
+    acme = load_tenants(str(REPO / "examples" / "acme.yaml"))[0]
+    facts = ClusterFacts(uid=UID, secret_data={"model-credentials": {"api-key": "eA=="}})
+    children = render(acme, OperatorConfig(), facts)
+    return next(m for m in children if m["kind"] == "Deployment" and m["metadata"]["name"] == name)
+
+
+def test_a_replace_keeps_what_the_system_managers_wrote_and_drops_the_rest() -> None:
+    """Finding: a replace dropped the revision annotation the Deployment controller writes
+    (with its status), which moved the Deployment's generation: a rollout of nothing."""
+    manifest = deployment()
+    meta = manifest["metadata"]
+    revision = "deployment.kubernetes.io/revision"
+    ours = entry("tenantry", "Apply", list(meta["labels"]), list(meta["annotations"]))
+    controller = {
+        **entry("kube-controller-manager", "Update", [], [revision]),
+        "subresource": "status",
+    }
+    intruder = entry("intruder", "Update", ["team"], ["note"])
+    body = live(manifest, ours, controller, intruder)
+    body["metadata"] = {
+        **body["metadata"],
+        "resourceVersion": "42",
+        "labels": {**meta["labels"], "team": "x"},
+        "annotations": {**meta["annotations"], revision: "3", "note": "x"},
+    }
+    sent = replacement(manifest, body)["metadata"]
+    assert sent["labels"] == meta["labels"]
+    assert sent["annotations"] == {**meta["annotations"], revision: "3"}
+    assert sent["managedFields"] == [ours, controller]
+    assert sent["resourceVersion"] == "42"
+    # One of ours a system manager also claims stays what we render.
+    claimed = {**meta["annotations"], revision: "ours"}
+    mine = {**manifest, "metadata": {**meta, "annotations": claimed}}
+    assert replacement(mine, body)["metadata"]["annotations"][revision] == "ours"
+
+
+def test_a_replace_of_a_child_only_others_wrote_to_sends_one_empty_entry() -> None:
+    """An empty managedFields list would leave them as they are; one empty entry clears them."""
+    manifest = deployment()
+    body = live(manifest, entry("intruder", "Update", ["team"]))
+    body["metadata"] = {**body["metadata"], "resourceVersion": "7", "labels": {"team": "x"}}
+    sent = replacement(manifest, body)["metadata"]
+    assert sent["managedFields"] == [{}] and sent["labels"] == manifest["metadata"]["labels"]

@@ -14,7 +14,7 @@ from tenantry.cli import load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND
 from tenantry.models import AgentTenant
-from tenantry.plan import Plan, Stall, check_namespace_name, ours, owns, plan
+from tenantry.plan import Plan, Stall, check_namespace_name, ours, outcome, owns, plan
 from tenantry.pods import RuntimeRefusal
 from tenantry.render import ClusterFacts, render
 from tenantry.status import GroupState
@@ -59,13 +59,17 @@ def applied_fields(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return tree({**body, "metadata": kept}, ())
 
 
-def as_live(
+def as_live(*args: Any, **kwargs: Any) -> dict[ChildKey, LiveChild]:
+    return {key: summarize(body) for key, body in as_bodies(*args, **kwargs).items()}
+
+
+def as_bodies(
     manifests: list[dict[str, Any]],
     managers: Mapping[ChildKey, str] = {},
     available: bool = True,
     taken: Mapping[ChildKey, str] = {},
     deployment_status: Mapping[str, Any] | None = None,
-) -> dict[ChildKey, LiveChild]:
+) -> dict[ChildKey, dict[str, Any]]:
     """The live children the watch would report for these manifests, as applied by us (and by
     the managers given, per child, which own fields of their own or, for a child in `taken`,
     that label of ours: they changed it), with every Deployment available or not (or with the
@@ -96,8 +100,16 @@ def as_live(
             }
             if deployment_status is not None:
                 body["status"] = deployment_status
-        live[key] = summarize(body)
+        live[key] = body
     return live
+
+
+def created(decided: Plan) -> dict[ChildKey, dict[str, Any]]:
+    """What the API server answers to the writes of children that did not exist: no status."""
+    return {
+        write.key: {**write.manifest, "metadata": {**write.manifest["metadata"], "generation": 1}}
+        for write in decided.writes
+    }
 
 
 def written(decided: Plan) -> dict[ChildKey, tuple[str, str]]:
@@ -114,23 +126,27 @@ def test_a_new_tenant_writes_every_child_phase_by_phase_creating_its_namespace()
     assert all(len(kinds) == 1 for kinds in phases)
     assert [min(kinds) for kinds in phases] == sorted({BY_KIND[m["kind"]].phase for m in children})
     assert decided.prune == () and decided.corrected == ()
-    assert decided.groups["RuntimeReady"].reason == "RollingOut"
-    assert not decided.groups["RuntimeReady"].ok
+    groups, _ = outcome(acme(), NAMESPACE, children, {}, created(decided))
+    assert groups["RuntimeReady"].reason == "RollingOut"
+    assert not groups["RuntimeReady"].ok
 
 
 def test_an_unchanged_tenant_writes_nothing_and_is_ready() -> None:
     children = desired()
-    decided = plan(acme(), NAMESPACE, children, as_live(children), True, was_ready=True)
+    live = as_live(children)
+    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
     assert decided.writes == () and decided.prune == () and decided.corrected == ()
-    assert all(state.ok for state in decided.groups.values()), decided.groups
+    groups, stalled = outcome(acme(), NAMESPACE, children, live, {})
+    assert all(state.ok for state in groups.values()) and stalled is None, groups
 
 
 def test_a_workload_that_is_not_available_keeps_its_group_false_with_the_reason() -> None:
     children = desired()
-    decided = plan(acme(), NAMESPACE, children, as_live(children, available=False), True, True)
-    assert decided.writes == ()
-    assert decided.groups["RuntimeReady"].reason == "Unavailable"
-    assert "0 of 1 replicas available" in decided.groups["RuntimeReady"].message
+    live = as_live(children, available=False)
+    assert plan(acme(), NAMESPACE, children, live, True, True).writes == ()
+    groups, _ = outcome(acme(), NAMESPACE, children, live, {})
+    assert groups["RuntimeReady"].reason == "Unavailable"
+    assert "0 of 1 replicas available" in groups["RuntimeReady"].message
 
 
 def test_a_workload_rolling_out_says_so_whatever_the_step_of_its_rollout() -> None:
@@ -138,21 +154,40 @@ def test_a_workload_rolling_out_says_so_whatever_the_step_of_its_rollout() -> No
     steps = ({}, {"observedGeneration": 1}, {"observedGeneration": 1, "updatedReplicas": 1})
     for status in steps:
         live = as_live(children, deployment_status=status)
-        decided = plan(acme(), NAMESPACE, children, live, True, was_ready=False)
-        assert decided.writes == ()  # seen, not just written
+        assert plan(acme(), NAMESPACE, children, live, True, was_ready=False).writes == ()
+        groups, _ = outcome(acme(), NAMESPACE, children, live, {})
         for group, name in (("RuntimeReady", "runtime"), ("SandboxReady", "sandbox")):
-            state = decided.groups[group]
+            state = groups[group]
             assert (state.reason, state.message) == (
                 "RollingOut",
                 f"the {name} Deployment is rolling out",
             )
 
 
+def test_a_deployment_the_pass_wrote_is_judged_by_the_api_servers_answer() -> None:
+    """Finding: a Deployment written by a pass counted as rolling out until its watch event,
+    so taking back a label someone added (a replace that changes no spec) turned a Ready
+    tenant NotReady for a moment, with a Warning event."""
+    children = desired()
+    runtime = ("Deployment", NAMESPACE, "runtime")
+    live = as_live(children, managers={runtime: "intruder"})
+    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
+    assert written(decided) == {runtime: ("replace", "changed by intruder")}
+    answer = as_bodies(children)[runtime]  # the same spec, its rollout long over
+    groups, _ = outcome(acme(), NAMESPACE, children, live, {runtime: answer})
+    assert groups["RuntimeReady"] == GroupState(True, "Available")
+    # A write that changed the spec moved the generation: a rollout, until the controller says.
+    moved = {**answer, "metadata": {**answer["metadata"], "generation": 2}}
+    moved["status"] = {**answer["status"], "observedGeneration": 1}
+    groups, _ = outcome(acme(), NAMESPACE, children, as_live(children), {runtime: moved})
+    assert groups["RuntimeReady"].reason == "RollingOut"
+
+
 def test_a_tenant_without_a_sandbox_reports_it_disabled() -> None:
     tenant = acme(sandbox=acme().spec.sandbox.model_copy(update={"enabled": False}))
     children = desired(tenant)
-    decided = plan(tenant, NAMESPACE, children, as_live(children), True, True)
-    assert decided.groups["SandboxReady"].reason == "Disabled" and decided.groups["SandboxReady"].ok
+    groups, _ = outcome(tenant, NAMESPACE, children, as_live(children), {})
+    assert groups["SandboxReady"].reason == "Disabled" and groups["SandboxReady"].ok
 
 
 def test_drift_on_a_ready_tenant_is_corrected_and_reported() -> None:
@@ -314,12 +349,11 @@ def test_a_runtime_that_refuses_its_current_configuration_stalls_the_tenant() ->
     children = desired()
     live = as_live(children, available=False)
     refused = refusal_of(children)
-    decided = plan(acme(), NAMESPACE, children, live, True, True, [refused])
-    assert decided.stalled == ("RuntimeConfigRefused", refused.message)
-    assert decided.groups["RuntimeReady"] == GroupState(
-        False, "RuntimeConfigRefused", refused.message
-    )
-    assert decided.writes == ()  # everything is applied: only a human can help now
+    groups, stalled = outcome(acme(), NAMESPACE, children, live, {}, [refused])
+    assert stalled == ("RuntimeConfigRefused", refused.message)
+    assert groups["RuntimeReady"] == GroupState(False, "RuntimeConfigRefused", refused.message)
+    # everything is applied: only a human can help now
+    assert plan(acme(), NAMESPACE, children, live, True, True).writes == ()
 
 
 def test_a_refusal_of_another_configuration_or_image_or_namespace_is_the_past() -> None:
@@ -331,14 +365,14 @@ def test_a_refusal_of_another_configuration_or_image_or_namespace_is_the_past() 
         replace(refused, image="an-older-image"),
         replace(refused, namespace="tenant-globex"),
     ):
-        decided = plan(acme(), NAMESPACE, children, live, True, True, [old])
-        assert decided.stalled is None
-        assert decided.groups["RuntimeReady"].reason == "Unavailable"
+        groups, stalled = outcome(acme(), NAMESPACE, children, live, {}, [old])
+        assert stalled is None
+        assert groups["RuntimeReady"].reason == "Unavailable"
 
 
 def test_an_available_runtime_is_not_stalled_by_an_old_pods_refusal() -> None:
     children = desired()
-    decided = plan(
-        acme(), NAMESPACE, children, as_live(children), True, True, [refusal_of(children)]
+    groups, stalled = outcome(
+        acme(), NAMESPACE, children, as_live(children), {}, [refusal_of(children)]
     )
-    assert decided.stalled is None and decided.groups["RuntimeReady"].ok
+    assert stalled is None and groups["RuntimeReady"].ok
