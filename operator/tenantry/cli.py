@@ -248,7 +248,7 @@ def command_run(args: argparse.Namespace) -> None:
     # Imported here: `crd` and `render` must work offline, without Kopf or the handlers.
     import kopf  # noqa: PLC0415
 
-    from tenantry.handlers import register_children  # noqa: PLC0415 - importing registers the rest
+    import tenantry.handlers  # noqa: F401, PLC0415 - importing registers Kopf's handlers
     from tenantry.leader import Timings  # noqa: PLC0415
     from tenantry.logs import configure  # noqa: PLC0415
     from tenantry.metrics import parse_address  # noqa: PLC0415
@@ -269,7 +269,6 @@ def command_run(args: argparse.Namespace) -> None:
             problems.append(f"--metrics-address (env TENANTRY_METRICS_ADDRESS): {error}")
     if problems:
         raise SystemExit("tenantry: invalid configuration:\n  " + "\n  ".join(problems))
-    register_children(config)
     memo = kopf.Memo(config=config, operator_namespace=args.operator_namespace)
     asyncio.run(operate(args, memo, timings))
 

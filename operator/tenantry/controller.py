@@ -1,6 +1,7 @@
 """What one operator process keeps and runs besides Kopf: the tenants and children its watches
-saw, the work queue, the resync from fresh lists, the drift timer and the watch of source Secrets.
-The Kopf handlers (tenantry.handlers) only feed it events.
+saw, the work queue, the resync from fresh lists, the drift timer, and the watches of children,
+runtime pods and source Secrets (tenantry.watches). The Kopf handlers (tenantry.handlers) only
+feed it the tenants' and templates' events.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, Secret
-from lightkube.types import OnErrorAction, OnErrorResult
 from pydantic import ValidationError
 
 from tenantry import metrics
 from tenantry.children import ChildCache
 from tenantry.config import OperatorConfig
-from tenantry.kinds import BY_KIND, child_kinds, row
+from tenantry.kinds import BY_KIND, ChildKind, child_kinds, row
 from tenantry.memory import TrimWhenQuiet
 from tenantry.models import AgentTenantTemplate, BrokenTemplate, template_selects
 from tenantry.names import MANAGED_BY, OPERATOR
@@ -30,6 +30,8 @@ from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
+from tenantry.transport import status_code
+from tenantry.watches import watch
 
 logger = logging.getLogger("tenantry.controller")
 T = TypeVar("T")
@@ -81,6 +83,9 @@ class Controller:
         self.last_seen: dict[str, int] = {}
         # (name -> creationTimestamp) of every tenant the last list found, watched or not yet.
         self.listed: dict[str, str] = {}
+        # The resourceVersion each kind's last list was read at (children by kind, and "Pod"):
+        # where its watch starts.
+        self.listed_at: dict[str, str] = {}
 
     async def reconcile(self, name: str) -> None:
         body = self.tenants.get(name)
@@ -183,28 +188,30 @@ class Controller:
         await self.resync_templates()
         await self.resync_sources()
         fresh = ChildCache()
-        for child in child_kinds(self.config.template_kinds):
-            if child.kind == "Secret" and self.config.scoped_secrets:
-                continue  # not listable cluster-wide then; each reconcile lists its tenant's
+        for child in watched_kinds(self.config):
             where = {"namespace": "*"} if child.namespaced else {}
             try:
-                async for obj in client.list(
+                listing = client.list(
                     child.resource, labels={MANAGED_BY: OPERATOR}, chunk_size=RESYNC_CHUNK, **where
-                ):  # type: ignore[call-overload]
+                )  # type: ignore[call-overload]
+                async for obj in listing:
                     fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
-            except ApiError as error:
-                if child.kind in BY_KIND or error.status.code not in (403, 404):
+                self.listed_at[child.kind] = listing.resourceVersion
+            except httpx2.HTTPStatusError as error:  # an ApiError, or a plain-text refusal
+                if child.kind in BY_KIND or status_code(error) not in (403, 404):
                     raise
                 # A templated kind not served (its CRD is missing) or not granted: the tenants
                 # whose templates render it stall saying so (writes.refusals_stall).
-                logger.warning("cannot list %s children: %s", child.kind, error.status.message)
+                logger.warning("cannot list %s children: %s", child.kind, error)
         self.children.replace(fresh)
         pods = PodCache()
         try:
-            async for pod in client.list(
+            listing = client.list(
                 Pod, namespace="*", labels=dict(RUNTIME_POD_LABELS), chunk_size=RESYNC_CHUNK
-            ):
+            )
+            async for pod in listing:
                 pods.observe({**pod.to_dict(), "kind": "Pod"}, deleted=False)
+            self.listed_at["Pod"] = listing.resourceVersion
         except ApiError as error:
             if error.status.code != 403:
                 raise
@@ -261,7 +268,43 @@ class Controller:
             delay = min(30.0, delay * 2)
         logger.info("caches filled from fresh lists: reconciling")
         metrics.CACHES_SYNCED.set(1)
-        await self.queue.run()
+        # The watches start where the first lists ended: a start replays nothing.
+        async with asyncio.TaskGroup() as running:
+            for child in watched_kinds(self.config):
+                running.create_task(self.watch_children(child))
+            running.create_task(self.watch_runtime_pods())
+            running.create_task(self.queue.run())
+
+    async def watch_children(self, child: ChildKind) -> None:
+        def seen(change: str, obj: Any) -> None:
+            self.child_seen({"type": change, "object": {**obj.to_dict(), "kind": child.kind}})
+
+        await watch(
+            self.reconciler.client,
+            child.resource,
+            seen,
+            what=f"{child.kind} children",
+            since=self.listed_at.get(child.kind),
+            namespace="*" if child.namespaced else None,
+            labels={MANAGED_BY: OPERATOR},
+            # A templated kind not served or not granted: the resync says so once a period.
+            refused_wait=self.config.drift_interval_seconds,
+        )
+
+    async def watch_runtime_pods(self) -> None:
+        def seen(change: str, obj: Any) -> None:
+            self.pod_seen({"type": change, "object": {**obj.to_dict(), "kind": "Pod"}})
+
+        await watch(
+            self.reconciler.client,
+            Pod,
+            seen,
+            what="runtime pods",
+            since=self.listed_at.get("Pod"),
+            namespace="*",
+            labels=RUNTIME_POD_LABELS,
+            refused_wait=self.config.drift_interval_seconds,
+        )
 
     def child_seen(self, event: dict[str, Any]) -> None:
         self.trimmer.activity()
@@ -305,26 +348,20 @@ class Controller:
         """Reconcile the tenants that copy a source Secret whenever it changes.
 
         A rotated key then reaches the runtime at once, and a tenant stalled on a Secret that
-        did not exist or did not allow it resumes as soon as that is fixed.
-
-        lightkube retries a watch whose answer breaks (`on_error`), not one whose request to
-        reconnect fails: it sends that request outside its retry. An API server still away when
-        the watch reconnected ended this task for good, and rotated keys waited for the drift
-        resync. Such a failure starts the watch over after the same backoff; its first events
-        are every source again, so nothing that changed meanwhile is missed.
+        did not exist or did not allow it resumes as soon as that is fixed. The watch carries
+        on after the API server was away (tests/integration/test_faults.py), see watches.py.
         """
-        attempt = 0
-        while True:
-            watch = self.reconciler.client.watch(
-                Secret, namespace=self.config.secret_source_namespace, on_error=retry_with_backoff
-            )
-            try:
-                async for kind, secret in watch:
-                    attempt = 0
-                    self.source_seen(secret, deleted=kind == "DELETED")
-            except httpx2.HTTPError as error:
-                attempt += 1
-                await asyncio.sleep(retry_with_backoff(error, attempt).sleep)
+
+        def seen(change: str, secret: Secret) -> None:
+            self.source_seen(secret, deleted=change == "DELETED")
+
+        await watch(
+            self.reconciler.client,
+            Secret,
+            seen,
+            what="secret sources",
+            namespace=self.config.secret_source_namespace,
+        )
 
     def source_seen(self, secret: Secret, *, deleted: bool) -> None:
         name = secret.metadata.name if secret.metadata else None
@@ -432,7 +469,9 @@ def read_template(body: dict[str, Any]) -> AgentTenantTemplate | BrokenTemplate:
         return broken
 
 
-def retry_with_backoff(error: Exception, attempt: int) -> OnErrorResult:
-    metrics.api_error("watch", error)
-    logger.warning("watch of secret sources failed (attempt %d): %s", attempt, error)
-    return OnErrorResult(OnErrorAction.RETRY, sleep=min(30.0, 2.0 ** min(attempt, 5)))
+def watched_kinds(config: OperatorConfig) -> list[ChildKind]:
+    """The child kinds listed and watched cluster-wide: Tenantry's own and those templates may
+    render. With scoped Secrets the operator may not list Secrets cluster-wide, so each
+    reconcile lists its tenant's instead (see reconcile)."""
+    kinds = child_kinds(config.template_kinds)
+    return [c for c in kinds if not (c.kind == "Secret" and config.scoped_secrets)]

@@ -1,4 +1,6 @@
-"""Thin Kopf wiring: watch events feed the controller's caches and queue; the reconcile does the work.
+"""Thin Kopf wiring: the tenants' and templates' watch events feed the controller's caches and
+queue; the reconcile does the work. The children, runtime pods and source Secrets are watched
+by the controller itself (tenantry.watches).
 
 Only `on.event` handlers are used, so Kopf keeps no per-object
 state: no finalizers, no bookkeeping annotations, no status writes of its own. Drift is
@@ -22,19 +24,12 @@ from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
-from tenantry.kinds import CHILD_KINDS, child_kinds
 from tenantry.models import GROUP, PLURAL, TEMPLATE_PLURAL, VERSION
-from tenantry.names import MANAGED_BY, OPERATOR
-from tenantry.pods import RUNTIME_POD_LABELS, RUNTIME_PODS_SELECTOR
 from tenantry.transport import api_client
 
 logger = logging.getLogger("tenantry.handlers")
 
-# Tenantry's own kinds of children, as (group, version, plural); the templates' are added from
-# the operator's configuration. Their watches are filtered server-side, by the label on every child.
-CHILD_RESOURCES = tuple(child.watched for child in CHILD_KINDS)
-CHILD_SELECTOR = f"{MANAGED_BY}={OPERATOR}"
-# Objects per page of Kopf's initial lists (one tenant has 17 watched objects). See configure.
+# Objects per page of Kopf's initial list of tenants. See configure.
 LIST_CHUNK = 50
 # Seconds one of Kopf's per-object workers waits for the object's next event before it exits
 # (Kopf's default: 5). See configure.
@@ -90,32 +85,19 @@ class NoObjectMemories(ResourceMemories):
 def configure(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     settings.posting.enabled = False  # the reconcile posts its own events, about transitions only
     settings.persistence.diffbase_storage = NoDiffBase()
-    # Kopf lists every watched kind at start, all kinds at once; each whole list parsed at
-    # once held the bodies of every object of the cluster's tenants together, a peak the
-    # process kept as its resident size afterwards (docs/benchmarks.md: memory after a restart).
-    # Pages of 200 still had 200 objects of each of 17 kinds in flight at once: over 1000
-    # tenants, pages of 50 took the resident size after a restart and a trim from 134-136 to
-    # 118-119 MiB, for about 340 list requests in that restart instead of 85, and no slower
-    # (docs/bench/operator-memory.md, 2026-11-30 afternoon).
+    # Kopf watches tenants and templates; the children and runtime pods are watched by
+    # tenantry.watches, whose module docstring says why. Kopf's initial list of tenants comes in
+    # pages, and a per-object worker exits soon after its tenant's last event, dropping the
+    # event it holds: a restart replays every tenant, and whole lists parsed at once and
+    # workers kept for Kopf's 5 s left the heap larger for good (docs/bench/operator-memory.md,
+    # 2026-11-30 afternoon, measured when Kopf watched the children too).
     settings.watching.chunk_size = LIST_CHUNK
-    # Kopf runs a worker per object that has an event, and the worker keeps its last event until
-    # it has waited `idle_timeout` for the next one. A restart replays every watched object (17
-    # a tenant): with Kopf's 5 s, thousands of workers and their events were alive together at
-    # the peak (2314 still at idle over 1000 tenants), and the heap grown for them stayed
-    # resident. Tenantry's handlers keep nothing between one event of an object and the next, so
-    # a worker is worth keeping only while its object's events come in a burst. Over 1000
-    # tenants: resident after a restart and a trim 235-244 → 163-179 MiB, after provisioning
-    # 110 → 104 MiB (one run; docs/bench/operator-memory.md, 2026-11-30 afternoon).
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
-    # Server-side filters: the API server sends only our children, not every Secret in the cluster.
-    # Keys are (group, plural), or ("v1", plural) for the core group: Kopf silently ignores "v1/plural".
     tenant_selector = config.tenant_selector
-    for group, version, plural in watched_children(config):
-        settings.watching.label_selectors[group or version, plural] = CHILD_SELECTOR
-    settings.watching.label_selectors["v1", "pods"] = RUNTIME_PODS_SELECTOR
     if tenant_selector:
         # Tenants it does not select never reach this process: their children's events and source
         # Secrets then concern no tenant it knows, so another operator may own them (sharding).
+        # Keys are (group, plural): Kopf silently ignores "group/plural".
         settings.watching.label_selectors[GROUP, PLURAL] = tenant_selector
 
 
@@ -175,32 +157,6 @@ async def tenant_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).tenant_seen(dict(event))
 
 
-async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    controller(memo).child_seen(dict(event))
-
-
+@kopf.on.event(GROUP, VERSION, TEMPLATE_PLURAL, id="templates")
 async def template_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     controller(memo).template_seen(dict(event))
-
-
-async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    controller(memo).pod_seen(dict(event))
-
-
-def watched_children(config: OperatorConfig) -> tuple[tuple[str, str, str], ...]:
-    """The child kinds watched cluster-wide, as (group, version, plural): Tenantry's own and
-    those templates may render. With scoped Secrets the operator may not list Secrets
-    cluster-wide, so each reconcile lists its tenant's instead (see reconcile)."""
-    watched = (child.watched for child in child_kinds(config.template_kinds))
-    return tuple(c for c in watched if not (config.scoped_secrets and c[2] == "secrets"))
-
-
-def register_children(config: OperatorConfig) -> None:
-    """Register the child watches, and the runtime pods' (for their refusals, see pods.py);
-    called once by `tenantry run`, before Kopf starts."""
-    for group, version, plural in watched_children(config):
-        kopf.on.event(group, version, plural, labels={MANAGED_BY: OPERATOR}, id=f"child-{plural}")(
-            child_event
-        )
-    kopf.on.event("", "v1", "pods", labels=RUNTIME_POD_LABELS, id="runtime-pods")(pod_event)
-    kopf.on.event(GROUP, VERSION, TEMPLATE_PLURAL, id="templates")(template_event)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiohttp import web
-from lightkube.core.exceptions import ApiError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -21,6 +20,7 @@ from prometheus_client import (
 )
 
 from tenantry.status import READY, RECONCILING, STALLED, Observation
+from tenantry.transport import status_code
 
 RECONCILE_SECONDS = Histogram(
     "tenantry_reconcile_duration_seconds",
@@ -99,12 +99,8 @@ def count_tenants(outcomes: Iterable[str]) -> None:
 
 
 def api_error(source: str, error: BaseException) -> None:
-    code = (
-        str(error.status.code)
-        if isinstance(error, ApiError) and error.status.code
-        else type(error).__name__
-    )
-    API_ERRORS.labels(source=source, code=code).inc()
+    code = status_code(error) or type(error).__name__
+    API_ERRORS.labels(source=source, code=str(code)).inc()
 
 
 def parse_address(address: str) -> tuple[str, int]:

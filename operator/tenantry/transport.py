@@ -31,6 +31,7 @@ from httpx2._utils import URLPattern, get_environment_proxies
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import SingleConfig
+from lightkube.core.exceptions import ApiError
 
 # Connections to the API server at once, watches included: httpx's limit, which the operator
 # has always run with (8 reconciles writing up to 16 children at once, a few watches).
@@ -209,3 +210,19 @@ def as_httpx_error(error: BaseException, request: httpx2.Request) -> httpx2.Tran
     if isinstance(error, answer_broke):
         return httpx2.RemoteProtocolError(message, request=request)
     return httpx2.ReadError(message, request=request)
+
+
+def status_code(error: BaseException) -> int | None:
+    """The HTTP status of a refusal as lightkube raises it, None for an error with no answer.
+
+    lightkube raises an ApiError only for an answer that is a JSON Status; any other refusal
+    stays httpx's HTTPStatusError. The API server answers a request for a group it does not
+    serve (a CustomResourceDefinition not installed) with a plain-text 404, so `except
+    ApiError` missed exactly that one: an operator whose --template-kinds named such a kind
+    never got past its first list, and reconciled no tenant at all.
+    """
+    if isinstance(error, ApiError):  # an ERROR event inside a watch carries no response
+        return error.status.code
+    if isinstance(error, httpx2.HTTPStatusError):
+        return error.response.status_code
+    return None

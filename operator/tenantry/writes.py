@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace
@@ -22,6 +23,8 @@ from tenantry.children import FIELD_MANAGER, ChildKey, child_key, describe_child
 from tenantry.kinds import BY_KIND, resource_of
 from tenantry.plan import Stall
 from tenantry.render import Manifest
+from tenantry.text import shown
+from tenantry.transport import status_code
 
 
 @contextmanager
@@ -32,8 +35,9 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
     templated = key[0] not in BY_KIND
     try:
         yield
-    except ApiError as error:
-        code, said = error.status.code, error.status.message
+    except httpx2.HTTPStatusError as error:  # an ApiError, or a refusal in plain text
+        code = status_code(error)
+        said = error.status.message if isinstance(error, ApiError) else shown(error.response.text)
         if code in (400, 422):
             message = f"the API server rejected {describe_child(key)}: {said}"
         elif code == 404 and templated:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from tenantry.config import OperatorConfig
-from tenantry.handlers import CHILD_RESOURCES, watched_children
-from tenantry.kinds import templated_kinds
+from tenantry.controller import watched_kinds
+from tenantry.kinds import CHILD_KINDS, templated_kinds
 
 from tests.support.chartkit import (
     CHART,
@@ -238,7 +238,7 @@ def test_the_cluster_role_grants_exact_verbs_on_exactly_the_operator_kinds() -> 
         }
     ]
     scoped = OperatorConfig(service_account="tenantry-system/tenantry")
-    children = {(group, plural) for group, _version, plural in watched_children(scoped)}
+    children = {(kind.watched[0], kind.watched[2]) for kind in watched_kinds(scoped)}
     expected = {
         ("tenantry.dev", "agenttenants"): {"list", "watch"},
         ("tenantry.dev", "agenttenants/status"): {"patch"},
@@ -309,7 +309,7 @@ def test_the_admission_policy_covers_every_kind_the_operator_writes() -> None:
         for resource in rule["resources"]
         if {"CREATE", "UPDATE", "DELETE"} <= set(rule["operations"])
     }
-    assert covered == {(group, plural) for group, _version, plural in CHILD_RESOURCES}
+    assert covered == {(kind.watched[0], kind.watched[2]) for kind in CHILD_KINDS}
     condition = policy["spec"]["matchConditions"][0]["expression"]
     assert (
         condition == 'request.userInfo.username == "system:serviceaccount:tenantry-system:tenantry"'

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import snapshots
 import tenants
-from lightkube import Client
+from lightkube import Client, codecs
 from lightkube.core.exceptions import ApiError
+from lightkube.generic_resource import create_global_resource
 from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.core_v1 import Namespace, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
@@ -30,6 +31,10 @@ from tenants import OPERATOR_LABEL
 from waiting import wait_until
 
 from tests.support import tally
+
+TEMPLATE = create_global_resource(
+    "tenantry.dev", "v1alpha1", "AgentTenantTemplate", "agenttenanttemplates"
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]
@@ -347,3 +352,55 @@ def test_a_key_rotated_after_an_api_server_restart_reaches_its_copy_at_once(
     # after the restart: until then a new namespace stays empty, and the next tests wait on it.
     make_namespace("after-restart", fill_timeout=240)
     tally.counts["faults survived"] += 1
+
+
+def test_a_templated_kind_not_served_stalls_only_the_tenants_whose_templates_render_it(
+    kube: Client,
+    start_operator: StartOperator,
+    labelled_tenants: Callable[..., list[str]],
+) -> None:
+    """Finding: for a group it does not serve (a CustomResourceDefinition not installed), the
+    API server answers 404 in plain text, which lightkube raises as httpx's error, not the
+    ApiError the operator caught: an operator whose --template-kinds named such a kind failed
+    its first list again and again and reconciled no tenant at all. Now that list is skipped
+    with a warning, the kind's watch (tenantry.watches) waits for the next drift period, every
+    other watch carries on, and a tenant a template gives such an object stalls saying what to
+    install."""
+    shard = f"unserved-{uuid.uuid4().hex[:6]}"
+    operator = start_operator(
+        "unserved",
+        "--template-kinds",
+        "example.com/v1/Widget",
+        "--tenant-selector",
+        f"{OPERATOR_LABEL}={shard}",
+    )
+    (name,) = labelled_tenants(shard, 1)
+    tenants.wait_condition(kube, name, "Ready", timeout=90)
+    # A child deleted now comes back through the watch of its kind: the resync is minutes away.
+    namespace = f"tenant-{name}"
+    kube.delete(NetworkPolicy, "runtime", namespace=namespace)
+    wait_until(
+        lambda: ("NetworkPolicy", "runtime") in tenants.children(kube, namespace),
+        "the deleted policy to be restored",
+        timeout=60,
+    )
+    widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: gadget}\nspec: {size: 1}\n"
+    template = {
+        "apiVersion": "tenantry.dev/v1alpha1",
+        "kind": "AgentTenantTemplate",
+        "metadata": {"name": shard},
+        "spec": {
+            "selector": {"matchLabels": {OPERATOR_LABEL: shard}},
+            "templates": [{"name": "widget", "template": widget}],
+        },
+    }
+    kube.apply(codecs.from_dict(template), field_manager="tenantry-tests", force=True)
+    try:
+        stalled = tenants.wait_condition(kube, name, "Stalled", reason="Rejected", timeout=60)
+        assert "does not serve Widget in a namespace" in stalled["message"], stalled
+        assert "install its CustomResourceDefinition" in stalled["message"], stalled
+    finally:
+        kube.delete(TEMPLATE, shard)
+    tenants.wait_condition(kube, name, "Ready", timeout=60)
+    assert operator.process.poll() is None
+    assert "cannot watch Widget children" in operator.log_text()

@@ -1,4 +1,4 @@
-"""The operator's watches are filtered by the API server, not after the fact."""
+"""The operator's Kopf wiring and what its controller does with watch events, without a cluster."""
 
 from __future__ import annotations
 
@@ -7,63 +7,47 @@ from typing import Any
 
 import kopf
 from tenantry.config import OperatorConfig
-from tenantry.controller import Controller
+from tenantry.controller import Controller, watched_kinds
 from tenantry.handlers import (
-    CHILD_RESOURCES,
-    CHILD_SELECTOR,
     LIST_CHUNK,
     WORKER_IDLE_SECONDS,
-    child_event,
     configure,
     in_cluster_server,
+    template_event,
     tenant_event,
-    watched_children,
 )
 from tenantry.memory import QUIET_SECONDS
 
 
-def test_child_watches_carry_a_server_side_label_selector() -> None:
-    settings = kopf.OperatorSettings()
-    configure(settings, OperatorConfig())
-    for group, version, plural in CHILD_RESOURCES:
-        resource = kopf.Resource(group, version, plural)
-        assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
-    tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
-    assert settings.watching.label_selectors.collect(tenants) == []
-    # Pods are watched only for the runtime's refusals, and only the runtime's: a selector of
-    # their own, never the children's, and none on other kinds.
-    pods = settings.watching.label_selectors.collect(kopf.Resource("", "v1", "pods"))
-    assert pods == ["tenantry.dev/component=runtime"]
-    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "configmaps")) == [
-        CHILD_SELECTOR
-    ]
-    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "nodes")) == []
-
-
-def test_a_tenant_selector_filters_the_tenant_watch_on_the_server_only() -> None:
+def test_kopf_watches_tenants_and_templates_only_and_a_selector_filters_tenants_on_the_server() -> (
+    None
+):
+    """The children and runtime pods are the controller's own watches (tenantry.watches)."""
+    handlers = kopf.get_default_registry()._watching.get_all_handlers()
+    watched = {(h.selector.group, h.selector.any_name): h.fn for h in handlers}  # type: ignore[union-attr]
+    assert watched == {
+        ("tenantry.dev", "agenttenants"): tenant_event,
+        ("tenantry.dev", "agenttenanttemplates"): template_event,
+    }
     settings = kopf.OperatorSettings()
     configure(settings, OperatorConfig(tenant_selector="shard=a,!canary"))
     tenants = kopf.Resource("tenantry.dev", "v1alpha1", "agenttenants")
     assert settings.watching.label_selectors.collect(tenants) == ["shard=a,!canary"]
-    # Children keep their own selector only: they are matched to known tenants by label.
-    for group, version, plural in CHILD_RESOURCES:
-        resource = kopf.Resource(group, version, plural)
-        assert settings.watching.label_selectors.collect(resource) == [CHILD_SELECTOR], plural
+    settings = kopf.OperatorSettings()
+    configure(settings, OperatorConfig())
+    assert settings.watching.label_selectors.collect(tenants) == []
 
 
-def test_with_scoped_secrets_no_secret_is_watched_cluster_wide() -> None:
+def test_with_scoped_secrets_no_secret_is_listed_or_watched_cluster_wide() -> None:
     # The operator then holds no cluster-wide right on Secrets: a watch would be refused.
     scoped = OperatorConfig(service_account="tenantry-system/tenantry")
-    assert ("", "v1", "secrets") not in watched_children(scoped)
-    assert ("", "v1", "secrets") in watched_children(OperatorConfig())
-    settings = kopf.OperatorSettings()
-    configure(settings, scoped)
-    assert settings.watching.label_selectors.collect(kopf.Resource("", "v1", "secrets")) == []
+    assert "Secret" not in {kind.kind for kind in watched_kinds(scoped)}
+    assert "Secret" in {kind.kind for kind in watched_kinds(OperatorConfig())}
 
 
 def test_every_event_handler_is_a_coroutine_and_kopf_keeps_no_diff_base() -> None:
     # Kopf runs plain functions in a thread pool; the queue they feed belongs to the event loop.
-    for handler in (tenant_event, child_event):
+    for handler in (tenant_event, template_event):
         assert inspect.iscoroutinefunction(handler), handler.__name__
     settings = kopf.OperatorSettings()
     configure(settings, OperatorConfig())
@@ -163,9 +147,6 @@ def test_in_a_pod_the_api_server_is_reached_by_the_services_address_not_by_name(
 def test_the_operator_has_only_event_handlers_so_kopf_need_remember_no_object() -> None:
     # NoObjectMemories gives Kopf a fresh memory for every event: right only while no handler
     # reads one across events (daemons, timers, indexes, change handlers, webhooks).
-    from tenantry.handlers import register_children  # noqa: PLC0415
-
-    register_children(OperatorConfig(template_kinds="v1/PersistentVolumeClaim"))  # type: ignore[arg-type]
     registry = kopf.get_default_registry()
     assert registry._watching.get_all_handlers()
     for kind in ("_indexing", "_spawning", "_changing", "_webhooks"):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import yaml
 from lightkube.core.exceptions import ApiError
@@ -380,6 +381,21 @@ def test_a_templated_kind_the_cluster_does_not_serve_or_grant_stalls_in_words(
     # Tenantry's own kinds: a 403 or 404 is retried, not a stall.
     with pytest.raises(ApiError), refusals_stall(("Service", "tenant-acme", "runtime")):
         raise ApiError(status=Status(code=403, message="quota"))
+
+
+def test_a_group_the_api_server_does_not_serve_stalls_though_its_404_is_plain_text() -> None:
+    """Finding: for a group it does not serve, the API server answers 404 in plain text, which
+    lightkube raises as httpx's error, not an ApiError: the stall never came, and the pass was
+    retried for ever (tests/integration/test_faults.py has the real answer)."""
+    request = httpx2.Request("PATCH", "https://api/apis/example.com/v1/namespaces/t/widgets/w")
+    answer = httpx2.Response(
+        404, text="404 page not found\n", headers={"Content-Type": "text/plain"}, request=request
+    )
+    refusal = httpx2.HTTPStatusError("404 Not Found", request=request, response=answer)
+    key = ("Widget", "tenant-acme", "gadget")
+    words = r"does not serve Widget in a namespace \(404 page not found\)"
+    with pytest.raises(Stall, match=words), refusals_stall(key):
+        raise refusal
 
 
 def test_an_operator_no_template_selects_never_loads_jinja2() -> None:
