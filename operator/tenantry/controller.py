@@ -31,7 +31,7 @@ from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 from tenantry.transport import status_code
-from tenantry.watches import watch
+from tenantry.watches import MAX_BACKOFF, watch
 
 logger = logging.getLogger("tenantry.controller")
 T = TypeVar("T")
@@ -288,7 +288,9 @@ class Controller:
             namespace="*" if child.namespaced else None,
             labels={MANAGED_BY: OPERATOR},
             # A templated kind not served or not granted: the resync says so once a period.
-            refused_wait=self.config.drift_interval_seconds,
+            refused_wait=MAX_BACKOFF
+            if child.kind in BY_KIND
+            else self.config.drift_interval_seconds,
         )
 
     async def watch_runtime_pods(self) -> None:
@@ -381,8 +383,12 @@ class Controller:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))  # noqa: S311
             try:
                 await self.resync()
-            except ApiError as error:  # the API server is away: the queue's retries cover it
-                logger.warning("could not resync the caches: %s", error.status.message)
+            # The API server away (a refusal, a connection error): the next period tries again,
+            # and the queue's retries cover the passes. Only an ApiError was caught once: any
+            # other error ended the timer for good (tests/integration/test_faults.py).
+            except Exception as error:
+                metrics.api_error("watch", error)  # as the first list's, in run()
+                logger.warning("could not resync the caches: %s", error)
             for name in list(self.tenants):
                 self.queue.enqueue(name, delay=random.uniform(0, interval * 0.1))  # noqa: S311
 

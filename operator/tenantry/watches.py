@@ -8,11 +8,15 @@ at every start it listed each kind again after the resync had, and replayed ever
 event. A watch here hands each event to the controller as a plain dict, and starts where the
 resync's list of its kind ended: a start replays nothing.
 
-lightkube runs the watch: it reconnects from the last version seen when the server ends it (a
-watch's timeout) or its answer breaks, and from scratch when that version is too old (410 Gone:
-every object comes again as ADDED, as a fresh watch replays, and the drift resync takes the
-deletions it missed). It does not retry a reconnect whose request fails (the API server still
-away): that starts the watch over here, after a backoff, from the last version seen.
+lightkube carries each watch and decodes its events; the watch asks for bookmarks, so the
+version it resumes from stays fresh on a kind with no events of ours for hours. A watch silent
+for longer than the API server's bookmarks allow is taken for a dead connection (a peer gone
+without a reset) and reconnected; one the server ends (its timeout), whose answer breaks or
+whose reconnect fails resumes from the last version seen, after a backoff when it failed; one
+whose version the server no longer has (410 Gone) starts from scratch: every object comes again
+as ADDED, and the drift resync takes the deletions it missed. This is what Kopf's watches did
+(bookmarks, a 70 s inactivity timeout), less its list and replay of every object at each
+reconnect.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.core.selector import build_selector
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from tenantry import metrics
@@ -32,6 +37,10 @@ logger = logging.getLogger("tenantry.watches")
 
 # The longest wait before a failed watch reconnects, seconds (Kopf's, and client-go's, order).
 MAX_BACKOFF = 30.0
+# Seconds a watch may stay silent before it is taken for dead: the API server sends a bookmark
+# about every minute to a watch that asks for them (Kopf's figure).
+INACTIVITY_SECONDS = 70.0
+GONE = 410
 
 # Told every event of a watch: its type (ADDED, MODIFIED, DELETED) and the object as lightkube
 # read it.
@@ -66,39 +75,62 @@ async def watch(
     Never returns and never raises but when cancelled: a watch that ended would leave the
     caches it feeds to the drift resync alone. A refusal for good (`refused_for_good`) waits
     REFUSED_WAIT before it asks again (a CRD may be installed later); any other failure waits
-    its backoff.
+    its backoff. An error of `seen` is logged and the watch goes on.
     """
     version, attempt = since, 0
 
     def on_error(error: Exception, count: int) -> OnErrorResult:
-        metrics.api_error("watch", error)
-        if refused_for_good(error):
-            return OnErrorResult(OnErrorAction.RAISE)
-        logger.warning("watch of %s failed (attempt %d): %s", what, count, error)
-        return OnErrorResult(OnErrorAction.RETRY, sleep=backoff(count))
+        # Every failure is handled below, where the version to resume from is known.
+        return OnErrorResult(OnErrorAction.RAISE)
 
-    where: dict[str, Any] = {} if namespace is None else {"namespace": namespace}
     while True:
-        stream = client.watch(
-            resource,
-            labels=dict(labels) if labels else None,
-            resource_version=version,
-            on_error=on_error,
-            **where,
+        # lightkube's own watch() cannot ask for bookmarks: its request, made as watch() makes it.
+        request = client._client.prepare_request(
+            "list",
+            res=resource,
+            namespace=namespace,
+            watch=True,
+            params={
+                "resourceVersion": version,
+                "labelSelector": build_selector(dict(labels)) if labels else None,
+                "allowWatchBookmarks": "true",
+            },
         )
+        stream = client._client.watch(request, on_error=on_error)
         try:
-            async for change, obj in stream:
+            while True:
+                async with asyncio.timeout(INACTIVITY_SECONDS):
+                    change, obj = await anext(stream)
                 attempt = 0
-                version = obj.metadata.resourceVersion if obj.metadata else version
-                seen(change, obj)
+                if obj.metadata is not None and obj.metadata.resourceVersion:
+                    version = obj.metadata.resourceVersion
+                if change != "BOOKMARK":
+                    told(seen, change, obj, what)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            logger.info("watch of %s silent for %.0f s: reconnecting", what, INACTIVITY_SECONDS)
+            continue
         except Exception as error:
+            code = status_code(error)
+            if code == GONE:  # the version is too old: start afresh, every object again
+                version = None
+                continue
             attempt += 1
+            metrics.api_error("watch", error)
             if refused_for_good(error):
                 logger.warning("cannot watch %s: %s", what, error)
                 await asyncio.sleep(refused_wait)
                 continue
-            metrics.api_error("watch", error)
             logger.warning("watch of %s failed (attempt %d): %s", what, attempt, error)
             await asyncio.sleep(backoff(attempt))
+        finally:
+            await stream.aclose()
+
+
+def told(seen: Seen, change: str, obj: Any, what: str) -> None:
+    """Tell `seen` of one event; a fault of its own is logged, and loses this event only."""
+    try:
+        seen(change, obj)
+    except Exception:
+        logger.exception("an event of %s could not be handled", what)

@@ -354,6 +354,38 @@ def test_a_key_rotated_after_an_api_server_restart_reaches_its_copy_at_once(
     tally.counts["faults survived"] += 1
 
 
+def test_the_drift_timer_outlives_an_api_server_restart(
+    kube: Client,
+    start_operator: StartOperator,
+    labelled_tenants: Callable[..., list[str]],
+    make_namespace: Callable[..., str],
+) -> None:
+    """Finding (review): the drift timer caught only an ApiError; a resync that found the API
+    server away failed with a connection error instead, which ended the timer for good and
+    silently: no drift pass, no resync, for the rest of the process's life. An operator at rest
+    reconciles its tenants once a drift period; it still does after the restart."""
+    shard = f"drift-{uuid.uuid4().hex[:6]}"
+    operator = start_operator(
+        "drift", "--drift-interval", "2", "--tenant-selector", f"{OPERATOR_LABEL}={shard}"
+    )
+    (name,) = labelled_tenants(shard, 1)
+    tenants.wait_condition(kube, name, "Ready")
+
+    def passes() -> float:
+        return operator.total("tenantry_reconcile_duration_seconds_count")
+
+    cluster = [sys.executable, str(REPO / "e2e" / "cluster.py")]
+    subprocess.run([*cluster, "stop-apiserver"], check=True)
+    time.sleep(7)  # three drift periods: each resync finds the API server away
+    subprocess.run([*cluster, "start-apiserver"], check=True)
+    tenants.wait_condition(kube, name, "Ready")
+    before = passes()
+    wait_until(lambda: passes() >= before + 3, "three drift passes after the restart", timeout=30)
+    assert operator.process.poll() is None
+    make_namespace("after-restart", fill_timeout=240)  # see the key rotation's test above
+    tally.counts["faults survived"] += 1
+
+
 def test_a_templated_kind_not_served_stalls_only_the_tenants_whose_templates_render_it(
     kube: Client,
     start_operator: StartOperator,
