@@ -276,8 +276,8 @@ class Controller:
             running.create_task(self.queue.run())
 
     async def watch_children(self, child: ChildKind) -> None:
-        def seen(change: str, obj: Any) -> None:
-            self.child_seen({"type": change, "object": {**obj.to_dict(), "kind": child.kind}})
+        def seen(change: str, body: dict[str, Any]) -> None:
+            self.child_seen({"type": change, "object": {**body, "kind": child.kind}})
 
         await watch(
             self.reconciler.client,
@@ -294,8 +294,8 @@ class Controller:
         )
 
     async def watch_runtime_pods(self) -> None:
-        def seen(change: str, obj: Any) -> None:
-            self.pod_seen({"type": change, "object": {**obj.to_dict(), "kind": "Pod"}})
+        def seen(change: str, body: dict[str, Any]) -> None:
+            self.pod_seen({"type": change, "object": {**body, "kind": "Pod"}})
 
         await watch(
             self.reconciler.client,
@@ -354,7 +354,8 @@ class Controller:
         on after the API server was away (tests/integration/test_faults.py), see watches.py.
         """
 
-        def seen(change: str, secret: Secret) -> None:
+        def seen(change: str, body: dict[str, Any]) -> None:
+            secret: Secret = Secret.from_dict(body)  # type: ignore[assignment]
             self.source_seen(secret, deleted=change == "DELETED")
 
         await watch(

@@ -8,7 +8,8 @@ at every start it listed each kind again after the resync had, and replayed ever
 event. A watch here hands each event to the controller as a plain dict, and starts where the
 resync's list of its kind ended: a start replays nothing.
 
-lightkube carries each watch and decodes its events; the watch asks for bookmarks, so the
+lightkube builds and sends each watch's request; its events are read here as plain dicts. The
+watch asks for bookmarks, so the
 version it resumes from stays fresh on a kind with no events of ours for hours. A watch silent
 for longer than the API server's bookmarks allow is taken for a dead connection (a peer gone
 without a reset) and reconnected; one the server ends (its timeout), whose answer breaks or
@@ -22,13 +23,15 @@ reconnect.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from lightkube.core.selector import build_selector
-from lightkube.types import OnErrorAction, OnErrorResult
+from lightkube.models.meta_v1 import Status
 
 from tenantry import metrics
 from tenantry.transport import status_code
@@ -42,8 +45,8 @@ MAX_BACKOFF = 30.0
 INACTIVITY_SECONDS = 70.0
 GONE = 410
 
-# Told every event of a watch: its type (ADDED, MODIFIED, DELETED) and the object as lightkube
-# read it.
+# Told every event of a watch: its type (ADDED, MODIFIED, DELETED) and the object, as the API
+# server sent it.
 Seen = Callable[[str, Any], None]
 
 
@@ -78,42 +81,19 @@ async def watch(
     its backoff. An error of `seen` is logged and the watch goes on.
     """
     version, attempt = since, 0
-
-    def on_error(error: Exception, count: int) -> OnErrorResult:
-        # Every failure is handled below, where the version to resume from is known.
-        return OnErrorResult(OnErrorAction.RAISE)
-
     while True:
-        # lightkube's own watch() cannot ask for bookmarks: its request, made as watch() makes it.
-        request = client._client.prepare_request(
-            "list",
-            res=resource,
-            namespace=namespace,
-            watch=True,
-            params={
-                "resourceVersion": version,
-                "labelSelector": build_selector(dict(labels)) if labels else None,
-                "allowWatchBookmarks": "true",
-            },
-        )
-        stream = client._client.watch(request, on_error=on_error)
         try:
-            while True:
-                async with asyncio.timeout(INACTIVITY_SECONDS):
-                    change, obj = await anext(stream)
+            async for change, body in events(client, resource, version, namespace, labels):
                 attempt = 0
-                if obj.metadata is not None and obj.metadata.resourceVersion:
-                    version = obj.metadata.resourceVersion
+                version = (body.get("metadata") or {}).get("resourceVersion") or version
                 if change != "BOOKMARK":
-                    told(seen, change, obj, what)
+                    told(seen, change, body, what)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
             logger.info("watch of %s silent for %.0f s: reconnecting", what, INACTIVITY_SECONDS)
-            continue
         except Exception as error:
-            code = status_code(error)
-            if code == GONE:  # the version is too old: start afresh, every object again
+            if status_code(error) == GONE:  # the version is too old: afresh, every object again
                 version = None
                 continue
             attempt += 1
@@ -124,8 +104,54 @@ async def watch(
                 continue
             logger.warning("watch of %s failed (attempt %d): %s", what, attempt, error)
             await asyncio.sleep(backoff(attempt))
-        finally:
-            await stream.aclose()
+
+
+async def events(
+    client: AsyncClient,
+    resource: Any,
+    version: str | None,
+    namespace: str | None,
+    labels: Mapping[str, str] | None,
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """One watch request's events, as (type, object) with the object as sent, until the server
+    ends it; an ERROR event is raised as an ApiError, and a silence past INACTIVITY_SECONDS as
+    TimeoutError.
+
+    lightkube's watch() cannot ask for bookmarks, and decodes every event into the kind's model,
+    which a bookmark (metadata alone) fails for a kind with required fields (a Deployment's
+    selector): the request is made as watch() makes it, and its lines are read here.
+    """
+    generic: Any = client._client  # lightkube's request building, credentials and transport
+    request = generic.prepare_request(
+        "list",
+        res=resource,
+        namespace=namespace,
+        watch=True,
+        params={
+            "resourceVersion": version,
+            "labelSelector": build_selector(dict(labels)) if labels else None,
+            "allowWatchBookmarks": "true",
+        },
+    )
+    built = generic._client.build_request(
+        request.method, request.url, params=request.params, timeout=generic._watch_timeout
+    )
+    response = await generic.send(built, stream=True)
+    try:
+        generic.raise_for_status(response)
+        lines = response.aiter_lines()
+        while True:
+            async with asyncio.timeout(INACTIVITY_SECONDS):
+                line = await anext(lines, None)
+            if line is None:  # the server ended the watch (its timeout)
+                return
+            if line.strip():
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    raise ApiError(status=Status.from_dict(event.get("object") or {}))  # type: ignore[arg-type]
+                yield event.get("type", ""), event.get("object") or {}
+    finally:
+        await response.aclose()
 
 
 def told(seen: Seen, change: str, obj: Any, what: str) -> None:

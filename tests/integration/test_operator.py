@@ -22,8 +22,15 @@ from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
-from operator_process import OperatorProcess
-from tenants import DRIFT_INTERVAL_SECONDS, SECRET_SOURCE_NAMESPACE, model_spec, source_secret
+from operator_process import OperatorProcess, StartOperator
+from tenantry.watches import INACTIVITY_SECONDS
+from tenants import (
+    DRIFT_INTERVAL_SECONDS,
+    OPERATOR_LABEL,
+    SECRET_SOURCE_NAMESPACE,
+    model_spec,
+    source_secret,
+)
 from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -796,3 +803,27 @@ def test_deleting_a_tenant_removes_its_namespace_and_children(kube: Client, oper
         f"namespace {namespace} to be deleted",
         timeout=90,
     )
+
+
+def test_the_operators_watches_stay_open_at_rest_on_bookmarks(
+    kube: Client,
+    start_operator: StartOperator,
+    labelled_tenants: Callable[..., list[str]],
+) -> None:
+    """Finding: the operator's own watches ask for bookmarks (tenantry.watches), and lightkube
+    decoded each one into the kind's model, which a bookmark (metadata alone) fails for a
+    Deployment, a LimitRange or a Pod: every minute those watches failed, were counted as API
+    errors and reconnected from a version the bookmark could not advance. At rest for longer
+    than a bookmark's period and the inactivity limit, no watch fails or is taken for dead."""
+    shard = f"rest-{uuid.uuid4().hex[:6]}"
+    operator = start_operator(
+        "rest", "--drift-interval", "3600", "--tenant-selector", f"{OPERATOR_LABEL}={shard}"
+    )
+    (name,) = labelled_tenants(shard, 1)
+    tenants.wait_condition(kube, name, "Ready")
+    time.sleep(INACTIVITY_SECONDS + 15)
+    log = operator.log_text()
+    assert "tenantry.watches" not in log, [
+        line for line in log.splitlines() if "tenantry.watches" in line
+    ][:3]
+    assert operator.total("tenantry_api_errors_total") == 0
