@@ -30,8 +30,7 @@ from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
-from tenantry.transport import status_code
-from tenantry.watches import MAX_BACKOFF, watch
+from tenantry.watches import MAX_BACKOFF, refused_for_good, watch
 
 logger = logging.getLogger("tenantry.controller")
 T = TypeVar("T")
@@ -198,7 +197,7 @@ class Controller:
                     fresh.observe({**obj.to_dict(), "kind": child.kind}, deleted=False)
                 self.listed_at[child.kind] = listing.resourceVersion
             except httpx2.HTTPStatusError as error:  # an ApiError, or a plain-text refusal
-                if child.kind in BY_KIND or status_code(error) not in (403, 404):
+                if child.kind in BY_KIND or not refused_for_good(error):
                     raise
                 # A templated kind not served (its CRD is missing) or not granted: the tenants
                 # whose templates render it stall saying so (writes.refusals_stall).
