@@ -149,7 +149,7 @@ class Controller:
             self.queue.enqueue(name)
 
     def forget(self, name: str, uid: str) -> None:
-        self.tenants.pop(name, None)
+        known = self.tenants.pop(name, None)
         self.last_seen.pop(name, None)
         self.reconciler.forget(uid)
         self.children.forget(name)
@@ -157,7 +157,8 @@ class Controller:
         self.queue.forget(name)
         self.outcomes.pop(name, None)
         metrics.count_tenants(self.outcomes.values())
-        logger.info("tenant deleted", extra={"tenant": name})
+        if known is not None:  # once: a pass that found it gone, then its watch event
+            logger.info("tenant deleted", extra={"tenant": name})
 
     def forget_missing(self, listed: set[str], listing_since: int) -> None:
         """Forget the cached tenants a fresh list no longer has, except those whose events came

@@ -116,14 +116,27 @@ class Plan:
 
 
 def write_method(
-    key: ChildKey, live: Mapping[ChildKey, LiveChild], namespace_exists: bool
+    key: ChildKey, live: Mapping[ChildKey, LiveChild], namespace_uid: str | None
 ) -> WriteMethod:
     if not row(key[0]).namespaced:
-        return "apply" if namespace_exists else "create"
+        return "create" if namespace_uid is None else "apply"
     child = live.get(key)
     if child is not None and child.foreign_managers and row(key[0]).replaceable:
         return "replace"
     return "apply"
+
+
+def pinned(manifest: Manifest, key: ChildKey, namespace_uid: str | None) -> Manifest:
+    """The namespace's manifest bound to the namespace the pass found: a server-side apply
+    creates what does not exist, and one that carries a uid is refused instead (409) unless the
+    object of that name has that uid. Unbound, a pass that found the namespace (in its cache, or
+    Terminating) would make it again after garbage collection took it, past the check that its
+    tenant still exists (Reconciler._create_namespace); or take over, by a forced apply, another
+    namespace of that name made meanwhile. Namespaced children need no pin: their namespace is
+    the tenant's."""
+    if row(key[0]).namespaced or namespace_uid is None:
+        return manifest
+    return {**manifest, "metadata": {**manifest["metadata"], "uid": namespace_uid}}
 
 
 def plan(
@@ -131,16 +144,22 @@ def plan(
     namespace: str,
     desired: Iterable[Manifest],
     live: Mapping[ChildKey, LiveChild],
-    namespace_exists: bool,
+    namespace_uid: str | None,
     was_ready: bool,
     new: frozenset[ChildKey] = frozenset(),
 ) -> Plan:
     """Compare the rendered children with the live ones (this tenant's only, see `ours`).
-    `new` are children this pass renders for the first time (a template that began to select
-    the tenant): written because they are wanted, not because anyone changed them."""
+    `namespace_uid` is the uid of the tenant's namespace as the pass found it (None: there is
+    none). `new` are children this pass renders for the first time (a template that began to
+    select the tenant): written because they are wanted, not because anyone changed them."""
     desired = list(desired)
     writes = [
-        Write(key, manifest, reason, write_method(key, live, namespace_exists))
+        Write(
+            key,
+            pinned(manifest, key, namespace_uid),
+            reason,
+            write_method(key, live, namespace_uid),
+        )
         for manifest in desired
         if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
     ]

@@ -47,6 +47,7 @@ from tenantry.plan import (
     ours,
     outcome,
     owns,
+    pinned,
     plan,
 )
 from tenantry.pods import RuntimeRefusal
@@ -95,10 +96,14 @@ class TenantFacts:
     """What the cluster says about one tenant, read before anything is decided."""
 
     namespace: str
-    namespace_exists: bool
+    namespace_uid: str | None  # None: the namespace does not exist (yet)
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
     secret_types: dict[str, str]
+
+    @property
+    def namespace_exists(self) -> bool:
+        return self.namespace_uid is not None
 
 
 @dataclass
@@ -212,7 +217,7 @@ class Reconciler:
             facts.namespace,
             desired,
             facts.live,
-            facts.namespace_exists,
+            facts.namespace_uid,
             was_ready,
             templated - self._templated.get(uid, templated),
         )
@@ -268,8 +273,9 @@ class Reconciler:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
         live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
-        if ("Namespace", "", namespace) in live:
-            namespace_exists = True  # ours, as the watch last saw it: no need to read it
+        cached = live.get(("Namespace", "", namespace))
+        if cached is not None:
+            namespace_uid: str | None = cached.uid  # ours, as the watch last saw it: no read
         else:
             existing = await self.writer.get(Namespace, namespace)
             if existing is not None and not owns(existing, tenant, uid):
@@ -278,17 +284,17 @@ class Reconciler:
                     f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
                     "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
                 )
-            namespace_exists = existing is not None
-        if self.config.scoped_secrets and namespace_exists:
+            namespace_uid = existing["metadata"]["uid"] if existing is not None else None
+        if self.config.scoped_secrets and namespace_uid is not None:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
             # tenant's, through the RoleBinding it got with its namespace.
             live = {**live, **await self._live_secrets(namespace, uid)}
         # Grants first: a revoked Secret is taken back even from a tenant that another check
         # below stalls (a manifest must not keep its copy by breaking a rule on purpose).
         secret_data, secret_types = await self._read_secret_sources(
-            tenant, namespace, live if namespace_exists else {}
+            tenant, namespace, live if namespace_uid is not None else {}
         )
-        return TenantFacts(namespace, namespace_exists, live, secret_data, secret_types)
+        return TenantFacts(namespace, namespace_uid, live, secret_data, secret_types)
 
     def _reserved_namespaces(self) -> frozenset[str]:
         reserved = RESERVED_NAMESPACES | {self.config.secret_source_namespace}
@@ -431,4 +437,6 @@ class Reconciler:
                 f"namespace {manifest['metadata']['name']!r} was created by someone else: set spec.namespace "
                 "to a namespace that does not exist yet",
             )
-        await self.writer.apply(manifest)
+        # Bound to the one just read (plan.pinned): gone by now, it is not made again here.
+        key = child_key(manifest)
+        await self.writer.apply(pinned(manifest, key, existing["metadata"]["uid"]))

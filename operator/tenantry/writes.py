@@ -56,6 +56,35 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
         raise Stall("Rejected", message) from None
 
 
+class NotTheOneFound(Exception):
+    """A write bound to the uid of the object the pass found (plan.pinned) was refused: that
+    object is gone, or another of its name took its place. Nothing was written; the queue's
+    retry looks again, once the watch has told of the change."""
+
+
+@contextmanager
+def bound_to_the_one_found(key: ChildKey, manifest: Manifest) -> Iterator[None]:
+    """Turn the API server's refusal of a write that carries a uid into NotTheOneFound: 409
+    when no object of that name exists (a create would have followed), 422 on `metadata.uid`
+    when another does."""
+    uid = manifest["metadata"].get("uid")
+    try:
+        yield
+    except ApiError as error:
+        if uid is None or not (error.status.code == 409 or on_uid(error)):
+            raise
+        raise NotTheOneFound(
+            f"{describe_child(key)} is not the one this pass found (uid {uid}): it is gone, or "
+            f"another took its name; the next pass looks again ({error.status.message})"
+        ) from None
+
+
+def on_uid(error: ApiError) -> bool:
+    details = error.status.details
+    causes = (details.causes if details else None) or []
+    return error.status.code == 422 and any(cause.field == "metadata.uid" for cause in causes)
+
+
 async def gather_all(writes: Iterable[Awaitable[None]]) -> None:
     """Await every write, even when one fails, then raise the first failure.
 
@@ -118,7 +147,7 @@ class ChildWriter:
 
     async def apply(self, manifest: Manifest) -> Answer:
         kind, namespace, name = key = child_key(manifest)
-        with refusals_stall(key):
+        with refusals_stall(key), bound_to_the_one_found(key, manifest):
             applied = await self.client.patch(
                 self.resource(kind),
                 name,

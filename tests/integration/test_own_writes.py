@@ -16,12 +16,17 @@ from typing import Any
 import pytest
 import tenants
 from lightkube import AsyncClient, Client, KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
 from tenantry.children import ChildKey, child_key, summarize
 from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
 from tenantry.kinds import child_kinds
 from tenantry.names import TENANT_LABEL
+from tenantry.writes import NotTheOneFound
 from tenants import OPERATOR_LABEL
+from waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -61,3 +66,59 @@ async def test_a_pass_knows_its_own_writes_before_their_watch_events(
     finally:
         await client.close()
         tenants.delete(kube, name)
+
+
+async def test_a_namespace_gone_from_under_the_cache_is_neither_made_again_nor_another_taken(
+    kubeconfig: Path, kube: Client, crd_installed: None
+) -> None:
+    """Finding (a fault test saw a deleted tenant's namespace come back): a server-side apply
+    makes what does not exist, and a pass applied the tenant's namespace whenever it found it,
+    in its cache or Terminating. A pass that ran before the watch told of the namespace's end
+    made it again, past the check that its tenant still exists; or, had someone made another
+    namespace of that name meanwhile, took that one over by a forced apply. Here no watch runs:
+    the cache keeps the namespace that is gone."""
+    name = f"own-{uuid.uuid4().hex[:6]}"
+    namespace = f"tenant-{name}"
+    tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
+    config = OperatorConfig()
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
+    try:
+        controller = Controller(config, client, None)
+        controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
+        await controller.reconcile(name)
+        ours = {**kube.get(Namespace, namespace).to_dict(), "kind": "Namespace"}
+        kube.delete(Namespace, namespace)
+        wait_until(lambda: tenants.namespace_gone(kube, namespace), f"{namespace} to be gone")
+
+        # A change that rewrites the namespace (its display name annotation).
+        tenants.apply(
+            kube,
+            tenants.manifest(
+                name, {"displayName": "renamed"}, labels={OPERATOR_LABEL: "in-process"}
+            ),
+        )
+        controller.tenant_seen({"type": "MODIFIED", "object": tenants.get(kube, name).to_dict()})
+        with pytest.raises(NotTheOneFound, match="it is gone, or another took its name"):
+            await controller.reconcile(name)
+        assert tenants.namespace_gone(kube, namespace)
+
+        kube.create(Namespace(metadata=ObjectMeta(name=namespace, labels={"team": "other"})))
+        with pytest.raises(NotTheOneFound, match="it is gone, or another took its name"):
+            await controller.reconcile(name)
+        theirs = kube.get(Namespace, namespace).metadata
+        assert theirs is not None and not theirs.ownerReferences
+        assert theirs.labels == {"team": "other", "kubernetes.io/metadata.name": namespace}
+
+        # Once the watch tells of the end of ours, the pass finds theirs and stalls saying so.
+        controller.child_seen({"type": "DELETED", "object": ours})
+        await controller.reconcile(name)
+        ready = tenants.condition(kube, name, "Ready")
+        assert ready.get("reason") == "NamespaceConflict", ready
+    finally:
+        await client.close()
+        tenants.delete(kube, name)
+        try:
+            kube.delete(Namespace, namespace)  # theirs: nothing of the tenant's deletes it
+        except ApiError as error:
+            if error.status.code != 404:
+                raise

@@ -22,6 +22,7 @@ from tenantry.status import GroupState
 REPO = Path(__file__).resolve().parents[2]
 UID = "00000000-0000-0000-0000-000000000001"
 NAMESPACE = "tenant-acme"
+NAMESPACE_UID = "namespace-uid-1"
 FACTS = ClusterFacts(
     uid=UID,
     secret_data={"model-credentials": {"api-key": "c2stdGVzdA=="}},
@@ -118,7 +119,7 @@ def written(decided: Plan) -> dict[ChildKey, tuple[str, str]]:
 
 def test_a_new_tenant_writes_every_child_phase_by_phase_creating_its_namespace() -> None:
     children = desired()
-    decided = plan(acme(), NAMESPACE, children, {}, namespace_exists=False, was_ready=False)
+    decided = plan(acme(), NAMESPACE, children, {}, namespace_uid=None, was_ready=False)
     assert set(written(decided)) == {child_key(m) for m in children}
     assert written(decided)[("Namespace", "", NAMESPACE)] == ("create", "missing")
     assert {method for method, _ in written(decided).values()} == {"create", "apply"}
@@ -131,10 +132,23 @@ def test_a_new_tenant_writes_every_child_phase_by_phase_creating_its_namespace()
     assert not groups["RuntimeReady"].ok
 
 
+def test_a_namespace_written_again_is_bound_to_the_namespace_the_pass_found() -> None:
+    """A server-side apply makes what does not exist: the namespace's apply carries the uid the
+    pass found, so the API server refuses it when that namespace is gone, or is another one."""
+    live = as_live(desired())
+    renamed = acme(display_name="Acme, renamed")
+    decided = plan(renamed, NAMESPACE, desired(renamed), live, NAMESPACE_UID, was_ready=True)
+    (write,) = decided.writes
+    assert (write.key, write.method) == (("Namespace", "", NAMESPACE), "apply")
+    assert write.manifest["metadata"]["uid"] == NAMESPACE_UID
+    first = plan(renamed, NAMESPACE, desired(renamed), {}, namespace_uid=None, was_ready=False)
+    assert all("uid" not in write.manifest["metadata"] for write in first.writes)
+
+
 def test_an_unchanged_tenant_writes_nothing_and_is_ready() -> None:
     children = desired()
     live = as_live(children)
-    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, was_ready=True)
     assert decided.writes == () and decided.prune == () and decided.corrected == ()
     groups, stalled = outcome(acme(), NAMESPACE, children, live, {})
     assert all(state.ok for state in groups.values()) and stalled is None, groups
@@ -143,7 +157,7 @@ def test_an_unchanged_tenant_writes_nothing_and_is_ready() -> None:
 def test_a_workload_that_is_not_available_keeps_its_group_false_with_the_reason() -> None:
     children = desired()
     live = as_live(children, available=False)
-    assert plan(acme(), NAMESPACE, children, live, True, True).writes == ()
+    assert plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True).writes == ()
     groups, _ = outcome(acme(), NAMESPACE, children, live, {})
     assert groups["RuntimeReady"].reason == "Unavailable"
     assert "0 of 1 replicas available" in groups["RuntimeReady"].message
@@ -154,7 +168,7 @@ def test_a_workload_rolling_out_says_so_whatever_the_step_of_its_rollout() -> No
     steps = ({}, {"observedGeneration": 1}, {"observedGeneration": 1, "updatedReplicas": 1})
     for status in steps:
         live = as_live(children, deployment_status=status)
-        assert plan(acme(), NAMESPACE, children, live, True, was_ready=False).writes == ()
+        assert plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, was_ready=False).writes == ()
         groups, _ = outcome(acme(), NAMESPACE, children, live, {})
         for group, name in (("RuntimeReady", "runtime"), ("SandboxReady", "sandbox")):
             state = groups[group]
@@ -171,7 +185,7 @@ def test_a_deployment_the_pass_wrote_is_judged_by_the_api_servers_answer() -> No
     children = desired()
     runtime = ("Deployment", NAMESPACE, "runtime")
     live = as_live(children, managers={runtime: "intruder"})
-    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, was_ready=True)
     assert written(decided) == {runtime: ("replace", "changed by intruder")}
     answer = as_bodies(children)[runtime]  # the same spec, its rollout long over
     groups, _ = outcome(acme(), NAMESPACE, children, live, {runtime: answer})
@@ -196,7 +210,7 @@ def test_drift_on_a_ready_tenant_is_corrected_and_reported() -> None:
     secret = ("Secret", NAMESPACE, "model-credentials")
     live = as_live(children, managers={policy: "kubectl-edit"})
     del live[secret]
-    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=True)
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, was_ready=True)
     # Someone else's fields on a child: replaced whole, so what they added goes too.
     assert written(decided) == {
         policy: ("replace", "changed by kubectl-edit"),
@@ -211,7 +225,9 @@ def test_drift_on_a_ready_tenant_is_corrected_and_reported() -> None:
 def test_a_change_to_the_spec_is_written_but_is_not_drift() -> None:
     before = as_live(desired())
     quota = acme().spec.quota.model_copy(update={"pods": 7})
-    decided = plan(acme(quota=quota), NAMESPACE, desired(acme(quota=quota)), before, True, True)
+    decided = plan(
+        acme(quota=quota), NAMESPACE, desired(acme(quota=quota)), before, NAMESPACE_UID, True
+    )
     assert written(decided) == {("ResourceQuota", NAMESPACE, "tenant-quota"): ("apply", "changed")}
     assert decided.corrected == ()
 
@@ -231,11 +247,11 @@ def test_a_child_a_template_renders_for_the_first_time_is_written_but_is_not_dri
             },
         }
     )
-    decided = plan(acme(), NAMESPACE, children, live, True, True, new=frozenset({claim}))
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True, new=frozenset({claim}))
     assert written(decided) == {claim: ("apply", "missing")}
     assert decided.corrected == ()
     # Deleted by hand later, it is drift like any child.
-    again = plan(acme(), NAMESPACE, children, live, True, True)
+    again = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True)
     assert [str(c) for c in again.corrected] == [
         "PersistentVolumeClaim tenant-acme/memory (missing)"
     ]
@@ -245,7 +261,7 @@ def test_nothing_is_drift_before_the_tenant_was_ready() -> None:
     children = desired()
     live = as_live(children)
     del live[("Service", NAMESPACE, "runtime")]
-    decided = plan(acme(), NAMESPACE, children, live, True, was_ready=False)
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, was_ready=False)
     assert written(decided) == {("Service", NAMESPACE, "runtime"): ("apply", "missing")}
     assert decided.corrected == ()
 
@@ -257,10 +273,10 @@ def test_the_namespace_is_applied_not_replaced_and_only_a_field_of_ours_changed_
     children = desired()
     key = ("Namespace", "", NAMESPACE)
     labelled = as_live(children, {key: "kubectl-label"})
-    assert written(plan(acme(), NAMESPACE, children, labelled, True, True)) == {}
+    assert written(plan(acme(), NAMESPACE, children, labelled, NAMESPACE_UID, True)) == {}
     enforce = "pod-security.kubernetes.io/enforce"
     changed = as_live(children, {key: "kubectl-label"}, taken={key: enforce})
-    decided = plan(acme(), NAMESPACE, children, changed, True, True)
+    decided = plan(acme(), NAMESPACE, children, changed, NAMESPACE_UID, True)
     assert written(decided) == {key: ("apply", f"someone changed metadata.labels[{enforce}]")}
     assert [str(c) for c in decided.corrected] == [
         f"Namespace {NAMESPACE} (someone changed metadata.labels[{enforce}])"
@@ -279,9 +295,9 @@ def test_a_sessions_claim_is_applied_never_replaced_and_the_binders_are_no_drift
     key = ("PersistentVolumeClaim", NAMESPACE, "sessions")
     for manager in ("kube-controller-manager", "kube-scheduler", "kubectl"):
         live = as_live(children, {key: manager})
-        assert written(plan(tenant, NAMESPACE, children, live, True, True)) == {}
+        assert written(plan(tenant, NAMESPACE, children, live, NAMESPACE_UID, True)) == {}
     live = as_live(children, {key: "kubectl"}, taken={key: "app.kubernetes.io/component"})
-    decided = plan(tenant, NAMESPACE, children, live, True, True)
+    decided = plan(tenant, NAMESPACE, children, live, NAMESPACE_UID, True)
     assert written(decided) == {
         key: ("apply", "someone changed metadata.labels[app.kubernetes.io/component]")
     }
@@ -294,7 +310,7 @@ def test_what_the_spec_no_longer_wants_is_pruned_but_never_the_namespace() -> No
     live[stale_secret] = live[("Secret", NAMESPACE, "model-credentials")]
     # A namespace of this tenant that the render no longer names (spec.namespace changed).
     live[("Namespace", "", "tenant-acme-old")] = live[("Namespace", "", NAMESPACE)]
-    decided = plan(acme(), NAMESPACE, children, live, True, True)
+    decided = plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True)
     assert decided.prune == (stale_secret,)
 
 
@@ -353,7 +369,7 @@ def test_a_runtime_that_refuses_its_current_configuration_stalls_the_tenant() ->
     assert stalled == ("RuntimeConfigRefused", refused.message)
     assert groups["RuntimeReady"] == GroupState(False, "RuntimeConfigRefused", refused.message)
     # everything is applied: only a human can help now
-    assert plan(acme(), NAMESPACE, children, live, True, True).writes == ()
+    assert plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True).writes == ()
 
 
 def test_a_refusal_of_another_configuration_or_image_or_namespace_is_the_past() -> None:
