@@ -333,6 +333,13 @@ class ChildCache:
     def forget(self, tenant: str) -> None:
         self._children.pop(tenant, None)
 
+    def drop(self, tenant: str, key: ChildKey) -> None:
+        """Forget one child a write found not to be what the cache said (writes.NotTheOneFound),
+        as its deletion event would; a resync listing now does not put it back."""
+        self._children.get(tenant, {}).pop(key, None)
+        if self._touched is not None:
+            self._touched[key] = tenant
+
     def written(self, body: Mapping[str, Any]) -> None:
         """Record the API server's answer to one of our own writes, before its watch event.
 

@@ -31,6 +31,7 @@ from tenantry.reconcile import Reconciler
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 from tenantry.watches import MAX_BACKOFF, refused_for_good, watch
+from tenantry.writes import NotTheOneFound
 
 logger = logging.getLogger("tenantry.controller")
 T = TypeVar("T")
@@ -101,6 +102,10 @@ class Controller:
             self.forget(name, body["metadata"].get("uid", ""))
             return
         except Exception as error:
+            if isinstance(error, NotTheOneFound):
+                # The cache held a child that is gone, or another's now (its watch event not
+                # yet handled, or missed): the retry reads the API server instead.
+                self.children.drop(name, error.key)
             metrics.observe_reconcile(None, time.monotonic() - started)
             metrics.api_error("reconcile", error)
             raise  # the queue retries it with backoff

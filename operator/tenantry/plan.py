@@ -97,8 +97,13 @@ WriteMethod = Literal["create", "replace", "apply"]
 class Write:
     key: ChildKey
     manifest: Manifest
-    reason: str  # "missing", "changed", or "changed by <managers>"
+    reason: str  # "missing", "changed", "changed by <managers>", or CONFIRMING
     method: WriteMethod
+
+
+# The reason of a namespace apply that changes nothing: it binds the pass to the namespace it
+# found before anything is written in, or deleted from, that namespace (see `plan`).
+CONFIRMING = "unchanged: bound to the namespace found"
 
 
 @dataclass(frozen=True)
@@ -127,13 +132,12 @@ def write_method(
 
 
 def pinned(manifest: Manifest, key: ChildKey, namespace_uid: str | None) -> Manifest:
-    """The namespace's manifest bound to the namespace the pass found: a server-side apply
-    creates what does not exist, and one that carries a uid is refused instead (409) unless the
-    object of that name has that uid. Unbound, a pass that found the namespace (in its cache, or
-    Terminating) would make it again after garbage collection took it, past the check that its
-    tenant still exists (Reconciler._create_namespace); or take over, by a forced apply, another
-    namespace of that name made meanwhile. Namespaced children need no pin: their namespace is
-    the tenant's."""
+    """The namespace's manifest bound to the namespace the pass found. A server-side apply
+    makes what does not exist; one that carries a uid is refused instead, 409 when no object of
+    that name exists and 422 when another has it (writes.NotTheOneFound). Unbound, a pass that
+    found the namespace (in its cache, or Terminating) made it again after garbage collection
+    took it, past the check that its tenant still exists (Reconciler._create_namespace); or
+    took over, by a forced apply, another namespace of that name made meanwhile."""
     if row(key[0]).namespaced or namespace_uid is None:
         return manifest
     return {**manifest, "metadata": {**manifest["metadata"], "uid": namespace_uid}}
@@ -163,22 +167,30 @@ def plan(
         for manifest in desired
         if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
     ]
+    wanted = {child_key(manifest): manifest for manifest in desired}
+    # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
+    # by garbage collection, never because a pass did not render it.
+    prune = tuple(key for key in sorted(set(live) - set(wanted)) if row(key[0]).namespaced)
+    # A cached namespace may be gone, and another made under its name, before the watch tells:
+    # whatever this pass writes or deletes in it waits for an apply bound to the one it found.
+    home = ("Namespace", "", namespace)
+    unbound = not any(write.key == home for write in writes)
+    if (writes or prune) and unbound and namespace_uid is not None and home in wanted:
+        bound = pinned(wanted[home], home, namespace_uid)
+        writes.insert(0, Write(home, bound, CONFIRMING, "apply"))
     phases = sorted({row(write.key[0]).phase for write in writes})
     # A change to the spec or a template is not drift; what a Ready tenant lost or had changed
     # by someone is.
     corrected = tuple(
         Correction(write.key[0], child_path(write.key), write.reason)
         for write in writes
-        if was_ready and write.reason != "changed" and write.key not in new
+        if was_ready and write.reason not in ("changed", CONFIRMING) and write.key not in new
     )
-    wanted = {child_key(manifest) for manifest in desired}
     return Plan(
         phases=tuple(
             tuple(write for write in writes if row(write.key[0]).phase == phase) for phase in phases
         ),
-        # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
-        # by garbage collection, never because a pass did not render it.
-        prune=tuple(key for key in sorted(set(live) - wanted) if row(key[0]).namespaced),
+        prune=prune,
         corrected=corrected,
     )
 

@@ -63,7 +63,7 @@ from tenantry.render import (
 from tenantry.report import StatusReporter, TenantGone
 from tenantry.resources import AgentTenantResource
 from tenantry.status import GroupState, Observation, condition_of
-from tenantry.writes import Answer, ChildWriter, Written, gather_all
+from tenantry.writes import Answer, ChildWriter, NotTheOneFound, Written, gather_all
 
 logger = logging.getLogger("tenantry.reconcile")
 
@@ -274,7 +274,7 @@ class Reconciler:
         check_namespace_name(namespace, self._reserved_namespaces())
         live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
         cached = live.get(("Namespace", "", namespace))
-        if cached is not None:
+        if cached is not None and cached.uid:
             namespace_uid: str | None = cached.uid  # ours, as the watch last saw it: no read
         else:
             existing = await self.writer.get(Namespace, namespace)
@@ -425,18 +425,30 @@ class Reconciler:
         # and a pass retried meanwhile would make it a namespace again after garbage collection
         # took the first (seen by the fault tests on a loaded machine).
         # (A list by name, not a GET: the chart grants list and watch on tenants, nothing more.)
+        # A tenant being deleted in the foreground (`--cascade=foreground`) is still listed,
+        # with a deletionTimestamp, until its namespace is gone: that counts as gone too.
         current = self.client.list(AgentTenantResource, fields={"metadata.name": tenant.name})
-        if not [found async for found in current if found.metadata and found.metadata.uid == uid]:
+        if not [
+            found
+            async for found in current
+            if found.metadata
+            and found.metadata.uid == uid
+            and found.metadata.deletionTimestamp is None
+        ]:
             raise TenantGone(tenant.name)
         if await self.writer.create_namespace(manifest):
             return
+        key = child_key(manifest)
         existing = await self.writer.get(Namespace, manifest["metadata"]["name"])
-        if existing is None or not owns(existing, tenant, uid):
+        if existing is None:  # there when created, gone when read: a Terminating one ended
+            raise NotTheOneFound(
+                key, f"{describe_child(key)} was there, then gone: the next pass looks again"
+            )
+        if not owns(existing, tenant, uid):
             raise Stall(
                 "NamespaceConflict",
                 f"namespace {manifest['metadata']['name']!r} was created by someone else: set spec.namespace "
                 "to a namespace that does not exist yet",
             )
         # Bound to the one just read (plan.pinned): gone by now, it is not made again here.
-        key = child_key(manifest)
         await self.writer.apply(pinned(manifest, key, existing["metadata"]["uid"]))

@@ -58,31 +58,48 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
 
 class NotTheOneFound(Exception):
     """A write bound to the uid of the object the pass found (plan.pinned) was refused: that
-    object is gone, or another of its name took its place. Nothing was written; the queue's
-    retry looks again, once the watch has told of the change."""
+    object is gone, or another of its name took its place. Nothing was written; the caller
+    forgets what it knew of KEY and the queue's retry looks again."""
+
+    def __init__(self, key: ChildKey, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @contextmanager
 def bound_to_the_one_found(key: ChildKey, manifest: Manifest) -> Iterator[None]:
-    """Turn the API server's refusal of a write that carries a uid into NotTheOneFound: 409
-    when no object of that name exists (a create would have followed), 422 on `metadata.uid`
-    when another does."""
+    """Turn the API server's refusal of a write for its uid into NotTheOneFound. Entered inside
+    `refusals_stall`, which would take the 422 for an invalid child and stall the tenant."""
     uid = manifest["metadata"].get("uid")
     try:
         yield
     except ApiError as error:
-        if uid is None or not (error.status.code == 409 or on_uid(error)):
+        if not uid or not refused_for_its_uid(error):
             raise
         raise NotTheOneFound(
+            key,
             f"{describe_child(key)} is not the one this pass found (uid {uid}): it is gone, or "
-            f"another took its name; the next pass looks again ({error.status.message})"
+            f"another took its name; the next pass looks again ({error.status.message})",
         ) from None
 
 
-def on_uid(error: ApiError) -> bool:
-    details = error.status.details
-    causes = (details.causes if details else None) or []
-    return error.status.code == 422 and any(cause.field == "metadata.uid" for cause in causes)
+# How the API server words a 409 for a uid: an apply whose object does not exist
+# (k8s.io/apiserver handlers/patch.go), and a failed uid precondition (storage/interfaces.go).
+UID_CONFLICTS = ("uid mismatch", "UID in precondition")
+
+
+def refused_for_its_uid(error: ApiError) -> bool:
+    """A write refused only because its uid is not the live object's: a 409 saying so (no
+    object of that name exists), or a 422 on `metadata.uid` alone (another object has it)."""
+    status = error.status
+    if status.code == 409:
+        return any(text in (status.message or "") for text in UID_CONFLICTS)
+    causes = (status.details.causes if status.details else None) or []
+    return (
+        status.code == 422
+        and bool(causes)
+        and all(cause.field == "metadata.uid" for cause in causes)
+    )
 
 
 async def gather_all(writes: Iterable[Awaitable[None]]) -> None:

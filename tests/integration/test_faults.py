@@ -287,25 +287,48 @@ def tenants_disturbed(kube: Client, name: str) -> list[str]:
 
 
 class NamespacesMade:
-    """The uids of every namespace whose name starts with PREFIX, by name, over every look."""
+    """Every namespace whose name starts with PREFIX made from now on, as the API server's watch
+    of namespaces tells it: however short-lived, none is missed."""
 
     def __init__(self, kube: Client, prefix: str) -> None:
         self.kube = kube
         self.prefix = prefix
-        self.uids: dict[str, set[str]] = {}
+        listing = kube.list(Namespace)
+        next(iter(listing))  # its version is known once its first page is read
+        self.since = listing.resourceVersion
 
-    def look(self) -> set[str]:
-        """The names of those there now."""
-        there = set()
-        for namespace in self.kube.list(Namespace):
-            meta = namespace.metadata
-            if meta and meta.name and meta.name.startswith(self.prefix):
-                self.uids.setdefault(meta.name, set()).add(str(meta.uid))
-                there.add(meta.name)
-        return there
+    def uids(self) -> dict[str, set[str]]:
+        """The uid of each one made since, by name: the watch from then until now (the server
+        ends it after a second)."""
+        generic: Any = self.kube._client  # lightkube's request building and credentials
+        request = generic.prepare_request(
+            "list",
+            res=Namespace,
+            watch=True,
+            params={"resourceVersion": self.since, "timeoutSeconds": 1},
+        )
+        built = generic._client.build_request(
+            request.method, request.url, params=request.params, timeout=generic._watch_timeout
+        )
+        response = generic.send(built, stream=True)
+        made: dict[str, set[str]] = {}
+        try:
+            generic.raise_for_status(response)
+            for line in response.iter_lines():
+                event = json.loads(line) if line.strip() else {}
+                assert event.get("type") != "ERROR", event  # a version too old: 410
+                meta = (event.get("object") or {}).get("metadata") or {}
+                if event.get("type") == "ADDED" and meta.get("name", "").startswith(self.prefix):
+                    made.setdefault(meta["name"], set()).add(meta["uid"])
+        finally:
+            response.close()
+        return made
 
     def none(self) -> bool:
-        return not self.look()
+        return not any(
+            (namespace.metadata.name or "").startswith(self.prefix)  # type: ignore[union-attr]
+            for namespace in self.kube.list(Namespace)
+        )
 
 
 def test_a_tenant_deleted_while_still_provisioning_leaves_nothing(
@@ -323,12 +346,9 @@ def test_a_tenant_deleted_while_still_provisioning_leaves_nothing(
     # the namespace with the next request (no API makes the two one). Garbage collection takes
     # that one too. A namespace made again after its tenant's deletion reached the operator
     # (a retried pass once did, seen on a loaded machine) is a second one of that name.
-    looked_until = time.monotonic() + 5
-    while time.monotonic() < looked_until:
-        made.look()
-        time.sleep(0.1)
+    time.sleep(5)
     wait_until(made.none, "the deleted tenants' namespaces to be gone again", timeout=120)
-    again = {name: uids for name, uids in made.uids.items() if len(uids) > 1}
+    again = {name: uids for name, uids in made.uids().items() if len(uids) > 1}
     assert again == {}, f"namespaces made again after their tenants were deleted: {again}"
     left: list[Any] = [
         ns.metadata.name  # type: ignore[union-attr]
