@@ -333,12 +333,19 @@ class ChildCache:
     def forget(self, tenant: str) -> None:
         self._children.pop(tenant, None)
 
-    def drop(self, tenant: str, key: ChildKey) -> None:
-        """Forget one child a write found not to be what the cache said (writes.NotTheOneFound),
-        as its deletion event would; a resync listing now does not put it back."""
-        self._children.get(tenant, {}).pop(key, None)
-        if self._touched is not None:
-            self._touched[key] = tenant
+    def drop_namespace(self, tenant: str, namespace: str) -> None:
+        """Forget a tenant's namespace and every child in it, as their deletion events would: the
+        namespace is not the one the cache held (writes.NotTheOneFound), and what was in that one
+        went with it. A resync listing now does not put them back."""
+        children = self._children.get(tenant, {})
+        gone = [
+            key for key in children if key[1] == namespace or key == ("Namespace", "", namespace)
+        ]
+        for key in gone:
+            del children[key]
+            if self._touched is not None:
+                self._touched[key] = tenant
+        self._tokens.pop(namespace, None)
 
     def written(self, body: Mapping[str, Any]) -> None:
         """Record the API server's answer to one of our own writes, before its watch event.

@@ -101,11 +101,15 @@ class Controller:
             # what vanished, so the deletion shows only here.
             self.forget(name, body["metadata"].get("uid", ""))
             return
+        except NotTheOneFound as refused:
+            # The cache held a namespace that is gone, or another's now (its watch events not
+            # yet handled, or missed). Nothing was written: forget it, with what was in it, and
+            # look again in a second, from the API server.
+            self.children.drop_namespace(name, refused.key[2])
+            logger.info("%s", refused, extra={"tenant": name})
+            self.queue.enqueue(name, delay=1.0)
+            return
         except Exception as error:
-            if isinstance(error, NotTheOneFound):
-                # The cache held a child that is gone, or another's now (its watch event not
-                # yet handled, or missed): the retry reads the API server instead.
-                self.children.drop(name, error.key)
             metrics.observe_reconcile(None, time.monotonic() - started)
             metrics.api_error("reconcile", error)
             raise  # the queue retries it with backoff

@@ -97,13 +97,8 @@ WriteMethod = Literal["create", "replace", "apply"]
 class Write:
     key: ChildKey
     manifest: Manifest
-    reason: str  # "missing", "changed", "changed by <managers>", or CONFIRMING
+    reason: str  # "missing", "changed", or "changed by <managers>"
     method: WriteMethod
-
-
-# The reason of a namespace apply that changes nothing: it binds the pass to the namespace it
-# found before anything is written in, or deleted from, that namespace (see `plan`).
-CONFIRMING = "unchanged: bound to the namespace found"
 
 
 @dataclass(frozen=True)
@@ -167,30 +162,22 @@ def plan(
         for manifest in desired
         if (reason := apply_reason(manifest, live.get(key := child_key(manifest)))) is not None
     ]
-    wanted = {child_key(manifest): manifest for manifest in desired}
-    # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
-    # by garbage collection, never because a pass did not render it.
-    prune = tuple(key for key in sorted(set(live) - set(wanted)) if row(key[0]).namespaced)
-    # A cached namespace may be gone, and another made under its name, before the watch tells:
-    # whatever this pass writes or deletes in it waits for an apply bound to the one it found.
-    home = ("Namespace", "", namespace)
-    unbound = not any(write.key == home for write in writes)
-    if (writes or prune) and unbound and namespace_uid is not None and home in wanted:
-        bound = pinned(wanted[home], home, namespace_uid)
-        writes.insert(0, Write(home, bound, CONFIRMING, "apply"))
     phases = sorted({row(write.key[0]).phase for write in writes})
     # A change to the spec or a template is not drift; what a Ready tenant lost or had changed
     # by someone is.
     corrected = tuple(
         Correction(write.key[0], child_path(write.key), write.reason)
         for write in writes
-        if was_ready and write.reason not in ("changed", CONFIRMING) and write.key not in new
+        if was_ready and write.reason != "changed" and write.key not in new
     )
+    wanted = {child_key(manifest) for manifest in desired}
     return Plan(
         phases=tuple(
             tuple(write for write in writes if row(write.key[0]).phase == phase) for phase in phases
         ),
-        prune=prune,
+        # A tenant's namespace (the one cluster-scoped child) goes only with the tenant itself,
+        # by garbage collection, never because a pass did not render it.
+        prune=tuple(key for key in sorted(set(live) - wanted) if row(key[0]).namespaced),
         corrected=corrected,
     )
 

@@ -97,6 +97,9 @@ class TenantFacts:
 
     namespace: str
     namespace_uid: str | None  # None: the namespace does not exist (yet)
+    # The namespace's uid came from the cache, not from a read by this pass: it may be gone, or
+    # another may have its name, before the watch tells (see Reconciler._confirm_namespace).
+    namespace_cached: bool
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
     secret_types: dict[str, str]
@@ -221,6 +224,12 @@ class Reconciler:
             was_ready,
             templated - self._templated.get(uid, templated),
         )
+        # Anything to write or delete in a namespace known from the cache alone waits for a read
+        # of it; a write of the namespace itself is bound to its uid instead (plan.pinned).
+        home = ("Namespace", "", facts.namespace)
+        writes_home = any(write.key == home for write in decided.writes)
+        if facts.namespace_cached and not writes_home and (decided.writes or decided.prune):
+            await self._confirm_namespace(facts.namespace, facts.namespace_uid)
         answers = await self._carry_out(decided, tenant, uid)
         self._templated[uid] = templated
         groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
@@ -291,17 +300,36 @@ class Reconciler:
             live = {**live, **await self._live_secrets(namespace, uid)}
         # Grants first: a revoked Secret is taken back even from a tenant that another check
         # below stalls (a manifest must not keep its copy by breaking a rule on purpose).
+        cached_uid = namespace_uid if cached is not None and cached.uid else None
         secret_data, secret_types = await self._read_secret_sources(
-            tenant, namespace, live if namespace_uid is not None else {}
+            tenant, namespace, live if namespace_uid is not None else {}, cached_uid
         )
-        return TenantFacts(namespace, namespace_uid, live, secret_data, secret_types)
+        return TenantFacts(
+            namespace, namespace_uid, cached_uid is not None, live, secret_data, secret_types
+        )
+
+    async def _confirm_namespace(self, namespace: str, uid: str | None) -> None:
+        """Make sure the namespace the cache holds is still the one of that name, before this
+        pass writes or deletes anything in it: a read, where the pass read nothing yet. (A write
+        of the namespace itself carries its uid instead, plan.pinned.)"""
+        found = await self.writer.get(Namespace, namespace)
+        if found is None or found["metadata"].get("uid") != uid:
+            raise NotTheOneFound(
+                ("Namespace", "", namespace),
+                f"namespace {namespace!r} is not the one the cache holds (uid {uid}): it is gone, "
+                "or another took its name; the next pass looks again",
+            )
 
     def _reserved_namespaces(self) -> frozenset[str]:
         reserved = RESERVED_NAMESPACES | {self.config.secret_source_namespace}
         return reserved | {self.operator_namespace} if self.operator_namespace else reserved
 
     async def _read_secret_sources(
-        self, tenant: AgentTenant, namespace: str, live: Mapping[ChildKey, LiveChild]
+        self,
+        tenant: AgentTenant,
+        namespace: str,
+        live: Mapping[ChildKey, LiveChild],
+        cached_uid: str | None = None,
     ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         source_namespace = self.config.secret_source_namespace
         data: dict[str, dict[str, str]] = {}
@@ -339,7 +367,7 @@ class Reconciler:
             data[ref.name] = dict(source.get("data") or {})
             types[ref.name] = source.get("type") or "Opaque"
         if refused:
-            await self._revoke(refused, namespace, live, tenant.name)
+            await self._revoke(refused, namespace, live, tenant.name, cached_uid)
         model = tenant.spec.runtime.model
         if model and model.credentials_key not in data.get(model.credentials_secret, {}):
             raise Stall(
@@ -355,10 +383,12 @@ class Reconciler:
         namespace: str,
         live: Mapping[ChildKey, LiveChild],
         tenant: str,
+        cached_uid: str | None = None,
     ) -> None:
         """Stall on the first refused Secret, first deleting the copies the tenant may no longer
         hold, and the runtime that mounts them: a running pod keeps a deleted Secret's files, and
-        a rollout would keep the old pod until a new one (which cannot start) is ready."""
+        a rollout would keep the old pod until a new one (which cannot start) is ready.
+        `cached_uid`: the namespace's uid as the cache holds it, confirmed before a deletion."""
         first = refused[0]
         stall = Stall(first.reason, first.message)
         copies = []
@@ -369,6 +399,8 @@ class Reconciler:
             if key in live or (live and await self.writer.get(Secret, refusal.name, namespace)):
                 copies.append(key)
         if copies:
+            if cached_uid is not None:
+                await self._confirm_namespace(namespace, cached_uid)
             runtime = ("Deployment", namespace, RUNTIME)
             for key in [*copies, runtime]:
                 await self.writer.delete(key)

@@ -57,9 +57,10 @@ def refusals_stall(key: ChildKey) -> Iterator[None]:
 
 
 class NotTheOneFound(Exception):
-    """A write bound to the uid of the object the pass found (plan.pinned) was refused: that
-    object is gone, or another of its name took its place. Nothing was written; the caller
-    forgets what it knew of KEY and the queue's retry looks again."""
+    """The namespace the pass found (KEY) is gone, or another of its name took its place: a
+    write bound to its uid was refused (plan.pinned), or a read found so before anything was
+    written (Reconciler._confirm_namespace). The controller forgets what it knew of it, and
+    the next pass looks again."""
 
     def __init__(self, key: ChildKey, message: str) -> None:
         super().__init__(message)
@@ -83,9 +84,9 @@ def bound_to_the_one_found(key: ChildKey, manifest: Manifest) -> Iterator[None]:
         ) from None
 
 
-# How the API server words a 409 for a uid: an apply whose object does not exist
-# (k8s.io/apiserver handlers/patch.go), and a failed uid precondition (storage/interfaces.go).
-UID_CONFLICTS = ("uid mismatch", "UID in precondition")
+# How the API server words the 409 for an apply that carries a uid when no object of that name
+# exists (k8s.io/apiserver endpoints/handlers/patch.go, the same from v0.35 to v0.37).
+UID_MISMATCH = "uid mismatch"
 
 
 def refused_for_its_uid(error: ApiError) -> bool:
@@ -93,7 +94,7 @@ def refused_for_its_uid(error: ApiError) -> bool:
     object of that name exists), or a 422 on `metadata.uid` alone (another object has it)."""
     status = error.status
     if status.code == 409:
-        return any(text in (status.message or "") for text in UID_CONFLICTS)
+        return UID_MISMATCH in (status.message or "")
     causes = (status.details.causes if status.details else None) or []
     return (
         status.code == 422

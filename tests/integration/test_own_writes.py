@@ -25,7 +25,6 @@ from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
 from tenantry.kinds import child_kinds
 from tenantry.names import MANAGED_BY, OPERATOR, TENANT_LABEL
-from tenantry.writes import NotTheOneFound
 from tenants import OPERATOR_LABEL, AgentTenant
 from waiting import wait_until
 
@@ -91,6 +90,22 @@ async def test_a_namespace_gone_from_under_the_cache_is_neither_made_again_nor_a
         controller.tenant_seen({"type": "MODIFIED", "object": body})
         await controller.reconcile(name)
 
+    home = ("Namespace", "", namespace)
+
+    def forgotten() -> bool:
+        """The pass found the namespace was not the cached one: it forgot it, and its children."""
+        return all(key != home and key[1] != namespace for key in controller.children.of(name))
+
+    def theirs_untouched() -> None:
+        theirs = kube.get(Namespace, namespace).metadata
+        assert theirs is not None and not theirs.ownerReferences
+        assert theirs.labels == {"team": "other", "kubernetes.io/metadata.name": namespace}
+        assert not (theirs.annotations or {})
+        for kind in child_kinds(config.template_kinds):
+            if kind.namespaced:
+                found = kube.list(kind.resource, namespace=namespace, labels={MANAGED_BY: OPERATOR})  # type: ignore[call-overload]
+                assert list(found) == [], kind.kind
+
     try:
         controller = Controller(config, client, None)
         controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
@@ -100,27 +115,27 @@ async def test_a_namespace_gone_from_under_the_cache_is_neither_made_again_nor_a
         wait_until(lambda: tenants.namespace_gone(kube, namespace), f"{namespace} to be gone")
         kube.create(Namespace(metadata=ObjectMeta(name=namespace, labels={"team": "other"})))
 
-        # A change to a child in the namespace: the pass binds itself to the namespace first.
-        with pytest.raises(NotTheOneFound, match="it is gone, or another took its name"):
-            await changed({"quota": {"pods": 7}})
-        theirs = kube.get(Namespace, namespace).metadata
-        assert theirs is not None and not theirs.ownerReferences
-        assert theirs.labels == {"team": "other", "kubernetes.io/metadata.name": namespace}
-        for kind in child_kinds(config.template_kinds):
-            if kind.namespaced:
-                found = kube.list(kind.resource, namespace=namespace, labels={MANAGED_BY: OPERATOR})  # type: ignore[call-overload]
-                assert list(found) == [], kind.kind
-        # The refusal dropped the namespace from the cache: the retry reads it, and stalls.
+        # A change to a child in the namespace: the pass reads the namespace first.
+        await changed({"quota": {"pods": 7}})
+        assert forgotten()
+        theirs_untouched()
+        # A change to the namespace itself, the cache holding ours again: its apply is bound.
+        controller.child_seen({"type": "ADDED", "object": ours})
+        await changed({"quota": {"pods": 7}, "displayName": "renamed"})
+        assert forgotten()
+        theirs_untouched()
+        # The next pass reads the namespace, and stalls saying whose it is.
         await controller.reconcile(name)
         ready = tenants.condition(kube, name, "Ready")
         assert ready.get("reason") == "NamespaceConflict", ready
+        theirs_untouched()
 
-        # Gone too, while the cache still held ours: a change to the namespace itself.
+        # Gone, the cache holding ours: the bound apply does not make it again.
         kube.delete(Namespace, namespace)
         wait_until(lambda: tenants.namespace_gone(kube, namespace), f"{namespace} to be gone")
         controller.child_seen({"type": "ADDED", "object": ours})
-        with pytest.raises(NotTheOneFound, match="it is gone, or another took its name"):
-            await changed({"quota": {"pods": 7}, "displayName": "renamed"})
+        await changed({"quota": {"pods": 7}, "displayName": "renamed again"})
+        assert forgotten()
         assert tenants.namespace_gone(kube, namespace)
         # The retry makes it by a create, once a list shows the tenant is still there.
         await controller.reconcile(name)

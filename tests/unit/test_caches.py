@@ -144,3 +144,26 @@ def test_a_resync_never_undoes_what_an_event_said_of_a_pod_while_it_listed() -> 
     cache.observe(refusing, deleted=True)  # the refusing pod went while the list was read
     cache.replace(listed)
     assert cache.of("acme") == ()
+
+
+def test_a_namespace_found_not_to_be_the_cached_one_is_forgotten_with_what_was_in_it() -> None:
+    """Found by review: a refusal for the namespace's uid dropped the namespace alone, and the
+    retry, which makes the namespace again, took the children cached in the old one for live
+    (its Deployments available: Ready, with an empty namespace)."""
+    cache = ChildCache()
+    namespace = child("Namespace", "tenant-acme")
+    del namespace["metadata"]["namespace"]  # cluster-scoped
+    other = child()
+    other["metadata"]["namespace"] = "tenant-other"
+    token = {**child("Secret", "sandbox-token"), "data": {"token": "b2xk"}}
+    for body in (namespace, child(), token, other):
+        cache.observe(body, deleted=False)
+    listed = ChildCache()
+    for body in (namespace, child(), token, other):
+        listed.observe(body, deleted=False)
+    cache.begin_resync()  # a resync whose list read them before the namespace went
+    cache.drop_namespace("acme", "tenant-acme")
+    assert set(cache.of("acme")) == {("Service", "tenant-other", "runtime")}
+    assert cache.sandbox_token("tenant-acme", "tenant-uid") is None
+    cache.replace(listed)
+    assert set(cache.of("acme")) == {("Service", "tenant-other", "runtime")}

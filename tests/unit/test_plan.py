@@ -14,16 +14,7 @@ from tenantry.cli import load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND
 from tenantry.models import AgentTenant
-from tenantry.plan import (
-    CONFIRMING,
-    Plan,
-    Stall,
-    check_namespace_name,
-    ours,
-    outcome,
-    owns,
-    plan,
-)
+from tenantry.plan import Plan, Stall, check_namespace_name, ours, outcome, owns, plan
 from tenantry.pods import RuntimeRefusal
 from tenantry.render import ClusterFacts, render
 from tenantry.status import GroupState
@@ -123,12 +114,7 @@ def created(decided: Plan) -> dict[ChildKey, dict[str, Any]]:
 
 
 def written(decided: Plan) -> dict[ChildKey, tuple[str, str]]:
-    """What a pass writes, but the apply that binds it to its namespace (tested on its own)."""
-    return {
-        write.key: (write.method, write.reason)
-        for write in decided.writes
-        if write.reason != CONFIRMING
-    }
+    return {write.key: (write.method, write.reason) for write in decided.writes}
 
 
 def test_a_new_tenant_writes_every_child_phase_by_phase_creating_its_namespace() -> None:
@@ -157,27 +143,6 @@ def test_a_namespace_written_again_is_bound_to_the_namespace_the_pass_found() ->
     assert write.manifest["metadata"]["uid"] == NAMESPACE_UID
     first = plan(renamed, NAMESPACE, desired(renamed), {}, namespace_uid=None, was_ready=False)
     assert all("uid" not in write.manifest["metadata"] for write in first.writes)
-
-
-def test_a_pass_that_writes_in_its_namespace_first_binds_itself_to_the_one_it_found() -> None:
-    """A cached namespace may be gone, and another made under its name, before the watch tells:
-    the first write of a pass that writes or deletes in it is an apply of the namespace bound
-    to its uid, which changes nothing and is no drift correction."""
-    children = desired()
-    live = as_live(children)
-    assert plan(acme(), NAMESPACE, children, live, NAMESPACE_UID, True).writes == ()
-    home = ("Namespace", "", NAMESPACE)
-    policy = next(key for key in live if key[0] == "NetworkPolicy")
-    stale = {
-        ("Secret", NAMESPACE, "old-credentials"): live[("Secret", NAMESPACE, "model-credentials")]
-    }
-    for changed in ({k: c for k, c in live.items() if k != policy}, {**live, **stale}):
-        decided = plan(acme(), NAMESPACE, children, changed, NAMESPACE_UID, was_ready=True)
-        first, *rest = decided.phases
-        assert [(w.key, w.method, w.reason) for w in first] == [(home, "apply", CONFIRMING)]
-        assert first[0].manifest["metadata"]["uid"] == NAMESPACE_UID
-        assert rest or decided.prune
-        assert all(c.kind != "Namespace" for c in decided.corrected)
 
 
 def test_an_unchanged_tenant_writes_nothing_and_is_ready() -> None:
