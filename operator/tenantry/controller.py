@@ -106,8 +106,10 @@ class Controller:
             # yet handled, or missed). Nothing was written: forget it, with what was in it, and
             # look again in a second, from the API server.
             self.children.drop_namespace(name, refused.key[2])
+            metrics.observe_reconcile(None, time.monotonic() - started)
             logger.info("%s", refused, extra={"tenant": name})
-            self.queue.enqueue(name, delay=1.0)
+            if name in self.tenants:  # not deleted while the pass ran
+                self.queue.enqueue(name, delay=1.0)
             return
         except Exception as error:
             metrics.observe_reconcile(None, time.monotonic() - started)

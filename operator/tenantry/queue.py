@@ -58,8 +58,13 @@ class ReconcileQueue:
         """Ask for a reconcile of `key`, now or after `delay` seconds; `follow_up` for a pass
         that continues work in progress (served first)."""
         if delay > 0:
-            if key not in self._timers:
-                loop = asyncio.get_running_loop()
+            # One timer per key, the earliest asked for: a retry in a second is not put off by
+            # a drift pass or a backoff set for later.
+            loop = asyncio.get_running_loop()
+            timer = self._timers.get(key)
+            if timer is None or timer.when() > loop.time() + delay:
+                if timer is not None:
+                    timer.cancel()
                 self._timers[key] = loop.call_later(delay, self._fire, key)
             return
         lane = FOLLOW_UP if follow_up else FIRST

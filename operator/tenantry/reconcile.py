@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace, Secret
 from pydantic import ValidationError
 
@@ -97,9 +98,9 @@ class TenantFacts:
 
     namespace: str
     namespace_uid: str | None  # None: the namespace does not exist (yet)
-    # The namespace's uid came from the cache, not from a read by this pass: it may be gone, or
-    # another may have its name, before the watch tells (see Reconciler._confirm_namespace).
-    namespace_cached: bool
+    # The namespace's uid when it came from the cache, not from a read by this pass: that one
+    # may be gone, or another may have its name, before the watch tells (_confirm_namespace).
+    unconfirmed_uid: str | None
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
     secret_types: dict[str, str]
@@ -228,8 +229,9 @@ class Reconciler:
         # of it; a write of the namespace itself is bound to its uid instead (plan.pinned).
         home = ("Namespace", "", facts.namespace)
         writes_home = any(write.key == home for write in decided.writes)
-        if facts.namespace_cached and not writes_home and (decided.writes or decided.prune):
-            await self._confirm_namespace(facts.namespace, facts.namespace_uid)
+        unconfirmed = facts.unconfirmed_uid
+        if unconfirmed is not None and not writes_home and (decided.writes or decided.prune):
+            await self._confirm_namespace(facts.namespace, unconfirmed)
         answers = await self._carry_out(decided, tenant, uid)
         self._templated[uid] = templated
         groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
@@ -283,8 +285,9 @@ class Reconciler:
         check_namespace_name(namespace, self._reserved_namespaces())
         live = {key: child for key, child in live.items() if ours(key, child, uid, namespace)}
         cached = live.get(("Namespace", "", namespace))
-        if cached is not None and cached.uid:
-            namespace_uid: str | None = cached.uid  # ours, as the watch last saw it: no read
+        unconfirmed_uid = cached.uid if cached is not None and cached.uid else None
+        if unconfirmed_uid is not None:
+            namespace_uid: str | None = unconfirmed_uid  # ours, as the watch last saw it: no read
         else:
             existing = await self.writer.get(Namespace, namespace)
             if existing is not None and not owns(existing, tenant, uid):
@@ -297,18 +300,23 @@ class Reconciler:
         if self.config.scoped_secrets and namespace_uid is not None:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
             # tenant's, through the RoleBinding it got with its namespace.
-            live = {**live, **await self._live_secrets(namespace, uid)}
+            try:
+                live = {**live, **await self._live_secrets(namespace, uid)}
+            except ApiError as error:
+                # Refused in a namespace known from the cache alone: is it still ours?
+                if unconfirmed_uid is not None and error.status.code in (403, 404):
+                    await self._confirm_namespace(namespace, unconfirmed_uid)
+                raise
         # Grants first: a revoked Secret is taken back even from a tenant that another check
         # below stalls (a manifest must not keep its copy by breaking a rule on purpose).
-        cached_uid = namespace_uid if cached is not None and cached.uid else None
         secret_data, secret_types = await self._read_secret_sources(
-            tenant, namespace, live if namespace_uid is not None else {}, cached_uid
+            tenant, namespace, live if namespace_uid is not None else {}, unconfirmed_uid
         )
         return TenantFacts(
-            namespace, namespace_uid, cached_uid is not None, live, secret_data, secret_types
+            namespace, namespace_uid, unconfirmed_uid, live, secret_data, secret_types
         )
 
-    async def _confirm_namespace(self, namespace: str, uid: str | None) -> None:
+    async def _confirm_namespace(self, namespace: str, uid: str) -> None:
         """Make sure the namespace the cache holds is still the one of that name, before this
         pass writes or deletes anything in it: a read, where the pass read nothing yet. (A write
         of the namespace itself carries its uid instead, plan.pinned.)"""
@@ -329,7 +337,7 @@ class Reconciler:
         tenant: AgentTenant,
         namespace: str,
         live: Mapping[ChildKey, LiveChild],
-        cached_uid: str | None = None,
+        unconfirmed_uid: str | None = None,
     ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         source_namespace = self.config.secret_source_namespace
         data: dict[str, dict[str, str]] = {}
@@ -367,7 +375,7 @@ class Reconciler:
             data[ref.name] = dict(source.get("data") or {})
             types[ref.name] = source.get("type") or "Opaque"
         if refused:
-            await self._revoke(refused, namespace, live, tenant.name, cached_uid)
+            await self._revoke(refused, namespace, live, tenant.name, unconfirmed_uid)
         model = tenant.spec.runtime.model
         if model and model.credentials_key not in data.get(model.credentials_secret, {}):
             raise Stall(
@@ -383,12 +391,12 @@ class Reconciler:
         namespace: str,
         live: Mapping[ChildKey, LiveChild],
         tenant: str,
-        cached_uid: str | None = None,
+        unconfirmed_uid: str | None = None,
     ) -> None:
         """Stall on the first refused Secret, first deleting the copies the tenant may no longer
         hold, and the runtime that mounts them: a running pod keeps a deleted Secret's files, and
         a rollout would keep the old pod until a new one (which cannot start) is ready.
-        `cached_uid`: the namespace's uid as the cache holds it, confirmed before a deletion."""
+        `unconfirmed_uid`: the namespace's uid as the cache holds it, confirmed before a deletion."""
         first = refused[0]
         stall = Stall(first.reason, first.message)
         copies = []
@@ -399,8 +407,8 @@ class Reconciler:
             if key in live or (live and await self.writer.get(Secret, refusal.name, namespace)):
                 copies.append(key)
         if copies:
-            if cached_uid is not None:
-                await self._confirm_namespace(namespace, cached_uid)
+            if unconfirmed_uid is not None:
+                await self._confirm_namespace(namespace, unconfirmed_uid)
             runtime = ("Deployment", namespace, RUNTIME)
             for key in [*copies, runtime]:
                 await self.writer.delete(key)

@@ -158,7 +158,9 @@ class ChildWriter:
                 Namespace.from_dict(manifest), field_manager=FIELD_MANAGER
             )
         except ApiError as error:
-            if error.status.code != 409:
+            # Only "already exists": a 409 of anything else (an admission webhook's) is raised,
+            # not taken for a namespace that is there.
+            if error.status.code != 409 or error.status.reason != "AlreadyExists":
                 raise
             return None
         return self._answered("Namespace", created)

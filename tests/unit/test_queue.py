@@ -203,3 +203,22 @@ async def test_a_watch_event_after_the_queue_drained_puts_the_trim_off() -> None
             break
         await asyncio.sleep(0.01)
     assert trimmer.trims == 1
+
+
+async def test_a_sooner_delay_wins_over_a_later_timer_of_the_same_key() -> None:
+    """Found by review: a key with a timer set (a drift pass's, a backoff's) ignored a later
+    ask for a sooner pass, so the controller's "look again in a second" waited the longer."""
+    calls: list[str] = []
+
+    async def work(key: str) -> None:
+        calls.append(key)
+
+    queue = ReconcileQueue(work, concurrency=1)
+    task = asyncio.create_task(queue.run())
+    queue.enqueue("a", delay=60)
+    queue.enqueue("a", delay=0.05)
+    queue.enqueue("a", delay=30)  # later than the one set: changes nothing
+    await asyncio.sleep(0.3)
+    await until_idle(queue)
+    assert calls == ["a"]
+    task.cancel()
