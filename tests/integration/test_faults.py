@@ -288,7 +288,9 @@ def tenants_disturbed(kube: Client, name: str) -> list[str]:
 
 class NamespacesMade:
     """Every namespace whose name starts with PREFIX made from now on, as the API server's watch
-    of namespaces tells it: however short-lived, none is missed."""
+    of namespaces tells it: however short-lived, none is missed. (The API server replays from
+    its watch cache, which holds the last 100 events of a kind at least: a test that saw more
+    namespace events than that would get a 410, and fail saying so.)"""
 
     def __init__(self, kube: Client, prefix: str) -> None:
         self.kube = kube
