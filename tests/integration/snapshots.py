@@ -18,7 +18,7 @@ from lightkube.resources.core_v1 import (
 )
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
-from tenants import AgentTenant
+from tenants import AgentTenant, writes_outside_status
 from waiting import wait_until
 
 NAMESPACED = (
@@ -42,11 +42,13 @@ def snapshot(
     exclude_namespaces: frozenset[str] = frozenset(),
     exclude_tenants: frozenset[str] = frozenset(),
 ) -> Snapshot:
-    """(kind, namespace, name) → resourceVersion of every object a tenant could disturb."""
+    """(kind, namespace, name) → what tells a write of every object a tenant could disturb: a
+    tenant's resourceVersion (only the operator writes its status), and for any other object
+    `writes_outside_status` (the cluster's controllers write theirs at any time)."""
     found: Snapshot = {}
     for namespace in kube.list(Namespace):
         if namespace.metadata.name not in exclude_namespaces:  # type: ignore[union-attr]
-            found[("Namespace", "", namespace.metadata.name)] = namespace.metadata.resourceVersion  # type: ignore[index,union-attr]
+            found[("Namespace", "", namespace.metadata.name)] = writes_outside_status(namespace)  # type: ignore[index,union-attr]
     for tenant in kube.list(AgentTenant):
         if tenant.metadata.name not in exclude_tenants:  # type: ignore[union-attr]
             found[("AgentTenant", "", tenant.metadata.name)] = tenant.metadata.resourceVersion  # type: ignore[index,union-attr]
@@ -54,7 +56,7 @@ def snapshot(
         for obj in kube.list(kind, namespace="*"):  # type: ignore[call-overload]
             meta = obj.metadata
             if meta.namespace not in exclude_namespaces:
-                found[(kind.__name__, meta.namespace, meta.name)] = meta.resourceVersion
+                found[(kind.__name__, meta.namespace, meta.name)] = writes_outside_status(obj)
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -99,11 +100,28 @@ def children(kube: Client, namespace: str) -> dict[tuple[str, str], Any]:
     return found
 
 
+def writes_outside_status(obj: Any) -> str:
+    """A digest of an object without its status and whatever records a write to it alone.
+
+    The cluster's controllers write status at any time (the quota controller recounts a quota
+    whose admission counted a pod that was never made); the operator never writes a child's
+    status, so a write of the operator's, or anyone's outside status, changes the digest."""
+    body = obj.to_dict()
+    body.pop("status", None)
+    metadata = body.get("metadata", {})
+    metadata.pop("resourceVersion", None)
+    metadata["managedFields"] = [
+        entry for entry in metadata.get("managedFields", []) if entry.get("subresource") != "status"
+    ]
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def versions(kube: Client, namespace: str) -> dict[tuple[str, str], str]:
-    """resourceVersion of every managed-kind object in a namespace (and of the namespace)."""
-    result = {key: obj.metadata.resourceVersion for key, obj in children(kube, namespace).items()}
+    """`writes_outside_status` of every managed-kind object in a namespace and of the namespace:
+    equal twice when no one but the cluster's controllers, on status, wrote in between."""
+    result = {key: writes_outside_status(obj) for key, obj in children(kube, namespace).items()}
     try:
-        result[("Namespace", namespace)] = kube.get(Namespace, namespace).metadata.resourceVersion  # type: ignore[union-attr]
+        result[("Namespace", namespace)] = writes_outside_status(kube.get(Namespace, namespace))
     except ApiError as error:
         if error.status.code != 404:
             raise
