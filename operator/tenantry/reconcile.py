@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from lightkube import AsyncClient
@@ -83,6 +84,19 @@ def describe(error: ValidationError) -> str:
     return "; ".join(human_errors(error))
 
 
+class NamespaceUnread(Exception):
+    """The create of a namespace the pass did not read first failed: one is there, or the
+    create was refused. The pass starts again, reading the namespace first (Reconciler._converge)."""
+
+
+def namespace_conflict(namespace: str) -> Stall:
+    return Stall(
+        "NamespaceConflict",
+        f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
+        "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
+    )
+
+
 @dataclass(frozen=True)
 class SourceRefusal:
     """A Secret the tenant may not copy (any more), by its name in the tenant namespace."""
@@ -101,6 +115,8 @@ class TenantFacts:
     # The namespace's uid when it came from the cache, not from a read by this pass: that one
     # may be gone, or another may have its name, before the watch tells (_confirm_namespace).
     unconfirmed_uid: str | None
+    # Not read: taken for absent, for a tenant no pass has reported on (_read_facts).
+    unread: bool
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
     secret_types: dict[str, str]
@@ -193,7 +209,33 @@ class Reconciler:
         previous: Mapping[str, Any] | None,
         refusals: tuple[RuntimeRefusal, ...],
     ) -> Observation:
-        facts = await self._read_facts(tenant, uid, live)
+        # A tenant no pass has reported on yet creates its namespace without reading it first;
+        # when that create fails, the pass is done again as for any other tenant, with the read
+        # (and without a token made for a namespace taken for absent: the read finds its own).
+        once = partial(
+            self._converge_once, tenant, uid, created, generation, live, previous, refusals
+        )
+        known_token = uid in self._tokens
+        try:
+            return await once(read=bool(previous))
+        except NamespaceUnread:
+            if not known_token:
+                self._tokens.pop(uid, None)
+            return await once(read=True)
+
+    async def _converge_once(
+        self,
+        tenant: AgentTenant,
+        uid: str,
+        created: str,
+        generation: int,
+        live: Mapping[ChildKey, LiveChild],
+        previous: Mapping[str, Any] | None,
+        refusals: tuple[RuntimeRefusal, ...],
+        *,
+        read: bool,
+    ) -> Observation:
+        facts = await self._read_facts(tenant, uid, live, read=read)
         check_uid_slot(tenant.name, created, self.neighbours())
         problems = violations(tenant, self.config)
         if problems:
@@ -232,7 +274,7 @@ class Reconciler:
         unconfirmed = facts.unconfirmed_uid
         if unconfirmed is not None and not writes_home and (decided.writes or decided.prune):
             await self._confirm_namespace(facts.namespace, unconfirmed)
-        answers = await self._carry_out(decided, tenant, uid)
+        answers = await self._carry_out(decided, tenant, uid, unread=facts.unread)
         self._templated[uid] = templated
         groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
         return Observation(
@@ -246,7 +288,7 @@ class Reconciler:
         )
 
     async def _carry_out(
-        self, decided: Plan, tenant: AgentTenant, uid: str
+        self, decided: Plan, tenant: AgentTenant, uid: str, *, unread: bool
     ) -> dict[ChildKey, Answer]:
         """Write and prune what the plan says; the API server's answers to the writes (but the
         namespace's creation), by child."""
@@ -254,7 +296,7 @@ class Reconciler:
 
         async def write(item: Write) -> None:
             if item.method == "create":
-                await self._create_namespace(item.manifest, tenant, uid)
+                await self._create_namespace(item.manifest, tenant, uid, unread=unread)
             elif item.method == "replace":
                 answers[item.key] = await self.writer.replace(item.manifest)
             else:
@@ -279,7 +321,7 @@ class Reconciler:
         return answers
 
     async def _read_facts(
-        self, tenant: AgentTenant, uid: str, live: Mapping[ChildKey, LiveChild]
+        self, tenant: AgentTenant, uid: str, live: Mapping[ChildKey, LiveChild], *, read: bool
     ) -> TenantFacts:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
@@ -288,14 +330,15 @@ class Reconciler:
         unconfirmed_uid = cached.uid if cached is not None and cached.uid else None
         if unconfirmed_uid is not None:
             namespace_uid: str | None = unconfirmed_uid  # ours, as the watch last saw it: no read
+        elif not read:
+            # A tenant no pass has reported on yet, its namespace not in the cache: the pass
+            # creates it, and a failed create (409: one is there) has the pass done again with
+            # the read (_converge). One request less for every tenant provisioned.
+            namespace_uid = None
         else:
             existing = await self.writer.get(Namespace, namespace)
             if existing is not None and not owns(existing, tenant, uid):
-                raise Stall(
-                    "NamespaceConflict",
-                    f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
-                    "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
-                )
+                raise namespace_conflict(namespace)
             namespace_uid = existing["metadata"]["uid"] if existing is not None else None
         if self.config.scoped_secrets and namespace_uid is not None:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
@@ -312,8 +355,9 @@ class Reconciler:
         secret_data, secret_types = await self._read_secret_sources(
             tenant, namespace, live if namespace_uid is not None else {}, unconfirmed_uid
         )
+        unread = namespace_uid is None and not read
         return TenantFacts(
-            namespace, namespace_uid, unconfirmed_uid, live, secret_data, secret_types
+            namespace, namespace_uid, unconfirmed_uid, unread, live, secret_data, secret_types
         )
 
     async def _confirm_namespace(self, namespace: str, uid: str) -> None:
@@ -457,7 +501,7 @@ class Reconciler:
         return found
 
     async def _create_namespace(
-        self, manifest: dict[str, Any], tenant: AgentTenant, uid: str
+        self, manifest: dict[str, Any], tenant: AgentTenant, uid: str, *, unread: bool
     ) -> None:
         # Created, never applied, the first time: a server-side apply would silently take over a
         # namespace that appeared since we looked; a create fails instead. And only for a tenant
@@ -476,8 +520,15 @@ class Reconciler:
             and found.metadata.deletionTimestamp is None
         ]:
             raise TenantGone(tenant.name)
-        if await self.writer.create_namespace(manifest):
-            return
+        try:
+            if await self.writer.create_namespace(manifest):
+                return
+        except ApiError:
+            if unread:  # refused, maybe for one that is there (a webhook): read it, then decide
+                raise NamespaceUnread from None
+            raise
+        if unread:
+            raise NamespaceUnread
         key = child_key(manifest)
         existing = await self.writer.get(Namespace, manifest["metadata"]["name"])
         if existing is None:  # there when created, gone when read: a Terminating one ended
@@ -485,10 +536,6 @@ class Reconciler:
                 key, f"{describe_child(key)} was there, then gone: the next pass looks again"
             )
         if not owns(existing, tenant, uid):
-            raise Stall(
-                "NamespaceConflict",
-                f"namespace {manifest['metadata']['name']!r} was created by someone else: set spec.namespace "
-                "to a namespace that does not exist yet",
-            )
+            raise namespace_conflict(manifest["metadata"]["name"])
         # Bound to the one just read (plan.pinned): gone by now, it is not made again here.
         await self.writer.apply(pinned(manifest, key, existing["metadata"]["uid"]))
