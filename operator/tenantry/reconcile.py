@@ -115,7 +115,7 @@ class TenantFacts:
     # The namespace's uid when it came from the cache, not from a read by this pass: that one
     # may be gone, or another may have its name, before the watch tells (_confirm_namespace).
     unconfirmed_uid: str | None
-    # Not read: taken for absent, for a tenant no pass has reported on (_read_facts).
+    # Not read: taken for absent, for a new tenant (_converge, _read_facts).
     unread: bool
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
@@ -209,19 +209,23 @@ class Reconciler:
         previous: Mapping[str, Any] | None,
         refusals: tuple[RuntimeRefusal, ...],
     ) -> Observation:
-        # A tenant no pass has reported on yet creates its namespace without reading it first;
-        # when that create fails, the pass is done again as for any other tenant, with the read
-        # (and without a token made for a namespace taken for absent: the read finds its own).
+        # A tenant with no status yet and nothing in the cache (a new one) creates its namespace
+        # without reading it first; when that create fails, the pass is done again with the
+        # read. A sandbox token made while the namespace was taken for absent is kept only by a
+        # pass that got through: after any failure the read finds the token there, if any.
         once = partial(
             self._converge_once, tenant, uid, created, generation, live, previous, refusals
         )
+        read_first = bool(previous) or bool(live)
         known_token = uid in self._tokens
         try:
-            return await once(read=bool(previous))
-        except NamespaceUnread:
-            if not known_token:
+            return await once(read=read_first)
+        except BaseException as error:
+            if not read_first and not known_token:
                 self._tokens.pop(uid, None)
-            return await once(read=True)
+            if not isinstance(error, NamespaceUnread):
+                raise
+        return await once(read=True)
 
     async def _converge_once(
         self,
@@ -331,9 +335,9 @@ class Reconciler:
         if unconfirmed_uid is not None:
             namespace_uid: str | None = unconfirmed_uid  # ours, as the watch last saw it: no read
         elif not read:
-            # A tenant no pass has reported on yet, its namespace not in the cache: the pass
-            # creates it, and a failed create (409: one is there) has the pass done again with
-            # the read (_converge). One request less for every tenant provisioned.
+            # A new tenant (_converge): the pass creates its namespace, and a create that fails
+            # (409 when one is there, or refused) has the pass done again with the read. One
+            # request less for every tenant provisioned.
             namespace_uid = None
         else:
             existing = await self.writer.get(Namespace, namespace)

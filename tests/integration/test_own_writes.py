@@ -103,10 +103,11 @@ async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_c
     kubeconfig: Path, kube: Client, crd_installed: None
 ) -> None:
     """The other side of the test above, found by review: a tenant not yet reported on (its
-    status write failed) whose namespace the cache does not hold (someone took its managed-by
-    label; the cache lists by it), in a process that just started. The create's 409 has the pass
-    done again with the read: the namespace is kept, its label put back, and the sandbox token
-    read, not made anew (which would restart the tenant's runtime and sandbox)."""
+    status write failed) of which a process that just started caches nothing (here: no watch
+    runs; in a cluster, someone took the managed-by label the cache lists by from the namespace
+    and its children). The create's 409 has the pass done again with the read: the namespace is
+    kept, its label put back, and the sandbox token read, not made anew (which would restart the
+    tenant's runtime and sandbox)."""
     name = f"own-{uuid.uuid4().hex[:6]}"
     namespace = f"tenant-{name}"
     tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
@@ -129,6 +130,18 @@ async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_c
 
         restarted = Controller(config, client, None)
         restarted.tenant_seen({"type": "ADDED", "object": unreported})
+        # Found by the second review: a first try that fails otherwise (here its create times
+        # out) kept the token it made, and the next pass wrote it over the one there.
+        writer = restarted.reconciler.writer
+        create = writer.create_namespace
+
+        async def timed_out(manifest: Any) -> Any:
+            writer.create_namespace = create  # type: ignore[method-assign]
+            raise TimeoutError("the create timed out")
+
+        writer.create_namespace = timed_out  # type: ignore[method-assign]
+        with pytest.raises(TimeoutError):
+            await restarted.reconcile(name)
         await restarted.reconcile(name)
         assert kept() == before
         assert ("Namespace", "", namespace) in restarted.children.of(name)
