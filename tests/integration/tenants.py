@@ -103,9 +103,9 @@ def children(kube: Client, namespace: str) -> dict[tuple[str, str], Any]:
 def writes_outside_status(obj: Any) -> str:
     """A digest of an object without its status and whatever records a write to it alone.
 
-    The cluster's controllers write status at any time (the quota controller recounts a quota
-    whose admission counted a pod that was never made); the operator never writes a child's
-    status, so a write of the operator's, or anyone's outside status, changes the digest."""
+    The cluster's controllers write status at any time (the quota controller recounts a quota's
+    usage when it likes); the operator never writes a child's status, so a write of the
+    operator's, or anyone's outside status, changes the digest."""
     body = obj.to_dict()
     body.pop("status", None)
     metadata = body.get("metadata", {})

@@ -72,8 +72,9 @@ async def test_a_new_tenants_first_pass_reads_nothing_it_does_not_need(
     kubeconfig: Path, kube: Client, crd_installed: None
 ) -> None:
     """Measured (bench/findings.md): a new tenant's first pass read its namespace, found none,
-    then created it. The create's answer says the same (a 409 when one is there): a tenant no
-    pass has reported on goes straight to it, one request less for every tenant provisioned."""
+    then created it. The create's answer says the same (a 409 when one is there): a tenant with
+    no status and nothing in the cache goes straight to it, one request less for every tenant
+    provisioned."""
     name = f"own-{uuid.uuid4().hex[:6]}"
     tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
     config = OperatorConfig()
