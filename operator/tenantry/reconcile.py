@@ -115,8 +115,6 @@ class TenantFacts:
     # The namespace's uid when it came from the cache, not from a read by this pass: that one
     # may be gone, or another may have its name, before the watch tells (_confirm_namespace).
     unconfirmed_uid: str | None
-    # Not read: taken for absent, for a new tenant (_converge, _read_facts).
-    unread: bool
     live: Mapping[ChildKey, LiveChild]  # this tenant's children only (plan.ours)
     secret_data: dict[str, dict[str, str]]
     secret_types: dict[str, str]
@@ -278,7 +276,9 @@ class Reconciler:
         unconfirmed = facts.unconfirmed_uid
         if unconfirmed is not None and not writes_home and (decided.writes or decided.prune):
             await self._confirm_namespace(facts.namespace, unconfirmed)
-        answers = await self._carry_out(decided, tenant, uid, unread=facts.unread)
+        # Taken for absent without a read (a new tenant): a failed create has the pass redone.
+        unread = facts.namespace_uid is None and not read
+        answers = await self._carry_out(decided, tenant, uid, unread=unread)
         self._templated[uid] = templated
         groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
         return Observation(
@@ -359,9 +359,8 @@ class Reconciler:
         secret_data, secret_types = await self._read_secret_sources(
             tenant, namespace, live if namespace_uid is not None else {}, unconfirmed_uid
         )
-        unread = namespace_uid is None and not read
         return TenantFacts(
-            namespace, namespace_uid, unconfirmed_uid, unread, live, secret_data, secret_types
+            namespace, namespace_uid, unconfirmed_uid, live, secret_data, secret_types
         )
 
     async def _confirm_namespace(self, namespace: str, uid: str) -> None:
