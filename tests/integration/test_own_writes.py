@@ -10,10 +10,12 @@ can only have come from the API server's answers to its writes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import tenants
 from lightkube import AsyncClient, Client, KubeConfig
 from lightkube.core.exceptions import ApiError
@@ -41,67 +43,71 @@ def children_of(kube: Client, tenant: str, config: OperatorConfig) -> dict[Child
     return found
 
 
-async def test_a_pass_knows_its_own_writes_before_their_watch_events(
+# On the test's own loop: the client must close on the loop it was made on.
+@pytest_asyncio.fixture(loop_scope="function")
+async def in_process(
     kubeconfig: Path, kube: Client, crd_installed: None
-) -> None:
+) -> AsyncIterator[tuple[str, AsyncClient]]:
+    """A new tenant's name, labelled for no operator process (only the test's own controllers
+    reconcile it), and the client they write with; both gone when the test ends."""
     name = f"own-{uuid.uuid4().hex[:6]}"
-    # Labelled for no operator process: only the controller below reconciles it.
     tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
-    config = OperatorConfig()
     client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
     try:
-        controller = Controller(config, client, None)
-        body = tenants.get(kube, name).to_dict()
-        controller.tenant_seen({"type": "ADDED", "object": body})
-        await controller.reconcile(name)
-
-        live = children_of(kube, name, config)
-        known = controller.children.of(name)
-        assert sorted(known) == sorted(live)
-        for key, child in live.items():
-            if key[0] != "Deployment":  # its controller writes its status meanwhile
-                assert known[key] == summarize(child), key
-                # The watch event of the pass's own write: nothing new, so no pass for it.
-                assert controller.children.observe(child, deleted=False) is None, key
+        yield name, client
     finally:
         await client.close()
         tenants.delete(kube, name)
 
 
+async def test_a_pass_knows_its_own_writes_before_their_watch_events(
+    kube: Client, in_process: tuple[str, AsyncClient]
+) -> None:
+    name, client = in_process
+    config = OperatorConfig()
+    controller = Controller(config, client, None)
+    body = tenants.get(kube, name).to_dict()
+    controller.tenant_seen({"type": "ADDED", "object": body})
+    await controller.reconcile(name)
+
+    live = children_of(kube, name, config)
+    known = controller.children.of(name)
+    assert sorted(known) == sorted(live)
+    for key, child in live.items():
+        if key[0] != "Deployment":  # its controller writes its status meanwhile
+            assert known[key] == summarize(child), key
+            # The watch event of the pass's own write: nothing new, so no pass for it.
+            assert controller.children.observe(child, deleted=False) is None, key
+
+
 async def test_a_new_tenants_first_pass_reads_nothing_it_does_not_need(
-    kubeconfig: Path, kube: Client, crd_installed: None
+    kube: Client, in_process: tuple[str, AsyncClient]
 ) -> None:
     """Measured (bench/findings.md): a new tenant's first pass read its namespace, found none,
     then created it. The create's answer says the same (a 409 when one is there): a tenant with
     no status and nothing in the cache goes straight to it, one request less for every tenant
     provisioned."""
-    name = f"own-{uuid.uuid4().hex[:6]}"
-    tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
+    name, client = in_process
     config = OperatorConfig()
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
-    try:
-        controller = Controller(config, client, None)
-        writer = controller.reconciler.writer
-        read: list[tuple[str, str]] = []
-        get = writer.get
+    controller = Controller(config, client, None)
+    writer = controller.reconciler.writer
+    read: list[tuple[str, str]] = []
+    get = writer.get
 
-        async def recorded(resource: Any, name: str, namespace: str | None = None) -> Any:
-            read.append((resource.__name__, name))
-            return await get(resource, name, namespace)
+    async def recorded(resource: Any, name: str, namespace: str | None = None) -> Any:
+        read.append((resource.__name__, name))
+        return await get(resource, name, namespace)
 
-        writer.get = recorded  # type: ignore[method-assign]
-        controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
-        await controller.reconcile(name)
-        assert read == []
-        assert sorted(controller.children.of(name)) == sorted(children_of(kube, name, config))
-        assert tenants.condition(kube, name, "Stalled").get("status") == "False"
-    finally:
-        await client.close()
-        tenants.delete(kube, name)
+    writer.get = recorded  # type: ignore[method-assign]
+    controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
+    await controller.reconcile(name)
+    assert read == []
+    assert sorted(controller.children.of(name)) == sorted(children_of(kube, name, config))
+    assert tenants.condition(kube, name, "Stalled").get("status") == "False"
 
 
 async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_create_fails(
-    kubeconfig: Path, kube: Client, crd_installed: None
+    kube: Client, in_process: tuple[str, AsyncClient]
 ) -> None:
     """The other side of the test above, found by review: a tenant not yet reported on (its
     status write failed) of which a process that just started caches nothing (here: no watch
@@ -109,11 +115,9 @@ async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_c
     and its children). The create's 409 has the pass done again with the read: the namespace is
     kept, its label put back, and the sandbox token read, not made anew (which would restart the
     tenant's runtime and sandbox)."""
-    name = f"own-{uuid.uuid4().hex[:6]}"
+    name, client = in_process
     namespace = f"tenant-{name}"
-    tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
     config = OperatorConfig()
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
 
     def kept() -> tuple[Any, ...]:
         home = kube.get(Namespace, namespace).metadata
@@ -121,35 +125,31 @@ async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_c
         assert home is not None
         return home.uid, home.ownerReferences, home.labels, token.data
 
-    try:
-        unreported = tenants.get(kube, name).to_dict()
-        first = Controller(config, client, None)
-        first.tenant_seen({"type": "ADDED", "object": unreported})
-        await first.reconcile(name)
-        before = kept()
-        kube.patch(Namespace, namespace, {"metadata": {"labels": {MANAGED_BY: None}}})
+    unreported = tenants.get(kube, name).to_dict()
+    first = Controller(config, client, None)
+    first.tenant_seen({"type": "ADDED", "object": unreported})
+    await first.reconcile(name)
+    before = kept()
+    kube.patch(Namespace, namespace, {"metadata": {"labels": {MANAGED_BY: None}}})
 
-        restarted = Controller(config, client, None)
-        restarted.tenant_seen({"type": "ADDED", "object": unreported})
-        # Found by the second review: a first try that fails otherwise (here its create times
-        # out) kept the token it made, and the next pass wrote it over the one there.
-        writer = restarted.reconciler.writer
-        create = writer.create_namespace
+    restarted = Controller(config, client, None)
+    restarted.tenant_seen({"type": "ADDED", "object": unreported})
+    # Found by the second review: a first try that fails otherwise (here its create times
+    # out) kept the token it made, and the next pass wrote it over the one there.
+    writer = restarted.reconciler.writer
+    create = writer.create_namespace
 
-        async def timed_out(manifest: Any) -> Any:
-            writer.create_namespace = create  # type: ignore[method-assign]
-            raise TimeoutError("the create timed out")
+    async def timed_out(manifest: Any) -> Any:
+        writer.create_namespace = create  # type: ignore[method-assign]
+        raise TimeoutError("the create timed out")
 
-        writer.create_namespace = timed_out  # type: ignore[method-assign]
-        with pytest.raises(TimeoutError):
-            await restarted.reconcile(name)
+    writer.create_namespace = timed_out  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
         await restarted.reconcile(name)
-        assert kept() == before
-        assert ("Namespace", "", namespace) in restarted.children.of(name)
-        assert tenants.condition(kube, name, "Stalled").get("status") == "False"
-    finally:
-        await client.close()
-        tenants.delete(kube, name)
+    await restarted.reconcile(name)
+    assert kept() == before
+    assert ("Namespace", "", namespace) in restarted.children.of(name)
+    assert tenants.condition(kube, name, "Stalled").get("status") == "False"
 
 
 async def test_a_namespace_gone_from_under_the_cache_is_neither_made_again_nor_another_taken(
