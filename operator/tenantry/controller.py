@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import httpx2
@@ -28,6 +29,7 @@ from tenantry.names import MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, PodCache
 from tenantry.queue import ReconcileQueue
 from tenantry.reconcile import Reconciler
+from tenantry.render import uid_slot
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
 from tenantry.watches import MAX_BACKOFF, refused_for_good, watch
@@ -64,7 +66,7 @@ class Controller:
             client,
             config,
             operator_namespace,
-            self.known_tenants,
+            self.tenants_in_slot,
             self.known_templates,
             self.sources.get,
             self.children.sandbox_token,
@@ -83,6 +85,9 @@ class Controller:
         self.last_seen: dict[str, int] = {}
         # (name -> creationTimestamp) of every tenant the last list found, watched or not yet.
         self.listed: dict[str, str] = {}
+        # The names of `listed` and `tenants` by uid slot: a pass compares its tenant with the
+        # few that share its slot, not with every tenant (which made provisioning quadratic).
+        self.slots = SlotIndex()
         # The resourceVersion each kind's last list was read at (children by kind, and "Pod"):
         # where its watch starts.
         self.listed_at: dict[str, str] = {}
@@ -120,14 +125,17 @@ class Controller:
             self.outcomes[name] = metrics.outcome(observation)
             metrics.count_tenants(self.outcomes.values())
 
-    def known_tenants(self) -> list[tuple[str, str]]:
-        """(name, creationTimestamp) of every tenant listed or seen: no two may run as one user.
-        The list counts too: after a start, a younger tenant may be reconciled before the older
-        one's watch event arrives."""
-        known = dict(self.listed)
-        for name, body in self.tenants.items():
-            known[name] = body["metadata"].get("creationTimestamp") or ""
-        return list(known.items())
+    def tenants_in_slot(self, slot: int) -> list[tuple[str, str]]:
+        """(name, creationTimestamp) of every tenant listed or seen whose name hashes to `slot`:
+        no two may run as one user. The list counts too: after a start, a younger tenant may be
+        reconciled before the older one's watch event arrives."""
+        return [(name, self._created(name)) for name in self.slots.names(slot)]
+
+    def _created(self, name: str) -> str:
+        body = self.tenants.get(name)
+        if body is None:
+            return self.listed.get(name, "")
+        return str(body["metadata"].get("creationTimestamp") or "")
 
     def known_templates(self) -> list[AgentTenantTemplate | BrokenTemplate]:
         return list(self.templates.items.values())
@@ -154,6 +162,8 @@ class Controller:
             return
         before = self.tenants.get(name)
         self.tenants[name] = body = without_managed_fields(body)
+        if before is None:
+            self.slots.add(name)
         self.events_seen += 1
         self.last_seen[name] = self.events_seen
         if before is None or asks_for_a_pass(before, body):
@@ -161,6 +171,8 @@ class Controller:
 
     def forget(self, name: str, uid: str) -> None:
         known = self.tenants.pop(name, None)
+        if name not in self.listed:  # a listed one counts until the next list
+            self.slots.discard(name)
         self.last_seen.pop(name, None)
         self.reconciler.forget(uid)
         self.children.forget(name)
@@ -196,6 +208,7 @@ class Controller:
         }
         self.listed = listed
         self.forget_missing(set(listed), listing_since)
+        self.slots = SlotIndex(listed.keys() | self.tenants.keys())
         await self.resync_templates()
         await self.resync_sources()
         fresh = ChildCache()
@@ -430,6 +443,29 @@ def asks_for_a_pass(before: dict[str, Any], after: dict[str, Any]) -> bool:
         return True
     old, new = before.get("metadata") or {}, after.get("metadata") or {}
     return any(old.get(key) != new.get(key) for key in _READ_METADATA)
+
+
+class SlotIndex:
+    """Tenant names by the uid slot each hashes to (`render.tenant.uid_slot`)."""
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._by_slot: dict[int, set[str]] = {}
+        for name in names:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        self._by_slot.setdefault(uid_slot(name), set()).add(name)
+
+    def discard(self, name: str) -> None:
+        slot = uid_slot(name)
+        names = self._by_slot.get(slot)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._by_slot[slot]
+
+    def names(self, slot: int) -> frozenset[str]:
+        return frozenset(self._by_slot.get(slot, ()))
 
 
 class Known(Generic[T]):

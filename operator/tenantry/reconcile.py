@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from lightkube import AsyncClient
@@ -61,6 +61,7 @@ from tenantry.render import (
     is_templated,
     render,
     tenant_namespace,
+    uid_slot,
 )
 from tenantry.report import StatusReporter, TenantGone
 from tenantry.resources import AgentTenantResource
@@ -69,8 +70,9 @@ from tenantry.writes import Answer, ChildWriter, NotTheOneFound, Written, gather
 
 logger = logging.getLogger("tenantry.reconcile")
 
-# (name, creationTimestamp) of every tenant this operator knows, for plan.check_uid_slot.
-Neighbours = Callable[[], Iterable[tuple[str, str]]]
+# (name, creationTimestamp) of every tenant this operator knows whose name hashes to the uid
+# slot given, for plan.check_uid_slot.
+Neighbours = Callable[[int], Iterable[tuple[str, str]]]
 # A source Secret by name (its annotations, data and type), None when there is none.
 Sources = Callable[[str], Mapping[str, Any] | None]
 # The base64 token of a namespace's token Secret, if owned by the uid given.
@@ -124,6 +126,13 @@ class TenantFacts:
         return self.namespace_uid is not None
 
 
+@lru_cache(maxsize=64)
+def allowed_tenants(annotation: str) -> frozenset[str]:
+    """The tenants a source Secret's allowed-tenants annotation names. Kept by its text: a Secret
+    shared by every tenant names them all, and each of their passes reads it again."""
+    return frozenset(name.strip() for name in annotation.split(","))
+
+
 @dataclass
 class Reconciler:
     """Applies tenants with one client, one field manager and the operator's configuration."""
@@ -131,7 +140,7 @@ class Reconciler:
     client: AsyncClient
     config: OperatorConfig
     operator_namespace: str | None = None
-    neighbours: Neighbours = tuple
+    neighbours: Neighbours = lambda _slot: ()
     templates: Templates = tuple
     # The source Secrets and the sandbox tokens as the controller's watches saw them; without
     # them (a Reconciler of its own), each is read from the API server.
@@ -238,7 +247,7 @@ class Reconciler:
         read: bool,
     ) -> Observation:
         facts = await self._read_facts(tenant, uid, live, read=read)
-        check_uid_slot(tenant.name, created, self.neighbours())
+        check_uid_slot(tenant.name, created, self.neighbours(uid_slot(tenant.name)))
         problems = violations(tenant, self.config)
         if problems:
             raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
@@ -408,8 +417,7 @@ class Reconciler:
                 )
                 continue
             annotations = source.get("metadata", {}).get("annotations") or {}
-            allowed = {name.strip() for name in annotations.get(ALLOWED_TENANTS, "").split(",")}
-            if tenant.name not in allowed:
+            if tenant.name not in allowed_tenants(annotations.get(ALLOWED_TENANTS, "")):
                 refused.append(
                     SourceRefusal(
                         ref.name,

@@ -33,6 +33,8 @@ from tenants import (
 )
 from waiting import wait_until
 
+from tests.support.uid_slots import names_in_one_uid_slot
+
 pytestmark = pytest.mark.cluster
 
 NewTenant = Callable[..., str]
@@ -558,6 +560,27 @@ def test_fields_someone_adds_to_a_child_are_removed(kube: Client, new_tenant: Ne
         )
 
     wait_until(removed, "the added fields and their manager to be removed", timeout=60)
+
+
+def test_of_two_tenants_whose_names_share_a_uid_slot_the_younger_is_stalled_from_the_start(
+    kube: Client, new_tenant: NewTenant, operator_process: OperatorProcess
+) -> None:
+    """Through the operator's own index of tenants by slot (the unit tests check the rule
+    alone): both are there when it starts, from its list and its watch events. The younger
+    touches nothing; the older is provisioned as usual."""
+    older, younger = names_in_one_uid_slot(f"slot-{uuid.uuid4().hex[:4]}")
+    operator_process.stop()
+    new_tenant(name=older)
+    # Creation times are whole seconds: the younger's is a second later, whatever its name.
+    created = tenants.get(kube, older).metadata.creationTimestamp.timestamp()
+    time.sleep(max(0.0, created + 1.1 - time.time()))
+    new_tenant(name=younger)
+    operator_process.start()
+    stalled = tenants.wait_condition(kube, younger, "Stalled", reason="UserIdCollision")
+    assert f"tenant {older!r}" in stalled["message"]
+    assert "metadata.name" in stalled["message"]
+    tenants.wait_condition(kube, older, "Ready")
+    assert tenants.namespace_gone(kube, namespace_of(younger)), "a refused tenant touches nothing"
 
 
 def test_a_label_an_admin_adds_to_the_namespace_is_no_drift_even_after_a_restart(

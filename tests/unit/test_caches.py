@@ -6,9 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from tenantry.children import ChildCache, summarize
-from tenantry.controller import Known
+from tenantry.controller import Known, SlotIndex
 from tenantry.pods import PodCache
+from tenantry.reconcile import allowed_tenants
+from tenantry.render import uid_slot
 from test_pods import pod
+
+from tests.support.uid_slots import names_in_one_uid_slot
 
 
 def child(kind: str = "Service", name: str = "runtime", **meta: Any) -> dict[str, Any]:
@@ -167,3 +171,21 @@ def test_a_namespace_found_not_to_be_the_cached_one_is_forgotten_with_what_was_i
     assert cache.sandbox_token("tenant-acme", "tenant-uid") is None
     cache.replace(listed)
     assert set(cache.of("acme")) == {("Service", "tenant-other", "runtime")}
+
+
+def test_the_slot_index_finds_the_names_that_share_a_slot_until_they_are_discarded() -> None:
+    older, younger = names_in_one_uid_slot("slot")
+    slots = SlotIndex([older, "elsewhere"])
+    slots.add(younger)
+    assert slots.names(uid_slot(older)) == {older, younger}
+    assert slots.names(uid_slot("elsewhere")) == {"elsewhere"}
+    slots.discard(older)
+    slots.discard("never-added")
+    assert slots.names(uid_slot(younger)) == {younger}
+    slots.discard(younger)
+    assert slots.names(uid_slot(younger)) == set()
+
+
+def test_a_source_secrets_allowed_tenants_are_its_comma_separated_names() -> None:
+    assert allowed_tenants(" a, b ,c") == {"a", "b", "c"}
+    assert "" in allowed_tenants("")  # no name is empty: an empty annotation allows no tenant

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from tenantry.models import PATTERN_MEANINGS, RESERVED_NAMESPACES, AgentTenant, human_errors
 from tenantry.plan import Stall, check_namespace_name, check_uid_slot
 
+from tests.support.uid_slots import names_in_one_uid_slot
+
 
 def tenant(spec: dict[str, Any], name: str = "acme") -> AgentTenant:
     return AgentTenant.model_validate({"metadata": {"name": name}, "spec": spec})
@@ -201,14 +203,7 @@ def test_an_ipv4_mapped_range_is_refused_in_favour_of_the_ipv4_one() -> None:
 def test_the_younger_of_two_tenants_whose_names_share_a_uid_slot_is_refused() -> None:
     """A name can be searched for that hashes to another tenant's users (a birthday search over
     2^29 slots takes a few tens of thousands of names); the younger tenant is stalled."""
-    from tenantry.render import uid_slot  # noqa: PLC0415
-
-    seen: dict[int, str] = {}
-    index = 0
-    while (slot := uid_slot(f"t{index}")) not in seen:
-        seen[slot] = f"t{index}"
-        index += 1
-    older, younger = seen[slot], f"t{index}"
+    older, younger = names_in_one_uid_slot("t")
     neighbours = [(older, "2026-01-01T00:00:00Z"), (younger, "2026-02-01T00:00:00Z"), ("x", "")]
     check_uid_slot(older, "2026-01-01T00:00:00Z", neighbours)
     with pytest.raises(Stall, match=f"would run as the same users as tenant '{older}'") as stall:
