@@ -148,6 +148,8 @@ NEVER_ALLOWED_RANGES = (
     "fd00:c1::a9fe:a9fe/128",  # Oracle Cloud metadata over IPv6
     "ff00::/8",
 )
+# Parsed once: a tenant's egress rules are checked against them on every pass.
+NEVER_ALLOWED_NETWORKS = tuple(map(ipaddress.ip_network, NEVER_ALLOWED_RANGES))
 NEVER_ALLOWED_MESSAGE = (
     "spec.network.egress[].cidr must not lie inside a range no tenant may reach (link-local and "
     "cloud metadata, loopback, this-network, multicast and reserved ranges, and the IPv6 ranges "
@@ -528,7 +530,7 @@ class EgressRule(Model):
             raise ValueError(f"cidr: {CIDR_MESSAGE} (an IPv4-mapped range: list the IPv4 range)")
         if any(
             network.version == never.version and network.subnet_of(never)  # type: ignore[arg-type]
-            for never in map(ipaddress.ip_network, NEVER_ALLOWED_RANGES)
+            for never in NEVER_ALLOWED_NETWORKS
         ):
             raise ValueError(NEVER_ALLOWED_MESSAGE)
         return self

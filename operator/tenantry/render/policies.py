@@ -8,7 +8,7 @@ import ipaddress
 from typing import Any
 
 from tenantry.config import OperatorConfig
-from tenantry.models import NEVER_ALLOWED_RANGES, AgentTenant, EgressRule
+from tenantry.models import NEVER_ALLOWED_NETWORKS, AgentTenant, EgressRule
 from tenantry.names import DEFAULT_DENY, HTTP_PORT, MANAGED_BY, OPERATOR, RUNTIME, SANDBOX
 from tenantry.render.tenant import ClusterFacts, Manifest, metadata, pod_labels
 
@@ -20,7 +20,7 @@ PRIVATE_RANGES = tuple(
     ipaddress.ip_network(cidr)
     for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
-BLOCKED_RANGES = PRIVATE_RANGES + tuple(map(ipaddress.ip_network, NEVER_ALLOWED_RANGES))
+BLOCKED_RANGES = PRIVATE_RANGES + NEVER_ALLOWED_NETWORKS
 
 
 def build_default_deny(tenant: AgentTenant, namespace: str, facts: ClusterFacts) -> Manifest:
