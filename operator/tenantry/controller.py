@@ -25,10 +25,10 @@ from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, ChildKind, child_kinds, row
 from tenantry.memory import TrimWhenQuiet
 from tenantry.models import AgentTenantTemplate, BrokenTemplate, template_selects
-from tenantry.names import MANAGED_BY, OPERATOR
+from tenantry.names import ALLOWED_TENANTS, MANAGED_BY, OPERATOR
 from tenantry.pods import RUNTIME_POD_LABELS, PodCache
 from tenantry.queue import ReconcileQueue
-from tenantry.reconcile import Reconciler
+from tenantry.reconcile import ALLOWED_PARSED, Reconciler, allowed_tenants
 from tenantry.render import uid_slot
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
@@ -83,7 +83,8 @@ class Controller:
         # a tenant created while it listed (it is in the cache, not in the list).
         self.events_seen = 0
         self.last_seen: dict[str, int] = {}
-        # (name -> creationTimestamp) of every tenant the last list found, watched or not yet.
+        # (name -> creationTimestamp) of every tenant the last list found, watched or not yet,
+        # less those known to be gone since.
         self.listed: dict[str, str] = {}
         # The names of `listed` and `tenants` by uid slot: a pass compares its tenant with the
         # few that share its slot, not with every tenant (which made provisioning quadratic).
@@ -164,6 +165,9 @@ class Controller:
         self.tenants[name] = body = without_managed_fields(body)
         if before is None:
             self.slots.add(name)
+            # One its slot-mates' passes did not know: a younger one now stops running as its
+            # users (reconcile: UserIdCollision).
+            self._queue_slot_mates(name)
         self.events_seen += 1
         self.last_seen[name] = self.events_seen
         if before is None or asks_for_a_pass(before, body):
@@ -171,8 +175,10 @@ class Controller:
 
     def forget(self, name: str, uid: str) -> None:
         known = self.tenants.pop(name, None)
-        if name not in self.listed:  # a listed one counts until the next list
-            self.slots.discard(name)
+        # Gone, listed or not: a slot-mate it kept from running may run again.
+        self.listed.pop(name, None)
+        self.slots.discard(name)
+        self._queue_slot_mates(name)
         self.last_seen.pop(name, None)
         self.reconciler.forget(uid)
         self.children.forget(name)
@@ -182,6 +188,11 @@ class Controller:
         metrics.count_tenants(self.outcomes.values())
         if known is not None:  # once: a pass that found it gone, then its watch event
             logger.info("tenant deleted", extra={"tenant": name})
+
+    def _queue_slot_mates(self, name: str) -> None:
+        for other in self.slots.names(uid_slot(name)) - {name}:
+            if other in self.tenants:
+                self.queue.enqueue(other)
 
     def forget_missing(self, listed: set[str], listing_since: int) -> None:
         """Forget the cached tenants a fresh list no longer has, except those whose events came
@@ -207,8 +218,8 @@ class Controller:
             async for t in client.list(AgentTenantResource)
         }
         self.listed = listed
-        self.forget_missing(set(listed), listing_since)
         self.slots = SlotIndex(listed.keys() | self.tenants.keys())
+        self.forget_missing(set(listed), listing_since)
         await self.resync_templates()
         await self.resync_sources()
         fresh = ChildCache()
@@ -505,10 +516,13 @@ class Known(Generic[T]):
 def source_of(secret: Secret) -> dict[str, Any]:
     """What a reconcile reads of a source Secret: its annotations (the grant), data and type."""
     meta = secret.metadata
+    annotations = dict((meta.annotations if meta else None) or {})
     return {
-        "metadata": {"annotations": dict((meta.annotations if meta else None) or {})},
+        "metadata": {"annotations": annotations},
         "data": dict(secret.data or {}),
         "type": secret.type or "Opaque",
+        # Parsed once, kept as long as the Secret: one shared by every tenant names them all.
+        ALLOWED_PARSED: allowed_tenants(annotations.get(ALLOWED_TENANTS, "")),
     }
 
 

@@ -78,7 +78,8 @@ def check_namespace_name(namespace: str, reserved: frozenset[str]) -> None:
 def check_uid_slot(name: str, created: str, neighbours: Iterable[tuple[str, str]]) -> None:
     """Refuse a tenant whose pods would run as the users of an older tenant's pods."""
     slot = uid_slot(name)
-    for other, other_created in neighbours:
+    # The oldest first, so the message names the same tenant on every pass.
+    for other_created, other in sorted((c, n) for n, c in neighbours):
         if other != name and uid_slot(other) == slot and (other_created, other) < (created, name):
             raise Stall(
                 "UserIdCollision",

@@ -16,7 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 from lightkube import AsyncClient
@@ -38,6 +38,7 @@ from tenantry.names import (
     MANAGED_BY,
     OPERATOR,
     RUNTIME,
+    SANDBOX,
     SANDBOX_TOKEN_SECRET,
 )
 from tenantry.plan import (
@@ -126,11 +127,13 @@ class TenantFacts:
         return self.namespace_uid is not None
 
 
-@lru_cache(maxsize=64)
 def allowed_tenants(annotation: str) -> frozenset[str]:
-    """The tenants a source Secret's allowed-tenants annotation names. Kept by its text: a Secret
-    shared by every tenant names them all, and each of their passes reads it again."""
+    """The tenants a source Secret's allowed-tenants annotation names."""
     return frozenset(name.strip() for name in annotation.split(","))
+
+
+# The key under which a source Secret, as the controller keeps it, holds its allowed tenants.
+ALLOWED_PARSED = "allowedTenants"
 
 
 @dataclass
@@ -246,8 +249,7 @@ class Reconciler:
         *,
         read: bool,
     ) -> Observation:
-        facts = await self._read_facts(tenant, uid, live, read=read)
-        check_uid_slot(tenant.name, created, self.neighbours(uid_slot(tenant.name)))
+        facts = await self._read_facts(tenant, uid, created, live, read=read)
         problems = violations(tenant, self.config)
         if problems:
             raise Stall("NotAllowed", "; ".join(f"{path}: {problem}" for path, problem in problems))
@@ -334,7 +336,13 @@ class Reconciler:
         return answers
 
     async def _read_facts(
-        self, tenant: AgentTenant, uid: str, live: Mapping[ChildKey, LiveChild], *, read: bool
+        self,
+        tenant: AgentTenant,
+        uid: str,
+        created: str,
+        live: Mapping[ChildKey, LiveChild],
+        *,
+        read: bool,
     ) -> TenantFacts:
         namespace = tenant_namespace(tenant, self.config)
         check_namespace_name(namespace, self._reserved_namespaces())
@@ -363,14 +371,65 @@ class Reconciler:
                 if unconfirmed_uid is not None and error.status.code in (403, 404):
                     await self._confirm_namespace(namespace, unconfirmed_uid)
                 raise
-        # Grants first: a revoked Secret is taken back even from a tenant that another check
-        # below stalls (a manifest must not keep its copy by breaking a rule on purpose).
-        secret_data, secret_types = await self._read_secret_sources(
-            tenant, namespace, live if namespace_uid is not None else {}, unconfirmed_uid
+        # A tenant whose users are an older tenant's stops running, and a revoked Secret is taken
+        # back, whatever else stalls it: a manifest must not keep either by breaking a rule on
+        # purpose. The grants' stall, if any, is the one reported.
+        live_there = live if namespace_uid is not None else {}
+        collision = await self._check_uid_slot(
+            tenant, created, namespace, live_there, unconfirmed_uid
         )
+        try:
+            secret_data, secret_types = await self._read_secret_sources(
+                tenant, namespace, live_there, unconfirmed_uid
+            )
+        except Stall as stall:
+            if collision is not None:
+                stall.revoked = tuple(dict.fromkeys((*collision.revoked, *stall.revoked)))
+                stall.groups = {**collision.groups, **stall.groups}
+            raise
+        if collision is not None:
+            raise collision
         return TenantFacts(
             namespace, namespace_uid, unconfirmed_uid, live, secret_data, secret_types
         )
+
+    async def _check_uid_slot(
+        self,
+        tenant: AgentTenant,
+        created: str,
+        namespace: str,
+        live: Mapping[ChildKey, LiveChild],
+        unconfirmed_uid: str | None,
+    ) -> Stall | None:
+        """The stall of a tenant whose users are an older tenant's (their names share a uid slot),
+        once its runtime and sandbox Deployments are gone with their pods: it may have been made
+        before the older one was known (created in the same second, or seen first), and a stall
+        alone writes nothing. None when its users are its own."""
+        try:
+            check_uid_slot(tenant.name, created, self.neighbours(uid_slot(tenant.name)))
+        except Stall as stall:
+            groups = {RUNTIME: "RuntimeReady", SANDBOX: "SandboxReady"}
+            running = [key for key in (("Deployment", namespace, c) for c in groups) if key in live]
+            if running and unconfirmed_uid is not None:
+                await self._confirm_namespace(namespace, unconfirmed_uid)
+            for key in running:
+                await self.writer.delete(key)
+                logger.warning(
+                    "deleted %s: %s",
+                    describe_child(key),
+                    stall.reason,
+                    extra={"tenant": tenant.name},
+                )
+            stall.revoked = tuple(describe_child(key) for key in running)
+            stall.groups = {
+                groups[key[2]]: GroupState(
+                    False, "Stopped", f"the {key[2]} was deleted until this is resolved"
+                )
+                for key in running
+                if key[2] == RUNTIME or tenant.spec.sandbox.enabled  # else its group says Disabled
+            }
+            return stall
+        return None
 
     async def _confirm_namespace(self, namespace: str, uid: str) -> None:
         """Make sure the namespace the cache holds is still the one of that name, before this
@@ -417,7 +476,10 @@ class Reconciler:
                 )
                 continue
             annotations = source.get("metadata", {}).get("annotations") or {}
-            if tenant.name not in allowed_tenants(annotations.get(ALLOWED_TENANTS, "")):
+            allowed = source.get(ALLOWED_PARSED)
+            if allowed is None:  # read from the API server (a Reconciler without the watch)
+                allowed = allowed_tenants(annotations.get(ALLOWED_TENANTS, ""))
+            if tenant.name not in allowed:
                 refused.append(
                     SourceRefusal(
                         ref.name,

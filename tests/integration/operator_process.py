@@ -99,6 +99,13 @@ class Operator:
         """A sample's value; 0 when absent, as for a labelled series never touched."""
         return self.scrape().get((name, frozenset(labels.items())), 0.0)
 
+    def reconciling(self) -> bool:
+        """Whether it has its caches and reconciles (False while its metrics are not served yet)."""
+        try:
+            return self.metric("tenantry_caches_synced") == 1
+        except OSError:
+            return False
+
     def total(self, name: str) -> float:
         """The sum of a metric over all its label values."""
         return sum(value for (sample, _), value in self.scrape().items() if sample == name)

@@ -583,6 +583,55 @@ def test_of_two_tenants_whose_names_share_a_uid_slot_the_younger_is_stalled_from
     assert tenants.namespace_gone(kube, namespace_of(younger)), "a refused tenant touches nothing"
 
 
+@pytest.mark.parametrize("refused_secret", [False, True], ids=["plain", "behind-a-refused-secret"])
+def test_a_tenant_found_younger_than_one_seen_after_it_stops_running_as_its_users(
+    kube: Client, start_operator: StartOperator, refused_secret: bool
+) -> None:
+    """Finding (a review): a tenant provisioned before an older tenant of its uid slot was known
+    to the operator (created in the same second, or selected later, as here) kept its pods
+    running as that tenant's users: a refusal writes nothing, and nothing queued it anyway. The
+    older one is now seen, the younger queued and stalled, and its runtime and sandbox deleted,
+    even when another stall of its own manifest (a Secret it may not have) comes first."""
+    shard = f"slot-{uuid.uuid4().hex[:6]}"
+    operator = start_operator(
+        "slot", "--drift-interval", "3600", "--tenant-selector", f"{OPERATOR_LABEL}={shard}"
+    )
+    older, younger = names_in_one_uid_slot(shard)
+    # Its start-up lists every tenant, whatever its selector: the older must come after that.
+    wait_until(operator.reconciling, "the operator to reconcile")
+    try:
+        # The older is not this operator's yet: its shard label names another.
+        tenants.apply(kube, tenants.manifest(older, labels={OPERATOR_LABEL: f"{shard}-later"}))
+        created = tenants.get(kube, older).metadata.creationTimestamp.timestamp()
+        time.sleep(max(0.0, created + 1.1 - time.time()))  # creation times are whole seconds
+        tenants.apply(kube, tenants.manifest(younger, labels={OPERATOR_LABEL: shard}))
+        tenants.wait_condition(kube, younger, "Ready")
+        namespace = namespace_of(younger)
+        reason = "UserIdCollision"
+        if refused_secret:  # stalled before the uid slot is looked at, its pods left running
+            spec = model_spec(f"missing-{uuid.uuid4().hex[:6]}")
+            tenants.apply(kube, tenants.manifest(younger, spec, labels={OPERATOR_LABEL: shard}))
+            reason = "SecretNotFound"
+            tenants.wait_condition(kube, younger, "Stalled", reason=reason)
+            assert list(kube.list(Deployment, namespace=namespace))
+
+        tenants.apply(kube, tenants.manifest(older, labels={OPERATOR_LABEL: shard}))
+        wait_until(
+            lambda: not list(kube.list(Deployment, namespace=namespace)),
+            "the younger tenant's runtime and sandbox to be deleted",
+        )
+        stalled = tenants.wait_condition(kube, younger, "Stalled", reason=reason)
+        if not refused_secret:
+            assert f"tenant {older!r}" in stalled["message"]
+        for group in ("RuntimeReady", "SandboxReady"):
+            state = tenants.condition(kube, younger, group)
+            assert (state["status"], state["reason"]) == ("False", "Stopped"), state
+        tenants.wait_condition(kube, older, "Ready")
+    finally:
+        for name in (older, younger):
+            tenants.delete(kube, name)
+
+
 def test_a_label_an_admin_adds_to_the_namespace_is_no_drift_even_after_a_restart(
     kube: Client, new_tenant: NewTenant, operator_process: OperatorProcess
 ) -> None:

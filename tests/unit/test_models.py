@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tenantry import plan
 from tenantry.models import PATTERN_MEANINGS, RESERVED_NAMESPACES, AgentTenant, human_errors
 from tenantry.plan import Stall, check_namespace_name, check_uid_slot
 
@@ -209,6 +210,20 @@ def test_the_younger_of_two_tenants_whose_names_share_a_uid_slot_is_refused() ->
     with pytest.raises(Stall, match=f"would run as the same users as tenant '{older}'") as stall:
         check_uid_slot(younger, "2026-02-01T00:00:00Z", neighbours)
     assert stall.value.reason == "UserIdCollision"
+
+
+def test_a_uid_slot_refusal_names_the_oldest_tenant_of_the_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding (a review): the neighbours come in no set order, and with three tenants in one
+    slot the message named whichever older one came first, so it could change from pass to
+    pass (a status write and an event for nothing)."""
+    monkeypatch.setattr(plan, "uid_slot", lambda name: 0)  # every name in one slot
+    neighbours = [("b", "2026-02-01T00:00:00Z"), ("a", "2026-01-01T00:00:00Z")]
+    with pytest.raises(Stall, match="as tenant 'a'"):
+        check_uid_slot("c", "2026-03-01T00:00:00Z", neighbours)
+    with pytest.raises(Stall, match="as tenant 'a'"):
+        check_uid_slot("c", "2026-03-01T00:00:00Z", neighbours[::-1])
 
 
 def patterns(schema: object) -> set[str]:

@@ -55,7 +55,8 @@ def tenant_namespace(tenant: AgentTenant, config: OperatorConfig) -> str:
 def uid_slot(tenant_name: str) -> int:
     """Which pair of users a tenant's pods run as. Two names can share a slot (a name can even be
     searched for that shares another's): the reconcile refuses the younger of two such tenants
-    (plan.check_uid_slot), so no two tenants of one operator ever run as one user."""
+    (plan.check_uid_slot) and stops its pods if it runs, so two tenants of one operator run as
+    one user only until it knows both (docs/security.md)."""
     return int(hashlib.sha256(tenant_name.encode()).hexdigest()[:16], 16) % TENANT_UID_SLOTS
 
 
