@@ -409,18 +409,12 @@ class Reconciler:
             check_uid_slot(tenant.name, created, self.neighbours(uid_slot(tenant.name)))
         except Stall as stall:
             groups = {RUNTIME: "RuntimeReady", SANDBOX: "SandboxReady"}
-            running = [key for key in (("Deployment", namespace, c) for c in groups) if key in live]
-            if running and unconfirmed_uid is not None:
-                await self._confirm_namespace(namespace, unconfirmed_uid)
-            for key in running:
-                await self.writer.delete(key)
-                logger.warning(
-                    "deleted %s: %s",
-                    describe_child(key),
-                    stall.reason,
-                    extra={"tenant": tenant.name},
+            deployments = [("Deployment", namespace, component) for component in groups]
+            running = [key for key in deployments if key in live]
+            if running:
+                stall.revoked = await self._take_back(
+                    running, stall.reason, namespace, unconfirmed_uid, tenant.name
                 )
-            stall.revoked = tuple(describe_child(key) for key in running)
             stall.groups = {
                 groups[key[2]]: GroupState(
                     False, "Stopped", f"the {key[2]} was deleted until this is resolved"
@@ -430,6 +424,23 @@ class Reconciler:
             }
             return stall
         return None
+
+    async def _take_back(
+        self,
+        keys: list[ChildKey],
+        reason: str,
+        namespace: str,
+        unconfirmed_uid: str | None,
+        tenant: str,
+    ) -> tuple[str, ...]:
+        """Delete children a stalled tenant may no longer hold or run (`reason`), in its namespace
+        once confirmed to be the one the cache holds; what was deleted, as a Pruned event says it."""
+        if unconfirmed_uid is not None:
+            await self._confirm_namespace(namespace, unconfirmed_uid)
+        for key in keys:
+            await self.writer.delete(key)
+            logger.warning("deleted %s: %s", describe_child(key), reason, extra={"tenant": tenant})
+        return tuple(describe_child(key) for key in keys)
 
     async def _confirm_namespace(self, namespace: str, uid: str) -> None:
         """Make sure the namespace the cache holds is still the one of that name, before this
@@ -524,15 +535,10 @@ class Reconciler:
             if key in live or (live and await self.writer.get(Secret, refusal.name, namespace)):
                 copies.append(key)
         if copies:
-            if unconfirmed_uid is not None:
-                await self._confirm_namespace(namespace, unconfirmed_uid)
             runtime = ("Deployment", namespace, RUNTIME)
-            for key in [*copies, runtime]:
-                await self.writer.delete(key)
-                logger.warning(
-                    "deleted %s: %s", describe_child(key), first.reason, extra={"tenant": tenant}
-                )
-            stall.revoked = tuple(describe_child(key) for key in [*copies, runtime])
+            stall.revoked = await self._take_back(
+                [*copies, runtime], first.reason, namespace, unconfirmed_uid, tenant
+            )
             # The stall's message stays the refusal alone, the same on every pass; what was
             # revoked is told by the group conditions (kept by later passes) and a Pruned event.
             gone = ", ".join(child_path(key) for key in copies)
