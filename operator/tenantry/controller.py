@@ -104,8 +104,15 @@ class Controller:
             )
         except TenantGone:
             # Deleted while the watch was away: a reconnecting watch replays what exists, not
-            # what vanished, so the deletion shows only here.
-            self.forget(name, body["metadata"].get("uid", ""))
+            # what vanished, so the deletion shows only here. A tenant of the same name made
+            # since, and seen meanwhile, is another: only the gone one's state goes.
+            uid = body["metadata"].get("uid", "")
+            now = self.tenants.get(name)
+            if now is not None and now["metadata"].get("uid") != uid:
+                self.reconciler.forget(uid)
+                self.queue.enqueue(name)
+            else:
+                self.forget(name, uid)
             return
         except NotTheOneFound as refused:
             # The cache held a namespace that is gone, or another's now (its watch events not
@@ -163,6 +170,9 @@ class Controller:
             return
         before = self.tenants.get(name)
         self.tenants[name] = body = without_managed_fields(body)
+        if before is not None and before["metadata"].get("uid") != body["metadata"].get("uid"):
+            # Made again under its name while the watch was away: the old one's state goes.
+            self.reconciler.forget(before["metadata"].get("uid", ""))
         if before is None:
             self.slots.add(name)
             # One its slot-mates' passes did not know: a younger one now stops running as its

@@ -64,8 +64,7 @@ from tenantry.render import (
     tenant_namespace,
     uid_slot,
 )
-from tenantry.report import StatusReporter, TenantGone
-from tenantry.resources import AgentTenantResource
+from tenantry.report import StatusReporter, TenantGone, tenant_exists
 from tenantry.status import GroupState, Observation, condition_of
 from tenantry.writes import Answer, ChildWriter, NotTheOneFound, Written, gather_all
 
@@ -155,6 +154,10 @@ class Reconciler:
     # The templated children each tenant's last pass rendered, by uid: one a template renders
     # for the first time is new, not drift (unknown after a start: then it counts as drift).
     _templated: dict[str, frozenset[ChildKey]] = field(default_factory=dict)
+    # The tenants (by uid) this process has tried a pass of: only the very first try of a new
+    # tenant creates its namespace without asking whether the tenant still exists (see
+    # _create_namespace).
+    _tried: set[str] = field(default_factory=set)
     writer: ChildWriter = field(init=False)
     reporter: StatusReporter = field(init=False)
 
@@ -198,6 +201,7 @@ class Reconciler:
         return observation
 
     def forget(self, uid: str) -> None:
+        self._tried.discard(uid)
         self._tokens.pop(uid, None)
         self._templated.pop(uid, None)
         self.reporter.forget(uid)
@@ -228,14 +232,16 @@ class Reconciler:
         )
         read_first = bool(previous) or bool(live)
         known_token = uid in self._tokens
+        first_try = uid not in self._tried
+        self._tried.add(uid)
         try:
-            return await once(read=read_first)
+            return await once(read=read_first, first_try=first_try)
         except BaseException as error:
             if not read_first and not known_token:
                 self._tokens.pop(uid, None)
             if not isinstance(error, NamespaceUnread):
                 raise
-        return await once(read=True)
+        return await once(read=True, first_try=False)
 
     async def _converge_once(
         self,
@@ -248,6 +254,7 @@ class Reconciler:
         refusals: tuple[RuntimeRefusal, ...],
         *,
         read: bool,
+        first_try: bool,
     ) -> Observation:
         facts = await self._read_facts(tenant, uid, created, live, read=read)
         problems = violations(tenant, self.config)
@@ -289,7 +296,9 @@ class Reconciler:
             await self._confirm_namespace(facts.namespace, unconfirmed)
         # Taken for absent without a read (a new tenant): a failed create has the pass redone.
         unread = facts.namespace_uid is None and not read
-        answers = await self._carry_out(decided, tenant, uid, unread=unread)
+        answers = await self._carry_out(
+            decided, tenant, uid, unread=unread, just_seen=unread and first_try
+        )
         self._templated[uid] = templated
         groups, stalled = outcome(tenant, facts.namespace, desired, facts.live, answers, refusals)
         return Observation(
@@ -303,7 +312,7 @@ class Reconciler:
         )
 
     async def _carry_out(
-        self, decided: Plan, tenant: AgentTenant, uid: str, *, unread: bool
+        self, decided: Plan, tenant: AgentTenant, uid: str, *, unread: bool, just_seen: bool
     ) -> dict[ChildKey, Answer]:
         """Write and prune what the plan says; the API server's answers to the writes (but the
         namespace's creation), by child."""
@@ -311,7 +320,9 @@ class Reconciler:
 
         async def write(item: Write) -> None:
             if item.method == "create":
-                await self._create_namespace(item.manifest, tenant, uid, unread=unread)
+                await self._create_namespace(
+                    item.manifest, tenant, uid, unread=unread, just_seen=just_seen
+                )
             elif item.method == "replace":
                 answers[item.key] = await self.writer.replace(item.manifest)
             else:
@@ -580,24 +591,26 @@ class Reconciler:
         return found
 
     async def _create_namespace(
-        self, manifest: dict[str, Any], tenant: AgentTenant, uid: str, *, unread: bool
+        self,
+        manifest: dict[str, Any],
+        tenant: AgentTenant,
+        uid: str,
+        *,
+        unread: bool,
+        just_seen: bool,
     ) -> None:
         # Created, never applied, the first time: a server-side apply would silently take over a
         # namespace that appeared since we looked; a create fails instead. And only for a tenant
-        # that still exists: its deletion may not have reached this process yet (a busy watch),
-        # and a pass retried meanwhile would make it a namespace again after garbage collection
-        # took the first (seen by the fault tests on a loaded machine).
-        # (A list by name, not a GET: the chart grants list and watch on tenants, nothing more.)
-        # A tenant being deleted in the foreground (`--cascade=foreground`) is still listed,
-        # with a deletionTimestamp, until its namespace is gone: that counts as gone too.
-        current = self.client.list(AgentTenantResource, fields={"metadata.name": tenant.name})
-        if not [
-            found
-            async for found in current
-            if found.metadata
-            and found.metadata.uid == uid
-            and found.metadata.deletionTimestamp is None
-        ]:
+        # that still exists: a retried pass once made a namespace again after garbage collection
+        # took the first, its tenant's deletion not yet read from a busy watch (seen by the
+        # fault tests on a loaded machine). The first try in this process of a tenant with no
+        # status and nothing cached skips that read (one request less for every tenant
+        # provisioned): its watch event said the tenant exists, and a deletion read since then
+        # ends the pass before it starts (Controller.reconcile finds no body). A deletion the
+        # watch has not delivered yet gets the tenant's namespace and children made, until
+        # garbage collection takes them (their owner reference), and its status is refused
+        # (StatusReporter.report tests the uid); any later try reads the tenant first.
+        if not just_seen and not await tenant_exists(self.client, tenant.name, uid):
             raise TenantGone(tenant.name)
         try:
             if await self.writer.create_namespace(manifest):

@@ -25,7 +25,19 @@ logger = logging.getLogger("tenantry.report")
 
 
 class TenantGone(Exception):
-    """The AgentTenant no longer exists (its status could not be written)."""
+    """The AgentTenant no longer exists (its status could not be written), or another of its
+    name has taken its place."""
+
+
+async def tenant_exists(client: AsyncClient, name: str, uid: str) -> bool:
+    """Whether the tenant NAME is there with UID, and not being deleted. A list by name, not a
+    GET: the chart grants list and watch on tenants, nothing more. A tenant deleted in the
+    foreground (`--cascade=foreground`) is still listed, with a deletionTimestamp, until its
+    namespace is gone: that counts as gone too."""
+    found = [t async for t in client.list(AgentTenantResource, fields={"metadata.name": name})]
+    return any(
+        t.metadata and t.metadata.uid == uid and t.metadata.deletionTimestamp is None for t in found
+    )
 
 
 def kube_time(moment: datetime | None) -> str:
@@ -58,18 +70,31 @@ class StatusReporter:
     ) -> None:
         status = build_status(observation, previous, now())
         if comparable(status) != comparable(previous):
+            meta = body["metadata"]
+            # Written only to the tenant of the body's uid: a pass that began before its tenant
+            # was deleted and made again under the same name (its watch events not read yet)
+            # would otherwise write its status, Ready perhaps, onto the new one. A status
+            # subresource ignores a uid in the body, so a JSON patch tests it.
             try:
                 await self.client.patch(
                     AgentTenantResource.Status,
-                    body["metadata"]["name"],
-                    {"status": status},
-                    patch_type=PatchType.MERGE,
+                    meta["name"],
+                    [
+                        {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+                        {"op": "add", "path": "/status", "value": status},
+                    ],
+                    patch_type=PatchType.JSON,
                 )
             except ApiError as error:
-                if error.status.code == 404:
-                    raise TenantGone(body["metadata"]["name"]) from None
+                gone = error.status.code == 404 or (
+                    # A failed test is a 422, as a refused status is: the list tells which.
+                    error.status.code == 422
+                    and not await tenant_exists(self.client, meta["name"], meta["uid"])
+                )
+                if gone:
+                    raise TenantGone(meta["name"]) from None
                 raise
-            self._written[body["metadata"]["uid"]] = status
+            self._written[meta["uid"]] = status
         for event in events_for(observation, previous, status):
             await self.post_event(body, event.type, event.reason, event.message)
 
