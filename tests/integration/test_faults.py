@@ -418,7 +418,10 @@ def test_the_drift_timer_outlives_an_api_server_restart(
         "drift", "--drift-interval", "2", "--tenant-selector", f"{OPERATOR_LABEL}={shard}"
     )
     (name,) = labelled_tenants(shard, 1)
-    tenants.wait_condition(kube, name, "Ready")
+    # After the API server restart of the test before, the Deployment controller, the scheduler
+    # and kwok come back on their own backoff: once, the tenant's ReplicaSets were made 13 s
+    # after its Deployments, and it was not Ready within a minute.
+    tenants.wait_condition(kube, name, "Ready", timeout=240)
 
     def passes() -> float:
         return operator.total("tenantry_reconcile_duration_seconds_count")
