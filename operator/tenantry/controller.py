@@ -107,8 +107,8 @@ class Controller:
             # what vanished, so the deletion shows only here. A tenant of the same name made
             # since, and seen meanwhile, is another: only the gone one's state goes.
             uid = body["metadata"].get("uid", "")
-            now = self.tenants.get(name)
-            if now is not None and now["metadata"].get("uid") != uid:
+            current = self.tenants.get(name)
+            if current is not None and current["metadata"].get("uid") != uid:
                 self.reconciler.forget(uid)
                 self.queue.enqueue(name)
             else:
