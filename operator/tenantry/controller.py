@@ -109,8 +109,7 @@ class Controller:
             uid = body["metadata"].get("uid", "")
             current = self.tenants.get(name)
             if current is not None and current["metadata"].get("uid") != uid:
-                self.reconciler.forget(uid)
-                self.queue.enqueue(name)
+                self.reconciler.forget(uid)  # its event queued the new one
             else:
                 self.forget(name, uid)
             return
@@ -164,15 +163,27 @@ class Controller:
     def tenant_seen(self, event: dict[str, Any]) -> None:
         self.trimmer.activity()
         body = event["object"]
-        name = body["metadata"]["name"]
-        if event.get("type") == "DELETED":
-            self.forget(name, body["metadata"].get("uid", ""))
-            return
+        meta = body["metadata"]
+        name, uid = meta["name"], meta.get("uid", "")
         before = self.tenants.get(name)
+        if before is not None and before["metadata"].get("uid") != uid:
+            # Another tenant of this name than the one cached. Kopf hands each object's events
+            # to a worker of its own, so the events of a tenant deleted and made again under
+            # its name may come in any order: a late event of the old one (its deletion, or
+            # one from before the new one's creation) leaves the new one as it is.
+            if (
+                event.get("type") == "DELETED"
+                or meta.get("deletionTimestamp")
+                or (meta.get("creationTimestamp") or "")
+                < (before["metadata"].get("creationTimestamp") or "")
+            ):
+                self.reconciler.forget(uid)
+                return
+            self.reconciler.forget(before["metadata"].get("uid", ""))  # made again: the old goes
+        if event.get("type") == "DELETED":
+            self.forget(name, uid)
+            return
         self.tenants[name] = body = without_managed_fields(body)
-        if before is not None and before["metadata"].get("uid") != body["metadata"].get("uid"):
-            # Made again under its name while the watch was away: the old one's state goes.
-            self.reconciler.forget(before["metadata"].get("uid", ""))
         if before is None:
             self.slots.add(name)
             # One its slot-mates' passes did not know: a younger one now stops running as its

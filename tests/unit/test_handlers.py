@@ -80,6 +80,25 @@ async def test_a_resync_keeps_a_tenant_created_while_it_listed() -> None:
     assert set(controller.tenants) == {"old", "new"}
 
 
+async def test_a_late_event_of_a_tenant_made_again_under_its_name_leaves_the_new_one() -> None:
+    """Found by review: Kopf hands each object's events to a worker of its own, so of a tenant
+    deleted and made again under its name, the old one's deletion may be handled after the new
+    one's creation. It made the operator forget the new tenant, and nothing brought it back
+    until it changed; an older event of the old one put the old body back in its place."""
+    controller = Controller(OperatorConfig(), None, None)  # type: ignore[arg-type] # no request is made
+    old = {"metadata": {"name": "acme", "uid": "1", "creationTimestamp": "2026-12-01T10:00:00Z"}}
+    new = {"metadata": {"name": "acme", "uid": "2", "creationTimestamp": "2026-12-01T10:00:05Z"}}
+    controller.tenant_seen({"type": "ADDED", "object": old})
+    controller.tenant_seen({"type": "ADDED", "object": new})
+    deleting = {"metadata": {**old["metadata"], "deletionTimestamp": "2026-12-01T10:00:04Z"}}
+    for late in (("MODIFIED", old), ("MODIFIED", deleting), ("DELETED", deleting)):
+        controller.tenant_seen({"type": late[0], "object": late[1]})
+        assert controller.tenants["acme"]["metadata"]["uid"] == "2", late[0]
+    assert "acme" in controller.queue._pending
+    controller.tenant_seen({"type": "DELETED", "object": new})
+    assert "acme" not in controller.tenants
+
+
 async def test_only_a_tenants_own_children_wake_it() -> None:
     """Finding: an object labelled `tenantry.dev/tenant: acme` in another tenant's namespace was
     taken for acme's child. A label alone wakes nobody now."""
