@@ -85,7 +85,7 @@ SLICES = 10  # a round's messages per variant, in this many alternating runs (a 
 # machine's bursts of load then fall on both variants alike more often)
 MESSAGE_ROUNDS = 25
 """Rounds of the messages at least, whatever the section's rounds: on this shared machine one
-round's overhead lands anywhere from -4 % to +12 % (the host's load, not the guard), so the
+round's overhead lands anywhere from -4 % to +15 % (the host's load, not the guard), so the
 median of 9 rounds moved by two points from run to run of the same code. A round is 7 s."""
 TASKS_PER_ROUND = 10
 EXECUTIONS_PER_ROUND = 10
@@ -665,8 +665,8 @@ def report(results: dict[str, Any], plots: Path) -> str:
 The same agent and {params["messages_per_round"]:,} messages per round and runtime, half
 published to the tenant's topic and half sent direct, timed from `start()` to
 `stop_when_idle()`; {params.get("message_rounds", params["rounds"])} rounds, the two runtimes
-alternating in one process ({params["message_slices"]} slices per round). The guarded runtime checks every message and
-writes its audit line to a file as `serve` does: the lines of a burst in one `os.write`, before
+alternating in one process ({params["message_slices"]} slices per round). The guarded runtime
+checks every message and writes its audit line to a file as `serve` does: the lines of a burst in one `os.write`, before
 the first of its messages is delivered. Python {env["python"]},
 autogen-core {env["autogen_core"]}, {env["cpu_count"]} CPUs, load average
 {env["loadavg_at_start"][0]:.2f} at the start.
