@@ -45,6 +45,10 @@ T = TypeVar("T")
 # afternoon). A page at a time costs N/200 list requests per kind and drift period instead of
 # one, and no GET.
 RESYNC_CHUNK = 200
+# Seconds between looks of a tenant that waits (plan.Waiting): an earlier tenant's namespace is
+# gone within seconds once garbage collection deletes it, and its deletion event may wake the
+# tenant sooner (status.namespace names it).
+RECHECK_WAITING_SECONDS = 5.0
 
 
 class Controller:
@@ -129,6 +133,10 @@ class Controller:
             raise  # the queue retries it with backoff
         metrics.observe_reconcile(observation, time.monotonic() - started)
         if name in self.tenants:  # not deleted while the pass ran
+            if observation.waiting:
+                # What it waits for may go without an event that wakes it (the earlier tenant's
+                # namespace, forgotten with that tenant, is deleted unseen): look again.
+                self.queue.enqueue(name, delay=RECHECK_WAITING_SECONDS)
             self.outcomes[name] = metrics.outcome(observation)
             metrics.count_tenants(self.outcomes.values())
 

@@ -19,7 +19,7 @@ from tenantry.children import (
     summarize,
 )
 from tenantry.kinds import row
-from tenantry.models import KIND, AgentTenant
+from tenantry.models import GROUP, KIND, AgentTenant
 from tenantry.names import CONFIG_HASH, RUNTIME, SANDBOX, TENANT_LABEL
 from tenantry.pods import RuntimeRefusal
 from tenantry.render import Manifest, uid_slot
@@ -36,6 +36,62 @@ class Stall(Exception):
         self.message = message
         self.revoked: tuple[str, ...] = ()
         self.groups: dict[str, GroupState] = {}
+
+
+class Waiting(Exception):
+    """The tenant cannot converge yet, and will without anyone acting: what holds it goes away by
+    itself (an earlier tenant's namespace that garbage collection is deleting). Nothing was
+    written; the pass is done again soon (Controller.reconcile)."""
+
+    def __init__(self, reason: str, message: str, namespace: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.namespace = namespace
+
+
+def namespace_conflict(namespace: str) -> Stall:
+    return Stall(
+        "NamespaceConflict",
+        f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
+        "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
+    )
+
+
+def check_found_namespace(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> None:
+    """Refuse a live namespace that is not this tenant's (`owns`): a stall, but for the namespace
+    of an earlier tenant of the same name, which the tenant waits out.
+
+    A tenant deleted and applied again at once (a GitOps replace: Argo CD's Replace=true,
+    `kubectl replace --force`) finds the namespace of the deleted one still there, labelled with
+    its name and owned by an AgentTenant of its name with another uid. A name is one object at a
+    time, so that owner is gone, and garbage collection deletes what it owned; only when every
+    owner is such an earlier tenant, since an object with an owner left is not collected. Nothing
+    of that namespace is ever adopted: the tenant makes its own once it is gone.
+    """
+    if owns(namespace, tenant, uid):
+        return
+    meta = namespace.get("metadata", {})
+    name = str(meta.get("name", ""))
+    owners = meta.get("ownerReferences") or []
+    earlier = [
+        ref
+        for ref in owners
+        if str(ref.get("apiVersion", "")).partition("/")[0] == GROUP
+        and ref.get("kind") == KIND
+        and ref.get("name") == tenant.name
+        and ref.get("uid") != uid
+    ]
+    if owners and earlier == owners and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name:
+        raise Waiting(
+            "NamespaceTerminating",
+            f"namespace {name!r} is an earlier tenant's of this name (uid {earlier[0].get('uid')}), "
+            "which garbage collection is deleting: this tenant's is created once it is gone. "
+            "Should it stay (a finalizer nobody removes), remove what holds it, or set "
+            "spec.namespace to a namespace that does not exist yet",
+            name,
+        )
+    raise namespace_conflict(name)
 
 
 def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:

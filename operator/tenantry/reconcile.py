@@ -44,12 +44,13 @@ from tenantry.names import (
 from tenantry.plan import (
     Plan,
     Stall,
+    Waiting,
     Write,
+    check_found_namespace,
     check_namespace_name,
     check_uid_slot,
     ours,
     outcome,
-    owns,
     pinned,
     plan,
 )
@@ -89,14 +90,6 @@ def describe(error: ValidationError) -> str:
 class NamespaceUnread(Exception):
     """The create of a namespace the pass did not read first failed: one is there, or the
     create was refused. The pass starts again, reading the namespace first (Reconciler._converge)."""
-
-
-def namespace_conflict(namespace: str) -> Stall:
-    return Stall(
-        "NamespaceConflict",
-        f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
-        "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
-    )
 
 
 @dataclass(frozen=True)
@@ -197,6 +190,13 @@ class Reconciler:
             observation = self._stalled(body, generation, stall.reason, stall.message)
             if stall.revoked:
                 observation = replace(observation, pruned=stall.revoked, groups=stall.groups)
+        except Waiting as wait:
+            logger.info(
+                "waiting: %s: %s", wait.reason, wait.message, extra={"tenant": meta["name"]}
+            )
+            observation = Observation(
+                generation, wait.namespace, meta["name"], waiting=(wait.reason, wait.message)
+            )
         await self.reporter.report(body, previous, observation)
         return observation
 
@@ -369,8 +369,8 @@ class Reconciler:
             namespace_uid = None
         else:
             existing = await self.writer.get(Namespace, namespace)
-            if existing is not None and not owns(existing, tenant, uid):
-                raise namespace_conflict(namespace)
+            if existing is not None:
+                check_found_namespace(existing, tenant, uid)
             namespace_uid = existing["metadata"]["uid"] if existing is not None else None
         if self.config.scoped_secrets and namespace_uid is not None:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
@@ -627,7 +627,6 @@ class Reconciler:
             raise NotTheOneFound(
                 key, f"{describe_child(key)} was there, then gone: the next pass looks again"
             )
-        if not owns(existing, tenant, uid):
-            raise namespace_conflict(manifest["metadata"]["name"])
+        check_found_namespace(existing, tenant, uid)
         # Bound to the one just read (plan.pinned): gone by now, it is not made again here.
         await self.writer.apply(pinned(manifest, key, existing["metadata"]["uid"]))

@@ -47,6 +47,8 @@ class Observation:
     namespace: str | None
     topic_source: str
     stalled: tuple[str, str] | None = None  # (reason, message a human can act on)
+    # (reason, message): what it waits for, which goes away by itself (plan.Waiting)
+    waiting: tuple[str, str] | None = None
     groups: Mapping[str, GroupState] = field(default_factory=dict)
     corrected: tuple[
         Correction, ...
@@ -56,7 +58,11 @@ class Observation:
     @property
     def ready(self) -> bool:
         """Every child group is in place (the `Ready` condition this observation reports)."""
-        return not self.stalled and all(state.ok for state in self.groups.values())
+        return (
+            not self.stalled
+            and not self.waiting
+            and all(state.ok for state in self.groups.values())
+        )
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,16 @@ def build_status(
         conditions += [
             before[kind] for kind in GROUPS if kind in before and kind not in observation.groups
         ]
+    elif observation.waiting:
+        # Converging, and nobody need act: Reconciling says what for. The groups keep what was
+        # last observed, as in a stall: nothing was looked at.
+        reason, message = observation.waiting
+        conditions += [
+            make(READY, False, reason, message),
+            make(RECONCILING, True, reason, message),
+            make(STALLED, False, reason),
+        ]
+        conditions += [before[kind] for kind in GROUPS if kind in before]
     else:
         waiting = [
             f"{kind}: {state.message or state.reason}"
@@ -192,6 +208,9 @@ def events_for(
         events.append(Event("Warning", str(stalled_now["reason"]), str(stalled_now["message"])))
     elif stalled_before.get("status") == "True" and stalled_now.get("status") != "True":
         events.append(Event("Normal", "Resumed", "the tenant is no longer stalled"))
+    waits_for = observation.waiting
+    if waits_for and condition_of(previous, RECONCILING).get("reason") != waits_for[0]:
+        events.append(Event("Normal", *waits_for))
     if observation.corrected:
         events.append(
             Event(

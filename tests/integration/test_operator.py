@@ -7,6 +7,7 @@ status conditions, the children in the tenant namespace, and that nothing else c
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -875,6 +876,60 @@ def test_deleting_a_tenant_removes_its_namespace_and_children(kube: Client, oper
         f"namespace {namespace} to be deleted",
         timeout=90,
     )
+
+
+def test_a_tenant_made_again_under_its_name_waits_for_its_old_namespace_then_is_ready(
+    kube: Client, start_operator: StartOperator
+) -> None:
+    """Noticed in review: a Ready tenant deleted and applied again at once (a GitOps replace:
+    Argo CD's Replace=true, `kubectl replace --force`) found its old namespace still there, being
+    removed by garbage collection, and stalled with NamespaceConflict, telling the user to set
+    spec.namespace; nothing woke it once that namespace was gone but the drift pass (300 s by
+    default). Now it says it waits (Reconciling, reason NamespaceTerminating, no Warning), takes
+    nothing of the old namespace, and is Ready in a namespace of its own once the old one is
+    gone. A finalizer holds the old namespace here, so the wait is seen; the drift pass is an
+    hour away, so it is not what ends it."""
+    shard = f"again-{uuid.uuid4().hex[:6]}"
+    operator = start_operator(
+        "again", "--drift-interval", "3600", "--tenant-selector", f"{OPERATOR_LABEL}={shard}"
+    )
+    wait_until(operator.reconciling, "the operator to reconcile")
+    name = f"{shard}-t"
+    body = tenants.manifest(name, labels={OPERATOR_LABEL: shard})
+    namespace = namespace_of(name)
+    hold = {"metadata": {"finalizers": ["tests.tenantry.dev/hold"]}}
+    try:
+        tenants.apply(kube, body)
+        tenants.wait_condition(kube, name, "Ready")
+        old = kube.patch(Namespace, namespace, hold, field_manager="tests")
+        tenants.delete(kube, name)
+        tenants.apply(kube, body)
+        new_uid = tenants.get(kube, name).metadata.uid
+        waiting = tenants.wait_condition(kube, name, "Reconciling", reason="NamespaceTerminating")
+        assert namespace in waiting["message"] and "spec.namespace" in waiting["message"]
+        assert tenants.condition(kube, name, "Stalled")["status"] == "False"
+        assert tenants.condition(kube, name, "Ready")["reason"] == "NamespaceTerminating"
+        held = kube.get(Namespace, namespace)
+        assert held.metadata.uid == old.metadata.uid
+        assert [ref.uid for ref in held.metadata.ownerReferences] != [new_uid]
+
+        kube.patch(Namespace, namespace, {"metadata": {"finalizers": None}}, field_manager="tests")
+        tenants.wait_condition(kube, name, "Ready")
+        made = kube.get(Namespace, namespace)
+        assert made.metadata.uid != old.metadata.uid
+        assert [ref.uid for ref in made.metadata.ownerReferences] == [new_uid]
+        warned = [
+            (e.reason, e.message)
+            for e in kube.list(Event, namespace="default")
+            if e.involvedObject.uid == new_uid and e.type == "Warning"
+        ]
+        assert not warned
+    finally:
+        with contextlib.suppress(ApiError):
+            kube.patch(
+                Namespace, namespace, {"metadata": {"finalizers": None}}, field_manager="tests"
+            )
+        tenants.delete(kube, name)
 
 
 def test_the_operators_watches_stay_open_at_rest_on_bookmarks(

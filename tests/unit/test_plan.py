@@ -14,9 +14,19 @@ from tenantry.cli import load_tenants
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND
 from tenantry.models import AgentTenant
-from tenantry.plan import Plan, Stall, check_namespace_name, ours, outcome, owns, plan
+from tenantry.plan import (
+    Plan,
+    Stall,
+    Waiting,
+    check_found_namespace,
+    check_namespace_name,
+    ours,
+    outcome,
+    owns,
+    plan,
+)
 from tenantry.pods import RuntimeRefusal
-from tenantry.render import ClusterFacts, render
+from tenantry.render import ClusterFacts, Manifest, render
 from tenantry.status import GroupState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -336,6 +346,38 @@ def test_a_namespace_is_the_tenants_only_with_its_owner_reference_and_its_label(
         "metadata": {**manifest["metadata"], "labels": {"tenantry.dev/tenant": "globex"}},
     }
     assert not owns(relabelled, acme(), UID)
+
+
+def with_owners(namespace: Manifest, *owners: dict[str, Any], tenant: str = "acme") -> Manifest:
+    meta = {**namespace["metadata"], "ownerReferences": list(owners)}
+    meta["labels"] = {**meta["labels"], "tenantry.dev/tenant": tenant}
+    return {**namespace, "metadata": meta}
+
+
+def test_an_earlier_tenants_namespace_of_the_same_name_is_waited_out_anything_else_stalls() -> None:
+    """A tenant deleted and made again at once (a GitOps replace) finds the old one's namespace,
+    which garbage collection is deleting: it waits. Only when every owner is an AgentTenant of
+    its name with another uid (gone: one object a name) and the label names it; any other
+    namespace stalls it, as before."""
+    namespace = next(m for m in desired() if m["kind"] == "Namespace")
+    check_found_namespace(namespace, acme(), UID)  # its own
+    earlier = {**namespace["metadata"]["ownerReferences"][0], "uid": "earlier-uid"}
+    with pytest.raises(Waiting) as waiting:
+        check_found_namespace(with_owners(namespace, earlier), acme(), UID)
+    assert waiting.value.reason == "NamespaceTerminating"
+    assert waiting.value.namespace == NAMESPACE
+    assert "earlier-uid" in waiting.value.message and "spec.namespace" in waiting.value.message
+    not_earlier = [
+        with_owners(namespace, earlier, tenant="globex"),  # labelled as another's
+        with_owners(namespace, {**earlier, "name": "globex"}),  # another tenant's
+        with_owners(namespace, {**earlier, "apiVersion": "example.com/v1"}),  # another kind
+        with_owners(namespace, earlier, {"apiVersion": "v1", "kind": "ConfigMap", "uid": "x"}),
+        with_owners(namespace),  # nobody's
+    ]
+    for found in not_earlier:
+        with pytest.raises(Stall) as stalled:
+            check_found_namespace(found, acme(), UID)
+        assert stalled.value.reason == "NamespaceConflict", found
 
 
 @pytest.mark.parametrize(

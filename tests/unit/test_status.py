@@ -89,6 +89,24 @@ def test_events_for_transitions_only() -> None:
     assert [e.reason for e in events_for(corrected, ready, ready)] == ["DriftCorrected"]
 
 
+def test_a_tenant_that_waits_is_reconciling_not_stalled_and_says_so_once() -> None:
+    waiting = Observation(1, "ns", "acme", waiting=("NamespaceTerminating", "the old one goes"))
+    status = build_status(waiting, None, "T1")
+    found = {kind: (c["status"], c["reason"]) for kind, c in conditions(status).items()}
+    assert found == {
+        "Ready": ("False", "NamespaceTerminating"),
+        "Reconciling": ("True", "NamespaceTerminating"),
+        "Stalled": ("False", "NamespaceTerminating"),
+    }
+    assert conditions(status)["Reconciling"]["message"] == "the old one goes"
+    assert status["namespace"] == "ns"
+    assert not waiting.ready
+    assert [(e.type, e.reason) for e in events_for(waiting, None, status)] == [
+        ("Normal", "NamespaceTerminating")
+    ]
+    assert events_for(waiting, status, build_status(waiting, status, "T2")) == []
+
+
 def deployment(
     generation: int,
     observed: int,
