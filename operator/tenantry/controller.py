@@ -46,8 +46,8 @@ T = TypeVar("T")
 # one, and no GET.
 RESYNC_CHUNK = 200
 # Seconds between looks of a tenant that waits (plan.Waiting): an earlier tenant's namespace is
-# gone within seconds once garbage collection deletes it, and its deletion event may wake the
-# tenant sooner (status.namespace names it).
+# gone within seconds once garbage collection deletes it. No event of it wakes the tenant: it is
+# not the tenant's (a pass would otherwise follow every change its owner makes to it).
 RECHECK_WAITING_SECONDS = 5.0
 
 
@@ -134,8 +134,7 @@ class Controller:
         metrics.observe_reconcile(observation, time.monotonic() - started)
         if name in self.tenants:  # not deleted while the pass ran
             if observation.waiting:
-                # What it waits for may go without an event that wakes it (the earlier tenant's
-                # namespace, forgotten with that tenant, is deleted unseen): look again.
+                # Nothing it watches says when what it waits for is gone: look again.
                 self.queue.enqueue(name, delay=RECHECK_WAITING_SECONDS)
             self.outcomes[name] = metrics.outcome(observation)
             metrics.count_tenants(self.outcomes.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from tenantry.children import (
@@ -19,7 +20,7 @@ from tenantry.children import (
     summarize,
 )
 from tenantry.kinds import row
-from tenantry.models import GROUP, KIND, AgentTenant
+from tenantry.models import API_VERSION, KIND, AgentTenant
 from tenantry.names import CONFIG_HASH, RUNTIME, SANDBOX, TENANT_LABEL
 from tenantry.pods import RuntimeRefusal
 from tenantry.render import Manifest, uid_slot
@@ -43,55 +44,88 @@ class Waiting(Exception):
     itself (an earlier tenant's namespace that garbage collection is deleting). Nothing was
     written; the pass is done again soon (Controller.reconcile)."""
 
-    def __init__(self, reason: str, message: str, namespace: str) -> None:
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
-        self.namespace = namespace
 
 
-def namespace_conflict(namespace: str) -> Stall:
+def namespace_conflict(namespace: str, why: str = "does not belong to this tenant") -> Stall:
     return Stall(
         "NamespaceConflict",
-        f"namespace {namespace!r} already exists and does not belong to this tenant; Tenantry "
-        "never adopts a namespace: set spec.namespace to a namespace that does not exist yet",
+        f"namespace {namespace!r} already exists and {why}; Tenantry never adopts a namespace: "
+        "set spec.namespace to a namespace that does not exist yet",
     )
 
 
-def check_found_namespace(namespace: Mapping[str, Any], tenant: AgentTenant, uid: str) -> None:
-    """Refuse a live namespace that is not this tenant's (`owns`): a stall, but for the namespace
-    of an earlier tenant of the same name, which the tenant waits out.
+# How long a tenant waits for an earlier tenant's namespace: for garbage collection to begin
+# deleting it (seconds, unless the collector is far behind), and then for it to be gone (pods
+# end within their grace period, 30 s by default). Past either, whatever holds it will not go
+# by itself: a stall says so, rather than Reconciling for ever (which GitOps tools wait out).
+COLLECTION_GRACE = timedelta(seconds=60)
+TERMINATION_PATIENCE = timedelta(minutes=10)
 
-    A tenant deleted and applied again at once (a GitOps replace: Argo CD's Replace=true,
-    `kubectl replace --force`) finds the namespace of the deleted one still there, labelled with
-    its name and owned by an AgentTenant of its name with another uid. A name is one object at a
-    time, so that owner is gone, and garbage collection deletes what it owned; only when every
-    owner is such an earlier tenant, since an object with an owner left is not collected. Nothing
-    of that namespace is ever adopted: the tenant makes its own once it is gone.
+
+def check_found_namespace(
+    namespace: Mapping[str, Any], tenant: AgentTenant, uid: str, created: str, now: datetime
+) -> None:
+    """Refuse a live namespace that is not this tenant's (`owns`): a stall, but for the namespace
+    of an earlier tenant of the same name on its way out, which the tenant waits out.
+
+    A tenant deleted and applied again at once (a GitOps replace: `kubectl replace --force`,
+    Argo CD's `Force=true,Replace=true`) finds the namespace of the deleted one still there,
+    labelled with its name and owned by an AgentTenant of its name with another uid. A name is
+    one object at a time, so that owner is gone, and garbage collection deletes what it owned:
+    only when every owner is such an earlier tenant (an object with an owner left is not
+    collected) of this API version (one the collector cannot look up, it never collects). It
+    waits while the namespace is terminating, or until COLLECTION_GRACE after the tenant was
+    made for the collector to begin; so anyone who may make a namespace can delay a tenant that
+    way, never hold it. Nothing of that namespace is ever adopted: the tenant makes its own.
     """
     if owns(namespace, tenant, uid):
         return
     meta = namespace.get("metadata", {})
     name = str(meta.get("name", ""))
     owners = meta.get("ownerReferences") or []
-    earlier = [
-        ref
-        for ref in owners
-        if str(ref.get("apiVersion", "")).partition("/")[0] == GROUP
+    earlier = all(
+        ref.get("apiVersion") == API_VERSION
         and ref.get("kind") == KIND
         and ref.get("name") == tenant.name
         and ref.get("uid") != uid
-    ]
-    if owners and earlier == owners and (meta.get("labels") or {}).get(TENANT_LABEL) == tenant.name:
+        for ref in owners
+    )
+    if not owners or not earlier or (meta.get("labels") or {}).get(TENANT_LABEL) != tenant.name:
+        raise namespace_conflict(name)
+    deleting = meta.get("deletionTimestamp")
+    if deleting:
+        if now - parse_time(str(deleting)) <= TERMINATION_PATIENCE:
+            raise Waiting(
+                "NamespaceTerminating",
+                f"namespace {name!r} is an earlier tenant's of this name, being deleted: this "
+                "tenant's is created once it is gone",
+            )
+        why = (
+            "is an earlier tenant's of this name, still terminating 10 minutes after its deletion "
+            "began (see what holds it: its metadata.finalizers, spec.finalizers and "
+            "status.conditions)"
+        )
+    elif now - parse_time(created) <= COLLECTION_GRACE:
         raise Waiting(
             "NamespaceTerminating",
-            f"namespace {name!r} is an earlier tenant's of this name (uid {earlier[0].get('uid')}), "
-            "which garbage collection is deleting: this tenant's is created once it is gone. "
-            "Should it stay (a finalizer nobody removes), remove what holds it, or set "
-            "spec.namespace to a namespace that does not exist yet",
-            name,
+            f"namespace {name!r} is an earlier tenant's of this name, which garbage collection "
+            "deletes: this tenant's is created once it is gone",
         )
-    raise namespace_conflict(name)
+    else:
+        why = (
+            "is an earlier tenant's of this name, which garbage collection has not begun to "
+            "delete a minute after this tenant was made"
+        )
+    raise namespace_conflict(name, why)
+
+
+def parse_time(value: str) -> datetime:
+    """A Kubernetes time stamp (RFC 3339, UTC: "2026-12-01T23:05:51Z") as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:

@@ -16,6 +16,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -49,8 +50,10 @@ from tenantry.plan import (
     check_found_namespace,
     check_namespace_name,
     check_uid_slot,
+    namespace_conflict,
     ours,
     outcome,
+    owns,
     pinned,
     plan,
 )
@@ -194,8 +197,10 @@ class Reconciler:
             logger.info(
                 "waiting: %s: %s", wait.reason, wait.message, extra={"tenant": meta["name"]}
             )
+            # No namespace in its status: it is not the tenant's yet (and what `home` names wakes
+            # the tenant for its every event, which its owner could then drive).
             observation = Observation(
-                generation, wait.namespace, meta["name"], waiting=(wait.reason, wait.message)
+                generation, None, meta["name"], waiting=(wait.reason, wait.message)
             )
         await self.reporter.report(body, previous, observation)
         return observation
@@ -370,7 +375,7 @@ class Reconciler:
         else:
             existing = await self.writer.get(Namespace, namespace)
             if existing is not None:
-                check_found_namespace(existing, tenant, uid)
+                check_found_namespace(existing, tenant, uid, created, datetime.now(UTC))
             namespace_uid = existing["metadata"]["uid"] if existing is not None else None
         if self.config.scoped_secrets and namespace_uid is not None:
             # No cluster-wide watch of Secrets then (see handlers.watched_children): list this
@@ -627,6 +632,8 @@ class Reconciler:
             raise NotTheOneFound(
                 key, f"{describe_child(key)} was there, then gone: the next pass looks again"
             )
-        check_found_namespace(existing, tenant, uid)
+        if not owns(existing, tenant, uid):
+            # Made since this pass found none: never an earlier tenant's, which only goes.
+            raise namespace_conflict(manifest["metadata"]["name"])
         # Bound to the one just read (plan.pinned): gone by now, it is not made again here.
         await self.writer.apply(pinned(manifest, key, existing["metadata"]["uid"]))

@@ -124,15 +124,14 @@ def build_status(
             before[kind] for kind in GROUPS if kind in before and kind not in observation.groups
         ]
     elif observation.waiting:
-        # Converging, and nobody need act: Reconciling says what for. The groups keep what was
-        # last observed, as in a stall: nothing was looked at.
+        # Converging, and nobody need act: Reconciling says what for. No group condition: what
+        # the tenant waits for is the namespace every group lives in.
         reason, message = observation.waiting
         conditions += [
             make(READY, False, reason, message),
             make(RECONCILING, True, reason, message),
             make(STALLED, False, reason),
         ]
-        conditions += [before[kind] for kind in GROUPS if kind in before]
     else:
         waiting = [
             f"{kind}: {state.message or state.reason}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -348,36 +349,64 @@ def test_a_namespace_is_the_tenants_only_with_its_owner_reference_and_its_label(
     assert not owns(relabelled, acme(), UID)
 
 
-def with_owners(namespace: Manifest, *owners: dict[str, Any], tenant: str = "acme") -> Manifest:
+def with_owners(
+    namespace: Manifest, *owners: dict[str, Any], tenant: str = "acme", deleting: str = ""
+) -> Manifest:
     meta = {**namespace["metadata"], "ownerReferences": list(owners)}
     meta["labels"] = {**meta["labels"], "tenantry.dev/tenant": tenant}
+    if deleting:
+        meta["deletionTimestamp"] = deleting
     return {**namespace, "metadata": meta}
+
+
+MADE = "2026-12-01T10:00:00Z"  # the tenant's creationTimestamp
+
+
+def at(seconds: float) -> datetime:
+    return datetime(2026, 12, 1, 10, 0, tzinfo=UTC) + timedelta(seconds=seconds)
 
 
 def test_an_earlier_tenants_namespace_of_the_same_name_is_waited_out_anything_else_stalls() -> None:
     """A tenant deleted and made again at once (a GitOps replace) finds the old one's namespace,
-    which garbage collection is deleting: it waits. Only when every owner is an AgentTenant of
-    its name with another uid (gone: one object a name) and the label names it; any other
-    namespace stalls it, as before."""
+    which garbage collection deletes: it waits, while that namespace terminates or for a minute
+    for the collector to begin. Only when every owner is an AgentTenant of its name and API
+    version with another uid (gone: a name is one object at a time) and the label names it;
+    any other namespace stalls it, as before."""
     namespace = next(m for m in desired() if m["kind"] == "Namespace")
-    check_found_namespace(namespace, acme(), UID)  # its own
+    check_found_namespace(namespace, acme(), UID, MADE, at(3600))  # its own
     earlier = {**namespace["metadata"]["ownerReferences"][0], "uid": "earlier-uid"}
-    with pytest.raises(Waiting) as waiting:
-        check_found_namespace(with_owners(namespace, earlier), acme(), UID)
-    assert waiting.value.reason == "NamespaceTerminating"
-    assert waiting.value.namespace == NAMESPACE
-    assert "earlier-uid" in waiting.value.message and "spec.namespace" in waiting.value.message
-    not_earlier = [
-        with_owners(namespace, earlier, tenant="globex"),  # labelled as another's
-        with_owners(namespace, {**earlier, "name": "globex"}),  # another tenant's
-        with_owners(namespace, {**earlier, "apiVersion": "example.com/v1"}),  # another kind
-        with_owners(namespace, earlier, {"apiVersion": "v1", "kind": "ConfigMap", "uid": "x"}),
-        with_owners(namespace),  # nobody's
-    ]
-    for found in not_earlier:
+    terminating = with_owners(namespace, earlier, deleting="2026-12-01T10:00:01Z")
+    for found, now in ((with_owners(namespace, earlier), at(59)), (terminating, at(600))):
+        with pytest.raises(Waiting) as waiting:
+            check_found_namespace(found, acme(), UID, MADE, now)
+        assert waiting.value.reason == "NamespaceTerminating"
+        assert NAMESPACE in waiting.value.message
+    stuck = {
+        "collector never began": (with_owners(namespace, earlier), at(61)),
+        "terminating for good": (terminating, at(602)),
+    }
+    for case, (found, now) in stuck.items():
         with pytest.raises(Stall) as stalled:
-            check_found_namespace(found, acme(), UID)
-        assert stalled.value.reason == "NamespaceConflict", found
+            check_found_namespace(found, acme(), UID, MADE, now)
+        assert stalled.value.reason == "NamespaceConflict", case
+        assert "earlier tenant" in stalled.value.message, case
+    other_owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "acme", "uid": "x"}
+    not_earlier = {
+        "labelled as another's": with_owners(namespace, earlier, tenant="globex"),
+        "another tenant's": with_owners(namespace, {**earlier, "name": "globex"}),
+        "another group's kind": with_owners(namespace, {**earlier, "apiVersion": "example.com/v1"}),
+        # garbage collection cannot look up a version the API server does not serve: never goes
+        "a version not served": with_owners(
+            namespace, {**earlier, "apiVersion": "tenantry.dev/v9"}
+        ),
+        "an owner left": with_owners(namespace, earlier, other_owner),
+        "nobody's": with_owners(namespace),
+    }
+    for case, found in not_earlier.items():
+        with pytest.raises(Stall) as stalled:
+            check_found_namespace(found, acme(), UID, MADE, at(0))
+        assert stalled.value.reason == "NamespaceConflict", case
+        assert "earlier tenant" not in stalled.value.message, case
 
 
 @pytest.mark.parametrize(

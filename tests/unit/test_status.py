@@ -90,7 +90,7 @@ def test_events_for_transitions_only() -> None:
 
 
 def test_a_tenant_that_waits_is_reconciling_not_stalled_and_says_so_once() -> None:
-    waiting = Observation(1, "ns", "acme", waiting=("NamespaceTerminating", "the old one goes"))
+    waiting = Observation(1, None, "acme", waiting=("NamespaceTerminating", "the old one goes"))
     status = build_status(waiting, None, "T1")
     found = {kind: (c["status"], c["reason"]) for kind, c in conditions(status).items()}
     assert found == {
@@ -99,12 +99,15 @@ def test_a_tenant_that_waits_is_reconciling_not_stalled_and_says_so_once() -> No
         "Stalled": ("False", "NamespaceTerminating"),
     }
     assert conditions(status)["Reconciling"]["message"] == "the old one goes"
-    assert status["namespace"] == "ns"
+    assert "namespace" not in status  # not the tenant's yet
     assert not waiting.ready
     assert [(e.type, e.reason) for e in events_for(waiting, None, status)] == [
         ("Normal", "NamespaceTerminating")
     ]
     assert events_for(waiting, status, build_status(waiting, status, "T2")) == []
+    # Whatever the groups were, none is said while the namespace they live in is not there.
+    ready = build_status(Observation(1, "ns", "acme", groups=ALL_GOOD), None, "T0")
+    assert conditions(build_status(waiting, ready, "T3")).keys() == found.keys()
 
 
 def deployment(
