@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from tenantry.children import (
@@ -98,7 +98,7 @@ def check_found_namespace(
         raise namespace_conflict(name)
     deleting = meta.get("deletionTimestamp")
     if deleting:
-        if now - parse_time(str(deleting)) <= TERMINATION_PATIENCE:
+        if now - parse_time(deleting) <= TERMINATION_PATIENCE:
             raise Waiting(
                 "NamespaceTerminating",
                 f"namespace {name!r} is an earlier tenant's of this name, being deleted: this "
@@ -123,9 +123,13 @@ def check_found_namespace(
     raise namespace_conflict(name, why)
 
 
-def parse_time(value: str) -> datetime:
-    """A Kubernetes time stamp (RFC 3339, UTC: "2026-12-01T23:05:51Z") as an aware datetime."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def parse_time(value: object) -> datetime:
+    """A Kubernetes time stamp (RFC 3339, UTC: "2026-12-01T23:05:51Z") as an aware datetime; one
+    that is not (no object the API server returns) as the earliest time, long past."""
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def ours(key: ChildKey, child: LiveChild, uid: str, namespace: str) -> bool:

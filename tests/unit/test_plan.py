@@ -383,6 +383,7 @@ def test_an_earlier_tenants_namespace_of_the_same_name_is_waited_out_anything_el
         assert NAMESPACE in waiting.value.message
     stuck = {
         "collector never began": (with_owners(namespace, earlier), at(61)),
+        "a time stamp that is none": (with_owners(namespace, earlier, deleting="soon"), at(0)),
         "terminating for good": (terminating, at(602)),
     }
     for case, (found, now) in stuck.items():
