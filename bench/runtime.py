@@ -222,6 +222,75 @@ async def _guard_cost(messages: int, workdir: Path) -> dict[str, float]:
     return {name: value / (bursts * BATCH * SLICES) * 1e6 for name, value in seconds.items()}
 
 
+COUNTED_MESSAGES = (1_000, 5_000)
+"""Messages in the two counted runs of each variant: per message is their counts' difference
+over 4,000, so what both runs do once (start, imports, the warm-up) cancels."""
+
+
+async def count_one(variant: str, messages: int) -> None:
+    """One variant's messages in this process, after a warm-up: what callgrind counts."""
+    run = _bare if variant == "bare" else _guarded
+    with tempfile.TemporaryDirectory(prefix="tenantry-bench-count-") as workdir:
+        await run(200, Path(workdir))
+        await run(messages, Path(workdir))
+
+
+def measure_instructions() -> dict[str, Any] | None:
+    """Instructions per message of each runtime, counted by valgrind's callgrind: the guard's
+    cost in work, free of the noise a shared machine puts into seconds (what it leaves out:
+    cache misses and stalls, which are time and not instructions). None without valgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    counts: dict[str, dict[int, int]] = {}
+    for variant in ("bare", "guarded"):
+        for messages in COUNTED_MESSAGES:
+            done = subprocess.run(
+                [
+                    valgrind,
+                    "--tool=callgrind",
+                    "--cache-sim=no",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    "-m",
+                    "bench.runtime",
+                    "--count-one",
+                    variant,
+                    str(messages),
+                ],
+                # One hash seed for every run: with it a count is the same from run to run to
+                # some tens of instructions; with a random one it moved by millions.
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            total = next(
+                line.rpartition(":")[2]
+                for line in done.stderr.splitlines()
+                if "Collected :" in line
+            )
+            counts.setdefault(variant, {})[messages] = int(total)
+    few, many = COUNTED_MESSAGES
+    per_message = {
+        variant: (by_count[many] - by_count[few]) / (many - few)
+        for variant, by_count in counts.items()
+    }
+    tool = subprocess.run([valgrind, "--version"], capture_output=True, text=True, check=True)
+    return {"per_message": per_message, "counts": counts, "valgrind": tool.stdout.strip()}
+
+
+def counted_overhead(results: dict[str, Any]) -> float | None:
+    """The guard's overhead as the throughput it costs, from the instructions counted: 1 - bare
+    / guarded instructions per message (as 1 - guarded / bare messages per second would be, at
+    one speed per instruction). None when not counted."""
+    counted = results.get("instructions")
+    if not counted:
+        return None
+    per_message = counted["per_message"]
+    return 1 - float(per_message["bare"]) / float(per_message["guarded"])
+
+
 async def measure_messages(rounds: int, messages: int, workdir: Path) -> dict[str, Any]:
     variants: dict[str, Callable[[int, Path], Awaitable[dict[str, float]]]] = {
         "bare": _bare,
@@ -542,6 +611,7 @@ async def run(rounds: int, workdir: Path) -> dict[str, Any]:
     results["messages"] = await measure_messages(
         results["parameters"]["message_rounds"], MESSAGES, workdir
     )
+    results["instructions"] = measure_instructions()
     results["idle"] = await measure_idle_memory(rounds, workdir / "idle")
     async with _services(workdir) as services:
         results["tasks"] = await measure_tasks(services, rounds, TASKS_PER_ROUND)
@@ -643,6 +713,7 @@ def report(results: dict[str, Any], plots: Path) -> str:
             ),
         ],
     )
+    counted_section = _counted_report(results)
     task_times = {name: _ms(v) for name, v in tasks["seconds"].items()}
     model_only, with_code = task_times["model only"], task_times["model + sandbox"]
     round_trip = _table(
@@ -688,6 +759,8 @@ its delivering overrides add none. Most of a message's
 cost is autogen-core's own, paid by both runtimes: a profile shows its per-message
 OpenTelemetry spans (made even with no tracer configured) and event logging.
 
+{counted_section}
+
 ![runtime benchmarks](bench/runtime.png)
 
 ### Runtime: HTTP task round trip
@@ -719,6 +792,32 @@ Sandbox over local, medians: {median(run_times["sandbox"]) / median(run_times["l
 {idle_section}"""
 
 
+def _counted_report(results: dict[str, Any]) -> str:
+    overhead = counted_overhead(results)
+    if overhead is None:
+        return "Not counted in instructions: valgrind is not installed (`make bench` installs it)."
+    counted = results["instructions"]
+    per_message = counted["per_message"]
+    few, many = (int(n) for n in sorted(counted["counts"]["bare"], key=int))
+    verdict = "met" if overhead <= TARGET_OVERHEAD else "missed"
+    rows = [
+        f"| bare `SingleThreadedAgentRuntime` | {per_message['bare']:,.0f} |",
+        f"| `GuardedAgentRuntime` + audit file | {per_message['guarded']:,.0f} |",
+        f"| guard overhead as throughput, 1 − bare / guarded | {overhead:.1%} |",
+    ]
+    table = "\n".join(["| instructions per message | counted |", "| --- | ---: |", *rows])
+    return f"""\
+**Counted, not timed.** The same messages, each runtime in a process of its own under
+callgrind ({counted["valgrind"]}), which counts the instructions the process runs: {many:,}
+messages against {few:,}, so what both runs do once (start, imports, warm-up) cancels. A count
+is the same from run to run whatever else the machine does, where one round's seconds move by
+points; it leaves out what is time and not work (cache misses, stalls).
+
+{table}
+
+Target: at most {TARGET_OVERHEAD:.0%} ({verdict}). Reproduce: `make bench SECTIONS=runtime`."""
+
+
 def _idle_report(idle: dict[str, Any] | None, rounds: int) -> str:
     if not idle:
         return ""  # results from before this section measured it
@@ -741,7 +840,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     parser.add_argument("--plots", type=Path, help="where runtime.png goes (default: a temp dir)")
+    parser.add_argument(
+        "--count-one", nargs=2, metavar=("VARIANT", "MESSAGES"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.count_one:  # one process of measure_instructions, run under callgrind
+        variant, messages = args.count_one
+        asyncio.run(count_one(variant, int(messages)))
+        return
     with tempfile.TemporaryDirectory(prefix="tenantry-bench-runtime-") as workdir:
         results = asyncio.run(run(args.rounds, Path(workdir)))
         if args.out is not None:
