@@ -177,6 +177,8 @@ class AuditLog:
 
     def write_held(self) -> None:
         """Every held record into the stream now: called before a message is delivered."""
+        # GuardedAgentRuntime asks this same question itself before it calls (guard.py): the
+        # two change together.
         if self._held or self._unwritten:
             self._emit("")
 

@@ -200,6 +200,29 @@ async def test_no_more_than_HELD_RECORDS_records_wait() -> None:
     assert task_ids(stream) == [str(n) for n in range(HELD_RECORDS)]
 
 
+def test_a_record_held_on_a_loop_that_stopped_first_is_written_on_the_next_loops_turn() -> None:
+    """Review: a record held on a loop that stopped before its turn's end (its write left
+    pending, the loop not closed) kept the records held later, on another loop, from being
+    written by that loop's turn: only a closed loop was taken for one that would not write."""
+    stream = io.StringIO()
+    log = AuditLog(TENANT, stream)
+    first = asyncio.new_event_loop()
+    try:
+        first.call_soon(admitted, log, 0)
+        first.call_soon(first.stop)  # stops after this turn: the write it asked for never runs
+        first.run_forever()
+        assert stream.getvalue() == ""
+
+        async def hold_another() -> None:
+            admitted(log, 1)
+            await asyncio.sleep(0)
+
+        asyncio.run(hold_another())
+        assert task_ids(stream) == ["0", "1"]
+    finally:
+        first.close()
+
+
 def test_without_an_event_loop_no_record_is_held() -> None:
     stream = io.StringIO()
     admitted(AuditLog(TENANT, stream), 0)  # no loop's turn would ever end to write it

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import io
 import json
+import os
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -410,6 +414,45 @@ async def test_a_message_whose_record_cannot_be_written_is_not_delivered() -> No
     assert seen == [(TENANT, 3)]
     # The records held through the failure are written with the next write that succeeds.
     assert [r.get("taskId") for r in records(stream)] == ["t-1", None, "t-1"]
+
+
+async def test_a_message_whose_record_a_failed_write_left_unwritten_is_not_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: a delivery looks at the audit log's held records itself before it asks for a
+    write. A record a failed write took from the held ones (a full pipe) is held no more, and
+    not in the kernel either: its message waits for it, and is not delivered while it cannot
+    be written (the check once looked at the held records alone, which this fails)."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_fd, False)
+    os.set_blocking(read_fd, False)
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write_fd, "w", closefd=False))
+    log = AuditLog.open(TENANT, "-")  # the pod's stdout, as serve writes it
+
+    def drained() -> str:
+        with contextlib.suppress(BlockingIOError):
+            return os.read(read_fd, 1 << 20).decode()
+        return ""
+
+    try:
+        os.write(write_fd, b"#" * 4000)  # about full: no record fits
+        runtime, seen = await probed_runtime(TenantGuard(TENANT, log), subscription="default")
+        await runtime.publish_message(Ping(1), runtime.topic("default"))  # admitted, held
+        with pytest.raises(BlockingIOError):  # a refusal is written at once, the held first
+            await runtime.publish_message(Ping(2), TopicId("default", "globex"))
+        assert not log._held and log._unwritten  # the state this test is about
+        await asyncio.sleep(0.05)  # the runtime takes Ping(1): the write fails again
+        assert seen == []
+        drained()
+        await runtime.publish_message(Ping(3), runtime.topic("default"))
+        await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
+        assert seen == [(TENANT, 3)]  # Ping(1) was given up with its failed write
+        lines = [json.loads(line) for line in drained().splitlines() if line.startswith("{")]
+        assert [r["decision"] for r in lines] == ["delivered", "dropped", "delivered"]
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 async def test_a_failed_write_for_a_send_whose_caller_gave_up_leaves_the_loop_running() -> None:

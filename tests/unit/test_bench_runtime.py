@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runtime import _counted_report, counted_overhead
+from bench.runtime import _counted_report, collected, counted_overhead
 
 
 def counted(bare: float, guarded: float) -> dict[str, object]:
@@ -27,7 +27,15 @@ def test_the_counted_overhead_is_the_throughput_the_guards_instructions_cost() -
     assert "5,000" in report and "1,000" in report
 
 
-def test_without_valgrind_nothing_is_counted_and_the_report_says_why() -> None:
-    assert counted_overhead({"instructions": None}) is None
+def test_without_a_count_the_report_says_why() -> None:
+    missing = {"instructions": {"not_counted": "valgrind is not installed"}}
+    assert counted_overhead(missing) is None
     assert counted_overhead({}) is None
-    assert "valgrind is not installed" in _counted_report({"instructions": None})
+    assert "valgrind is not installed" in _counted_report(missing)
+    assert "before the count" in _counted_report({})  # results saved before it existed
+
+
+def test_callgrinds_count_is_read_from_its_summary_or_refused_clearly() -> None:
+    assert collected("==7== Events    : Ir\n==7== Collected : 3099273518\n") == 3099273518
+    with pytest.raises(ValueError, match="no count"):
+        collected("valgrind: command failed\n")
