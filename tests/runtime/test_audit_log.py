@@ -13,7 +13,6 @@ import fcntl
 import io
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 from tenantry_runtime.audit import HELD_RECORDS, AuditLog, timestamp_of
 
 from e2e.model_server import completion
-from tests.support.audit_streams import FailingStream
+from tests.support.audit_streams import FailingStream, small_stdout_pipe
 from tests.support.ports import served
 from tests.support.runtime_services import (
     MODEL_API_KEY,
@@ -258,30 +257,16 @@ async def test_a_write_cut_short_is_completed_never_repeated(
 ) -> None:
     """Review: a write that failed part way (a pipe that filled) kept every held record, and
     the next write repeated the part already written, after a line cut in two."""
-    read_fd, write_fd = os.pipe()
-    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
-    os.set_blocking(write_fd, False)  # a full pipe takes part of a write, then refuses
-    os.set_blocking(read_fd, False)
-    monkeypatch.setattr(sys, "stdout", os.fdopen(write_fd, "w", closefd=False))
-    log = AuditLog.open(TENANT, "-")  # the pod's stdout, as serve writes it
-
-    def drained() -> str:
-        with contextlib.suppress(BlockingIOError):
-            return os.read(read_fd, 1 << 20).decode()
-        return ""
-
-    try:
+    with small_stdout_pipe(monkeypatch) as pipe:
+        log = AuditLog.open(TENANT, "-")  # the pod's stdout, as serve writes it
         for n in range(40):  # about 8 KiB: more than the pipe holds
             admitted(log, n)
         with pytest.raises(BlockingIOError):
             log.write_held()
-        text = drained()
+        text = pipe.drained()
         assert 0 < len(text) < 8000
         log.write_held()  # what was not written, from where the failed write stopped
-        text += drained()
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+        text += pipe.drained()
     assert [json.loads(line)["taskId"] for line in text.splitlines()] == [str(n) for n in range(40)]
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import io
 import json
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +30,7 @@ from pydantic import BaseModel
 from tenantry_runtime.audit import AuditLog
 from tenantry_runtime.guard import GuardedAgentRuntime, TenantGuard, task_runtime
 
-from tests.support.audit_streams import FailingStream
+from tests.support.audit_streams import FailingStream, small_stdout_pipe
 
 TENANT = "acme"
 
@@ -423,20 +420,9 @@ async def test_a_message_whose_record_a_failed_write_left_unwritten_is_not_deliv
     write. A record a failed write took from the held ones (a full pipe) is held no more, and
     not in the kernel either: its message waits for it, and is not delivered while it cannot
     be written (the check once looked at the held records alone, which this fails)."""
-    read_fd, write_fd = os.pipe()
-    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
-    os.set_blocking(write_fd, False)
-    os.set_blocking(read_fd, False)
-    monkeypatch.setattr(sys, "stdout", os.fdopen(write_fd, "w", closefd=False))
-    log = AuditLog.open(TENANT, "-")  # the pod's stdout, as serve writes it
-
-    def drained() -> str:
-        with contextlib.suppress(BlockingIOError):
-            return os.read(read_fd, 1 << 20).decode()
-        return ""
-
-    try:
-        os.write(write_fd, b"#" * 4000)  # about full: no record fits
+    with small_stdout_pipe(monkeypatch) as pipe:
+        log = AuditLog.open(TENANT, "-")  # the pod's stdout, as serve writes it
+        os.write(pipe.write_fd, b"#" * 4000)  # about full: no record fits
         runtime, seen = await probed_runtime(TenantGuard(TENANT, log), subscription="default")
         await runtime.publish_message(Ping(1), runtime.topic("default"))  # admitted, held
         with pytest.raises(BlockingIOError):  # a refusal is written at once, the held first
@@ -444,15 +430,12 @@ async def test_a_message_whose_record_a_failed_write_left_unwritten_is_not_deliv
         assert not log._held and log._unwritten  # the state this test is about
         await asyncio.sleep(0.05)  # the runtime takes Ping(1): the write fails again
         assert seen == []
-        drained()
+        pipe.drained()
         await runtime.publish_message(Ping(3), runtime.topic("default"))
         await asyncio.wait_for(runtime.stop_when_idle(), timeout=5)
         assert seen == [(TENANT, 3)]  # Ping(1) was given up with its failed write
-        lines = [json.loads(line) for line in drained().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in pipe.drained().splitlines() if line[0] == "{"]
         assert [r["decision"] for r in lines] == ["delivered", "dropped", "delivered"]
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
 
 
 async def test_a_failed_write_for_a_send_whose_caller_gave_up_leaves_the_loop_running() -> None:
