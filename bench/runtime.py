@@ -2,7 +2,9 @@
 
 1. Messages per second through `GuardedAgentRuntime` (with a real file-backed `AuditLog`, as
    `serve` runs it) vs a bare autogen-core `SingleThreadedAgentRuntime`: the same agent, the
-   same messages, in the same process and run.
+   same messages, in the same process and run; and the instructions each runs per message,
+   counted by valgrind's callgrind (`measure_instructions`), which the machine's noise does not
+   move.
 2. `POST /v1/tasks` round trip against real `serve` and `sandbox` processes on loopback, for a
    task the model answers at once and for one that runs python in the sandbox.
 3. One code block through `SandboxCodeExecutor` and a real sandbox process vs autogen-ext's

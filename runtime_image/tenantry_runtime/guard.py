@@ -41,10 +41,11 @@ _log = logging.getLogger(__name__)
 class TenantGuard:
     """Decides and records; pinned to one tenant for its whole life.
 
-    Every admitted message passes here, so the path is kept to few Python calls (a call is a
-    frame, and frames were a third of the guard's instructions per message: bench/runtime.py,
-    counted): the sender's check is written out in each of the two methods, and the task id a
-    task's guard puts on every record is an attribute, not a method."""
+    Every message passes here, so the path is kept to few Python calls: a guarded message made
+    about 20 more than a bare one, and each costs a frame (bench/findings.md, "Counted, not
+    timed": the guard's instructions, counted by callgrind). So the sender's check is written
+    out in each of the two methods, and the task id a task's guard puts on every record is an
+    attribute, not a method."""
 
     __slots__ = ("audit", "delivered", "dropped", "task_id", "tenant")
 
