@@ -133,7 +133,7 @@ def build_status(
             make(STALLED, False, reason),
         ]
     else:
-        waiting = [
+        unready = [
             f"{kind}: {state.message or state.reason}"
             for kind, state in observation.groups.items()
             if not state.ok
@@ -144,13 +144,13 @@ def build_status(
                 READY,
                 ready,
                 "Ready" if ready else "Progressing",
-                "all children are available" if ready else "; ".join(waiting),
+                "all children are available" if ready else "; ".join(unready),
             ),
             make(
                 RECONCILING,
                 not ready,
                 "Progressing" if not ready else "Converged",
-                "; ".join(waiting),
+                "; ".join(unready),
             ),
             make(STALLED, False, "Converged" if ready else "Progressing"),
         ]
