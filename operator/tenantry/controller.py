@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import httpx2
@@ -20,7 +20,7 @@ from lightkube.resources.core_v1 import Pod, Secret
 from pydantic import ValidationError
 
 from tenantry import metrics
-from tenantry.children import ChildCache
+from tenantry.children import ChildCache, PassEchoes
 from tenantry.config import OperatorConfig
 from tenantry.kinds import BY_KIND, ChildKind, child_kinds, row
 from tenantry.memory import TrimWhenQuiet
@@ -74,8 +74,10 @@ class Controller:
             self.known_templates,
             self.sources.get,
             self.children.sandbox_token,
-            self.children.written,
+            self.child_written,
         )
+        # The events of a tenant's children read while its pass runs (see PassEchoes).
+        self.echoes = PassEchoes()
         # Every watch event handled below puts the trim off too (see TrimWhenQuiet).
         self.trimmer = TrimWhenQuiet(lambda: self.queue.idle)
         self.queue = ReconcileQueue(
@@ -98,6 +100,21 @@ class Controller:
         self.listed_at: dict[str, str] = {}
 
     async def reconcile(self, name: str) -> None:
+        self.echoes.begin(name)
+        try:
+            await self._reconcile(name)
+        finally:
+            woken = self.echoes.end(name)
+            if woken is not None and name in self.tenants:
+                self.queue.enqueue(name, follow_up=woken)
+
+    def child_written(self, body: Mapping[str, Any]) -> None:
+        """The API server's answer to a pass's write of a child (writes.ChildWriter.written)."""
+        if self.echoes.outdated(body):
+            return  # the child was deleted after this write: the pass the deletion asked for makes it again
+        self.echoes.answered(body, self.children.written(body))
+
+    async def _reconcile(self, name: str) -> None:
         body = self.tenants.get(name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # garbage collection removes the children of a deleted tenant
@@ -380,6 +397,8 @@ class Controller:
         # pass would write a new status message, and under a burst that doubled the status writes).
         progress = not deleted and self.children.makes_available(body)
         tenant = self.children.observe(body, deleted=deleted)
+        if deleted:
+            tenant = self.echoes.deleted(body) or tenant
         if tenant and tenant in self.tenants:
             # Only an object the tenant owns, or one in its own namespace (a child whose owner
             # reference was removed), wakes it: a label anyone can set does not (the reconcile
@@ -390,7 +409,8 @@ class Controller:
             child = row(body.get("kind", ""))
             where = meta.get("name") if not child.namespaced else meta.get("namespace")
             home = self.home(tenant)
-            if known["metadata"].get("uid") in owners or (home and where == home):
+            ours = known["metadata"].get("uid") in owners or (home and where == home)
+            if ours and (deleted or not self.echoes.hold(tenant, body, progress)):
                 self.queue.enqueue(tenant, follow_up=progress)
 
     def home(self, tenant: str) -> str | None:

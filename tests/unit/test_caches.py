@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenantry.children import ChildCache, summarize
+from tenantry.children import ChildCache, PassEchoes, summarize
 from tenantry.controller import Known, SlotIndex
 from tenantry.pods import PodCache
 from tenantry.reconcile import allowed_tenants
@@ -53,6 +53,130 @@ def test_a_rollout_wakes_its_tenant_only_when_it_ends() -> None:
     assert cache.observe(rolled(observedGeneration=1, updatedReplicas=1), False) is None
     done = rolled(observedGeneration=1, updatedReplicas=1, availableReplicas=1)
     assert cache.observe(done, deleted=False) == "acme"
+
+
+def rollout(version: str, available: int) -> dict[str, Any]:
+    """The runtime Deployment at one resourceVersion, with `available` of its one replica."""
+    deployment = child("Deployment", resourceVersion=version, generation=1)
+    status = {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": available}
+    return {**deployment, "spec": {"replicas": 1}, "status": status}
+
+
+def test_an_account_of_a_child_older_than_the_one_known_never_replaces_it() -> None:
+    cache = ChildCache()
+    runtime = ("Deployment", "tenant-acme", "runtime")
+    assert cache.observe(rollout("10", available=1), deleted=False) == "acme"
+    # A write's answer read after the watch told of a later change: the Deployment turning
+    # available must not be taken back, or its tenant waits for an event that never comes.
+    cache.written(rollout("9", available=0))
+    assert cache.of("acme")[runtime].available
+    # An older event still wakes its tenant if it differs, as it did (see PassEchoes), and
+    # still leaves the newer account in place.
+    assert cache.observe(rollout("8", available=0), deleted=False) == "acme"
+    assert cache.observe(rollout("7", available=1), deleted=False) is None
+    assert cache.of("acme")[runtime].available
+    # A version that is not a number is news, as every account was before versions were read.
+    assert cache.observe(rollout("x", available=0), deleted=False) == "acme"
+    assert cache.observe(rollout("11", available=1), deleted=False) == "acme"
+
+
+def test_the_echo_of_a_passs_own_write_wakes_nobody_whichever_is_read_first() -> None:
+    echoes = PassEchoes()
+    echoes.begin("acme")
+    assert echoes.hold("acme", rollout("5", available=0), follow_up=False)  # the echo first
+    echoes.answered(rollout("5", available=0), None)
+    echoes.answered(child(resourceVersion="7"), None)  # the answer first: its echo after
+    assert echoes.hold("acme", child(resourceVersion="7"), follow_up=False)
+    assert echoes.end("acme") is None
+
+
+def test_any_other_event_in_a_pass_wakes_its_tenant_when_the_pass_ends() -> None:
+    echoes = PassEchoes()
+    # No pass runs: nothing is held.
+    assert not echoes.hold("acme", child(resourceVersion="5"), follow_up=False)
+    echoes.begin("acme")
+    echoes.answered(child(resourceVersion="5"), None)
+    assert echoes.hold("acme", child(resourceVersion="6"), follow_up=False)  # after the write
+    assert echoes.end("acme") is False
+    echoes.begin("acme")
+    echoes.answered(child(resourceVersion="5"), None)
+    # Another's change just before the write: the pass planned without it, and what it left
+    # (a field of theirs on a kind replaced when others write to it) is for the next pass.
+    assert echoes.hold("acme", child(resourceVersion="4"), follow_up=False)
+    assert echoes.hold("acme", child(resourceVersion="5"), follow_up=False)
+    assert echoes.end("acme") is False
+    echoes.begin("acme")
+    assert echoes.hold("acme", child("ConfigMap", resourceVersion="3"), follow_up=False)
+    assert echoes.end("acme") is False  # a child the pass did not write
+    echoes.begin("acme")
+    echoes.answered(rollout("5", available=0), None)
+    assert echoes.hold("acme", rollout("8", available=1), follow_up=True)
+    assert echoes.hold("acme", rollout("5", available=0), follow_up=False)
+    assert echoes.end("acme") is True  # progress toward Ready goes ahead, as it would have
+    echoes.begin("acme")
+    assert not echoes.hold("acme", child(resourceVersion="x"), follow_up=False)  # not comparable
+    assert echoes.end("acme") is None
+    # Another tenant's answer is not this pass's.
+    echoes.begin("acme")
+    other = child(resourceVersion="9")
+    other["metadata"]["labels"] = {**other["metadata"]["labels"], "tenantry.dev/tenant": "other"}
+    echoes.answered(other, None)
+    assert echoes.hold("acme", child(resourceVersion="9"), follow_up=False)
+    assert echoes.end("acme") is False
+
+
+def test_an_answer_showing_others_writes_to_a_replaced_kind_wakes_its_tenant() -> None:
+    """The pass applied a child someone else had made (unlabelled, so never seen) or written
+    to just before: the apply kept their fields, and only the next pass's replace drops them."""
+    cache, echoes = ChildCache(), PassEchoes()
+    theirs = child(resourceVersion="5")
+    theirs["metadata"]["managedFields"] = [{"manager": "kubectl-edit", "operation": "Update"}]
+    echoes.begin("acme")
+    echoes.answered(theirs, cache.written(theirs))
+    assert echoes.hold("acme", theirs, follow_up=False)  # its echo, read after
+    assert echoes.end("acme") is False
+    echoes.begin("acme")
+    ours = child(resourceVersion="6")
+    echoes.answered(ours, cache.written(ours))
+    assert echoes.end("acme") is None
+
+
+def test_a_deletion_in_a_pass_wakes_its_tenant_and_an_older_answer_does_not_bring_it_back() -> None:
+    echoes = PassEchoes()
+    assert echoes.deleted(child(resourceVersion="6")) is None  # no pass runs
+    echoes.begin("acme")
+    # Deleted (at 6) after the pass's write (5), the deletion read before the answer: the
+    # cache never knew the child, so the deletion is what wakes the tenant.
+    assert echoes.deleted(child(resourceVersion="6")) == "acme"
+    assert echoes.outdated(child(resourceVersion="5"))
+    assert not echoes.outdated(child(resourceVersion="7"))  # made again after the deletion
+    assert not echoes.outdated(child("ConfigMap", resourceVersion="5"))  # another child
+    assert echoes.end("acme") is None  # the deletion was not held: it woke the tenant at once
+    assert not echoes.outdated(child(resourceVersion="5"))  # the pass is over
+
+
+def test_templated_kinds_and_versions_that_are_not_numbers_are_never_compared() -> None:
+    """An aggregated API server may serve a templated kind with versions that do not grow."""
+    cache, echoes = ChildCache(), PassEchoes()
+    widget = child("Widget", resourceVersion="10")
+    assert cache.observe(widget, deleted=False) == "acme"
+    changed = child("Widget", resourceVersion="3", annotations={"tenantry.dev/applied-hash": "h2"})
+    assert cache.observe(changed, deleted=False) == "acme"
+    assert cache.of("acme")[("Widget", "tenant-acme", "runtime")].applied_hash == "h2"
+    echoes.begin("acme")
+    echoes.answered(widget, None)
+    assert not echoes.hold("acme", widget, follow_up=False)
+    assert not echoes.hold("acme", child(resourceVersion="x"), follow_up=False)
+    assert echoes.end("acme") is None
+
+
+def test_an_older_account_of_a_deployment_is_no_progress() -> None:
+    cache = ChildCache()
+    rolling = rollout("10", available=0)
+    rolling["metadata"]["generation"] = 2  # a new rollout: not available until it is seen
+    cache.observe(rolling, deleted=False)
+    assert not cache.makes_available(rollout("9", available=1))  # the rollout before
+    assert cache.makes_available(rollout("11", available=1))
 
 
 def test_a_sandbox_token_is_handed_only_to_the_tenant_that_owns_its_secret() -> None:
