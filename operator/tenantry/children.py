@@ -35,6 +35,11 @@ def child_key(manifest: Mapping[str, Any]) -> ChildKey:
     return (manifest["kind"], meta.get("namespace") or "", meta["name"])
 
 
+def tenant_of(body: Mapping[str, Any]) -> str:
+    """The tenant a child's label names ("" when none does): anyone may set it, see plan.ours."""
+    return str((body.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL, ""))
+
+
 def child_path(key: ChildKey) -> str:
     """ "namespace/name", or the name of a cluster-scoped child: where it is, for messages."""
     _, namespace, name = key
@@ -346,8 +351,7 @@ class ChildCache:
         not know): the change a tenant's Ready waits for."""
         if body.get("kind") != "Deployment" or not deployment_health(body)[0]:
             return False
-        tenant = (body.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL, "")
-        before = self._children.get(tenant, {}).get(child_key(body))
+        before = self._children.get(tenant_of(body), {}).get(child_key(body))
         if before is None:
             return True
         return not before.available and not 0 < resource_version(body) < before.version
@@ -385,8 +389,7 @@ class ChildCache:
         from what the child was before the write, write it again and post DriftCorrected a
         second time. Its watch event then changes nothing and wakes nobody."""
         self.observe(body, deleted=False)
-        tenant = (body.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL, "")
-        return self._children.get(tenant, {}).get(child_key(body))
+        return self._children.get(tenant_of(body), {}).get(child_key(body))
 
     def begin_resync(self) -> None:
         """Note the children events tell of from now on, until `replace`."""
@@ -461,7 +464,7 @@ class PassEchoes:
     def deleted(self, body: Mapping[str, Any]) -> str | None:
         """Note a child's deletion; return its tenant if that tenant's pass runs (to wake it,
         though the cache may not have known the child yet: the pass's answer had not come)."""
-        tenant = _tenant_of(body)
+        tenant = tenant_of(body)
         running = self._passes.get(tenant)
         if running is None:
             return None
@@ -471,14 +474,14 @@ class PassEchoes:
 
     def outdated(self, body: Mapping[str, Any]) -> bool:
         """Whether a write's answer is older than a deletion of that child its pass read."""
-        running = self._passes.get(_tenant_of(body))
+        running = self._passes.get(tenant_of(body))
         version = resource_version(body)
         return running is not None and 0 < version < running.gone.get(child_key(body), 0)
 
     def answered(self, body: Mapping[str, Any], live: LiveChild | None) -> None:
         """Note the API server's answer to one of a running pass's writes, and what the cache
         now holds of that child."""
-        running = self._passes.get(_tenant_of(body))
+        running = self._passes.get(tenant_of(body))
         if running is None:
             return
         version = resource_version(body)
@@ -499,7 +502,3 @@ class PassEchoes:
         if running.unsettled:
             woken.append(False)
         return any(woken) if woken else None
-
-
-def _tenant_of(body: Mapping[str, Any]) -> str:
-    return str((body.get("metadata", {}).get("labels") or {}).get(TENANT_LABEL, ""))
