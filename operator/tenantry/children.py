@@ -441,8 +441,9 @@ class PassEchoes:
     others write to it (`LiveChild.foreign_managers`): the write kept them, and only the next
     pass's replace takes them away, which their own event, were it read first, asked for.
 
-    A deletion is never held, and an answer older than a deletion the pass read is not
-    recorded: the child would be in the cache but gone until the next resync.
+    A deletion is never held (so a child the pass prunes costs a pass more), and an answer
+    that may be older than a deletion the pass read is not recorded: the child would be in the
+    cache but gone until the next resync.
     """
 
     def __init__(self) -> None:
@@ -473,10 +474,15 @@ class PassEchoes:
         return tenant
 
     def outdated(self, body: Mapping[str, Any]) -> bool:
-        """Whether a write's answer is older than a deletion of that child its pass read."""
+        """Whether a write's answer may be older than a deletion of that child its pass read:
+        unless the answer is known to be the newer (a child made again after the deletion),
+        it is. Taking it would keep a child gone in the cache; not taking a newer one costs the
+        pass the deletion asked for one apply that changes nothing."""
         running = self._passes.get(tenant_of(body))
-        version = resource_version(body)
-        return running is not None and 0 < version < running.gone.get(child_key(body), 0)
+        key = child_key(body)
+        if running is None or key not in running.gone:
+            return False
+        return not 0 < running.gone[key] < resource_version(body)
 
     def answered(self, body: Mapping[str, Any], live: LiveChild | None) -> None:
         """Note the API server's answer to one of a running pass's writes, and what the cache

@@ -153,6 +153,14 @@ def test_a_deletion_in_a_pass_wakes_its_tenant_and_an_older_answer_does_not_brin
     assert not echoes.outdated(child("ConfigMap", resourceVersion="5"))  # another child
     assert echoes.end("acme") is None  # the deletion was not held: it woke the tenant at once
     assert not echoes.outdated(child(resourceVersion="5"))  # the pass is over
+    # A templated kind's versions are not compared: an answer after its deletion may be the
+    # older, so it is not taken (the pass the deletion asked for applies it again).
+    echoes.begin("acme")
+    assert echoes.deleted(child("Widget", resourceVersion="6")) == "acme"
+    assert echoes.outdated(child("Widget", resourceVersion="5"))
+    assert echoes.outdated(child("Widget", resourceVersion="7"))
+    assert not echoes.outdated(child("Gadget", resourceVersion="5"))
+    echoes.end("acme")
 
 
 def test_templated_kinds_and_versions_that_are_not_numbers_are_never_compared() -> None:
