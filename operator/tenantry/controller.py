@@ -111,7 +111,7 @@ class Controller:
     def child_written(self, body: Mapping[str, Any]) -> None:
         """The API server's answer to a pass's write of a child (writes.ChildWriter.written)."""
         if self.echoes.outdated(body):
-            return  # the child was deleted after this write: the pass the deletion asked for makes it again
+            return  # deleted, perhaps after this write: the pass the deletion asked for looks again
         self.echoes.answered(body, self.children.written(body))
 
     async def _reconcile(self, name: str) -> None:
