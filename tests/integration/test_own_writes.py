@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,24 @@ async def test_the_echo_of_a_passs_own_write_wakes_nobody_though_read_before_its
     assert tenants.condition(kube, name, "Stalled").get("status") == "False"
 
 
+def before_the_answer_of(
+    client: AsyncClient, key: ChildKey, meanwhile: Callable[[dict[str, Any]], Awaitable[None]]
+) -> None:
+    """Run `meanwhile` once, after the API server answered the first write of `key` and before
+    the pass reads that answer (the client's own `patch` again: `del client.patch`)."""
+    patch, done = client.patch, []
+
+    async def patched(resource: Any, *args: Any, **options: Any) -> Any:
+        answer = await patch(resource, *args, **options)
+        body = {**answer.to_dict(), "kind": resource.__name__}
+        if child_key(body) == key and not done:
+            done.append(key)
+            await meanwhile(body)
+        return answer
+
+    client.patch = patched  # type: ignore[method-assign]
+
+
 async def test_anothers_change_read_while_a_pass_runs_wakes_its_tenant_when_it_ends(
     kube: Client, in_process: tuple[str, AsyncClient]
 ) -> None:
@@ -145,27 +163,21 @@ async def test_anothers_change_read_while_a_pass_runs_wakes_its_tenant_when_it_e
     name, client = in_process
     namespace = f"tenant-{name}"
     controller = Controller(OperatorConfig(), client, None)
-    config_map = ("ConfigMap", namespace, "runtime-config")
-    patch = client.patch
     changed: list[dict[str, Any]] = []
 
-    async def changed_after_its_write(resource: Any, *args: Any, **options: Any) -> Any:
-        answer = await patch(resource, *args, **options)
-        body = {**answer.to_dict(), "kind": resource.__name__}
-        if child_key(body) == config_map and not changed:
-            theirs = await patch(
-                ConfigMap,
-                "runtime-config",
-                {"metadata": {"labels": {"team": "theirs"}}},
-                namespace=namespace,
-                field_manager="intruder",
-            )
-            changed.append({**theirs.to_dict(), "kind": "ConfigMap"})
-            controller.child_seen({"type": "ADDED", "object": body})  # the echo, read first
-            controller.child_seen({"type": "MODIFIED", "object": changed[0]})
-        return answer
+    async def changed_by_another(answer: dict[str, Any]) -> None:
+        theirs = await client.patch(
+            ConfigMap,
+            "runtime-config",
+            {"metadata": {"labels": {"team": "theirs"}}},
+            namespace=namespace,
+            field_manager="intruder",
+        )
+        changed.append({**theirs.to_dict(), "kind": "ConfigMap"})
+        controller.child_seen({"type": "ADDED", "object": answer})  # the echo, read first
+        controller.child_seen({"type": "MODIFIED", "object": changed[0]})
 
-    client.patch = changed_after_its_write  # type: ignore[method-assign]
+    before_the_answer_of(client, ("ConfigMap", namespace, "runtime-config"), changed_by_another)
     controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
     try:
         assert await passes_until_idle(controller) == 2  # the change asked for the second
@@ -206,18 +218,13 @@ async def test_a_child_deleted_after_its_write_is_made_again_though_its_answer_c
     namespace = f"tenant-{name}"
     controller = Controller(OperatorConfig(), client, None)
     deny = ("NetworkPolicy", namespace, "default-deny")
-    patch = client.patch
     deletions: list[dict[str, Any]] = []
 
-    async def deleted_before_its_answer_is_read(resource: Any, *args: Any, **options: Any) -> Any:
-        answer = await patch(resource, *args, **options)
-        body = {**answer.to_dict(), "kind": resource.__name__}
-        if child_key(body) == deny and not deletions:
-            deletions.append(await deleted_after(client, body, resource))
-            controller.child_seen({"type": "DELETED", "object": deletions[0]})
-        return answer
+    async def deleted(answer: dict[str, Any]) -> None:
+        deletions.append(await deleted_after(client, answer, NetworkPolicy))
+        controller.child_seen({"type": "DELETED", "object": deletions[0]})
 
-    client.patch = deleted_before_its_answer_is_read  # type: ignore[method-assign]
+    before_the_answer_of(client, deny, deleted)
     controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
     try:
         assert await passes_until_idle(controller) == 2  # the deletion asked for the second
