@@ -457,9 +457,7 @@ class PassEchoes:
         running, version = self._passes.get(tenant), resource_version(body)
         if running is None or not version:
             return False
-        key = child_key(body)
-        if version not in running.answers.get(key, ()):  # an echo read after its answer: done
-            running.held.append((key, version, follow_up))
+        running.held.append((child_key(body), version, follow_up))
         return True
 
     def deleted(self, body: Mapping[str, Any]) -> str | None:
