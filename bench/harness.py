@@ -227,6 +227,7 @@ def agent_of(user_agent: str) -> str:
     for prefix, agent in (
         ("kopf/", "operator"),
         ("python-httpx", "operator"),  # lightkube: python-httpx2/…
+        ("tenantry/", "operator"),  # the writes it sends itself (tenantry.transport)
         ("tenantry-bench", "bench"),
         ("kube-controller-manager/", "kube-controller-manager"),
         ("kube-scheduler/", "kube-scheduler"),

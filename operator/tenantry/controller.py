@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import httpx2
-from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Pod, Secret
 from pydantic import ValidationError
@@ -32,6 +31,7 @@ from tenantry.reconcile import ALLOWED_PARSED, Reconciler, allowed_tenants
 from tenantry.render import uid_slot
 from tenantry.report import TenantGone, kube_time
 from tenantry.resources import AgentTenantResource, AgentTenantTemplateResource
+from tenantry.transport import ApiClient
 from tenantry.watches import MAX_BACKOFF, refused_for_good, watch
 from tenantry.writes import NotTheOneFound
 
@@ -55,7 +55,7 @@ class Controller:
     """The state one operator process keeps: tenants and children seen, and the work queue."""
 
     def __init__(
-        self, config: OperatorConfig, client: AsyncClient, operator_namespace: str | None
+        self, config: OperatorConfig, client: ApiClient, operator_namespace: str | None
     ) -> None:
         self.config = config
         self.tenants: dict[str, dict[str, Any]] = {}

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace, Secret
 from pydantic import ValidationError
@@ -70,6 +69,7 @@ from tenantry.render import (
 )
 from tenantry.report import StatusReporter, TenantGone, tenant_exists
 from tenantry.status import GroupState, Observation, condition_of
+from tenantry.transport import ApiClient
 from tenantry.writes import Answer, ChildWriter, NotTheOneFound, Written, gather_all
 
 logger = logging.getLogger("tenantry.reconcile")
@@ -135,7 +135,7 @@ ALLOWED_PARSED = "allowedTenants"
 class Reconciler:
     """Applies tenants with one client, one field manager and the operator's configuration."""
 
-    client: AsyncClient
+    client: ApiClient
     config: OperatorConfig
     operator_namespace: str | None = None
     neighbours: Neighbours = lambda _slot: ()

@@ -12,14 +12,12 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.models.core_v1 import EventSource, ObjectReference
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event as KubeEvent
-from lightkube.types import PatchType
 
 from tenantry.models import API_VERSION, KIND
 from tenantry.resources import AgentTenantResource
 from tenantry.status import Observation, build_status, comparable, events_for
+from tenantry.transport import ApiClient, api_path
 
 logger = logging.getLogger("tenantry.report")
 
@@ -51,7 +49,7 @@ def now() -> str:
 
 @dataclass
 class StatusReporter:
-    client: AsyncClient
+    client: ApiClient
     # The status last written, by tenant uid. The operator is the only writer of status, and a
     # reconcile may run on a tenant body older than its own last write (child events arrive
     # first), so this, not the body, is what a new status is compared with.
@@ -76,14 +74,14 @@ class StatusReporter:
             # would otherwise write its status, Ready perhaps, onto the new one. A status
             # subresource ignores a uid in the body, so a JSON patch tests it.
             try:
-                await self.client.patch(
-                    AgentTenantResource.Status,
-                    meta["name"],
+                await self.client.send_json(
+                    "PATCH",
+                    api_path(AgentTenantResource.Status, name=meta["name"]),
                     [
                         {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
                         {"op": "add", "path": "/status", "value": status},
                     ],
-                    patch_type=PatchType.JSON,
+                    "application/json-patch+json",
                 )
             except ApiError as error:
                 gone = error.status.code == 404 or (
@@ -102,24 +100,27 @@ class StatusReporter:
         self, body: Mapping[str, Any], kind: str, reason: str, message: str
     ) -> None:
         meta = body["metadata"]
-        timestamp = datetime.now(UTC)
-        event = KubeEvent(
-            metadata=ObjectMeta(
-                name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace="default"
-            ),
-            involvedObject=ObjectReference(
-                apiVersion=API_VERSION, kind=KIND, name=meta["name"], uid=meta["uid"]
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=kind,
-            source=EventSource(component="tenantry"),
-            firstTimestamp=timestamp,
-            lastTimestamp=timestamp,
-            count=1,
-        )
+        timestamp = now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": "default"},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": "tenantry"},
+            "firstTimestamp": timestamp,
+            "lastTimestamp": timestamp,
+            "count": 1,
+        }
         try:
-            await self.client.create(event)
+            await self.client.send_json("POST", api_path(KubeEvent, "default"), event)
         except ApiError as error:  # events are best effort: never fail a reconcile for one
             logger.warning(
                 "could not post event %s: %s",

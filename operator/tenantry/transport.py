@@ -12,6 +12,15 @@ Only the carrying changes. lightkube still reads the configuration and does the 
 request, follows the authentication flow and decodes what the server compressed, and every
 failure reaches lightkube as the httpx error it handles (a watch broken inside its body is
 retried, a refusal is an ApiError).
+
+The writes a pass makes for every tenant (its children's applies, the namespace's create, its
+status and its events) skip lightkube and httpx too: `ApiClient.send_json` hands their JSON to
+the aiohttp session itself, with the credentials httpx last sent through it. Building each
+request through httpx and lightkube cost about as much CPU again as carrying it (0.85 ms a
+server-side apply against 0.45 ms, bench/findings.md), and the operator makes some eighteen of
+them a tenant. A 401 (a token rotated or expired) is sent again through httpx, whose
+authentication flow reads the new one; so is every write while no request has shown the
+credentials yet, and every write through a proxy.
 """
 
 from __future__ import annotations
@@ -19,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx2
+import msgspec
 import yarl
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -33,34 +45,125 @@ from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core.exceptions import ApiError
 
+from tenantry import __version__
+
 # Connections to the API server at once, watches included: httpx's limit, which the operator
 # has always run with (8 reconciles writing up to 16 children at once, a few watches).
 CONNECTIONS = 100
+# Seconds a write sent past httpx may take, its answer read: lightkube's default timeout (10 s
+# for each of pool, connect, write and read), summed as the transport bounds a request httpx sent.
+WRITE_BUDGET = 40.0
 # Seconds an idle connection stays open (httpx: 5). Long enough for a burst's requests to reuse
 # it; short enough that an idle operator holds none of a burst's connections by the time it
 # trims its heap (tenantry.memory, 5 s after the last event): asyncio keeps a 256 KiB read
 # buffer for each TLS connection, and with 5 s the operator was read at 104 MiB idle after 300
 # tenants instead of 81 (docs/benchmarks.md).
 KEEPALIVE_SECONDS = 2.0
+# The User-Agent of the writes sent past httpx, so that an audit log names who made them.
+USER_AGENT = f"tenantry/{__version__}"
+# A header a request carries: (name, value).
+Header = tuple[str, str]
 
 
-def api_client(config: KubeConfig | SingleConfig | None = None) -> AsyncClient:
+def api_client(config: KubeConfig | SingleConfig | None = None) -> ApiClient:
     """lightkube's AsyncClient, as `AsyncClient()` makes it from the environment (or CONFIG),
     sending through aiohttp.
 
     When the environment names a proxy for the API server (HTTPS_PROXY and NO_PROXY), lightkube's
-    own httpx client is returned instead: it honours them, and this transport does not.
+    own httpx client is used instead: it honours them, and this transport does not.
     """
     if config is None:
         config = KubeConfig.from_env()
     single = config if isinstance(config, SingleConfig) else config.get()
     assert single is not None, "no kubeconfig context"  # get() raises ConfigError first
     if proxied(single.cluster.server):
-        return AsyncClient(config=single)
+        return ApiClient(single, None)
     user = single.user
     assert user is not None, "a kubeconfig context without a user"  # lightkube asserts it too
     context = verify_cluster(single.cluster, user, single.abs_file)
-    return AsyncClient(config=single, transport=AiohttpTransport(context))
+    return ApiClient(single, AiohttpTransport(context))
+
+
+class ApiClient(AsyncClient):
+    """lightkube's AsyncClient, and `send_json` for the operator's hot writes (see the module)."""
+
+    def __init__(self, config: SingleConfig, transport: AiohttpTransport | None) -> None:
+        super().__init__(config=config, transport=transport)
+        self._server = config.cluster.server.rstrip("/")
+        self._transport = transport
+
+    async def send_json(
+        self, method: str, path: str, body: Any, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        """Send BODY to the API server's PATH (with its query, each part quoted: `api_path`) and
+        return its answer; a refusal raises what lightkube raises (an ApiError when the answer is
+        a Status, else httpx's HTTPStatusError), a broken exchange httpx's error for it."""
+        content = msgspec.json.encode(body)
+        headers = [("Content-Type", content_type), ("Accept", "application/json")]
+        url = self._server + path
+        credentials = self._transport.credentials if self._transport is not None else None
+        if self._transport is not None and credentials is not None:
+            status, answer, kind = await self._transport.send_bytes(
+                method, url, content, [*headers, ("User-Agent", USER_AGENT), *credentials]
+            )
+            if status != 401:
+                return answered(method, url, status, answer, kind)
+        # No credentials seen yet, a 401, or a proxy: httpx's authentication flow and transport.
+        http: httpx2.AsyncClient = self._client._client  # lightkube's, as watches.events uses it
+        response = await http.request(
+            method, path, content=content, headers=[*headers, ("User-Agent", USER_AGENT)]
+        )
+        return answered(
+            method,
+            url,
+            response.status_code,
+            response.content,
+            response.headers.get("Content-Type", ""),
+        )
+
+
+def api_path(
+    resource: Any, namespace: str | None = None, name: str | None = None, **query: str
+) -> str:
+    """The path of the objects of a lightkube RESOURCE class (in NAMESPACE when given), of the
+    one named NAME, or of its subresource (`AgentTenantResource.Status`), with QUERY. Each part
+    is one segment whatever it holds (`segment`), each value of QUERY one value."""
+    info = resource._api_info
+    group, version = info.resource.group, info.resource.version
+    parts = [*(("namespaces", namespace) if namespace else ()), info.plural]
+    parts += [name] if name is not None else []
+    parts += [info.action] if info.action else []
+    path = (f"/apis/{group}/{version}" if group else f"/api/{version}") + "".join(
+        "/" + segment(part) for part in parts
+    )
+    if query:
+        path += "?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
+    return path
+
+
+def segment(part: str) -> str:
+    """PART as one segment of a path: quoted whole, and "." or ".." (which a URL's reader may
+    take for this or the parent segment) with their dots encoded too. An empty one would name
+    the collection instead: refused."""
+    if not part:
+        raise ValueError("an empty name or namespace in an API path")
+    return quote(part, safe="") if part.strip(".") else "%2E" * len(part)
+
+
+def answered(method: str, url: str, status: int, content: bytes, kind: str) -> dict[str, Any]:
+    """The API server's answer as a dict, or the error lightkube would raise for it."""
+    if status < 400:
+        result: dict[str, Any] = msgspec.json.decode(content) if content else {}
+        return result
+    request = httpx2.Request(method, url)
+    response = httpx2.Response(
+        status, content=content, headers={"Content-Type": kind}, request=request
+    )
+    if kind.partition(";")[0].strip() == "application/json":  # a Status, as lightkube tells
+        raise ApiError(request=request, response=response)
+    raise httpx2.HTTPStatusError(
+        f"{status} from {method} {url}", request=request, response=response
+    )
 
 
 def proxied(server: str) -> bool:
@@ -82,6 +185,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._context = context
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        # The Authorization header of the last request httpx sent (none with a client
+        # certificate), for the writes ApiClient.send_json sends itself; None before the first.
+        self.credentials: tuple[Header, ...] | None = None
 
     def _opened(self) -> aiohttp.ClientSession:
         # Made at the first request, inside the event loop that will use it.
@@ -103,6 +209,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         limits = request.extensions.get("timeout") or {}
         body = await request.aread()
+        headers = request.headers.multi_items()
+        self.credentials = tuple((k, v) for k, v in headers if k.lower() == "authorization")
         # aiohttp has no write timeout, and its read timeout starts once the body is sent: a
         # peer that stops reading would hold a write forever. Sending and the answer's head are
         # bounded by httpx's four limits together (a watch, with no read limit, is not).
@@ -114,7 +222,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     request.method,
                     # httpx has encoded it already (a label selector's `=` as %3D): sent as is.
                     yarl.URL(str(request.url), encoded=True),
-                    headers=request.headers.multi_items(),
+                    headers=headers,
                     data=body or None,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(
@@ -137,6 +245,30 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 "reason_phrase": (response.reason or "").encode(),
             },
         )
+
+    async def send_bytes(
+        self, method: str, url: str, content: bytes, headers: list[Header]
+    ) -> tuple[int, bytes, str]:
+        """Send one request with a body and read its whole answer: (status, body, its
+        Content-Type). Bounded as a lightkube request of the same client is (four limits of 10 s:
+        WRITE_BUDGET)."""
+        try:
+            async with asyncio.timeout(WRITE_BUDGET):
+                async with self._opened().request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    headers=headers,
+                    data=content,
+                    allow_redirects=False,
+                ) as response:
+                    answer = await response.read()
+                    return response.status, answer, response.content_type
+        except (aiohttp.ClientError, HttpProcessingError) as error:
+            raise as_httpx_error(error, httpx2.Request(method, url)) from error
+        except TimeoutError as error:
+            raise httpx2.WriteTimeout(
+                "no answer in time", request=httpx2.Request(method, url)
+            ) from error
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -23,11 +23,11 @@ reconnect.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import msgspec
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.core.selector import build_selector
@@ -146,7 +146,7 @@ async def events(
             if line is None:  # the server ended the watch (its timeout)
                 return
             if line.strip():
-                event = json.loads(line)
+                event = msgspec.json.decode(line)
                 if event.get("type") == "ERROR":
                     raise ApiError(status=Status.from_dict(event.get("object") or {}))  # type: ignore[arg-type]
                 yield event.get("type", ""), event.get("object") or {}

@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace
-from lightkube.types import PatchType
 
 from tenantry.children import FIELD_MANAGER, ChildKey, child_key, describe_child, replacement
 from tenantry.kinds import BY_KIND, resource_of
 from tenantry.plan import Stall
 from tenantry.render import Manifest
 from tenantry.text import shown
-from tenantry.transport import status_code
+from tenantry.transport import ApiClient, api_path, status_code
 
 
 @contextmanager
@@ -124,13 +122,13 @@ Answer = dict[str, Any]
 
 @dataclass
 class ChildWriter:
-    client: AsyncClient
+    client: ApiClient
     # The operator's --template-kinds: the classes of templated children (tenantry.kinds).
     template_kinds: tuple[str, ...] = ()
     written: Written | None = None
 
-    def _answered(self, kind: str, obj: Any) -> Answer:
-        answer = {**obj.to_dict(), "kind": kind}
+    def _answered(self, kind: str, answer: Answer) -> Answer:
+        answer = {**answer, "kind": kind}  # a replace's answer, from lightkube's model, has none
         if self.written is not None:
             self.written(answer)
         return answer
@@ -154,8 +152,8 @@ class ChildWriter:
         """Create the tenant's namespace; None when one of that name appeared meanwhile (the
         caller decides whether it is the tenant's, see plan.owns)."""
         try:
-            created = await self.client.create(  # type: ignore[call-overload]
-                Namespace.from_dict(manifest), field_manager=FIELD_MANAGER
+            created = await self.client.send_json(
+                "POST", api_path(Namespace, fieldManager=FIELD_MANAGER), manifest
             )
         except ApiError as error:
             # Only "already exists": a 409 of anything else (an admission webhook's) is raised,
@@ -168,14 +166,17 @@ class ChildWriter:
     async def apply(self, manifest: Manifest) -> Answer:
         kind, namespace, name = key = child_key(manifest)
         with refusals_stall(key), bound_to_the_one_found(key, manifest):
-            applied = await self.client.patch(
-                self.resource(kind),
-                name,
+            applied = await self.client.send_json(
+                "PATCH",
+                api_path(
+                    self.resource(kind),
+                    namespace or None,
+                    name,
+                    fieldManager=FIELD_MANAGER,
+                    force="true",
+                ),
                 manifest,
-                namespace=namespace or None,
-                patch_type=PatchType.APPLY,
-                field_manager=FIELD_MANAGER,
-                force=True,
+                "application/apply-patch+yaml",  # server-side apply (JSON is YAML)
             )
         return self._answered(kind, applied)
 
@@ -193,7 +194,7 @@ class ChildWriter:
             replaced = await self.client.replace(
                 resource.from_dict(replacement(manifest, live)), field_manager=FIELD_MANAGER
             )
-        return self._answered(kind, replaced)
+        return self._answered(kind, replaced.to_dict())
 
     async def delete(self, key: ChildKey) -> None:
         kind, namespace, name = key

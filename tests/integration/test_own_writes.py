@@ -28,8 +28,9 @@ from lightkube.types import CascadeType, PatchType
 from tenantry.children import ChildKey, child_key, summarize
 from tenantry.config import OperatorConfig
 from tenantry.controller import Controller
-from tenantry.kinds import child_kinds
+from tenantry.kinds import BY_KIND, child_kinds
 from tenantry.names import MANAGED_BY, OPERATOR, TENANT_LABEL
+from tenantry.transport import ApiClient, api_client
 from tenants import OPERATOR_LABEL, AgentTenant
 from waiting import wait_until
 
@@ -50,12 +51,12 @@ def children_of(kube: Client, tenant: str, config: OperatorConfig) -> dict[Child
 @pytest_asyncio.fixture(loop_scope="function")
 async def in_process(
     kubeconfig: Path, kube: Client, crd_installed: None
-) -> AsyncIterator[tuple[str, AsyncClient]]:
+) -> AsyncIterator[tuple[str, ApiClient]]:
     """A new tenant's name, labelled for no operator process (only the test's own controllers
     reconcile it), and the client they write with; both gone when the test ends."""
     name = f"own-{uuid.uuid4().hex[:6]}"
     tenants.apply(kube, tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"}))
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
+    client = api_client(KubeConfig.from_file(kubeconfig))
     try:
         yield name, client
     finally:
@@ -64,7 +65,7 @@ async def in_process(
 
 
 async def test_a_pass_knows_its_own_writes_before_their_watch_events(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     name, client = in_process
     config = OperatorConfig()
@@ -114,7 +115,7 @@ async def passes_until_idle(controller: Controller) -> int:
 
 
 async def test_the_echo_of_a_passs_own_write_wakes_nobody_though_read_before_its_answer(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """Measured (bench/findings.md): about one new tenant in eight had a second pass that found
     nothing to do, because the watch event of one of its own writes was read before the write's
@@ -137,25 +138,24 @@ async def test_the_echo_of_a_passs_own_write_wakes_nobody_though_read_before_its
 
 
 def before_the_answer_of(
-    client: AsyncClient, key: ChildKey, meanwhile: Callable[[dict[str, Any]], Awaitable[None]]
+    client: ApiClient, key: ChildKey, meanwhile: Callable[[dict[str, Any]], Awaitable[None]]
 ) -> None:
     """Run `meanwhile` once, after the API server answered the first write of `key` and before
-    the pass reads that answer (the client's own `patch` again: `del client.patch`)."""
-    patch, done = client.patch, []
+    the pass reads that answer (the client's own `send_json` again: `del client.send_json`)."""
+    send, done = client.send_json, []
 
-    async def patched(resource: Any, *args: Any, **options: Any) -> Any:
-        answer = await patch(resource, *args, **options)
-        body = {**answer.to_dict(), "kind": resource.__name__}
-        if child_key(body) == key and not done:
+    async def sent(*args: Any, **options: Any) -> dict[str, Any]:
+        answer = await send(*args, **options)
+        if answer.get("kind") in BY_KIND and child_key(answer) == key and not done:
             done.append(key)
-            await meanwhile(body)
+            await meanwhile(answer)
         return answer
 
-    client.patch = patched  # type: ignore[method-assign]
+    client.send_json = sent  # type: ignore[method-assign]
 
 
 async def test_anothers_change_read_while_a_pass_runs_wakes_its_tenant_when_it_ends(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """The other side of the test above: an event held while the pass runs that is not its
     own write's echo (here another manager's label on the runtime ConfigMap, written and read
@@ -182,7 +182,7 @@ async def test_anothers_change_read_while_a_pass_runs_wakes_its_tenant_when_it_e
     try:
         assert await passes_until_idle(controller) == 2  # the change asked for the second
     finally:
-        del client.patch  # the class's own again
+        del client.send_json  # the class's own again
     labels = kube.get(ConfigMap, "runtime-config", namespace=namespace).metadata.labels or {}
     assert "team" not in labels
 
@@ -207,7 +207,7 @@ async def deleted_after(
 
 
 async def test_a_child_deleted_after_its_write_is_made_again_though_its_answer_came_last(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """Finding (review): the default-deny policy deleted right after the pass wrote it, the
     deletion read before the write's answer. The cache did not know the policy yet, so the
@@ -229,14 +229,14 @@ async def test_a_child_deleted_after_its_write_is_made_again_though_its_answer_c
     try:
         assert await passes_until_idle(controller) == 2  # the deletion asked for the second
     finally:
-        del client.patch  # the class's own again
+        del client.send_json  # the class's own again
     assert len(deletions) == 1
     assert kube.get(NetworkPolicy, "default-deny", namespace=namespace).metadata is not None
     assert deny in controller.children.of(name)
 
 
 async def test_a_child_others_made_in_its_place_is_replaced_by_the_pass_after_the_one_that_applied_it(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """Finding (review): a child someone made unlabelled in the place of one deleted (so the
     watch never saw it) is applied over as missing; the apply keeps the fields they set, and
@@ -286,7 +286,7 @@ def record_reads(controller: Controller) -> list[tuple[str, str]]:
 
 
 async def test_a_new_tenants_first_pass_reads_nothing_it_does_not_need(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """Measured (bench/findings.md): a new tenant's first pass read its namespace, found none,
     then created it, and listed the tenant by name before that, to be sure it still existed.
@@ -305,7 +305,7 @@ async def test_a_new_tenants_first_pass_reads_nothing_it_does_not_need(
 
 
 async def test_a_tenant_deleted_after_a_failed_first_try_gets_no_namespace(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """The other side of skipping the tenant's read on a first try: a try after that reads it.
     Here the first try fails (its create times out) and the tenant is deleted before the next,
@@ -335,7 +335,7 @@ async def test_a_tenant_deleted_after_a_failed_first_try_gets_no_namespace(
 
 
 async def test_a_new_tenants_namespace_missing_from_the_cache_is_read_once_its_create_fails(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """The other side of the test above, found by review: a tenant not yet reported on (its
     status write failed) of which a process that just started caches nothing (here: no watch
@@ -394,7 +394,7 @@ async def test_a_namespace_gone_from_under_the_cache_is_neither_made_again_nor_a
     labels = {OPERATOR_LABEL: "in-process"}
     tenants.apply(kube, tenants.manifest(name, labels=labels))
     config = OperatorConfig()
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
+    client = api_client(KubeConfig.from_file(kubeconfig))
 
     async def changed(spec: dict[str, Any]) -> None:
         tenants.apply(kube, tenants.manifest(name, spec, labels=labels))
@@ -479,7 +479,7 @@ async def test_a_tenant_deleted_in_the_foreground_gets_no_namespace_again(
     body = tenants.manifest(name, labels={OPERATOR_LABEL: "in-process"})
     tenants.apply(kube, {**body, "metadata": {**body["metadata"], "finalizers": [hold]}})
     config = OperatorConfig()
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), field_manager="tenantry")
+    client = api_client(KubeConfig.from_file(kubeconfig))
     try:
         controller = Controller(config, client, None)
         controller.tenant_seen({"type": "ADDED", "object": tenants.get(kube, name).to_dict()})
@@ -500,7 +500,7 @@ async def test_a_tenant_deleted_in_the_foreground_gets_no_namespace_again(
 
 
 async def test_a_pass_for_a_tenant_made_again_under_its_name_leaves_the_new_one_alone(
-    kube: Client, in_process: tuple[str, AsyncClient]
+    kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
     """Found by review: a tenant's status was written by name. A pass that began before its
     tenant was deleted and made again under the same name (the watch events not read yet) wrote

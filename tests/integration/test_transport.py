@@ -21,7 +21,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
-from tenantry.transport import AiohttpTransport, api_client
+from tenantry.transport import AiohttpTransport, api_client, api_path, status_code
 
 from tests.support.ports import served, served_raw
 
@@ -85,11 +85,98 @@ async def test_every_verb_the_operator_uses_on_the_real_api_server(
         await client.close()
 
 
-def stand_in_config(base_url: str) -> KubeConfig:
+async def test_the_writes_sent_past_httpx_on_the_real_api_server(
+    kubeconfig: Path, kube: Client, make_namespace: Callable[..., str]
+) -> None:
+    """`send_json` (a pass's applies, creates, status patches and events): the answer as the
+    API server sent it, and each refusal as lightkube raises it, so the code that tells a
+    refusal from a fault (writes.refusals_stall) reads them alike."""
+    namespace = make_namespace("send-json")
+    client = api_client(KubeConfig.from_file(kubeconfig))
+
+    def manifest(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"key": "value"},
+        }
+
+    async def apply(name: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = api_path(ConfigMap, namespace, name, fieldManager="tenantry-tests", force="true")
+        return await client.send_json("PATCH", path, body, "application/apply-patch+yaml")
+
+    try:
+        assert (await apply("first", manifest("first")))["data"] == {"key": "value"}  # by httpx
+        applied = await apply("applied", manifest("applied"))  # by aiohttp alone
+        assert applied["kind"] == "ConfigMap"
+        assert applied["metadata"]["managedFields"][0]["manager"] == "tenantry-tests"
+        with pytest.raises(ApiError) as invalid:
+            await apply("Not_A_Name", manifest("Not_A_Name"))
+        assert invalid.value.status.code == 422
+        # A name that would climb out of its segment is refused, and the object the path would
+        # name after the climb is left as it was (the quoting itself: tests/unit/test_api_path.py).
+        with pytest.raises(ApiError) as climbing:
+            await apply("../configmaps/applied", {**manifest("applied"), "data": {"k": "x"}})
+        assert climbing.value.status.code in (400, 404, 422)
+        assert kube.get(ConfigMap, "applied", namespace=namespace).data == {"key": "value"}
+        # A group the API server does not serve: a 404 in plain text, not a Status.
+        unserved = f"/apis/absent.tenantry.dev/v1/namespaces/{namespace}/things/x"
+        with pytest.raises(httpx2.HTTPStatusError) as absent:
+            await client.send_json("PATCH", unserved, {}, "application/apply-patch+yaml")
+        assert not isinstance(absent.value, ApiError)
+        assert status_code(absent.value) == 404
+    finally:
+        await client.close()
+
+
+async def test_the_writes_sent_past_httpx_take_a_rotated_token_from_httpx(
+    tmp_path: Path,
+) -> None:
+    """`send_json` carries the credentials httpx last sent. A 401 (the token file rotated, as
+    the kubelet rotates a projected token) is sent again through httpx, whose authentication
+    flow reads the new token; the writes after it carry that one."""
+    token = tmp_path / "token"
+    token.write_text("old")
+    accepted = ["Bearer old"]
+    seen: list[tuple[str, str]] = []
+
+    async def apply(request: web.Request) -> web.Response:
+        seen.append((request.headers["Authorization"], request.headers["User-Agent"]))
+        if request.headers["Authorization"] != accepted[0]:
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 401,
+                      "reason": "Unauthorized", "message": "Unauthorized"}  # fmt: skip
+            return web.json_response(status, status=401)
+        return web.json_response({**await request.json(), "answered": len(seen)})
+
+    app = web.Application()
+    app.router.add_patch("/api/v1/namespaces/ns/configmaps/{name}", apply)
+    async with served(app) as base_url:
+        client = api_client(stand_in_config(base_url, {"tokenFile": str(token)}))
+        path = api_path(ConfigMap, "ns", "one", fieldManager="tenantry", force="true")
+
+        async def write() -> int:
+            answer = await client.send_json("PATCH", path, {"kind": "ConfigMap"})
+            return int(answer["answered"])
+
+        try:
+            assert await write() == 1  # no credentials seen yet: through httpx
+            assert await write() == 2  # with httpx's
+            token.write_text("new")
+            accepted[0] = "Bearer new"
+            assert await write() == 5  # refused, then through httpx: refused, read again
+            assert await write() == 6  # with the new token at once
+        finally:
+            await client.close()
+    assert [authorization for authorization, _ in seen] == ["Bearer old"] * 4 + ["Bearer new"] * 2
+    assert all(agent.startswith("tenantry/") for _, agent in seen), seen
+
+
+def stand_in_config(base_url: str, user: dict[str, str] | None = None) -> KubeConfig:
     return KubeConfig.from_dict(
         {
             "clusters": [{"name": "stand-in", "cluster": {"server": base_url}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
+            "users": [{"name": "u", "user": user or {"token": "t"}}],
             "contexts": [{"name": "c", "context": {"cluster": "stand-in", "user": "u"}}],
             "current-context": "c",
         }
