@@ -44,15 +44,21 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.core.exceptions import ApiError
+from lightkube.core.resource import NamespacedResource, NamespacedSubResource
 
 from tenantry import __version__
 
 # Connections to the API server at once, watches included: httpx's limit, which the operator
 # has always run with (8 reconciles writing up to 16 children at once, a few watches).
 CONNECTIONS = 100
-# Seconds a write sent past httpx may take, its answer read: lightkube's default timeout (10 s
-# for each of pool, connect, write and read), summed as the transport bounds a request httpx sent.
-WRITE_BUDGET = 40.0
+# Seconds for each step of a write sent past httpx (waiting for a connection, connecting, each
+# read of its answer), and for the whole of it: lightkube's default timeout (10 s for each of
+# pool, connect, write and read), as the transport bounds a request httpx sent.
+WRITE_LIMIT = 10.0
+WRITE_BUDGET = 4 * WRITE_LIMIT
+WRITE_TIMEOUTS = aiohttp.ClientTimeout(
+    total=None, connect=WRITE_LIMIT, sock_connect=WRITE_LIMIT, sock_read=WRITE_LIMIT
+)
 # Seconds an idle connection stays open (httpx: 5). Long enough for a burst's requests to reuse
 # it; short enough that an idle operator holds none of a burst's connections by the time it
 # trims its heap (tenantry.memory, 5 s after the last event): asyncio keeps a 256 KiB read
@@ -98,6 +104,8 @@ class ApiClient(AsyncClient):
         """Send BODY to the API server's PATH (with its query, each part quoted: `api_path`) and
         return its answer; a refusal raises what lightkube raises (an ApiError when the answer is
         a Status, else httpx's HTTPStatusError), a broken exchange httpx's error for it."""
+        if not path.startswith("/"):  # "@host/…" would send the credentials to another host
+            raise ValueError(f"not a path on the API server: {path[:100]!r}")
         content = msgspec.json.encode(body)
         headers = [("Content-Type", content_type), ("Accept", "application/json")]
         url = self._server + path
@@ -129,7 +137,9 @@ def api_path(
     one named NAME, or of its subresource (`AgentTenantResource.Status`), with QUERY. Each part
     is one segment whatever it holds (`segment`), each value of QUERY one value."""
     info = resource._api_info
-    group, version = info.resource.group, info.resource.version
+    group, version = (info.parent or info.resource).group, (info.parent or info.resource).version
+    if bool(namespace) != issubclass(resource, (NamespacedResource, NamespacedSubResource)):
+        raise ValueError(f"{info.resource.kind} {name}: a namespace exactly when it is namespaced")
     parts = [*(("namespaces", namespace) if namespace else ()), info.plural]
     parts += [name] if name is not None else []
     parts += [info.action] if info.action else []
@@ -151,18 +161,22 @@ def segment(part: str) -> str:
 
 
 def answered(method: str, url: str, status: int, content: bytes, kind: str) -> dict[str, Any]:
-    """The API server's answer as a dict, or the error lightkube would raise for it."""
-    if status < 400:
-        result: dict[str, Any] = msgspec.json.decode(content) if content else {}
+    """The API server's answer (an object), or the error lightkube would raise for it: an
+    ApiError for a Status, httpx's HTTPStatusError for any other answer but a 2xx object (a 3xx
+    from something in front of the API server among them)."""
+    result = msgspec.json.decode(content) if 200 <= status < 300 and content else None
+    if isinstance(result, dict):
         return result
     request = httpx2.Request(method, url)
     response = httpx2.Response(
         status, content=content, headers={"Content-Type": kind}, request=request
     )
-    if kind.partition(";")[0].strip() == "application/json":  # a Status, as lightkube tells
+    if status >= 300 and kind == "application/json":  # a Status: lightkube's test, exactly
         raise ApiError(request=request, response=response)
     raise httpx2.HTTPStatusError(
-        f"{status} from {method} {url}", request=request, response=response
+        f"{status} from {method} {url}" + (", not an object" if status < 300 else ""),
+        request=request,
+        response=response,
     )
 
 
@@ -188,6 +202,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         # The Authorization header of the last request httpx sent (none with a client
         # certificate), for the writes ApiClient.send_json sends itself; None before the first.
         self.credentials: tuple[Header, ...] | None = None
+        self._closed = False
 
     def _opened(self) -> aiohttp.ClientSession:
         # Made at the first request, inside the event loop that will use it.
@@ -250,8 +265,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self, method: str, url: str, content: bytes, headers: list[Header]
     ) -> tuple[int, bytes, str]:
         """Send one request with a body and read its whole answer: (status, body, its
-        Content-Type). Bounded as a lightkube request of the same client is (four limits of 10 s:
-        WRITE_BUDGET)."""
+        Content-Type). Bounded as a lightkube request of the same client is: each step by
+        WRITE_LIMIT, the whole by WRITE_BUDGET."""
+        if self._closed:  # as httpx refuses a closed client's requests
+            raise RuntimeError("cannot send a request: the client has been closed")
         try:
             async with asyncio.timeout(WRITE_BUDGET):
                 async with self._opened().request(
@@ -260,9 +277,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     headers=headers,
                     data=content,
                     allow_redirects=False,
+                    timeout=WRITE_TIMEOUTS,
                 ) as response:
                     answer = await response.read()
-                    return response.status, answer, response.content_type
+                    return response.status, answer, response.headers.get("Content-Type", "")
         except (aiohttp.ClientError, HttpProcessingError) as error:
             raise as_httpx_error(error, httpx2.Request(method, url)) from error
         except TimeoutError as error:
@@ -271,6 +289,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             ) from error
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

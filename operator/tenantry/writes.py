@@ -128,7 +128,7 @@ class ChildWriter:
     written: Written | None = None
 
     def _answered(self, kind: str, answer: Answer) -> Answer:
-        answer = {**answer, "kind": kind}  # a replace's answer, from lightkube's model, has none
+        answer.setdefault("kind", kind)  # the API server's answers carry it: only in case
         if self.written is not None:
             self.written(answer)
         return answer

@@ -106,9 +106,20 @@ async def test_the_writes_sent_past_httpx_on_the_real_api_server(
         path = api_path(ConfigMap, namespace, name, fieldManager="tenantry-tests", force="true")
         return await client.send_json("PATCH", path, body, "application/apply-patch+yaml")
 
+    transport = client._client._client._transport
+    carried_for_httpx: list[str] = []
+    carry = transport.handle_async_request
+
+    async def counted(request: httpx2.Request) -> httpx2.Response:
+        carried_for_httpx.append(request.url.path)
+        return await carry(request)
+
+    transport.handle_async_request = counted
     try:
-        assert (await apply("first", manifest("first")))["data"] == {"key": "value"}  # by httpx
-        applied = await apply("applied", manifest("applied"))  # by aiohttp alone
+        assert (await apply("first", manifest("first")))["data"] == {"key": "value"}
+        assert len(carried_for_httpx) == 1  # no credentials seen yet: through httpx
+        applied = await apply("applied", manifest("applied"))
+        assert len(carried_for_httpx) == 1  # by aiohttp alone
         assert applied["kind"] == "ConfigMap"
         assert applied["metadata"]["managedFields"][0]["manager"] == "tenantry-tests"
         with pytest.raises(ApiError) as invalid:
@@ -160,6 +171,11 @@ async def test_the_writes_sent_past_httpx_take_a_rotated_token_from_httpx(
             return int(answer["answered"])
 
         try:
+            # A path that is not one would send the credentials elsewhere (here: to the
+            # stand-in itself, as user "127.0.0.1:<port>"): refused before anything is sent.
+            with pytest.raises(ValueError, match="not a path"):
+                await client.send_json("PATCH", "@" + base_url.removeprefix("http://") + "/x", {})
+            assert seen == []
             assert await write() == 1  # no credentials seen yet: through httpx
             assert await write() == 2  # with httpx's
             token.write_text("new")
