@@ -16,9 +16,9 @@ retried, a refusal is an ApiError).
 The writes a pass makes for every tenant (its children's applies, the namespace's create, its
 status and its events) skip lightkube and httpx too: `ApiClient.send_json` hands their JSON to
 the aiohttp session itself, with the credentials httpx last sent through it. Building each
-request through httpx and lightkube cost about as much CPU again as carrying it (0.85 ms a
-server-side apply against 0.45 ms, bench/findings.md), and the operator makes some eighteen of
-them a tenant. A 401 (a token rotated or expired) is sent again through httpx, whose
+request through httpx and lightkube cost about as much CPU again as carrying it (0.93-1.06 ms
+a server-side apply against 0.49-0.55 ms this way, bench/findings.md), and the operator makes
+some eighteen of them a tenant. A 401 (a token rotated or expired) is sent again through httpx, whose
 authentication flow reads the new one; so is every write while no request has shown the
 credentials yet, and every write through a proxy.
 """
@@ -137,15 +137,15 @@ def api_path(
     one named NAME, or of its subresource (`AgentTenantResource.Status`), with QUERY. Each part
     is one segment whatever it holds (`segment`), each value of QUERY one value."""
     info = resource._api_info
-    group, version = (info.parent or info.resource).group, (info.parent or info.resource).version
+    kind = info.parent or info.resource  # a subresource's path is its parent's, then its own
     if bool(namespace) != issubclass(resource, (NamespacedResource, NamespacedSubResource)):
         raise ValueError(f"{info.resource.kind} {name}: a namespace exactly when it is namespaced")
     parts = [*(("namespaces", namespace) if namespace else ()), info.plural]
     parts += [name] if name is not None else []
     parts += [info.action] if info.action else []
-    path = (f"/apis/{group}/{version}" if group else f"/api/{version}") + "".join(
-        "/" + segment(part) for part in parts
-    )
+    path = (
+        f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+    ) + "".join("/" + segment(part) for part in parts)
     if query:
         path += "?" + "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
     return path
