@@ -107,20 +107,22 @@ class ApiClient(AsyncClient):
         if not path.startswith("/"):  # "@host/…" would send the credentials to another host
             raise ValueError(f"not a path on the API server: {path[:100]!r}")
         content = msgspec.json.encode(body)
-        headers = [("Content-Type", content_type), ("Accept", "application/json")]
+        headers = [
+            ("Content-Type", content_type),
+            ("Accept", "application/json"),
+            ("User-Agent", USER_AGENT),
+        ]
         url = self._server + path
-        credentials = self._transport.credentials if self._transport is not None else None
-        if self._transport is not None and credentials is not None:
-            status, answer, kind = await self._transport.send_bytes(
-                method, url, content, [*headers, ("User-Agent", USER_AGENT), *credentials]
+        transport = self._transport
+        if transport is not None and transport.credentials is not None:
+            status, answer, kind = await transport.send_bytes(
+                method, url, content, [*headers, *transport.credentials]
             )
             if status != 401:
                 return answered(method, url, status, answer, kind)
         # No credentials seen yet, a 401, or a proxy: httpx's authentication flow and transport.
         http: httpx2.AsyncClient = self._client._client  # lightkube's, as watches.events uses it
-        response = await http.request(
-            method, path, content=content, headers=[*headers, ("User-Agent", USER_AGENT)]
-        )
+        response = await http.request(method, path, content=content, headers=headers)
         return answered(
             method,
             url,
