@@ -47,8 +47,9 @@ API_ERRORS = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "tenantry_queue_depth",
-    "Tenants waiting for a reconcile or being reconciled now (retries waiting out their backoff "
-    "and the drift timer's spread-out passes are not counted until they are due). 0: idle.",
+    "Tenants waiting for a reconcile or being reconciled now (passes asked for later, such as "
+    "retries waiting out their backoff and the drift timer's spread-out passes, are not counted "
+    "until they are due). 0: idle.",
 )
 RECONCILE_RETRIES = Counter(
     "tenantry_reconcile_retries",

@@ -6,7 +6,7 @@ more pass afterwards, so no change is ever missed and none is handled twice conc
 
 Two lanes, the follow-up lane served first: a pass that continues a tenant's work in progress
 (one of its Deployments became available, its runtime pod refused to start) goes ahead of first
-passes, retries, drift checks and every other event. Under a burst of new tenants, the pass that turns a tenant Ready once
+passes, retries, drift checks and every other event; one asked for later keeps its lane. Under a burst of new tenants, the pass that turns a tenant Ready once
 its Deployments are available then waits for the passes running now, not for every other
 tenant's first pass (docs/benchmarks.md, latency). A tenant holds at most one worker at a
 time and its children settle, so first passes wait only while more tenants than there are
@@ -52,22 +52,24 @@ class ReconcileQueue:
         self._running: set[str] = set()
         self._dirty: dict[str, int] = {}  # key → the lane its next pass goes to
         self._failures: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # key → the pass asked for later: its timer, and the lane it goes to when it fires
+        self._timers: dict[str, tuple[asyncio.TimerHandle, int]] = {}
 
     def enqueue(self, key: str, delay: float = 0.0, *, follow_up: bool = False) -> None:
         """Ask for a reconcile of `key`, now or after `delay` seconds; `follow_up` for a pass
         that continues work in progress (served first)."""
+        lane = FOLLOW_UP if follow_up else FIRST
         if delay > 0:
-            # One timer per key, the earliest asked for: a retry in a second is not put off by
-            # a drift pass or a backoff set for later.
+            # One timer per key, the earliest asked for (a retry in a second is not put off by
+            # a drift pass or a backoff set for later), in the faster lane either asked for.
             loop = asyncio.get_running_loop()
-            timer = self._timers.get(key)
+            timer, timed_lane = self._timers.get(key, (None, lane))
             if timer is None or timer.when() > loop.time() + delay:
                 if timer is not None:
                     timer.cancel()
-                self._timers[key] = loop.call_later(delay, self._fire, key)
+                timer = loop.call_later(delay, self._fire, key)
+            self._timers[key] = (timer, min(lane, timed_lane))
             return
-        lane = FOLLOW_UP if follow_up else FIRST
         if key in self._running:
             self._dirty[key] = min(lane, self._dirty.get(key, lane))
         elif self._pending.get(key, lane + 1) > lane:  # not waiting, or in the slower lane
@@ -82,16 +84,19 @@ class ReconcileQueue:
             self._on_idle()
 
     def _fire(self, key: str) -> None:
-        self._timers.pop(key, None)
-        self.enqueue(key)
+        _, lane = self._timers.pop(key)
+        self.enqueue(key, follow_up=lane == FOLLOW_UP)
+
+    def _cancel_timer(self, key: str) -> None:
+        timer, _ = self._timers.pop(key, (None, FIRST))
+        if timer is not None:
+            timer.cancel()
 
     def forget(self, key: str) -> None:
         """Drop a key that no longer exists (a deleted tenant); a running pass finishes."""
         self._dirty.pop(key, None)
         self._failures.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer:
-            timer.cancel()
+        self._cancel_timer(key)
 
     @property
     def idle(self) -> bool:
@@ -105,7 +110,7 @@ class ReconcileQueue:
         finally:
             for worker in workers:
                 worker.cancel()
-            for timer in self._timers.values():
+            for timer, _ in self._timers.values():
                 timer.cancel()
 
     async def _next(self) -> str:
@@ -121,6 +126,9 @@ class ReconcileQueue:
     async def _worker(self) -> None:
         while True:
             key = await self._next()
+            # A pass asked for later (a retry, a recheck, a wait) is this one: it reads what is
+            # there now. What it leaves to do it asks for again (tests/unit/test_queue.py).
+            self._cancel_timer(key)
             self._running.add(key)
             self._count()
             try:

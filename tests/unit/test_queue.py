@@ -222,3 +222,56 @@ async def test_a_sooner_delay_wins_over_a_later_timer_of_the_same_key() -> None:
     await until_idle(queue)
     assert calls == ["a"]
     task.cancel()
+
+
+async def test_a_pass_takes_the_place_of_one_asked_for_later_and_not_of_one_asked_for_during_it() -> (
+    None
+):
+    """A pass asked for in a while (here 0.2 s: a tenant's first Deployment available, waiting
+    for its second, see controller.NEXT_AVAILABLE_WAIT) is not run as well when a pass of the
+    key starts before it: that pass reads the same. One asked for while a pass runs still runs
+    after it."""
+    calls: list[str] = []
+
+    async def work(key: str) -> None:
+        calls.append(key)
+        if len(calls) == 2:
+            queue.enqueue(key, delay=0.1)  # asked for by the pass itself: still wanted
+
+    queue = ReconcileQueue(work, concurrency=1)
+    task = asyncio.create_task(queue.run())
+    queue.enqueue("a", delay=0.2)
+    queue.enqueue("b", delay=0.2)
+    await asyncio.sleep(0.05)
+    queue.enqueue("a")  # now: takes the place of the one in 0.2 s
+    await asyncio.sleep(0.4)
+    await until_idle(queue)
+    task.cancel()
+    assert calls == ["a", "b", "b"]
+
+
+async def test_a_follow_up_asked_for_later_goes_ahead_of_first_passes_when_its_time_comes() -> None:
+    """Found by review: a timer forgot the lane it was asked for, so the pass a tenant's first
+    available Deployment asks for in a second (controller.NEXT_AVAILABLE_WAIT) queued behind
+    every first pass of a burst."""
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def work(key: str) -> None:
+        calls.append(key)
+        if key == "busy":
+            await release.wait()
+
+    queue = ReconcileQueue(work, concurrency=1)
+    task = asyncio.create_task(queue.run())
+    queue.enqueue("busy")
+    await asyncio.sleep(0.01)
+    queue.enqueue("later", delay=0.05, follow_up=True)
+    queue.enqueue("later", delay=0.5)  # a later ask in the slower lane changes neither
+    for key in ("first-1", "first-2"):
+        queue.enqueue(key)
+    await asyncio.sleep(0.1)
+    release.set()
+    await until_idle(queue)
+    task.cancel()
+    assert calls == ["busy", "later", "first-1", "first-2"]
