@@ -22,6 +22,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import OnErrorAction, OnErrorResult, PatchType
 from tenantry.transport import AiohttpTransport, api_client, api_path, status_code
+from tenantry.watches import events
 
 from tests.support.ports import served, served_raw
 
@@ -81,6 +82,30 @@ async def test_every_verb_the_operator_uses_on_the_real_api_server(
         await client.delete(ConfigMap, "applied", namespace=namespace)
         assert await asyncio.wait_for(events.get(), 30) == ("DELETED", "applied")
         follower.cancel()
+    finally:
+        await client.close()
+
+
+async def test_a_watch_event_with_a_next_line_character_in_a_value_is_one_event(
+    kubeconfig: Path, make_namespace: Callable[..., str]
+) -> None:
+    """Finding (review): the API server's JSON leaves U+0085 (NEL) unescaped, and httpx's text
+    lines, which the operator's watches read, end at it as at a newline: an object with NEL in
+    a label value, an annotation or a Secret's key was two lines that were no JSON, and its
+    watch failed and asked again from the same version, for ever (a pod annotation would have
+    stopped the watch of every runtime pod). Cut from the bytes, it is one event."""
+    namespace = make_namespace("nel")
+    client = api_client(KubeConfig.from_file(kubeconfig))
+    value = "before\u0085after"
+    try:
+        await client.create(
+            ConfigMap(metadata=ObjectMeta(name="nel", namespace=namespace), data={"k": value})
+        )
+        async with asyncio.timeout(30):
+            async for change, body in events(client, ConfigMap, None, namespace, None):
+                if body["metadata"]["name"] == "nel":  # not the namespace's kube-root-ca.crt
+                    assert (change, body["data"]) == ("ADDED", {"k": value})
+                    break
     finally:
         await client.close()
 

@@ -51,3 +51,10 @@ def test_a_silent_stream_is_taken_for_dead() -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(collect())
     assert got == [b"{}"]
+
+
+def test_a_next_line_character_inside_a_value_ends_no_line() -> None:
+    """U+0085 (NEL), which the API server's JSON leaves unescaped, ends a line for str's
+    splitlines (and so httpx's text lines) but not here: only a newline byte does."""
+    event = '{"object":{"data":{"k":"a\u0085b\u2028c"}}}'.encode()
+    assert asyncio.run(read(stream(event + b"\n", event))) == [event, event]
