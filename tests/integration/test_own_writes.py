@@ -566,6 +566,17 @@ def deployments_available(kube: Client, namespace: str) -> dict[str, dict[str, A
     return found
 
 
+async def both_available(
+    kube: Client, in_process: tuple[str, ApiClient]
+) -> tuple[str, Controller, dict[str, dict[str, Any]]]:
+    """A tenant after its first pass, the controller that made it (which knows its Deployments
+    as its writes' answers left them: rolling out), and both as they are once available."""
+    name, client = in_process
+    controller = Controller(OperatorConfig(), client, None)
+    await first_pass(controller, kube, name)
+    return name, controller, deployments_available(kube, f"tenant-{name}")
+
+
 async def test_a_tenants_second_deployment_available_soon_after_its_first_takes_one_pass(
     kube: Client, in_process: tuple[str, ApiClient]
 ) -> None:
@@ -573,10 +584,7 @@ async def test_a_tenants_second_deployment_available_soon_after_its_first_takes_
     Deployments turning available, which wrote a status for the first one's group alone, then
     the pass that turned it Ready. Now the first one's pass waits a moment
     (NEXT_AVAILABLE_WAIT) for the other, whose pass goes at once and stands for both."""
-    name, client = in_process
-    controller = Controller(OperatorConfig(), client, None)
-    await first_pass(controller, kube, name)
-    available = deployments_available(kube, f"tenant-{name}")
+    name, controller, available = await both_available(kube, in_process)
     async with running(controller) as passes:
         controller.child_seen({"type": "MODIFIED", "object": available["runtime"]})
         await asyncio.sleep(0.2)
@@ -591,10 +599,7 @@ async def test_a_tenants_first_deployment_available_alone_is_reported_after_the_
 ) -> None:
     """The other side: the second Deployment still rolling out, the wait's pass comes and says
     the first one's group is ready (and the tenant not yet)."""
-    name, client = in_process
-    controller = Controller(OperatorConfig(), client, None)
-    await first_pass(controller, kube, name)
-    available = deployments_available(kube, f"tenant-{name}")
+    name, controller, available = await both_available(kube, in_process)
     async with running(controller) as passes:
         controller.child_seen({"type": "MODIFIED", "object": available["runtime"]})
         await asyncio.sleep(NEXT_AVAILABLE_WAIT + 0.5)
@@ -612,9 +617,8 @@ async def test_a_deployment_only_labelled_as_a_tenants_puts_off_none_of_its_pass
     so, in any namespace, and leave it unavailable: every pass of the tenant's own Deployments
     turning available, its last, the one that turns it Ready, then waited. Only the tenant's own
     children (owned by it, in its namespace, as plan.ours says) count: the pass goes at once."""
-    name, client = in_process
-    controller = Controller(OperatorConfig(), client, None)
-    await first_pass(controller, kube, name)
+    name, controller, available = await both_available(kube, in_process)
+    client = in_process[1]
     decoy = f"decoy-{uuid.uuid4().hex[:6]}"
     labels = {MANAGED_BY: OPERATOR, TENANT_LABEL: name, "app": decoy}
     made = await client.create(
@@ -632,7 +636,6 @@ async def test_a_deployment_only_labelled_as_a_tenants_puts_off_none_of_its_pass
     )
     try:
         controller.child_seen({"type": "ADDED", "object": {**made.to_dict(), "kind": "Deployment"}})
-        available = deployments_available(kube, f"tenant-{name}")
         # Both turn available; the last one's pass goes at once: the queue is not idle (a pass
         # put off is a timer, which `idle` does not count) until it has run.
         async with running(controller) as passes:
