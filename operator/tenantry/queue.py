@@ -6,12 +6,13 @@ more pass afterwards, so no change is ever missed and none is handled twice conc
 
 Two lanes, the follow-up lane served first: a pass that continues a tenant's work in progress
 (one of its Deployments became available, its runtime pod refused to start) goes ahead of first
-passes, retries, drift checks and every other event; one asked for later keeps its lane. Under a burst of new tenants, the pass that turns a tenant Ready once
-its Deployments are available then waits for the passes running now, not for every other
-tenant's first pass (docs/benchmarks.md, latency). A tenant holds at most one worker at a
-time and its children settle, so first passes wait only while more tenants than there are
-workers keep changing (another controller fighting over their children, say); the drift
-timer's passes wait with them.
+passes, retries, drift checks and every other event; one asked for later keeps its lane. Under
+a burst of new tenants, the pass that turns a tenant Ready once its Deployments are available
+then waits for the passes running now, not for every other tenant's first pass
+(docs/benchmarks.md, latency). A tenant holds at most one worker at a time and its children
+settle, so first passes wait only while more tenants than there are workers keep changing
+(another controller fighting over their children, say); the drift timer's passes wait with
+them.
 """
 
 from __future__ import annotations

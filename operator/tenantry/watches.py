@@ -155,7 +155,9 @@ async def lines(
     without an end too. Raises TimeoutError when no chunk comes for SILENCE seconds.
 
     Read as bytes, a whole chunk at a time: httpx's text lines cost a decode to str, a split and
-    a timer per event, for events msgspec reads from bytes (bench/findings.md)."""
+    a timer per event, for events msgspec reads from bytes (bench/findings.md). And only a
+    newline byte ends a line: httpx's lines end at U+0085 too, which the API server's JSON
+    leaves unescaped inside a value (docs/security.md, the operator's watches)."""
     parts: list[bytes] = []  # of a line not ended yet
     while True:
         async with asyncio.timeout(silence):
@@ -164,10 +166,9 @@ async def lines(
             if (last := b"".join(parts)).strip():
                 yield last
             return
-        if b"\n" not in chunk:
-            parts.append(chunk)
-            continue
         parts.append(chunk)
+        if b"\n" not in chunk:
+            continue
         *ended, rest = b"".join(parts).split(b"\n")
         parts = [rest] if rest else []
         for line in ended:
