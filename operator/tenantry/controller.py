@@ -415,19 +415,18 @@ class Controller:
             owners = {owner.get("uid") for owner in meta.get("ownerReferences") or []}
             child = row(body.get("kind", ""))
             where = meta.get("name") if not child.namespaced else meta.get("namespace")
-            home = self.home(tenant)
-            ours = known["metadata"].get("uid") in owners or (home and where == home)
-            if ours and (deleted or not self.echoes.hold(tenant, body, progress)):
-                if progress and self.rolling_out(tenant):
+            uid, home = known["metadata"].get("uid", ""), self.home(tenant)
+            wakes = uid in owners or (home and where == home)
+            if wakes and (deleted or not self.echoes.hold(tenant, body, progress)):
+                if progress and home is not None and self.rolling_out(tenant, uid, home):
                     self.queue.enqueue(tenant, delay=NEXT_AVAILABLE_WAIT, follow_up=True)
                 else:
                     self.queue.enqueue(tenant, follow_up=progress)
 
-    def rolling_out(self, tenant: str) -> bool:
-        """Whether a Deployment of the known tenant's own (plan.ours: owned by it, in its
+    def rolling_out(self, tenant: str, uid: str, home: str) -> bool:
+        """Whether a Deployment of the tenant's own (plan.ours: owned by its UID, in its HOME
         namespace; a label anyone may set says nothing) is not available yet."""
-        uid, home = self.tenants[tenant]["metadata"].get("uid", ""), self.home(tenant)
-        return home is not None and any(
+        return any(
             child.available is False and ours(key, child, uid, home)
             for key, child in self.children.of(tenant).items()
         )

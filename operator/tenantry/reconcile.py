@@ -341,7 +341,7 @@ class Reconciler:
                 await gather_all(write(item) for item in phase)
         finally:
             # One line for the pass, naming every child written, those of a pass that failed
-            # part way too: a line per child was about 4 % of the operator's CPU while it
+            # part way too: a line per child was 3 % of the operator's samples (py-spy) while it
             # provisioned tenants (bench/findings.md).
             if applied:
                 logger.info(

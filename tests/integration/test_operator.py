@@ -964,8 +964,8 @@ def test_a_pass_logs_the_children_it_wrote_in_one_line(
     labelled_tenants: Callable[..., list[str]],
 ) -> None:
     """The children a pass writes are named in one log line, not one line each: a line per
-    child was about 4 % of the operator's CPU while it provisioned tenants (bench/findings.md).
-    Every child is still named, with why it was written."""
+    child was 3 % of the operator's samples (py-spy) while it provisioned tenants
+    (bench/findings.md). Every child is still named, with why it was written."""
     shard = f"log-{uuid.uuid4().hex[:6]}"
     operator = start_operator("log", "--tenant-selector", f"{OPERATOR_LABEL}={shard}")
     (name,) = labelled_tenants(shard, 1)
