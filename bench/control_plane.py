@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from bench.harness import (
     ReadyWatch,
     by_verb,
     claim_template,
+    control_plane_cpu,
     fresh_cluster,
     log,
     source_secret,
@@ -232,6 +234,14 @@ async def ceiling(count: int, workdir: Path) -> dict[str, Any]:
     return {"count": count, "seconds": result["seconds"], "rate": count / result["seconds"]}
 
 
+def machine_cpu(operator: Operator | None) -> dict[str, float]:
+    """CPU seconds used so far by the control plane, the bench and the operator (if any)."""
+    used = control_plane_cpu()
+    if operator:
+        used["operator"] = operator.cpu_seconds()
+    return used
+
+
 async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dict[str, Any]:
     """Tenants arriving at a steady rate: apply → ready for each, through the operator or
     written directly (the baseline: the same children, the same readiness test as section 1)."""
@@ -253,6 +263,9 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
         sent: dict[str, float] = {}
         mark = audit.mark()
         cpu_before = operator.cpu_seconds() if operator else 0.0
+        # Every process's CPU from the first arrival until the last tenant is ready: what the
+        # machine spent on this rate in each mode, side by side.
+        machine_before = machine_cpu(operator)
         started = time.monotonic()
 
         async def arrive(index: int, name: str) -> None:
@@ -266,6 +279,12 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
         await asyncio.gather(*(arrive(i, name) for i, name in enumerate(names)))
         result["arrival_seconds"] = time.monotonic() - started
         await watch.until(names, timeout=300 + count)
+        result["machine_seconds"] = time.monotonic() - started
+        machine_after = machine_cpu(operator)
+        result["cpu_seconds"] = {
+            process: machine_after[process] - used for process, used in machine_before.items()
+        }
+        result["cores"] = os.cpu_count()
         result["latencies"] = sorted(watch.ready_at[n] - sent[n] for n in names)
         if operator:
             # What each tenant cost the operator at this rate, its start-up left out. Each

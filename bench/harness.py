@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTER_NAME = "tenantry-bench"
 KUBECONFIG = REPO / ".cache" / CLUSTER_NAME / "cluster" / "kubeconfig"
 AUDIT_LOG = REPO / ".cache" / "kwok" / "clusters" / CLUSTER_NAME / "logs" / "audit.log"
+# kwokctl's record of the processes it started: one "<component>.pid" each.
+PIDS = REPO / ".cache" / "kwok" / "clusters" / CLUSTER_NAME / "pids"
 AUDIT_POLICY = REPO / "bench" / "audit-policy.yaml"
 TENANTRY = Path(sys.executable).parent / "tenantry"
 SECRET_SOURCE_NAMESPACE = "tenantry-secrets"
@@ -85,6 +87,21 @@ async def fresh_cluster(tenant_names: Iterable[str]) -> None:
         await prepare(kube, tenant_names)
     finally:
         await kube.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time process PID used so far, user and system (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each process of the bench cluster (kube-apiserver, etcd,
+    kube-controller-manager, kube-scheduler, kwok-controller) and by this process (the bench:
+    its writes in the direct baseline, its readiness watch in both modes)."""
+    used = {path.stem: cpu_seconds(int(path.read_text())) for path in sorted(PIDS.glob("*.pid"))}
+    used["bench"] = sum(os.times()[:2])
+    return used
 
 
 async def prepare(kube: Kube, tenant_names: Iterable[str]) -> None:
@@ -363,9 +380,8 @@ class Operator:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        """CPU time used so far, user and system (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time used so far, user and system."""
+        return cpu_seconds(self.pid)
 
     def gauges(self) -> dict[str, float] | None:
         """tenantry_* samples from /metrics, or None while it does not answer yet."""

@@ -423,6 +423,7 @@ def latency_section(data: dict[str, Any], plots: Path, targets: list[list[str]])
                 + " ms."
             )
     cost = "\n\n" + " ".join(costs) if costs else ""
+    cost += machine_cpu_table(data)
     return f"""## 2. Latency
 
 Each round first measures this machine's **direct ceiling**: {data["ceilings"][0]["count"]} tenants written at once
@@ -442,6 +443,85 @@ over the rounds.
 
 ![distribution of apply → ready](bench/latency.png)
 """
+
+
+# The processes of a latency run whose CPU is counted, as harness.control_plane_cpu and
+# control_plane.machine_cpu name them.
+MACHINE_PROCESSES = (
+    "kube-apiserver",
+    "etcd",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok-controller",
+    "bench",
+    "operator",
+)
+
+
+def machine_cpu_table(data: dict[str, Any]) -> str:
+    """Where the machine's CPU went in each latency run, per tenant, by process; and how busy
+    its cores were. Empty for results measured before runs counted it."""
+    runs = [r for r in data["runs"] if "cpu_seconds" in r]
+    if not runs:
+        return ""
+    by = {(r["round"], r["load"], r["mode"]): r for r in runs}
+
+    def total(run: dict[str, Any]) -> float:
+        return float(sum(run["cpu_seconds"].values()))
+
+    rows, extra = [], []
+    for load in data["loads"]:
+        for mode in MODES:
+            at = [r for r in runs if r["load"] == load and r["mode"] == mode]
+            if not at:
+                continue
+            per_tenant = [
+                spread((1000 * r["cpu_seconds"][p] / r["count"] for r in at), "{:.0f}")
+                if all(p in r["cpu_seconds"] for r in at)
+                else "–"
+                for p in MACHINE_PROCESSES
+            ]
+            busy = spread(
+                (100 * total(r) / (r["machine_seconds"] * r["cores"]) for r in at), "{:.0f}"
+            )
+            rows.append(
+                [
+                    f"{load:.0%}",
+                    mode,
+                    *per_tenant,
+                    spread((1000 * total(r) / r["count"] for r in at), "{:.0f}"),
+                    busy,
+                ]
+            )
+        pairs = [
+            (by[n, load, "operator"], by[n, load, "direct"])
+            for (n, at_load, mode) in by
+            if at_load == load and mode == "operator" and (n, load, "direct") in by
+        ]
+        if pairs:
+            extra.append(
+                f"at {load:.0%}, "
+                + spread(
+                    (1000 * (total(o) / o["count"] - total(d) / d["count"]) for o, d in pairs),
+                    "{:.0f}",
+                )
+                + " ms a tenant ("
+                + spread(
+                    (100 * (total(o) / o["count"] / (total(d) / d["count"]) - 1) for o, d in pairs),
+                    "{:.0f}",
+                )
+                + " %)"
+            )
+    header = ["load", "mode", *MACHINE_PROCESSES, "all", "cores busy, %"]
+    return f"""
+
+CPU per tenant, ms, by process, from the first arrival until the last tenant was ready (each
+process's user and system time from /proc; *bench* is the benchmark's own process: in the
+direct runs it renders and writes the children, in both it watches for readiness). *Cores
+busy* is all of it over the run's time and the machine's cores. What the operator's runs
+took beyond the direct runs of the same round and rate, all processes: {"; ".join(extra)}.
+
+{table(header, rows)}"""
 
 
 # The rows of the real node's table: from a tenant's apply until ...
