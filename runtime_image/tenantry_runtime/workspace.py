@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -50,21 +49,49 @@ class TaskEnded(Exception):
 
 
 def _remove(path: Path) -> None:
-    """Remove `path`, even where code took its own permissions away (it owns the files)."""
+    """Remove `path`, however code nested it and even where code took its own permissions away
+    (it owns the files).
+
+    Nothing recurses, and no path grows longer than two names below `path`: each directory's
+    subdirectories are moved up into `path` under names of their own before it is emptied, so a
+    tree thousands of levels deep (made with nothing but mkdir and chdir) costs no deeper a
+    stack than a flat one. Python's own walk and rmtree recurse once a level and stop at its
+    recursion limit, which left such a tree, and every task's files after it, in place."""
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
         return
+    moved = 0
+    pending = [path]
+    while pending:
+        directory = pending.pop()
+        # Made ours again before it is listed or emptied. Only `path` and entries listed as
+        # directories, not symlinks, reach here.
+        with contextlib.suppress(OSError):
+            os.chmod(directory, 0o700)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            entries = []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.path)
+                elif directory == path:
+                    pending.append(Path(entry.path))
+                else:
+                    # Moving a directory to another parent needs write access to it.
+                    os.chmod(entry.path, 0o700)
+                    flat = path / f".removing-{moved}"
+                    while os.path.lexists(flat):  # code may have made that name itself
+                        moved += 1
+                        flat = path / f".removing-{moved}"
+                    os.rename(entry.path, flat)
+                    pending.append(flat)
+        if directory != path:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
     with contextlib.suppress(OSError):
-        path.chmod(0o700)
-    # Top-down: every directory is made ours again before it is listed. Symlinks are left
-    # alone: chmod would follow them out of the workspace.
-    for parent, directories, _ in os.walk(path):
-        for name in directories:
-            child = os.path.join(parent, name)
-            if not os.path.islink(child):
-                with contextlib.suppress(OSError):
-                    os.chmod(child, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+        os.rmdir(path)
 
 
 def _empty(path: Path) -> None:
@@ -78,7 +105,11 @@ def _empty(path: Path) -> None:
 
 def _remove_all(paths: list[Path], ipc_entries: list[Path], sysv: list[SysvObject]) -> None:
     for path in paths + ipc_entries:
-        _remove(path)
+        # One path that cannot go keeps nothing after it (the IPC objects among them).
+        try:
+            _remove(path)
+        except Exception:
+            log.exception("could not remove %s", path)
     removed = len(ipc_entries) + remove_sysv(sysv)
     if removed:
         log.info("removed %d IPC object(s) left by tasks no longer live", removed)

@@ -457,6 +457,68 @@ def test_files_stay_within_their_task(
     assert list(sandbox_home.workspace.iterdir()) == []
 
 
+# Deeper than Python's recursion limit (1000): its walk and rmtree recurse once a level.
+DEEP = 3000
+MAKE_A_DEEP_TREE = f"""
+import os
+open('note.txt', 'w').write('from task a')
+# The names its removal moves directories up to, taken first.
+for taken in ('.removing-0/inner', '.removing-1/inner'):
+    os.makedirs(taken)
+for _ in range({DEEP}):
+    os.mkdir('d')
+    os.chdir('d')
+open('deep-note.txt', 'w').write('from task a, deep down')
+print('made')
+"""
+
+
+def test_a_deep_directory_tree_does_not_outlive_its_task(
+    start_sandbox: StartSandbox, sandbox_home: SandboxHome
+) -> None:
+    """Code needs nothing but mkdir and chdir to nest a tree deeper than any recursion goes:
+    its task's end still removes it, and the task's other files with it."""
+    sandbox = start_sandbox(**LIMITS)
+    assert run(sandbox, MAKE_A_DEEP_TREE, task="task-a")["output"].strip() == "made"
+    assert sandbox_request(sandbox, "DELETE", "/v1/workspaces/task-a")[0] == 204
+    assert list(sandbox_home.workspace.iterdir()) == []
+    look = "import os\nprint(sorted(os.listdir('..')))"
+    assert run(sandbox, look, task="task-b")["output"].strip() == "['task-b']"
+
+
+def make_deep_tree(root: Path, depth: int, owner: int | None) -> None:
+    """ROOT/d/d/…/d (DEPTH levels) with a file at the bottom, made by directory handles: its
+    path is longer than any a system call takes."""
+    handle = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=handle)
+            if owner is not None:
+                os.chown("d", owner, owner, dir_fd=handle, follow_symlinks=False)
+            inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=handle)
+            os.close(handle)
+            handle = inner
+        os.close(os.open("left", os.O_CREAT | os.O_WRONLY, dir_fd=handle))
+    finally:
+        os.close(handle)
+
+
+def test_a_restarted_sandbox_removes_a_deep_tree_an_earlier_server_left(
+    start_sandbox: StartSandbox, sandbox_home: SandboxHome
+) -> None:
+    # Code can kill its server; the emptyDir outlives the restart, and the new server empties it
+    # before it serves (it used to stop there, and the container restarted for ever).
+    left = sandbox_home.workspace / "left-by-an-earlier-server"
+    left.mkdir()
+    owner = SANDBOX_UID if os.geteuid() == 0 else None
+    if owner is not None:
+        os.chown(left, owner, owner)
+    make_deep_tree(left, DEEP, owner)
+    sandbox = start_sandbox(**LIMITS)
+    assert list(sandbox_home.workspace.iterdir()) == []
+    assert run(sandbox, "print('served')")["output"].strip() == "served"
+
+
 def test_with_keep_workspace_files_outlive_their_task(
     start_sandbox: StartSandbox, sandbox_home: SandboxHome
 ) -> None:
