@@ -19,7 +19,10 @@ them; its session helper takes no HTTP client, so a response could not be bounde
 client's `call_tool` validates results against the server's output schemas with `jsonschema`,
 whose regular expressions a hostile server chooses. Here the session lives in the task's own
 coroutine (cancelled with the task), every HTTP response is bounded, and tool calls are sent as
-plain `tools/call` requests.
+plain `tools/call` requests. Their answers, and the listing's, are read by types of this module
+that take each item as it is (`_ToolAnswer`, `_ToolList`), not by the mcp package's: those check
+every item against every kind it could be and keep every failure, so a 4 MiB answer of malformed
+items took 1.8 GB and 3.6 s to refuse, more than the runtime's memory.
 
 What the server controls is treated as hostile: the listing is cut to MAX_TOOLS tools with
 names that are identifiers (duplicates and others dropped), bounded descriptions and schemas;
@@ -56,7 +59,14 @@ from autogen_core.models import (
     LLMMessage,
 )
 from autogen_core.tools import ParametersSchema, ToolSchema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .agent_kinds import AgentContext, arguments_digest
 from .refusals import ConfigError, shown
@@ -64,7 +74,6 @@ from .refusals import ConfigError, shown
 if TYPE_CHECKING:
     import httpx
     from mcp import ClientSession
-    from mcp.types import Tool
 
     from .runtime_json import AgentConfig
 
@@ -243,6 +252,26 @@ class _Offered:
     names: frozenset[str]
 
 
+class _ToolAnswer(BaseModel):
+    """A `tools/call` result as the model is shown it: its content items, each read as it is
+    (see `_result_text`), and whether the tool failed."""
+
+    model_config = ConfigDict(extra="ignore")
+    content: list[Any]
+    isError: bool = False  # MCP's name
+
+
+class _ToolList(BaseModel):
+    """A `tools/list` result: its tools, each read as it is (see `McpTools._offered`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    tools: list[Any]
+
+
+# The kinds of content MCP defines besides text, named to the model when a result has them.
+OTHER_CONTENT = frozenset({"image", "audio", "resource", "resource_link"})
+
+
 class McpTools:
     """One assistant's tools: a session per turn, the model loop, the audit of every call."""
 
@@ -293,12 +322,12 @@ class McpTools:
         try:
             async with self._session() as session:
                 try:
-                    tools = await session.list_tools()
+                    tools = await self._list(session)
                     listed = True
                     self._context.record_tool_call(
                         LIST_TOOLS, _EMPTY_DIGEST, started, "ok", task_id
                     )
-                    offered = self._offered(tools.tools)
+                    offered = self._offered(tools)
                     result = await self._rounds(session, offered, model, history, task_id, token)
                 except Exception as exc:  # ours or the model's: raised as it is, once closed
                     failure = exc
@@ -355,27 +384,47 @@ class McpTools:
                 await session.initialize()
                 yield session
 
-    def _offered(self, listed: Sequence[Tool]) -> _Offered:
+    async def _list(self, session: ClientSession) -> list[Any]:
+        """The server's first page of tools, each as it listed it."""
+        from mcp import types  # noqa: PLC0415 - loaded with the session already
+
+        request = types.ClientRequest(types.ListToolsRequest())
+        try:
+            return (await session.send_request(request, _ToolList)).tools
+        except ValidationError as exc:  # no list at all
+            raise McpUnavailable(
+                f"the MCP server's list of tools could not be read: {_summary(exc)}"
+            ) from None
+
+    def _offered(self, listed: Sequence[Any]) -> _Offered:
         """The tools the model may call this turn, from the server's first page of tools."""
         schemas: list[ToolSchema] = []
-        counts: dict[str, int] = {}
-        for tool in listed:
-            counts[tool.name] = counts.get(tool.name, 0) + 1
-        dropped = 0
-        for tool in listed:
-            name, parameters = tool.name, tool.inputSchema
+        named = [tool for tool in listed if isinstance(tool, dict)]
+        counts: dict[Any, int] = {}
+        for tool in named:
+            name = tool.get("name")
+            if isinstance(name, str):
+                counts[name] = counts.get(name, 0) + 1
+        dropped = len(listed) - len(named)
+        for tool in named:
+            name, parameters = tool.get("name"), tool.get("inputSchema")
             if self._allowed is not None and name not in self._allowed:
                 continue
             # Two tools of one name: which one a call would reach is the server's to decide.
             if (
-                not TOOL_NAME_RE.fullmatch(name)
+                not isinstance(name, str)
+                or not TOOL_NAME_RE.fullmatch(name)
                 or counts[name] > 1
+                or not isinstance(parameters, dict)
                 or parameters.get("type") != "object"
                 or len(json.dumps(parameters)) > MAX_SCHEMA_CHARS
             ):
                 dropped += 1
                 continue
-            description = (tool.description or "")[:MAX_DESCRIPTION_CHARS]
+            description = tool.get("description")
+            description = (
+                description[:MAX_DESCRIPTION_CHARS] if isinstance(description, str) else ""
+            )
             schemas.append(
                 ToolSchema(
                     name=name,
@@ -453,6 +502,8 @@ class McpTools:
             return answer(f"the tool failed: {exc}", error=True)
         except _mcp_error() as exc:  # a JSON-RPC error or a timeout: the model reads it
             return answer(f"the tool call failed: {_summary(exc)}", error=True)
+        except ValidationError as exc:  # an answer that is no tool result: the model reads that
+            return answer(f"the tool's answer could not be read: {_summary(exc)}", error=True)
         return answer(text, error=False)
 
     async def _send(self, session: ClientSession, name: str, arguments: dict[str, Any]) -> str:
@@ -465,7 +516,7 @@ class McpTools:
                 params=types.CallToolRequestParams(name=name, arguments=arguments)
             )
         )
-        result = await session.send_request(request, types.CallToolResult)
+        result = await session.send_request(request, _ToolAnswer)
         text = _result_text(result.content)
         if result.isError:
             raise _ToolFailed(text)
@@ -499,12 +550,14 @@ def _refusal(
 
 def _result_text(content: Sequence[Any]) -> str:
     """The text the model reads of a result: its text parts, other parts named, cut to size."""
-    parts = [
-        item.text
-        if getattr(item, "type", None) == "text"
-        else f"[{getattr(item, 'type', 'unknown')} content omitted]"
-        for item in content
-    ]
+    parts = []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        text = item.get("text") if kind == "text" else None
+        if isinstance(text, str):
+            parts.append(text)
+        else:
+            parts.append(f"[{kind if kind in OTHER_CONTENT else 'unknown'} content omitted]")
     text = "\n".join(parts)
     if len(text) > MAX_RESULT_CHARS:
         text = (
@@ -518,6 +571,8 @@ def _summary(exc: BaseException) -> str:
     """One printable line about a failure, from the first leaf of an exception group (anyio's)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, ValidationError):  # its text lists every failure, with the input
+        return f"ValidationError: {exc.error_count()} validation error(s)"
     lines = str(exc).splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return "".join(c if c.isprintable() else "?" for c in text[:300])

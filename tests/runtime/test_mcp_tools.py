@@ -500,6 +500,116 @@ async def test_a_server_that_never_answers_is_ended_with_the_task(
             assert response.status == 200
 
 
+@dataclass
+class MalformedServer:
+    """An MCP server over streamable HTTP, written by hand, whose answer to METHOD is ANSWER,
+    whatever MCP's types say of it."""
+
+    method: str
+    answer: dict[str, Any]
+
+    def result(self, method: str) -> dict[str, Any]:
+        if method == self.method:
+            return self.answer
+        if method == "initialize":
+            return {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "malformed", "version": "1"},
+            }
+        schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+        return {"tools": [{"name": "echo", "inputSchema": schema}]}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405)
+        message = await request.json()
+        if "id" not in message:  # a notification
+            return web.Response(status=202)
+        answer = {"jsonrpc": "2.0", "id": message["id"], "result": self.result(message["method"])}
+        return web.json_response(answer)
+
+
+async def task_against(
+    server: MalformedServer, start_runtime: StartRuntime
+) -> tuple[Runtime, int, dict[str, Any]]:
+    app = web.Application()
+    app.router.add_route("*", "/mcp", server.handle)
+    async with served(app) as base_url:
+        runtime = start_runtime({"url": f"{base_url}/mcp", "credentialSecret": "acme-tools"})
+        status, body = await post_task(runtime, script(("echo", {"text": "x"})))
+    return runtime, status, body
+
+
+def longest_log_line(runtime: Runtime) -> int:
+    return max(map(len, runtime.service.logs().splitlines()), default=0)
+
+
+# Items the mcp package's types refuse, each in as many ways as there are kinds of content or
+# fields of a tool; its refusal listed every one with the item (300 KB answered made some 50 MB of
+# error text, logged and sent back; at the 4 MiB limit, 1.8 GB to refuse before any text).
+MALFORMED_ITEMS = 20_000
+
+
+@session_loop
+async def test_a_tool_result_of_malformed_items_is_read_item_by_item(
+    start_runtime: StartRuntime, tool_model: ToolModel
+) -> None:
+    answer = {"content": [{"type": "x"}] * MALFORMED_ITEMS}
+    runtime, status, body = await task_against(MalformedServer("tools/call", answer), start_runtime)
+
+    assert status == 200, str(body)[:2000]
+    (result,) = [m["content"] for m in tool_model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert result.startswith("[unknown content omitted]\n[unknown content omitted]\n"), result
+    assert len(result) < MAX_RESULT_CHARS + 100
+    assert [(c["tool"], c["outcome"]) for c in runtime.tool_calls()][-1] == ("echo", "ok")
+    assert longest_log_line(runtime) < 4096
+
+
+@session_loop
+async def test_a_tool_result_that_is_no_result_is_a_short_tool_error_the_model_reads(
+    start_runtime: StartRuntime, tool_model: ToolModel
+) -> None:
+    runtime, status, body = await task_against(
+        MalformedServer("tools/call", {"content": "x" * 100_000}), start_runtime
+    )
+
+    assert status == 200, str(body)[:2000]
+    (result,) = [m["content"] for m in tool_model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert result == "the tool's answer could not be read: ValidationError: 1 validation error(s)"
+    assert [(c["tool"], c["outcome"]) for c in runtime.tool_calls()][-1] == ("echo", "error")
+
+
+@session_loop
+async def test_a_tool_list_of_malformed_items_offers_none_of_them(
+    start_runtime: StartRuntime, tool_model: ToolModel
+) -> None:
+    answer = {"tools": [{"name": 7, "inputSchema": 7}] * MALFORMED_ITEMS}
+    runtime, status, body = await task_against(MalformedServer("tools/list", answer), start_runtime)
+
+    assert status == 200, str(body)[:2000]
+    assert offered(tool_model.requests[0]) == {}
+    (result,) = [m["content"] for m in tool_model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert result.startswith("refused, not called: there is no tool 'echo'"), result
+    assert f"{MALFORMED_ITEMS} tool(s) of the MCP server are not offered" in runtime.service.logs()
+    assert longest_log_line(runtime) < 4096
+
+
+@session_loop
+async def test_a_tool_list_that_is_no_list_ends_the_task_with_a_short_error(
+    start_runtime: StartRuntime,
+) -> None:
+    runtime, status, body = await task_against(
+        MalformedServer("tools/list", {"tools": "x" * 100_000}), start_runtime
+    )
+
+    assert status == 502, str(body)[:2000]
+    assert body["error"] == (
+        "the MCP server's list of tools could not be read: ValidationError: 1 validation error(s)"
+    )
+    assert [(c["tool"], c["outcome"]) for c in runtime.tool_calls()] == [("tools/list", "error")]
+
+
 LOADED_MODULES = """
 import json, sys
 from tenantry_runtime.__main__ import main
