@@ -50,8 +50,11 @@ from .sessions import SessionError, SessionStore
 
 log = logging.getLogger(__name__)
 
-MAX_CODE_ROUNDS = 5
-"""Code runs per task; after that the model's latest reply is the answer, code or not."""
+MAX_CODE_RUNS = 5
+"""Code blocks run per task, however many each reply holds; once they are spent, the model's
+next reply is the answer, code or not. With the sandbox's cap on a run's output (64 KiB by
+default), this bounds what code adds to the history the model is sent: every block of a reply
+was run before, so one reply of MAX_REPLY_CHARS could ask for some 20,000 runs."""
 
 COLLECTOR_TYPE = "tenantry.collector"
 
@@ -179,7 +182,8 @@ class _Conversation:
     topic_type: str
     """Where the task came in, and where the coder sends its output back."""
     token: CancellationToken
-    code_rounds: int = 0
+    code_runs: int = 0  # blocks sent to the coder so far (MAX_CODE_RUNS)
+    not_run: int = 0  # blocks of the last reply with code that were left out
     session_id: str | None = None
     past: list[LLMMessage] | None = None
     """The session's stored history when the task began: what the answer is appended to."""
@@ -254,6 +258,11 @@ class Assistant(RoutedAgent):
             await self._finish(message.task_id, "", error=f"code execution failed: {message.error}")
             return
         content = format_code_output(message)
+        if conversation.not_run:
+            content += (
+                f"\n[tenantry: {conversation.not_run} more code block(s) of the reply were not "
+                f"run: at most {MAX_CODE_RUNS} code runs per task]"
+            )
         conversation.history.append(UserMessage(content=content, source="coder"))
         await self._next_turn(message.task_id)
 
@@ -290,15 +299,13 @@ class Assistant(RoutedAgent):
             return
         conversation.history.append(AssistantMessage(content=reply, source=self.id.type))
         blocks = extract_code_blocks(reply)
-        if (
-            not blocks
-            or self._code_topic_type is None
-            or conversation.code_rounds >= MAX_CODE_ROUNDS
-        ):
+        left = MAX_CODE_RUNS - conversation.code_runs
+        if not blocks or self._code_topic_type is None or left <= 0:
             await self._finish(task_id, reply)
             return
-        conversation.code_rounds += 1
-        request = CodeRequest(task_id, blocks, reply_topic_type=conversation.topic_type)
+        conversation.code_runs += min(len(blocks), left)
+        conversation.not_run = max(0, len(blocks) - left)
+        request = CodeRequest(task_id, blocks[:left], reply_topic_type=conversation.topic_type)
         topic = TopicId(self._code_topic_type, self.id.key)
         await self.publish_message(request, topic, cancellation_token=conversation.token)
 

@@ -6,7 +6,7 @@ every hop passes the tenant guard and lands in the audit log:
     HTTP POST /v1/tasks --TaskRequest--> assistant (topic type from the request)
     assistant --CodeRequest--> coder (the coder's topic type)      [model replied with code]
     coder --CodeOutput--> assistant (the topic type the request named)
-    ... (at most MAX_CODE_ROUNDS code runs per task)
+    ... (at most MAX_CODE_RUNS code runs per task)
     assistant --TaskResult--> RESULT_TOPIC_TYPE, where the HTTP handler waits for it
 
 Every message carries the task id, so agents keep per-task state in a dict and the result

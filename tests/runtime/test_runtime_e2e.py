@@ -25,7 +25,7 @@ from tests.support.runtime_services import (
     call,
     json_lines,
 )
-from tests.support.scripted_model import CODE, HUGE_REPLY, ScriptedModel
+from tests.support.scripted_model import CODE, HUGE_REPLY, MANY_BLOCKS, ScriptedModel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -102,6 +102,33 @@ async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
         TENANT,
         {"delivered": 4, "dropped": 0},
     )
+
+
+async def test_a_reply_of_many_code_blocks_runs_only_a_tasks_five(
+    model: ScriptedModel,
+    start_sandbox: StartSandbox,
+    sandbox_home: SandboxHome,
+    start_runtime: StartRuntime,
+) -> None:
+    """A task runs at most 5 code blocks, however many one reply holds: each block was run,
+    and its output (up to the sandbox's 64 KiB) joined into the next request to the model, so
+    one reply of 256 Ki characters held some 20,000 runs and a gigabyte of output."""
+    sandbox = start_sandbox()
+    runtime = start_runtime(
+        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    )
+    task = {"topicType": "default", "content": f"{MANY_BLOCKS}40"}
+
+    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
+
+    assert status == 200, (body, runtime.logs())
+    runs = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "code_execution"]
+    assert len(runs) == 5
+    output = model.requests[-1]["messages"][-1]["content"]
+    assert "run 4\n" in output and "run 5\n" not in output, output
+    assert output.endswith(
+        "[tenantry: 35 more code block(s) of the reply were not run: at most 5 code runs per task]"
+    ), output
 
 
 async def test_requests_cannot_name_a_tenant_and_readiness_follows_the_sandbox(

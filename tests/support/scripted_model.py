@@ -3,7 +3,8 @@
 First it answers with CODE_REPLY (a python block); once the last message carries the code's
 output, it answers with that output. Under /slow it never answers (until released). A task
 that starts with HUGE_REPLY and a number gets a reply of that many characters: fences opened
-and never closed, the worst case for a fence parser.
+and never closed, the worst case for a fence parser; one that starts with MANY_BLOCKS and a
+number, that many code blocks in one reply.
 
 For teams (the `team` kind): a participant whose system message starts with TEAM_MEMBER and
 its name is answered "<name> heard <n> message(s)" (n: the messages it was sent, its system
@@ -36,6 +37,9 @@ CODE = (
 )
 CODE_REPLY = f"Let me compute that.\n```python\n{CODE}```\n"
 HUGE_REPLY = "Reply with this many characters: "
+MANY_BLOCKS = "Reply with this many code blocks: "
+"""A task starting with this and a number is answered with that many sh blocks at once, each
+printing `run <its index>`."""
 STALLING_TASK = "Take your time: "
 """A task starting with this is answered like one to /slow: never, until released."""
 OPENED_FENCE = "```python\n"
@@ -107,6 +111,9 @@ class ScriptedModel:
             content = "The code printed:\n" + last.split("\n", 1)[1]
         elif last.startswith(HUGE_REPLY):
             content = huge_reply(int(last.removeprefix(HUGE_REPLY)))
+        elif last.startswith(MANY_BLOCKS):
+            count = int(last.removeprefix(MANY_BLOCKS))
+            content = "".join(f"```sh\necho run {i}\n```\n" for i in range(count))
         else:
             content = CODE_REPLY
         return web.json_response(completion(body["model"], content))
