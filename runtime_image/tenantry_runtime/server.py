@@ -175,7 +175,8 @@ def _session_task_refusal(
         )
     assert config.sessions is not None  # session_topic_types is empty without
     most = config.sessions.max_session_bytes // 2
-    if len(content.encode()) > most:
+    # Counted as the history will hold it: JSON lets a lone surrogate through ("\ud800").
+    if len(content.encode("utf-8", "surrogatepass")) > most:
         return _error(
             413,
             f"a task of a session may have at most {most} bytes (half of maxSessionBytes: the "
@@ -236,7 +237,7 @@ async def _run_task(request: web.Request, session_id: str | None) -> web.Respons
         return _error(503, "the agent runtime is not running")
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         body = None
     fields = _task_fields(body, config, session_id)
     if isinstance(fields, web.Response):

@@ -432,6 +432,36 @@ async def test_a_turn_longer_than_a_history_may_be_is_refused_not_saved_over_it(
     assert (sessions_dir / "mia.json").read_bytes() == before
 
 
+def post_bytes(url: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+async def test_a_lone_surrogate_or_a_deeply_nested_body_is_answered_never_a_500(
+    model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
+) -> None:
+    """Found by review: a session task's content with a lone surrogate (valid JSON, "\\ud800")
+    failed its size check's encoding, and a body nested deeper than Python's recursion limit
+    failed its parse: both a 500 with a traceback."""
+    runtime = start_runtime(**with_sessions(model, sessions_dir))
+    lone = "a lone \ud800 surrogate"
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/sue/tasks", task(lone))
+    assert status == 200, (body, runtime.logs())
+    status, body = await call("POST", f"{runtime.url}/v1/sessions/sue/tasks", task("again"))
+    assert status == 200, (body, runtime.logs())
+    assert user_turns(model.requests[-1]) == [lone, "again"]
+
+    for path in ("/v1/tasks", "/v1/sessions/sue/tasks"):
+        status, body = post_bytes(runtime.url, path, b"[" * 100_000)
+        assert (status, body["error"].split(" {")[0]) == (400, "the body must be a JSON object")
+    assert "Traceback" not in runtime.logs()
+
+
 async def test_only_regular_files_are_read_as_histories(
     model: ScriptedModel, start_runtime: StartRuntime, sessions_dir: Path
 ) -> None:
