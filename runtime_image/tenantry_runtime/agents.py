@@ -182,8 +182,9 @@ class _Conversation:
     topic_type: str
     """Where the task came in, and where the coder sends its output back."""
     token: CancellationToken
-    code_runs: int = 0  # blocks sent to the coder so far (MAX_CODE_RUNS)
-    not_run: int = 0  # blocks of the last reply with code that were left out
+    code_runs: int = 0  # blocks run so far (MAX_CODE_RUNS)
+    sent: int = 0  # blocks of the request in flight
+    not_run: int = 0  # blocks of the last reply with code left out for the budget
     session_id: str | None = None
     past: list[LLMMessage] | None = None
     """The session's stored history when the task began: what the answer is appended to."""
@@ -257,6 +258,9 @@ class Assistant(RoutedAgent):
         if message.error is not None:
             await self._finish(message.task_id, "", error=f"code execution failed: {message.error}")
             return
+        # Only the blocks that ran count: the coder stops at the first that fails.
+        ran = conversation.sent if message.runs is None else min(message.runs, conversation.sent)
+        conversation.code_runs += ran
         content = format_code_output(message)
         if conversation.not_run:
             content += (
@@ -303,7 +307,7 @@ class Assistant(RoutedAgent):
         if not blocks or self._code_topic_type is None or left <= 0:
             await self._finish(task_id, reply)
             return
-        conversation.code_runs += min(len(blocks), left)
+        conversation.sent = min(len(blocks), left)
         conversation.not_run = max(0, len(blocks) - left)
         request = CodeRequest(task_id, blocks[:left], reply_topic_type=conversation.topic_type)
         topic = TopicId(self._code_topic_type, self.id.key)
@@ -376,7 +380,9 @@ class Coder(RoutedAgent):
                     timed_out=run.timed_out,
                     task_id=message.task_id,
                 )
-            reply = CodeOutput(message.task_id, result.exit_code, result.output)
+            reply = CodeOutput(
+                message.task_id, result.exit_code, result.output, runs=len(result.runs)
+            )
         topic = TopicId(message.reply_topic_type, self.id.key)
         await self.publish_message(reply, topic, cancellation_token=ctx.cancellation_token)
 

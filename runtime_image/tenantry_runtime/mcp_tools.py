@@ -399,21 +399,20 @@ class McpTools:
     def _offered(self, listed: Sequence[Any]) -> _Offered:
         """The tools the model may call this turn, from the server's first page of tools."""
         schemas: list[ToolSchema] = []
-        named = [tool for tool in listed if isinstance(tool, dict)]
-        counts: dict[Any, int] = {}
+        # A tool is an object with a name that is text; anything else is dropped before its
+        # name is looked up anywhere (a list or an object cannot be).
+        named = [t for t in listed if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        counts: dict[str, int] = {}
         for tool in named:
-            name = tool.get("name")
-            if isinstance(name, str):
-                counts[name] = counts.get(name, 0) + 1
+            counts[tool["name"]] = counts.get(tool["name"], 0) + 1
         dropped = len(listed) - len(named)
         for tool in named:
-            name, parameters = tool.get("name"), tool.get("inputSchema")
+            name, parameters = tool["name"], tool.get("inputSchema")
             if self._allowed is not None and name not in self._allowed:
                 continue
             # Two tools of one name: which one a call would reach is the server's to decide.
             if (
-                not isinstance(name, str)
-                or not TOOL_NAME_RE.fullmatch(name)
+                not TOOL_NAME_RE.fullmatch(name)
                 or counts[name] > 1
                 or not isinstance(parameters, dict)
                 or parameters.get("type") != "object"
@@ -557,7 +556,8 @@ def _result_text(content: Sequence[Any]) -> str:
         if isinstance(text, str):
             parts.append(text)
         else:
-            parts.append(f"[{kind if kind in OTHER_CONTENT else 'unknown'} content omitted]")
+            known = isinstance(kind, str) and kind in OTHER_CONTENT
+            parts.append(f"[{kind if known else 'unknown'} content omitted]")
     text = "\n".join(parts)
     if len(text) > MAX_RESULT_CHARS:
         text = (

@@ -45,6 +45,9 @@ class CodeOutput:
     output: str
     error: str | None = None
     """Set when the code could not be run at all (sandbox unreachable, busy, refused)."""
+    runs: int | None = None
+    """How many of the request's blocks ran (the coder stops at the first that fails); None:
+    not said, every block is counted as run."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ there is no field, header or path through which a caller could choose another.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -175,7 +176,8 @@ def _session_task_refusal(
         )
     assert config.sessions is not None  # session_topic_types is empty without
     most = config.sessions.max_session_bytes // 2
-    # Counted as the history will hold it: JSON lets a lone surrogate through ("\ud800").
+    # In UTF-8, a lone surrogate (JSON lets one through: "\ud800") as three bytes. The history
+    # keeps text escaped, so a turn of many escapes may still be refused when it is saved.
     if len(content.encode("utf-8", "surrogatepass")) > most:
         return _error(
             413,
@@ -235,9 +237,11 @@ async def _run_task(request: web.Request, session_id: str | None) -> web.Respons
     config, running = request.app[_CONFIG], request.app[_STATE].running
     if running is None:
         return _error(503, "the agent runtime is not running")
+    # Read as UTF-8 whatever charset the request names: aiohttp decodes with that one, and an
+    # unknown one raised (500), "punycode" took seconds of the event loop per 100 KB.
     try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        body = json.loads((await request.read()).decode("utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested too deep to parse
         body = None
     fields = _task_fields(body, config, session_id)
     if isinstance(fields, web.Response):

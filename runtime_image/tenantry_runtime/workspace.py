@@ -128,6 +128,9 @@ class Workspaces:
         self._live: set[str] = set()  # tasks that have run code and not ended
         self._running: Counter[str] = Counter()  # runs in flight, per task
         self._ended: OrderedDict[str, None] = OrderedDict()
+        # One removal at a time: two at once would list the same directories, move their levels
+        # up under the same names, and leave what either was refused (`_remove`).
+        self._wiping = asyncio.Lock()
 
     def enter(self, task_id: str) -> Path:
         """The directory a run of `task_id` works in; TaskEnded if that task has ended.
@@ -168,6 +171,10 @@ class Workspaces:
         """Remove everything in the workspace that belongs to no live task, nor to a run."""
         if self.keep:
             return
+        async with self._wiping:
+            await self._wipe()
+
+    async def _wipe(self) -> None:
         kept = self._live | set(self._running)
         doomed = [entry for entry in self.root.iterdir() if entry.name not in kept]
         ipc_entries: list[Path] = []

@@ -502,15 +502,14 @@ async def test_a_server_that_never_answers_is_ended_with_the_task(
 
 @dataclass
 class MalformedServer:
-    """An MCP server over streamable HTTP, written by hand, whose answer to METHOD is ANSWER,
-    whatever MCP's types say of it."""
+    """An MCP server over streamable HTTP, written by hand, whose answer to each method of
+    ANSWERS is the one given, whatever MCP's types say of it."""
 
-    method: str
-    answer: dict[str, Any]
+    answers: dict[str, dict[str, Any]]
 
     def result(self, method: str) -> dict[str, Any]:
-        if method == self.method:
-            return self.answer
+        if method in self.answers:
+            return self.answers[method]
         if method == "initialize":
             return {
                 "protocolVersion": "2025-06-18",
@@ -531,12 +530,13 @@ class MalformedServer:
 
 
 async def task_against(
-    server: MalformedServer, start_runtime: StartRuntime
+    server: MalformedServer, start_runtime: StartRuntime, **mcp: Any
 ) -> tuple[Runtime, int, dict[str, Any]]:
     app = web.Application()
     app.router.add_route("*", "/mcp", server.handle)
     async with served(app) as base_url:
-        runtime = start_runtime({"url": f"{base_url}/mcp", "credentialSecret": "acme-tools"})
+        config = {"url": f"{base_url}/mcp", "credentialSecret": "acme-tools", **mcp}
+        runtime = start_runtime(config)
         status, body = await post_task(runtime, script(("echo", {"text": "x"})))
     return runtime, status, body
 
@@ -556,7 +556,9 @@ async def test_a_tool_result_of_malformed_items_is_read_item_by_item(
     start_runtime: StartRuntime, tool_model: ToolModel
 ) -> None:
     answer = {"content": [{"type": "x"}] * MALFORMED_ITEMS}
-    runtime, status, body = await task_against(MalformedServer("tools/call", answer), start_runtime)
+    runtime, status, body = await task_against(
+        MalformedServer({"tools/call": answer}), start_runtime
+    )
 
     assert status == 200, str(body)[:2000]
     (result,) = [m["content"] for m in tool_model.requests[-1]["messages"] if m["role"] == "tool"]
@@ -571,7 +573,7 @@ async def test_a_tool_result_that_is_no_result_is_a_short_tool_error_the_model_r
     start_runtime: StartRuntime, tool_model: ToolModel
 ) -> None:
     runtime, status, body = await task_against(
-        MalformedServer("tools/call", {"content": "x" * 100_000}), start_runtime
+        MalformedServer({"tools/call": {"content": "x" * 100_000}}), start_runtime
     )
 
     assert status == 200, str(body)[:2000]
@@ -585,7 +587,9 @@ async def test_a_tool_list_of_malformed_items_offers_none_of_them(
     start_runtime: StartRuntime, tool_model: ToolModel
 ) -> None:
     answer = {"tools": [{"name": 7, "inputSchema": 7}] * MALFORMED_ITEMS}
-    runtime, status, body = await task_against(MalformedServer("tools/list", answer), start_runtime)
+    runtime, status, body = await task_against(
+        MalformedServer({"tools/list": answer}), start_runtime
+    )
 
     assert status == 200, str(body)[:2000]
     assert offered(tool_model.requests[0]) == {}
@@ -596,11 +600,35 @@ async def test_a_tool_list_of_malformed_items_offers_none_of_them(
 
 
 @session_loop
+async def test_names_and_kinds_that_are_not_text_are_dropped_not_looked_up(
+    start_runtime: StartRuntime, tool_model: ToolModel
+) -> None:
+    """A list or an object where a tool's name or a content item's type goes cannot be looked
+    up in a set: such a tool is dropped and such an item named unknown, the rest served (an
+    allowlist set). Found by review: the lookup failed the task, as the model's failure."""
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+    tools = [
+        {"name": {}, "inputSchema": schema},
+        {"name": []},
+        {"name": "echo", "inputSchema": schema},
+    ]
+    content = [{"type": []}, {"type": {}}, {"type": "text", "text": "echoed"}]
+    server = MalformedServer({"tools/list": {"tools": tools}, "tools/call": {"content": content}})
+    runtime, status, body = await task_against(server, start_runtime, tools=["echo"])
+
+    assert status == 200, str(body)[:2000]
+    assert list(offered(tool_model.requests[0])) == ["echo"]
+    (result,) = [m["content"] for m in tool_model.requests[-1]["messages"] if m["role"] == "tool"]
+    assert result == "[unknown content omitted]\n[unknown content omitted]\nechoed"
+    assert "2 tool(s) of the MCP server are not offered" in runtime.service.logs()
+
+
+@session_loop
 async def test_a_tool_list_that_is_no_list_ends_the_task_with_a_short_error(
     start_runtime: StartRuntime,
 ) -> None:
     runtime, status, body = await task_against(
-        MalformedServer("tools/list", {"tools": "x" * 100_000}), start_runtime
+        MalformedServer({"tools/list": {"tools": "x" * 100_000}}), start_runtime
     )
 
     assert status == 502, str(body)[:2000]

@@ -25,7 +25,14 @@ from tests.support.runtime_services import (
     call,
     json_lines,
 )
-from tests.support.scripted_model import CODE, HUGE_REPLY, MANY_BLOCKS, ScriptedModel
+from tests.support.scripted_model import (
+    CODE,
+    FAILING_FIRST,
+    HUGE_REPLY,
+    MANY_BLOCKS,
+    SECOND_REPLY_RAN,
+    ScriptedModel,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -129,6 +136,28 @@ async def test_a_reply_of_many_code_blocks_runs_only_a_tasks_five(
     assert output.endswith(
         "[tenantry: 35 more code block(s) of the reply were not run: at most 5 code runs per task]"
     ), output
+
+
+async def test_blocks_left_unrun_after_a_failing_one_do_not_spend_a_tasks_runs(
+    model: ScriptedModel,
+    start_sandbox: StartSandbox,
+    sandbox_home: SandboxHome,
+    start_runtime: StartRuntime,
+) -> None:
+    """The coder stops at a reply's first failing block; the blocks after it never ran, and the
+    model may still use those runs (found by review: five blocks sent spent the five)."""
+    sandbox = start_sandbox()
+    runtime = start_runtime(
+        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    )
+    task = {"topicType": "default", "content": f"{FAILING_FIRST}4"}
+
+    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
+
+    assert status == 200, (body, runtime.logs())
+    runs = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "code_execution"]
+    assert [r["exitCode"] for r in runs] == [3, 0]
+    assert SECOND_REPLY_RAN in body["result"] and "```" not in body["result"], body
 
 
 async def test_requests_cannot_name_a_tenant_and_readiness_follows_the_sandbox(

@@ -7,6 +7,7 @@ where any process on the node can read it; its files must not reach another task
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -25,6 +26,7 @@ import pytest
 from autogen_core import CancellationToken
 from autogen_core.code_executor import CodeBlock
 from tenantry_runtime.executor import SandboxCodeExecutor
+from tenantry_runtime.workspace import Workspaces
 
 from tests.support.runtime_services import (
     SANDBOX_TOKEN,
@@ -517,6 +519,26 @@ def test_a_restarted_sandbox_removes_a_deep_tree_an_earlier_server_left(
     sandbox = start_sandbox(**LIMITS)
     assert list(sandbox_home.workspace.iterdir()) == []
     assert run(sandbox, "print('served')")["output"].strip() == "served"
+
+
+async def test_two_tasks_ended_at_once_leave_nothing_of_either(tmp_path: Path) -> None:
+    """Found by review: two ends close together (or the runtime's end sent again while the first
+    was still removing) each removed the same directories at once, and took each other's names
+    for the levels they moved up; a move refused was never tried again, and files of the ended
+    task stayed for the next. The workspace's removals now go one at a time."""
+    for attempt in range(5):
+        root = tmp_path / str(attempt)
+        root.mkdir()
+        workspaces = Workspaces(root, keep=False)
+        for task in ("task-a", "task-b"):
+            workspaces.enter(task)
+            await workspaces.leave(task)
+        for index in range(2000):
+            nested = root / "task-a" / ".cache" / f"d{index}" / "x"
+            nested.mkdir(parents=True)
+            (nested / "secret").write_text("of task a")
+        await asyncio.gather(workspaces.end("task-a"), workspaces.end("task-b"))
+        assert list(root.iterdir()) == [], f"attempt {attempt}"
 
 
 def test_with_keep_workspace_files_outlive_their_task(

@@ -40,6 +40,11 @@ HUGE_REPLY = "Reply with this many characters: "
 MANY_BLOCKS = "Reply with this many code blocks: "
 """A task starting with this and a number is answered with that many sh blocks at once, each
 printing `run <its index>`."""
+FAILING_FIRST = "Reply with a failing block and this many more: "
+"""A task starting with this and a number is answered with a block that exits 3 and that many
+more; the output of a run that exited 3 is answered with one more block, printing
+SECOND_REPLY_RAN."""
+SECOND_REPLY_RAN = "the second reply ran"
 STALLING_TASK = "Take your time: "
 """A task starting with this is answered like one to /slow: never, until released."""
 OPENED_FENCE = "```python\n"
@@ -107,10 +112,15 @@ class ScriptedModel:
             return await self.stall(request)
         if team is not None:
             content = team
+        elif last.startswith("Output of the code (exit code 3)"):
+            content = f"```sh\necho {SECOND_REPLY_RAN}\n```\n"
         elif last.startswith("Output of the code"):
             content = "The code printed:\n" + last.split("\n", 1)[1]
         elif last.startswith(HUGE_REPLY):
             content = huge_reply(int(last.removeprefix(HUGE_REPLY)))
+        elif last.startswith(FAILING_FIRST):
+            count = int(last.removeprefix(FAILING_FIRST))
+            content = "```sh\nexit 3\n```\n" + "```sh\necho unreached\n```\n" * count
         elif last.startswith(MANY_BLOCKS):
             count = int(last.removeprefix(MANY_BLOCKS))
             content = "".join(f"```sh\necho run {i}\n```\n" for i in range(count))
