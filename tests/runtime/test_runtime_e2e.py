@@ -111,6 +111,25 @@ async def test_a_task_runs_code_in_the_sandbox_and_answers_with_its_output(
     )
 
 
+async def code_task(
+    model: ScriptedModel,
+    start_sandbox: StartSandbox,
+    sandbox_home: SandboxHome,
+    start_runtime: StartRuntime,
+    content: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A task answered (200) by a runtime with a sandbox: its answer and its code runs' records."""
+    sandbox = start_sandbox()
+    runtime = start_runtime(
+        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    )
+    task = {"topicType": "default", "content": content}
+    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
+    assert status == 200, (body, runtime.logs())
+    runs = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "code_execution"]
+    return body, runs
+
+
 async def test_a_reply_of_many_code_blocks_runs_only_a_tasks_five(
     model: ScriptedModel,
     start_sandbox: StartSandbox,
@@ -120,16 +139,7 @@ async def test_a_reply_of_many_code_blocks_runs_only_a_tasks_five(
     """A task runs at most 5 code blocks, however many one reply holds: each block was run,
     and its output (up to the sandbox's 64 KiB) joined into the next request to the model, so
     one reply of 256 Ki characters held some 20,000 runs and a gigabyte of output."""
-    sandbox = start_sandbox()
-    runtime = start_runtime(
-        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
-    )
-    task = {"topicType": "default", "content": f"{MANY_BLOCKS}40"}
-
-    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
-
-    assert status == 200, (body, runtime.logs())
-    runs = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "code_execution"]
+    _, runs = await code_task(model, start_sandbox, sandbox_home, start_runtime, f"{MANY_BLOCKS}40")
     assert len(runs) == 5
     output = model.requests[-1]["messages"][-1]["content"]
     assert "run 4\n" in output and "run 5\n" not in output, output
@@ -146,16 +156,9 @@ async def test_blocks_left_unrun_after_a_failing_one_do_not_spend_a_tasks_runs(
 ) -> None:
     """The coder stops at a reply's first failing block; the blocks after it never ran, and the
     model may still use those runs (found by review: five blocks sent spent the five)."""
-    sandbox = start_sandbox()
-    runtime = start_runtime(
-        model={"baseUrl": f"{model.url}/v1"}, sandbox=sandbox_config(sandbox, sandbox_home)
+    body, runs = await code_task(
+        model, start_sandbox, sandbox_home, start_runtime, f"{FAILING_FIRST}4"
     )
-    task = {"topicType": "default", "content": f"{FAILING_FIRST}4"}
-
-    status, body = await call("POST", f"{runtime.url}/v1/tasks", task)
-
-    assert status == 200, (body, runtime.logs())
-    runs = [r for r in json_lines(runtime.extra["audit"]) if r["event"] == "code_execution"]
     assert [r["exitCode"] for r in runs] == [3, 0]
     assert SECOND_REPLY_RAN in body["result"] and "```" not in body["result"], body
 
