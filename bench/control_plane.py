@@ -262,7 +262,6 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
     try:
         sent: dict[str, float] = {}
         mark = audit.mark()
-        cpu_before = operator.cpu_seconds() if operator else 0.0
         # Every process's CPU from the first arrival until the last tenant is ready: what the
         # machine spent on this rate in each mode, side by side.
         machine_before = machine_cpu(operator)
@@ -290,7 +289,7 @@ async def latency(rate: float, duration: float, mode: str, workdir: Path) -> dic
             # What each tenant cost the operator at this rate, its start-up left out. Each
             # watch event of a child may queue a pass, so this differs from a burst's (section 1).
             await operator.until_idle(count, timeout=60)
-            result["operator_cpu_seconds"] = operator.cpu_seconds() - cpu_before
+            result["operator_cpu_seconds"] = operator.cpu_seconds() - machine_before["operator"]
         requests = audit.requests(mark)
         result["requests"] = {agent: by_verb(requests, agent) for agent in ("operator", "bench")}
         log(f"latency {mode} at {rate:.2f}/s: median {result['latencies'][count // 2]:.2f}s")

@@ -338,10 +338,20 @@ and the requests it made to get there (audit log).
 {extra}"""
 
 
+def round_pairs(runs: list[dict[str, Any]], load: float) -> list[tuple[dict[str, Any], ...]]:
+    """(operator run, direct run) of each round at LOAD that has both, by round."""
+    by = {(r["round"], r["load"], r["mode"]): r for r in runs}
+    rounds = sorted({r["round"] for r in runs if r["load"] == load})
+    return [
+        (by[n, load, "operator"], by[n, load, "direct"])
+        for n in rounds
+        if (n, load, "operator") in by and (n, load, "direct") in by
+    ]
+
+
 def latency_section(data: dict[str, Any], plots: Path, targets: list[list[str]]) -> str:
     runs = data["runs"]
     ceilings = [c["rate"] for c in data["ceilings"]]
-    by = {(r["round"], r["load"], r["mode"]): r for r in runs}
     rows = []
     fig, axes = plt.subplots(figsize=(6, 3.5))
     for load in data["loads"]:
@@ -352,13 +362,10 @@ def latency_section(data: dict[str, Any], plots: Path, targets: list[list[str]])
             for q in (0.5, 0.99)
         }
         # Each round's operator percentile over the direct one of the same round and rate.
-        rounds = sorted({r["round"] for r in runs if r["load"] == load})
         ratio = {
             q: [
-                percentile(by[n, load, "operator"]["latencies"], q)
-                / percentile(by[n, load, "direct"]["latencies"], q)
-                for n in rounds
-                if (n, load, "operator") in by and (n, load, "direct") in by
+                percentile(o["latencies"], q) / percentile(d["latencies"], q)
+                for o, d in round_pairs(runs, load)
             ]
             for q in (0.5, 0.99)
         }
@@ -464,7 +471,6 @@ def machine_cpu_table(data: dict[str, Any]) -> str:
     runs = [r for r in data["runs"] if "cpu_seconds" in r]
     if not runs:
         return ""
-    by = {(r["round"], r["load"], r["mode"]): r for r in runs}
 
     def total(run: dict[str, Any]) -> float:
         return float(sum(run["cpu_seconds"].values()))
@@ -493,11 +499,7 @@ def machine_cpu_table(data: dict[str, Any]) -> str:
                     busy,
                 ]
             )
-        pairs = [
-            (by[n, load, "operator"], by[n, load, "direct"])
-            for (n, at_load, mode) in by
-            if at_load == load and mode == "operator" and (n, load, "direct") in by
-        ]
+        pairs = round_pairs(runs, load)
         if pairs:
             extra.append(
                 f"at {load:.0%}, "

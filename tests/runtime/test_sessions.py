@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.support.processes import stop
@@ -433,16 +432,7 @@ async def test_a_turn_longer_than_a_history_may_be_is_refused_not_saved_over_it(
     assert (sessions_dir / "mia.json").read_bytes() == before
 
 
-async def post_bytes(
-    url: str, body: bytes, content_type: str = "application/json"
-) -> tuple[int, dict[str, Any]]:
-    """A POST of BODY as it is, under CONTENT_TYPE, from the test's loop (the scripted model
-    serves on it too)."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-        session.post(url, data=body, headers={"Content-Type": content_type}) as response,
-    ):
-        return response.status, json.loads(await response.read() or b"{}")
+JSON = "application/json"
 
 
 async def test_a_lone_surrogate_or_a_deeply_nested_body_is_answered_never_a_500(
@@ -460,12 +450,14 @@ async def test_a_lone_surrogate_or_a_deeply_nested_body_is_answered_never_a_500(
     assert user_turns(model.requests[-1]) == [lone, "again"]
 
     for path in ("/v1/tasks", "/v1/sessions/sue/tasks"):
-        status, body = await post_bytes(runtime.url + path, b"[" * 100_000)
+        deep = b"[" * 100_000
+        status, body = await call("POST", runtime.url + path, raw=deep, content_type=JSON)
         assert (status, body["error"].split(" {")[0]) == (400, "the body must be a JSON object")
         # The body is read as UTF-8 whatever charset the request names (the review's next
         # finding: an unknown one was a 500; "punycode" decoded in quadratic time on the loop).
         sent = json.dumps(task("a charset of its own")).encode()
-        status, body = await post_bytes(runtime.url + path, sent, "application/json; charset=nope")
+        odd = f"{JSON}; charset=nope"
+        status, body = await call("POST", runtime.url + path, raw=sent, content_type=odd)
         assert status == 200, body
     assert "Traceback" not in runtime.logs()
 

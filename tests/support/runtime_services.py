@@ -396,13 +396,19 @@ StartRuntime = Callable[..., Service]
 (tests/runtime/conftest.py's `start_runtime`) with `changes`."""
 
 
-async def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    """One HTTP request to a runtime, and its status and JSON body ({} when it has none)."""
+async def call(
+    method: str, url: str, body: Any = None, *, raw: bytes | None = None, content_type: str = ""
+) -> tuple[int, dict[str, Any]]:
+    """One HTTP request to a runtime, and its status and JSON body ({} when it has none). BODY
+    is sent as JSON; RAW, instead, as the bytes it is, under CONTENT_TYPE."""
     import aiohttp  # noqa: PLC0415 - only the runtime's tests have it
 
+    sent: dict[str, Any] = (
+        {"json": body} if raw is None else {"data": raw, "headers": {"Content-Type": content_type}}
+    )
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session,
-        session.request(method, url, json=body) as response,
+        session.request(method, url, **sent) as response,
     ):
         text = await response.text()
         return response.status, json.loads(text) if text else {}
